@@ -1,0 +1,158 @@
+"""Open a source checkpoint: a Hugging Face safetensors directory or a GGUF file.
+
+Gives the model's config as a plain dict and its tensors one at a time, so packing
+can stream checkpoints larger than RAM. Pickled checkpoints (.bin/.pt/.pth/.ckpt)
+are refused: unpickling runs arbitrary code, and we never do it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and the fix."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    kind: str  # "safetensors" or "gguf"
+    config: dict
+    generation_config: dict = field(default_factory=dict)
+    weight_files: list[Path] = field(default_factory=list)  # safetensors shards
+
+    @property
+    def tokenizer_source(self) -> tuple[str, str | None]:
+        """(directory, gguf file name or None) as AutoTokenizer.from_pretrained wants them."""
+        if self.kind == "gguf":
+            return str(self.path.parent), self.path.name
+        return str(self.path), None
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (hf_name, tensor), one tensor in memory at a time for safetensors."""
+        if self.kind == "gguf":
+            yield from _gguf_tensors(self.path, self.config).items()
+            return
+        from safetensors import safe_open
+
+        for file in self.weight_files:
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for name in f.keys():
+                        yield name, f.get_tensor(name)
+            except (OSError, RuntimeError, ValueError) as e:
+                if isinstance(e, CheckpointError):
+                    raise
+                raise CheckpointError(
+                    f"{file}: cannot read safetensors file ({e}). The file is truncated or not "
+                    "safetensors; download or convert the checkpoint again."
+                ) from e
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors())
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory. Pass a Hugging Face model "
+                              "directory (config.json + *.safetensors), a .gguf file, or a packed store.")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _open_gguf(path)
+        if path.suffix in PICKLE_SUFFIXES:
+            raise _pickle_refused(path)
+        raise CheckpointError(f"{path}: not a model. Pass a Hugging Face model directory, "
+                              "a .gguf file, or a packed store directory.")
+    return _open_hf_dir(path)
+
+
+def _pickle_refused(file: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{file}: pickled checkpoints are refused (loading one can run arbitrary code). "
+        "Convert it to safetensors in a trusted environment "
+        "(model.save_pretrained(dir, safe_serialization=True)) and pass that directory."
+    )
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e}). Restore the file from the "
+                              "original model download.") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object. Restore the file from the "
+                              "original model download.")
+    return data
+
+
+def _open_hf_dir(path: Path) -> Checkpoint:
+    ggufs = sorted(path.glob("*.gguf"))
+    config_file = path / "config.json"
+    if not config_file.exists():
+        if len(ggufs) == 1:
+            return _open_gguf(ggufs[0])
+        raise CheckpointError(f"{config_file}: missing. A Hugging Face model directory needs "
+                              "config.json next to its *.safetensors files.")
+    config = _read_json(config_file)
+    gen_file = path / "generation_config.json"
+    gen = _read_json(gen_file) if gen_file.exists() else {}
+    return Checkpoint(path, "safetensors", config, gen, _safetensors_files(path))
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: has no weight_map. Restore it from the original download.")
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{missing[0]}: missing shard listed in {index.name}. "
+                                  "Download the missing shard(s) again.")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = [f for f in sorted(path.iterdir()) if f.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise _pickle_refused(pickles[0])
+    raise CheckpointError(f"{path}: no *.safetensors weights found. Download the safetensors "
+                          "version of the model into this directory.")
+
+
+def _open_gguf(file: Path) -> Checkpoint:
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name).to_dict()
+    except ImportError as e:
+        raise CheckpointError(f"{file}: reading GGUF needs the `gguf` package: "
+                              "pip install 'specdec[demo]' (or pip install gguf).") from e
+    except (ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{file}: cannot read GGUF ({e}). The file is corrupt or of an "
+                              "unsupported architecture; download it again.") from e
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
+    return Checkpoint(file, "gguf", config, gen)
+
+
+def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
+    # transformers dequantizes a GGUF into HF-named float32 tensors. It needs a model
+    # skeleton for the name map; one on the meta device costs no memory.
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    cfg = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    loaded = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=skeleton)
+    return loaded["tensors"]

@@ -1,0 +1,132 @@
+"""One pure-torch decoder for the Llama family (llama, mistral, qwen2, qwen3).
+
+The arithmetic follows transformers' implementations step by step (RMSNorm in float32,
+rope tables in float32 cast to the compute dtype) so float32 logits match them to
+~1e-6. Weights come from a source (`specdec.weights`): resident in RAM or streamed
+from disk; the model holds no weights itself, only rope tables.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .cache import KVCache
+from .config import ModelArgs
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    dim = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if args.rope_scaling is None:
+        return inv_freq
+    return _llama3_scaled(inv_freq, args.rope_scaling)
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band
+    # between is interpolated smoothly.
+    old_len, factor = s["original_max_position_embeddings"], s["factor"]
+    low_wavelen = old_len / s["low_freq_factor"]
+    high_wavelen = old_len / s["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Transformer:
+    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16):
+        self.args = args
+        self.weights = weights
+        self.dtype = dtype
+        self.inv_freq = rope_inv_freq(args)
+
+    def new_cache(self, max_len: int) -> KVCache:
+        a = self.args
+        return KVCache(a.num_layers, a.num_kv_heads, a.head_dim, max_len, self.dtype)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
+                tree_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Run T new tokens after the cache's context; return float32 logits [T, vocab]
+        ([1, vocab] with last_only). `positions` defaults to consecutive after the context;
+        `tree_mask` [T, T] (bool, True = may attend) replaces causal order among the new
+        tokens. The new keys/values are committed to the cache."""
+        tokens = tokens.reshape(-1)
+        n = tokens.numel()
+        start = cache.length
+        if positions is None:
+            first = int(cache.positions[start - 1]) + 1 if start else 0
+            positions = torch.arange(first, first + n)
+        cache.reserve(positions)
+        cos, sin = self._rope(positions)
+        mask = self._mask(cache, n, tree_mask)
+        res = self.weights.resident
+        h = F.embedding(tokens, res["model.embed_tokens.weight"])
+        for i, w in enumerate(self.weights.layers()):
+            h = self._layer(h, w, i, cache, cos, sin, mask)
+        cache.commit(n)
+        if last_only:
+            h = h[-1:]
+        h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)
+        head = res.get("lm_head.weight", res["model.embed_tokens.weight"])
+        return F.linear(h, head).float()
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def _mask(self, cache: KVCache, n: int, tree_mask: torch.Tensor | None) -> torch.Tensor | None:
+        start = cache.length
+        window = self.args.sliding_window
+        if n == 1 and tree_mask is None and (window is None or start < window):
+            return None  # one token seeing its whole context: no mask needed
+        mask = torch.ones(n, start + n, dtype=torch.bool)
+        new = tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
+        mask[:, start:] = new
+        if window is not None:
+            pos = cache.positions[:start + n]
+            mask &= (pos[start:, None] - pos[None, :]) < window
+        return mask
+
+    def _layer(self, h, w, i, cache, cos, sin, mask) -> torch.Tensor:
+        eps = self.args.rms_norm_eps
+        h = h + self._attention(rms_norm(h, w["input_layernorm.weight"], eps), w, i, cache, cos, sin, mask)
+        x = rms_norm(h, w["post_attention_layernorm.weight"], eps)
+        gate = F.linear(x, w["mlp.gate_proj.weight"], w.get("mlp.gate_proj.bias"))
+        up = F.linear(x, w["mlp.up_proj.weight"], w.get("mlp.up_proj.bias"))
+        return h + F.linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias"))
+
+    def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
+        a = self.args
+        n = x.shape[0]
+        q = F.linear(x, w["self_attn.q_proj.weight"], w.get("self_attn.q_proj.bias")).view(n, a.num_heads, a.head_dim)
+        k = F.linear(x, w["self_attn.k_proj.weight"], w.get("self_attn.k_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
+        v = F.linear(x, w["self_attn.v_proj.weight"], w.get("self_attn.v_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
+        if a.qk_norm:
+            q = rms_norm(q, w["self_attn.q_norm.weight"], a.rms_norm_eps)
+            k = rms_norm(k, w["self_attn.k_norm.weight"], a.rms_norm_eps)
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, T, dim]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys, values = cache.write(i, k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                             enable_gqa=a.num_heads != a.num_kv_heads)
+        return F.linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"])

@@ -1,0 +1,46 @@
+"""Tiny random models built with transformers' config classes, saved to temp dirs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def tiny_config(family: str, **overrides):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig,
+           "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
+    kwargs = dict(TINY)
+    if family == "qwen3":
+        kwargs["head_dim"] = 16
+    if family == "llama":
+        kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def make_tiny_model(path, family: str = "llama", seed: int = 0, **overrides):
+    """Save a random tiny HF model (safetensors) to `path`; return the transformers model."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    # Random init leaves norms at 1 and biases at 0; perturb them so tests exercise them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return model
+
+
+@pytest.fixture
+def tiny_llama(tmp_path):
+    path = tmp_path / "llama"
+    model = make_tiny_model(path, "llama")
+    return path, model
