@@ -1,0 +1,189 @@
+"""The public API: load(...) -> SpecDecoder with generate / stream / chat."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .draft import Drafter, DraftLengthPolicy
+from .engine import Engine, GenerationStats
+from .loading import LoadedModel, load_tokenizer
+from .sampling import SamplingParams
+from .text import TextAssembler
+
+
+class VocabularyMismatch(ValueError):
+    """Draft and target do not share token ids."""
+
+
+class DecoderBusy(RuntimeError):
+    """A second call reached a decoder that is still generating."""
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+class SpecDecoder:
+    def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
+                 k: int | None = None, bytes_read=lambda: 0, plan=None, closer=None):
+        self.target = target
+        self.draft = draft
+        self.tokenizer = load_tokenizer(target.tokenizer_source)
+        if draft is not None:
+            check_same_vocabulary(target, draft, self.tokenizer)
+        self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
+        drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
+        self.policy = DraftLengthPolicy(k)
+        self.engine = Engine(target.model, drafter, max_context, self.policy, bytes_read)
+        self.plan = plan
+        self.last_stats: GenerationStats | None = None
+        self._lock = threading.Lock()
+        self._closer = closer
+
+    # -- public -------------------------------------------------------------------------
+    def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+                 stop: list[str] | None = None) -> GenerationOutput:
+        ids = self._encode(prompt)
+        return self._collect(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p), seed, stop)
+
+    def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+               stop: list[str] | None = None) -> Iterator[str]:
+        """Text deltas as tokens are accepted; stats of the run in `last_stats`."""
+        ids = self._encode(prompt)
+        params = SamplingParams(temperature, top_k, top_p)
+        for delta, _ in self._run(ids, max_new_tokens, params, seed, stop):
+            if delta:
+                yield delta
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+             stop: list[str] | None = None, stream: bool = False):
+        """Reply to a conversation using the tokenizer's chat template. The caches are kept
+        between calls, so a next turn only prefills what is new. With stream=True, returns
+        an iterator of text deltas (stats in `last_stats`)."""
+        ids = self._chat_ids(messages)
+        params = SamplingParams(temperature, top_k, top_p)
+        if stream:
+            return (d for d, _ in self._run(ids, max_new_tokens, params, seed, stop) if d)
+        return self._collect(ids, max_new_tokens, params, seed, stop)
+
+    def reset(self) -> None:
+        """Forget the cached conversation."""
+        with self._guard():
+            self.engine.reset()
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+    def _collect(self, ids, max_new_tokens, params, seed, stop) -> GenerationOutput:
+        out_ids: list[int] = []
+        text = ""
+        for delta, new in self._run(ids, max_new_tokens, params, seed, stop):
+            out_ids.extend(new)
+            text += delta
+        return GenerationOutput(text, out_ids, self.last_stats)
+
+    def _run(self, ids: list[int], max_new_tokens: int, params: SamplingParams, seed, stop
+             ) -> Iterator[tuple[str, list[int]]]:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none.")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        stats = GenerationStats()
+        self.last_stats = stats
+        assembler = TextAssembler(self.tokenizer, stop) if self.tokenizer is not None else None
+        with self._guard():
+            started = _clock()
+            run = self.engine.run(ids, max_new_tokens, params, generator, self.eos_ids, stats)
+            try:
+                for new in run:
+                    stats.seconds = _clock() - started
+                    delta = assembler.push(new) if assembler else ""
+                    yield delta, new
+                    if assembler and assembler.stopped:
+                        stats.stop_reason = "stop_string"
+                        break
+            finally:
+                run.close()
+                stats.seconds = _clock() - started
+
+    def _guard(self):
+        lock = self._lock
+
+        class _Guard:
+            def __enter__(self_):
+                if not lock.acquire(blocking=False):
+                    raise DecoderBusy("this decoder is already generating (another thread, or an "
+                                      "unfinished stream). Finish or close that call first, or "
+                                      "load one decoder per thread.")
+
+            def __exit__(self_, *exc):
+                lock.release()
+        return _Guard()
+
+    def _encode(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError(f"{self.target.path}: this model has no tokenizer files; pass the "
+                                 "prompt as a list of token ids, or add tokenizer.json to its directory.")
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        ids = list(prompt)
+        vocab = self.target.args.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}).")
+        return ids
+
+    def _chat_ids(self, messages: list[dict]) -> list[int]:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.target.path}: this model has no chat template; use "
+                             "generate() with a plain prompt.")
+        if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                   for m in messages):
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return list(ids)
+
+
+def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokenizer) -> None:
+    """Draft ids must mean the same tokens as the target's; padded sizes may differ."""
+    draft_tokenizer = load_tokenizer(draft.tokenizer_source)
+    if target_tokenizer is None or draft_tokenizer is None:
+        return  # token-id-only models: nothing to compare but what ids exist
+    t, d = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if t != d:
+        differing = len(set(t.items()) ^ set(d.items()))
+        raise VocabularyMismatch(
+            f"draft {draft.path} and target {target.path} have different vocabularies "
+            f"({len(d)} vs {len(t)} tokens, {differing} entries differ). Speculative decoding "
+            "needs a draft from the same model family with the same tokenizer.")
+
+
+def _tokenizer_eos(tokenizer) -> set[int]:
+    if tokenizer is None or tokenizer.eos_token_id is None:
+        return set()
+    return {int(tokenizer.eos_token_id)}
+
+
+def _clock() -> float:
+    import time
+
+    return time.perf_counter()

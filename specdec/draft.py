@@ -1,0 +1,97 @@
+"""The drafter: proposes k tokens from the small model, and the policy choosing k."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .model import Transformer
+from .sampling import SamplingParams, probs_from_logits, sample
+
+
+class Drafter:
+    def __init__(self, model: Transformer, max_context: int, target_vocab: int):
+        self.model = model
+        self.cache = model.new_cache(max_context)
+        self.target_vocab = target_vocab
+        self.seconds_per_token = 0.0  # EMA of one autoregressive draft step
+
+    def rollback(self, valid: int) -> None:
+        """Keep only the cached entries of the first `valid` context tokens."""
+        self.cache.crop(min(self.cache.length, valid))
+
+    def propose(self, context: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft k tokens after `context`: (tokens [k], q [k, target vocab] or None if greedy).
+        The draft first catches up on context tokens it has not seen (a new prompt, or the
+        target's token after a pass), so its cache always ends one behind the drafts."""
+        feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
+        logits = self.model.forward(feed, self.cache, last_only=True)
+        tokens, dists = [], []
+        for i in range(k):
+            started = time.perf_counter()
+            logits = self._align(logits[-1])
+            if params.greedy:
+                tokens.append(int(logits.argmax()))
+            else:
+                q = probs_from_logits(logits, params)
+                dists.append(q)
+                tokens.append(int(sample(q, generator)))
+            if i < k - 1:
+                logits = self.model.forward(torch.tensor(tokens[-1:]), self.cache)
+            self._time(time.perf_counter() - started)
+        q = torch.stack(dists) if dists else None
+        return torch.tensor(tokens, dtype=torch.long), q
+
+    def _align(self, logits: torch.Tensor) -> torch.Tensor:
+        # Vocabularies may be padded to different sizes: ids the target lacks get no mass.
+        n = self.target_vocab
+        if logits.numel() >= n:
+            return logits[:n]
+        pad = torch.full((n - logits.numel(),), float("-inf"))
+        return torch.cat([logits, pad])
+
+    def _time(self, seconds: float) -> None:
+        a = self.seconds_per_token
+        self.seconds_per_token = seconds if a == 0 else 0.8 * a + 0.2 * seconds
+
+
+class DraftLengthPolicy:
+    """Chooses k to maximise expected tokens per second.
+
+    With per-token acceptance a, a pass with k drafts yields E(k) = (1 - a^(k+1)) / (1 - a)
+    tokens and costs T_target + k * T_draft. We estimate a from (accepted, rejected)
+    counts with exponential forgetting, T_target and T_draft from measured times (EMA),
+    and pick the k in [1, k_max] with the best E(k) / cost. A fixed k skips all this.
+    """
+
+    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9):
+        if k is not None and not (isinstance(k, int) and k >= 0):
+            raise ValueError(f"k must be an integer >= 0 (0 = plain decoding), got {k!r}")
+        self.fixed = k
+        self.k_max = k_max
+        self.k = k if k is not None else k_start
+        self.decay = decay
+        self.accepted = 1.0  # weak prior: a = 0.5
+        self.rejected = 1.0
+        self.target_seconds = 0.0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    def update(self, drafted: int, accepted: int, target_seconds: float, draft_seconds: float) -> int:
+        if drafted:
+            self.accepted = self.decay * self.accepted + accepted
+            self.rejected = self.decay * self.rejected + (1 if accepted < drafted else 0)
+        t = self.target_seconds
+        self.target_seconds = target_seconds if t == 0 else 0.8 * t + 0.2 * target_seconds
+        if self.fixed is None:
+            self.k = self.best_k(self.acceptance, self.target_seconds, draft_seconds)
+        return self.k
+
+    def best_k(self, a: float, t_target: float, t_draft: float) -> int:
+        a = min(a, 0.999)
+        def rate(k):
+            return (1 - a ** (k + 1)) / (1 - a) / (t_target + k * t_draft + 1e-9)
+        return max(range(1, self.k_max + 1), key=rate)

@@ -1,0 +1,128 @@
+"""Turn a path (Hugging Face dir, GGUF file, or packed store) into a runnable model.
+
+Everything here reads files; nothing runs code from them (no pickles, no
+trust_remote_code).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from offload.checkpoint import CheckpointError, open_checkpoint
+
+from .config import ModelArgs
+from .model import Transformer
+from .weights import ResidentWeights, split_state_dict
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# A draft may ship without its embedding table and take the target's at load time
+# (they share a vocabulary): this file in the draft's directory says so.
+DRAFT_SIDECAR = "specdec_draft.json"
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype in ("float16", "fp16", torch.float16):
+        raise ValueError("dtype float16 is refused: fp16 arithmetic on CPU is ~100x slower than "
+                         "bf16. Use dtype='bfloat16' (default) or 'float32'.")
+    raise ValueError(f"unknown dtype {dtype!r}; use 'bfloat16' or 'float32'.")
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    args: ModelArgs
+    model: Transformer
+    config: dict
+    generation_config: dict = field(default_factory=dict)
+    tokenizer_source: tuple[str, str | None] | None = None  # (dir, gguf file)
+    description: str = ""
+
+    def eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.generation_config, self.config):
+            value = source.get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+
+def load_resident(path: str | Path, dtype: torch.dtype, embeddings_from: LoadedModel | None = None
+                  ) -> LoadedModel:
+    """A checkpoint fully in RAM."""
+    ckpt = open_checkpoint(path)
+    args = ModelArgs.from_hf(ckpt.config, source=str(_config_file(ckpt.path, ckpt.kind)))
+    state = ckpt.state_dict()
+    if _wants_target_embeddings(ckpt.path):
+        state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
+    weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
+    del state
+    return LoadedModel(ckpt.path, args, Transformer(args, weights, dtype), ckpt.config,
+                       ckpt.generation_config, _tokenizer_source(ckpt),
+                       f"{ckpt.path.name} in RAM ({_mb(weights.nbytes)} MB)")
+
+
+def _config_file(path: Path, kind: str) -> Path:
+    return path if kind == "gguf" else path / "config.json"
+
+
+def _tokenizer_source(ckpt) -> tuple[str, str | None] | None:
+    directory, gguf = ckpt.tokenizer_source
+    if gguf or any((Path(directory) / f).exists() for f in TOKENIZER_FILES):
+        return directory, gguf
+    return None
+
+
+def _wants_target_embeddings(path: Path) -> bool:
+    sidecar = path / DRAFT_SIDECAR if path.is_dir() else None
+    if sidecar is None or not sidecar.exists():
+        return False
+    try:
+        return bool(json.loads(sidecar.read_text()).get("embeddings_from_target"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{sidecar}: not valid JSON ({e}); restore it or delete it.") from e
+
+
+def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args: ModelArgs) -> dict:
+    if target is None:
+        raise CheckpointError(f"{path}: this draft takes its embeddings from its target "
+                              f"({DRAFT_SIDECAR}); load it together with a target.")
+    resident = target.model.weights.resident
+    embed = resident["model.embed_tokens.weight"]
+    if tuple(embed.shape) != (args.vocab_size, args.hidden_size):
+        raise CheckpointError(f"{path}: the target's embeddings have shape {tuple(embed.shape)} "
+                              f"but the draft expects ({args.vocab_size}, {args.hidden_size}); "
+                              "this draft was made for another target.")
+    state = dict(state)
+    state["model.embed_tokens.weight"] = embed
+    if "lm_head.weight" not in state and not args.tie_word_embeddings:
+        state["lm_head.weight"] = resident.get("lm_head.weight", embed)
+    return state
+
+
+def load_tokenizer(source: tuple[str, str | None] | None):
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    directory, gguf = source
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **kwargs)
+
+
+def _mb(n: int) -> int:
+    return round(n / 2**20)
+
+
+__all__ = ["LoadedModel", "load_resident", "load_tokenizer", "parse_dtype", "split_state_dict",
+           "DRAFT_SIDECAR"]
