@@ -40,16 +40,14 @@ class Checkpoint:
         if self.kind == "gguf":
             yield from _gguf_tensors(self.path, self.config).items()
             return
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         for file in self.weight_files:
             try:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
-            except (OSError, RuntimeError, ValueError) as e:
-                if isinstance(e, CheckpointError):
-                    raise
+            except (OSError, RuntimeError, SafetensorError) as e:
                 raise CheckpointError(
                     f"{file}: cannot read safetensors file ({e}). The file is truncated or not "
                     "safetensors; download or convert the checkpoint again."
