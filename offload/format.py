@@ -1,0 +1,301 @@
+"""The layer store: a packed model laid out for streaming from disk.
+
+A store is a directory:
+
+    manifest.json        format version, HF config, generation config, every file's size and
+                         sha256, every tensor's dtype/shape/offset/nbytes. Written last by pack.
+    resident.bin         embeddings, final norm, lm_head (absent when tied): kept in RAM
+    layer_00000.bin ...  one file per decoder layer, all its tensors back to back
+    tokenizer/           tokenizer files, when the source had them
+
+Every tensor starts at a 4096-aligned offset and every file is padded to a multiple of
+4096, so one layer is ONE sequential O_DIRECT read into a page-aligned buffer and each
+tensor is a zero-copy view of that buffer. Opening a store checks the manifest and the
+file sizes (cheap); `verify` checks every sha256 (slow, reads everything); a layer's
+checksum is also checked the first time a process reads it (`check_first_read`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FORMAT_NAME = "specdec-layer-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+RESIDENT_FILE = "resident.bin"
+TOKENIZER_DIR = "tokenizer"
+ALIGN = 4096
+REPACK = "Re-pack it with `specdec pack SRC OUT`."
+
+# Only plain numeric dtypes may appear in a manifest; names are torch's.
+DTYPES = {name: getattr(torch, name) for name in
+          ("float32", "bfloat16", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+
+
+class StoreError(ValueError):
+    """A store that cannot be used; the message names the file and the fix."""
+
+
+def layer_file_name(i: int) -> str:
+    return f"layer_{i:05d}.bin"
+
+
+def align_up(n: int, align: int = ALIGN) -> int:
+    return (n + align - 1) // align * align
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    dtype: str  # torch dtype name, a key of DTYPES
+    shape: tuple[int, ...]
+    offset: int  # bytes from the start of the file, a multiple of ALIGN
+    nbytes: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "offset": self.offset, "nbytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    name: str  # relative to the store directory
+    size: int
+    sha256: str
+    tensors: dict[str, TensorMeta]
+
+
+class Store:
+    """An opened, size-checked store. Cheap to create; reads no weights."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        self.config: dict = manifest["config"]
+        self.generation_config: dict = manifest.get("generation_config") or {}
+        self.dtype: str = manifest.get("dtype", "")
+        self.files: dict[str, FileMeta] = _parse_files(manifest)
+        self.num_layers: int = len(manifest["layers"])
+        self._layer_names: list[str] = list(manifest["layers"])
+        tok = manifest.get("tokenizer_dir")
+        self.tokenizer_dir: Path | None = path / tok if tok else None
+
+    # -- layers ---------------------------------------------------------------------------
+    def layer_file(self, i: int) -> Path:
+        return self.path / self._layer_names[i]
+
+    def layer_meta(self, i: int) -> FileMeta:
+        return self.files[self._layer_names[i]]
+
+    def layer_nbytes(self, i: int) -> int:
+        return self.layer_meta(i).size
+
+    def layer_tensors(self, i: int) -> dict[str, TensorMeta]:
+        """Layer-relative name ("self_attn.q_proj.weight") -> where it lies in layer_file(i)."""
+        return self.layer_meta(i).tensors
+
+    @property
+    def max_layer_nbytes(self) -> int:
+        return max((self.layer_nbytes(i) for i in range(self.num_layers)), default=0)
+
+    @property
+    def layers_nbytes(self) -> int:
+        return sum(self.layer_nbytes(i) for i in range(self.num_layers))
+
+    # -- resident part ----------------------------------------------------------------------
+    @property
+    def resident_file(self) -> Path:
+        return self.path / RESIDENT_FILE
+
+    @property
+    def resident_meta(self) -> FileMeta:
+        return self.files[RESIDENT_FILE]
+
+    @property
+    def resident_nbytes(self) -> int:
+        return self.resident_meta.size
+
+    @property
+    def tied(self) -> bool:
+        return "lm_head.weight" not in self.resident_meta.tensors
+
+    def load_resident(self, reader=None) -> dict[str, torch.Tensor]:
+        """Full HF name -> tensor for the resident part, read uncached and checksum-checked.
+        The tensors share one page-aligned buffer that lives as long as they do."""
+        from .reader import DirectReader, aligned_buffer, tensor_views
+
+        meta = self.resident_meta
+        own = reader is None
+        reader = reader or DirectReader()
+        try:
+            buf = aligned_buffer(meta.size)
+            reader.read_file(self.resident_file, buf, meta.size)
+            check_first_read(self, RESIDENT_FILE, buf)
+            return tensor_views(buf, meta.tensors)
+        finally:
+            if own:
+                reader.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, layers={self.num_layers}, dtype={self.dtype})"
+
+
+def is_store(path: str | Path) -> bool:
+    """True for a directory holding a manifest of ours (any version); checks no sizes."""
+    manifest = Path(path) / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a store, checking the manifest's version and every file's existence and size."""
+    path = Path(path).expanduser()
+    manifest = _read_manifest(path)
+    try:
+        store = Store(path, manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, StoreError):
+            raise
+        raise StoreError(f"{path / MANIFEST}: malformed manifest ({e!r}). {REPACK}") from e
+    _check_sizes(store)
+    return store
+
+
+def _read_manifest(path: Path) -> dict:
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise StoreError(f"{path}: not a directory, so not a packed store. "
+                         "Create one with `specdec pack SRC OUT`.")
+    if not file.exists():
+        raise StoreError(f"{file}: missing, so {path} is not a complete store (an interrupted "
+                         f"pack leaves none). {REPACK}")
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{file}: not a specdec store manifest (not JSON: {e}). {REPACK}") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise StoreError(f"{file}: not a specdec store manifest (no format={FORMAT_NAME!r}). {REPACK}")
+    version = data.get("version")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{file}: store format version {version!r} is not supported (this "
+                         f"specdec reads version {FORMAT_VERSION}). Upgrade specdec, or "
+                         f"re-pack with this version: `specdec pack SRC OUT`.")
+    return data
+
+
+def _parse_files(manifest: dict) -> dict[str, FileMeta]:
+    files = {}
+    for name, f in manifest["files"].items():
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise StoreError(f"manifest names a file outside the store: {name!r}. {REPACK}")
+        tensors = {t: TensorMeta(t, m["dtype"], tuple(int(d) for d in m["shape"]), int(m["offset"]),
+                                 int(m["nbytes"])) for t, m in f.get("tensors", {}).items()}
+        meta = FileMeta(name, int(f["size"]), str(f["sha256"]), tensors)
+        _check_tensor_layout(meta)
+        files[name] = meta
+    for name in [RESIDENT_FILE, *manifest["layers"]]:
+        if name not in files:
+            raise StoreError(f"manifest lists no size/checksum for {name}. {REPACK}")
+    return files
+
+
+def _check_tensor_layout(meta: FileMeta) -> None:
+    # A manifest that points outside its file would give garbage views or crash; refuse it.
+    for t in meta.tensors.values():
+        if t.dtype not in DTYPES:
+            raise StoreError(f"manifest: {meta.name}:{t.name} has unknown dtype {t.dtype!r}. {REPACK}")
+        itemsize = torch.empty((), dtype=DTYPES[t.dtype]).element_size()
+        if (t.offset % ALIGN or t.offset < 0 or t.offset + t.nbytes > meta.size
+                or math.prod(t.shape) * itemsize != t.nbytes):
+            raise StoreError(f"manifest: {meta.name}:{t.name} has an inconsistent layout "
+                             f"(offset {t.offset}, {t.nbytes} bytes, shape {t.shape}). {REPACK}")
+
+
+def _check_sizes(store: Store) -> None:
+    for name, meta in store.files.items():
+        file = store.path / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{file}: missing from the store. {REPACK}") from None
+        if size != meta.size:
+            what = "truncated" if size < meta.size else "larger than recorded"
+            raise StoreError(f"{file}: {what} ({size} bytes, manifest says {meta.size}). "
+                             f"The store is damaged. {REPACK}")
+
+
+# -- checksums --------------------------------------------------------------------------------
+def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(store: Store | str | Path) -> list[str]:
+    """Check every file's size and sha256 against the manifest; return the problems found
+    (empty list = the store is intact). Reads the whole store."""
+    if not isinstance(store, Store):
+        try:
+            store = open_store(store)
+        except StoreError as e:
+            return [str(e)]
+    problems = []
+    for name, meta in store.files.items():
+        file = store.path / name
+        try:
+            digest = file_sha256(file)
+        except OSError as e:
+            problems.append(f"{file}: cannot read ({e}). {REPACK}")
+            continue
+        if digest != meta.sha256:
+            problems.append(f"{file}: sha256 mismatch (the file is corrupt). {REPACK}")
+    return problems
+
+
+# Files whose checksum this process has already checked: (path, size, mtime_ns, inode).
+# A re-packed store has new inodes, so it is checked again.
+_verified: set[tuple] = set()
+_verified_lock = threading.Lock()
+
+
+def _file_key(file: Path) -> tuple:
+    st = file.stat()
+    return (str(file.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def check_first_read(store: Store, name: str, data) -> None:
+    """Check `data` (the bytes just read of store file `name`) against its sha256, the first
+    time this process reads that file; later reads are trusted (hashing every pass would
+    cost as much as the read). Raises StoreError naming the file and the fix."""
+    file = store.path / name
+    key = _file_key(file)
+    with _verified_lock:
+        if key in _verified:
+            return
+    meta = store.files[name]
+    digest = hashlib.sha256(memoryview(data)[:meta.size]).hexdigest()
+    if digest != meta.sha256:
+        raise StoreError(f"{file}: sha256 mismatch on first read (the file is corrupt). {REPACK}")
+    with _verified_lock:
+        _verified.add(key)
+
+
+def forget_verified() -> None:
+    """Make the next read of every file check its checksum again (tests)."""
+    with _verified_lock:
+        _verified.clear()

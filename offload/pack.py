@@ -1,0 +1,342 @@
+"""Pack a Hugging Face safetensors directory or a GGUF file into a layer store.
+
+Safetensors checkpoints are streamed one tensor at a time, so packing needs about one
+tensor of RAM, whatever the model size. GGUF files are dequantized by transformers,
+which materialises the whole model as float32 in RAM first: fine for the small demo
+models shipped as GGUF, not for a GGUF larger than RAM (convert it to safetensors first).
+
+Each tensor is converted to the store dtype (bfloat16 by default: fp16 matmuls are ~100x
+slower than bf16 on CPU) and appended, 4096-aligned, to its layer's file as it arrives;
+shards that interleave layers are fine because every layer file stays open until the end.
+
+Atomic: everything is written into `OUT.partial-<pid>`, fsynced, the manifest written
+last, and only then renamed to OUT. An interrupted pack leaves at most a `.partial-*`
+directory without a manifest, which `open_store` refuses; an error removes it.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .format import (ALIGN, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE, TOKENIZER_DIR,
+                     TensorMeta, align_up, file_sha256, is_store, layer_file_name)
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "f32": "float32",
+                 "float32": "float32"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "generation_config.json", "chat_template.jinja", "chat_template.json")
+DISK_MARGIN = 64 << 20  # room for the manifest, tokenizer files and filesystem slack
+
+
+class PackError(ValueError):
+    """Packing failed; the message names the file and the fix. No store was left behind."""
+
+
+def normalize_dtype(dtype: str | torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPE_ALIASES:
+        raise PackError(f"dtype {dtype!r} is not supported for stores: use bfloat16 (bf16, the "
+                        "default) or float32 (exact comparisons). float16 is refused: fp16 "
+                        "matmuls are ~100x slower than bf16 on CPU.")
+    return DTYPE_ALIASES[name]
+
+
+def pack(src: str | Path, out: str | Path, dtype: str = "bfloat16", progress: bool = True,
+         overwrite: bool = False) -> Path:
+    """Pack checkpoint `src` (HF safetensors dir or .gguf) into a store at `out`; return out."""
+    src, dtype = Path(src).expanduser(), normalize_dtype(dtype)
+    if is_store(src):
+        raise PackError(f"{src}: is already a packed store; use it directly, or pass the original "
+                        "Hugging Face directory or .gguf file to re-pack.")
+    ckpt = open_checkpoint(src)
+    estimate = estimate_store_bytes(ckpt, dtype)
+    return write_store(ckpt.config, ckpt.generation_config, ckpt.tensors(), out, dtype,
+                       estimate=estimate, progress=progress, overwrite=overwrite,
+                       tokenizer=lambda d: copy_tokenizer(ckpt, d), source=str(src))
+
+
+def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[str, torch.Tensor]],
+                out: str | Path, dtype: str = "bfloat16", *, estimate: int | None = None,
+                progress: bool = True, overwrite: bool = False,
+                tokenizer: Callable[[Path], bool] | None = None, source: str = "") -> Path:
+    """Write a store from (hf_name, tensor) pairs arriving in any order, one at a time.
+    `tokenizer(dir)` may save tokenizer files into dir and returns whether it did."""
+    out, dtype = Path(out).expanduser().absolute(), normalize_dtype(dtype)
+    _check_out(out, overwrite)
+    if estimate is not None:
+        _check_disk_space(out.parent, estimate)
+    tmp = out.parent / f"{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        manifest = _write_contents(config, generation_config, tensors, tmp, dtype, estimate,
+                                   progress, tokenizer)
+        manifest["source"] = source
+        _write_json_durable(tmp / MANIFEST, manifest)
+        _fsync_path(tmp)
+        _replace_dir(tmp, out)
+    except BaseException as e:  # incl. KeyboardInterrupt: never leave a half-written store
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise PackError(f"{out}: no space left on device while packing (about "
+                            f"{_gb(estimate or 0)} needed). Free disk space or choose another "
+                            "OUT; nothing was written.") from e
+        raise
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PackError(f"{out}: exists and is not a directory. Choose another OUT path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PackError(f"{out}: exists and is not empty. Choose another OUT, or pass "
+                        "--overwrite (overwrite=True) to replace it.")
+
+
+def _check_disk_space(parent: Path, needed: int) -> None:
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed + DISK_MARGIN:
+        raise PackError(f"{parent}: not enough free disk space to pack: about {_gb(needed)} "
+                        f"needed, {_gb(free)} free. Free disk space or choose an OUT on "
+                        "another disk.")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+class _FileWriter:
+    """Appends tensors to one store file at 4096-aligned offsets, hashing as it goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.tensors: dict[str, TensorMeta] = {}
+
+    def _pad_to(self, size: int) -> None:
+        pad = bytes(size - self.size)
+        self.f.write(pad)
+        self.sha.update(pad)
+        self.size = size
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.tensors:
+            raise PackError(f"{self.path.name}: tensor {name} appears twice in the checkpoint; "
+                            "the checkpoint is corrupt. Download it again.")
+        self._pad_to(align_up(self.size))
+        data = _tensor_bytes(tensor)
+        self.tensors[name] = TensorMeta(name, str(tensor.dtype).removeprefix("torch."),
+                                        tuple(tensor.shape), self.size, len(data))
+        self.f.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+    def finish(self) -> dict:
+        self._pad_to(max(align_up(self.size), ALIGN))  # whole blocks: O_DIRECT reads them
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        return {"size": self.size, "sha256": self.sha.hexdigest(),
+                "tensors": {n: t.to_json() for n, t in self.tensors.items()}}
+
+    def abort(self) -> None:
+        self.f.close()
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _convert(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t
+    return t.to(getattr(torch, dtype))
+
+
+def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, estimate,
+                    progress: bool, tokenizer) -> dict:
+    from tqdm import tqdm
+
+    tied = bool(config.get("tie_word_embeddings", False))
+    writers: dict[int | None, _FileWriter] = {}  # None = the resident file
+    bar = tqdm(total=estimate, unit="B", unit_scale=True, desc="pack", disable=not progress)
+    try:
+        for name, tensor in tensors:
+            m = _LAYER.match(name)
+            if name == "lm_head.weight" and tied:
+                continue  # tied: the model reuses embed_tokens; storing it would waste RAM
+            key, rel = (int(m.group(1)), m.group(2)) if m else (None, name)
+            if key not in writers:
+                fname = RESIDENT_FILE if key is None else layer_file_name(key)
+                writers[key] = _FileWriter(tmp / fname)
+            t = _convert(tensor, dtype)
+            writers[key].add(rel, t)
+            bar.update(t.nbytes)
+            del tensor, t
+        layer_ids = _check_layers(config, writers)
+        files = {w.path.name: w.finish() for w in writers.values()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    tok_dir = _save_tokenizer(tokenizer, tmp)
+    if tok_dir:
+        for file in sorted((tmp / tok_dir).rglob("*")):
+            if file.is_file():
+                _fsync_path(file)
+                files[str(file.relative_to(tmp))] = {"size": file.stat().st_size, "sha256": file_sha256(file)}
+    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "config": config,
+            "generation_config": generation_config or {}, "tokenizer_dir": tok_dir,
+            "layers": [layer_file_name(i) for i in layer_ids], "files": files}
+
+
+def _check_layers(config: dict, writers: dict) -> list[int]:
+    expected = config.get("num_hidden_layers")
+    ids = sorted(k for k in writers if k is not None)
+    if expected is not None and ids != list(range(int(expected))):
+        missing = sorted(set(range(int(expected))) - set(ids))
+        raise PackError(f"checkpoint has decoder layers {_ranges(ids)} but config.json says "
+                        f"num_hidden_layers={expected}" + (f" (missing {_ranges(missing)})" if missing else "")
+                        + ". The checkpoint is incomplete or does not match its config; download it again.")
+    if None not in writers or "model.embed_tokens.weight" not in writers[None].tensors:
+        raise PackError("checkpoint has no model.embed_tokens.weight; it is not a Llama-family "
+                        "causal LM checkpoint, or it is incomplete. Download it again.")
+    names = set(writers[ids[0]].tensors) if ids else set()
+    for i in ids:
+        if set(writers[i].tensors) != names:
+            diff = sorted(set(writers[i].tensors) ^ names)
+            raise PackError(f"decoder layer {i} has different tensors from layer {ids[0]} "
+                            f"({', '.join(diff[:3])}); the checkpoint is incomplete. Download it again.")
+    return ids
+
+
+def _ranges(ids: list[int]) -> str:
+    return f"{ids[0]}..{ids[-1]}" if len(ids) > 3 and ids == list(range(ids[0], ids[-1] + 1)) else str(ids)
+
+
+def _save_tokenizer(tokenizer, tmp: Path) -> str | None:
+    if tokenizer is None:
+        return None
+    target = tmp / TOKENIZER_DIR
+    target.mkdir()
+    if tokenizer(target):
+        return TOKENIZER_DIR
+    shutil.rmtree(target)
+    return None
+
+
+def copy_tokenizer(ckpt: Checkpoint, target: Path) -> bool:
+    """Copy (safetensors dir) or export (GGUF) the checkpoint's tokenizer into `target`."""
+    if ckpt.kind == "gguf":
+        return _export_gguf_tokenizer(ckpt, target)
+    copied = False
+    for name in TOKENIZER_FILES:
+        file = ckpt.path / name
+        if file.is_file():
+            shutil.copy2(file, target / name)
+            copied = copied or name != "generation_config.json"
+    for file in ckpt.path.glob("*.jinja"):
+        shutil.copy2(file, target / file.name)
+    return copied
+
+
+def _export_gguf_tokenizer(ckpt: Checkpoint, target: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    directory, name = ckpt.tokenizer_source
+    try:
+        tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    except (ValueError, OSError, KeyError, ImportError) as e:
+        # Not fatal: a store without a tokenizer still runs token-id prompts. Say so loudly.
+        warnings.warn(f"{ckpt.path}: could not read its tokenizer ({e}); the store will have no "
+                      "tokenizer and accepts only token-id prompts.", stacklevel=2)
+        return False
+    tok.save_pretrained(str(target))
+    return True
+
+
+def estimate_store_bytes(ckpt: Checkpoint, dtype: str) -> int:
+    """Bytes the store's weight files will take (for the disk-space check and progress)."""
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    if ckpt.kind == "safetensors":
+        try:
+            return _safetensors_numel(ckpt) * itemsize
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path}: cannot read safetensors headers ({e}); "
+                                  "download the checkpoint again.") from e
+    return param_count(ckpt.config) * itemsize
+
+
+def _safetensors_numel(ckpt: Checkpoint) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in ckpt.weight_files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape()) + ALIGN  # + alignment padding
+    return total
+
+
+def param_count(cfg: dict) -> int:
+    """Parameters of a Llama-family model from its HF config (upper bound incl. biases)."""
+    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or h // heads
+    attn = h * heads * hd * 2 + h * kv * hd * 2 + (heads + 2 * kv) * hd + 2 * hd
+    layer = attn + 3 * h * inter + 2 * h
+    heads_out = 1 if cfg.get("tie_word_embeddings") else 2
+    return cfg["num_hidden_layers"] * layer + heads_out * vocab * h + h
+
+
+# -- durability ------------------------------------------------------------------------------
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_durable(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename tmp to out; an existing out (allowed by overwrite) is moved aside first and
+    removed only after the new store is in place."""
+    old = None
+    if out.exists():
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    _fsync_path(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
