@@ -1,0 +1,288 @@
+"""Stream a store's decoder layers with a background reader and a ring of buffers.
+
+`StreamedWeights` is a weights source for the model (same duck type as
+`specdec.weights.ResidentWeights`): `resident` (HF name -> tensor) and `layers()`, one
+pass over the decoder layers in order. While the model computes layer i, a background
+thread reads the next streamed layers into the other ring slots; when a pass ends it
+goes straight on with the first streamed layers of the next pass, so the next pass (after
+the draft has run) does not start cold.
+
+Lifetime of a streamed layer's tensors: they view a ring slot, which is handed back to the
+reader when the consumer takes the next layer; don't keep them past that. Pinned layers
+are read once at construction and kept in RAM for good.
+
+Failure: an exception in the reader thread (an I/O error, a checksum mismatch) ends the
+thread, which is joined, and is re-raised in the consumer from the `layers()` iterator;
+the next `layers()` call starts a fresh reader. A pass that ends early (the model raised,
+or the generator was closed) also stops and joins the reader, for the same fresh start.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from .format import Store, check_first_read, open_store
+from .reader import DirectReader, aligned_buffer, tensor_views
+
+
+@dataclass
+class StreamStats:
+    bytes_read: int = 0  # bytes read from disk by this source (streamed + pinned + resident)
+    read_seconds: float = 0.0  # time the reader spent reading (incl. first-read checksums)
+    compute_wait_seconds: float = 0.0  # time the consumer waited for a layer to arrive
+    passes: int = 0  # completed passes over the layers
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class StreamedWeights:
+    """Weights source streaming decoder layers from a store.
+
+    pinned: None (stream every layer), an int N (pin the first N layers), or an iterable of
+    layer indices. Pinned layers are read once and never re-read.
+    ring_size: number of layer buffers the reader fills ahead (>= 1; 2 overlaps read and compute).
+    dtype: convert every tensor to this dtype (a copy per layer) if it differs from the store's.
+    """
+
+    def __init__(self, store: Store | str | Path, pinned: int | Iterable[int] | None = None,
+                 ring_size: int = 2, dtype: torch.dtype | None = None,
+                 chunk_bytes: int | None = None, read_threads: int | None = None):
+        self.store = store if isinstance(store, Store) else open_store(store)
+        self.num_layers = self.store.num_layers
+        self.dtype = dtype
+        self.pinned_layers = _normalize_pinned(pinned, self.num_layers)
+        self.streamed_layers = [i for i in range(self.num_layers) if i not in self.pinned_layers]
+        self.stats = StreamStats()
+        opts = {k: v for k, v in (("chunk_bytes", chunk_bytes), ("threads", read_threads)) if v}
+        self._reader = DirectReader(**opts)
+        try:
+            self.resident = self._convert(self._read_owned(None))
+            self._pinned = {i: self._convert(self._read_owned(i)) for i in self.pinned_layers}
+        finally:
+            self._reader.close()  # join the pool threads; the prefetch thread makes its own
+        self._ring = _Ring(self.store, self.streamed_layers, max(1, ring_size), self._reader, self.stats)
+        self._active: int | None = None  # token of the pass in progress
+        self._next_token = 0
+        self._closed = False
+        # Stop the thread if the source is dropped without close(); the thread holds only
+        # the ring, not self, so this can run.
+        self._finalizer = weakref.finalize(self, self._ring.stop)
+
+    @property
+    def ring_size(self) -> int:
+        return self._ring.size
+
+    @property
+    def streamed_bytes_per_pass(self) -> int:
+        return sum(self.store.layer_nbytes(i) for i in self.streamed_layers)
+
+    def _read_owned(self, layer: int | None) -> dict[str, torch.Tensor]:
+        """Read the resident file (layer None) or a layer into its own buffer, checksummed."""
+        s = self.store
+        meta = s.resident_meta if layer is None else s.layer_meta(layer)
+        buf = aligned_buffer(meta.size)
+        t0 = time.perf_counter()
+        self._reader.read_file(s.path / meta.name, buf, meta.size)
+        check_first_read(s, meta.name, buf)
+        self.stats.bytes_read += meta.size
+        self.stats.read_seconds += time.perf_counter() - t0
+        return tensor_views(buf, meta.tensors)
+
+    def _convert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.dtype is None:
+            return tensors
+        return {k: v.to(self.dtype) if v.is_floating_point() and v.dtype != self.dtype else v
+                for k, v in tensors.items()}
+
+    def reset_stats(self) -> None:
+        with self._ring.cond:
+            self.stats.bytes_read = self.stats.passes = 0
+            self.stats.read_seconds = self.stats.compute_wait_seconds = 0.0
+
+    # -- the pass -------------------------------------------------------------------------
+    def layers(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over layers 0..L-1. A previous pass left unfinished (its generator kept
+        alive by a traceback) is abandoned: its reader is stopped and a fresh one started."""
+        if self._closed:
+            raise RuntimeError("StreamedWeights is closed; create a new one.")
+        if self._active is not None:
+            self._active = None
+            self._ring.stop()
+        self._next_token += 1
+        token = self._active = self._next_token
+        self._ring.start()
+        return self._iterate(token)
+
+    def _iterate(self, token: int) -> Iterator[dict[str, torch.Tensor]]:
+        completed = False
+        try:
+            for i in range(self.num_layers):
+                if i in self._pinned:
+                    yield self._pinned[i]
+                    continue
+                yield from self._streamed(i, token)
+            completed = True
+            self.stats.passes += 1
+        finally:
+            if self._active == token:
+                self._active = None
+                if not completed:
+                    self._ring.stop()  # the reader is mid-pass: restart it cleanly next time
+
+    def _streamed(self, i: int, token: int) -> Iterator[dict[str, torch.Tensor]]:
+        t0 = time.perf_counter()
+        layer, slot, epoch = self._ring.take(lambda: self._active == token)
+        self.stats.compute_wait_seconds += time.perf_counter() - t0
+        if layer != i:  # the ring is strictly ordered; anything else is a bug, not bad input
+            raise RuntimeError(f"prefetch out of order: expected layer {i}, got {layer}")
+        views = tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i))
+        if self.dtype is not None and any(v.dtype != self.dtype for v in views.values()
+                                          if v.is_floating_point()):
+            # Converting copies anyway: copy everything and refill the slot right away.
+            views = {k: v.to(self.dtype, copy=True) if v.is_floating_point() else v.clone()
+                     for k, v in views.items()}
+            self._ring.release(slot, epoch)
+            yield views
+            return
+        try:
+            yield views
+        finally:
+            self._ring.release(slot, epoch)
+
+    def close(self) -> None:
+        """Stop and join the reader thread. Idempotent."""
+        self._closed = True
+        self._active = None
+        self._finalizer()
+
+    def __enter__(self) -> "StreamedWeights":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"StreamedWeights({self.store.path}, pinned={sorted(self.pinned_layers)}, "
+                f"ring_size={self.ring_size}, streamed={len(self.streamed_layers)} layers)")
+
+
+def _normalize_pinned(pinned, num_layers: int) -> frozenset[int]:
+    if pinned is None:
+        return frozenset()
+    if isinstance(pinned, int):
+        if not 0 <= pinned <= num_layers:
+            raise ValueError(f"pinned={pinned}: must be between 0 and the {num_layers} layers")
+        return frozenset(range(pinned))
+    ids = frozenset(int(i) for i in pinned)
+    bad = sorted(i for i in ids if not 0 <= i < num_layers)
+    if bad:
+        raise ValueError(f"pinned layers {bad} out of range 0..{num_layers - 1}")
+    return ids
+
+
+class _Ring:
+    """The reader thread and its ring of slots. Slots cycle free -> filled -> held -> free;
+    the thread reads `order` cyclically (pass after pass) into free slots."""
+
+    def __init__(self, store: Store, order: list[int], size: int, reader: DirectReader,
+                 stats: StreamStats):
+        self.store, self.order, self.size, self.reader, self.stats = store, order, size, reader, stats
+        largest = max((store.layer_nbytes(i) for i in order), default=0)
+        self.buffers = [aligned_buffer(largest) for _ in range(size)] if order else []
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.epoch = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        # A new epoch: slots handed out before the reset must not come back into the ring.
+        self.epoch += 1
+        self.free = deque(range(len(self.buffers)))
+        self.filled: deque[tuple[int, int]] = deque()
+        self.error: BaseException | None = None
+        self.stopping = False
+
+    def start(self) -> None:
+        if not self.order or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.stop()  # collect a thread that died of an error before
+        self.thread = threading.Thread(target=self._run, name="specdec-prefetch", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop and join the thread, then forget every slot's contents."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        with self.cond:
+            self._reset()
+
+    def take(self, still_wanted) -> tuple[int, int, int]:
+        """Wait for the next filled slot: (layer index, slot, epoch). Re-raises the thread's error."""
+        with self.cond:
+            while True:
+                if not still_wanted():
+                    raise RuntimeError("this pass over the layers was abandoned (layers() was "
+                                       "called again); iterate the new pass instead.")
+                if self.filled:
+                    return (*self.filled.popleft(), self.epoch)
+                if self.error is not None:
+                    error = self.error
+                    break
+                if self.thread is None or not self.thread.is_alive():
+                    error = RuntimeError("the prefetch thread stopped unexpectedly; call layers() again.")
+                    break
+                self.cond.wait(timeout=0.5)
+        self.stop()  # join the dead thread now so nothing outlives the error
+        raise error
+
+    def release(self, slot: int, epoch: int) -> None:
+        with self.cond:
+            if epoch == self.epoch and not self.stopping:
+                self.free.append(slot)
+                self.cond.notify_all()
+
+    def _run(self) -> None:
+        pos = 0
+        try:
+            while True:
+                with self.cond:
+                    while not self.stopping and not self.free:
+                        self.cond.wait()
+                    if self.stopping:
+                        return
+                    slot = self.free.popleft()
+                layer = self.order[pos % len(self.order)]
+                self._read(layer, slot)
+                with self.cond:
+                    if self.stopping:
+                        return
+                    self.filled.append((layer, slot))
+                    self.cond.notify_all()
+                pos += 1
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+        finally:
+            self.reader.close()
+
+    def _read(self, layer: int, slot: int) -> None:
+        meta = self.store.layer_meta(layer)
+        t0 = time.perf_counter()
+        self.reader.read_file(self.store.path / meta.name, self.buffers[slot], meta.size)
+        check_first_read(self.store, meta.name, self.buffers[slot])
+        with self.cond:
+            self.stats.bytes_read += meta.size
+            self.stats.read_seconds += time.perf_counter() - t0
