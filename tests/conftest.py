@@ -44,3 +44,29 @@ def tiny_llama(tmp_path):
     path = tmp_path / "llama"
     model = make_tiny_model(path, "llama")
     return path, model
+
+
+def make_noised_copy(src, dst, scale: float, seed: int = 0):
+    """Copy a saved tiny model with gaussian noise (relative `scale`) on every weight:
+    a draft that agrees with the target some of the time."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(f"{dst}/model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    noised = {k: v + torch.randn(v.shape, generator=g) * v.std().clamp_min(1e-3) * scale
+              for k, v in state.items()}
+    save_file(noised, f"{dst}/model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def sharpen_lm_head(path, factor: float):
+    """Scale a saved model's lm_head so its next-token distributions are peaked, not
+    near-uniform as at random init (makes sampling tests meaningful)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(f"{path}/model.safetensors")
+    state["lm_head.weight"] = state["lm_head.weight"] * factor
+    save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
