@@ -1,0 +1,163 @@
+"""Fit a RAM budget: what stays resident, what is pinned, what is streamed.
+
+Everything that must be in RAM is counted first: the resident part (embeddings, final norm,
+lm_head), the draft model, both KV caches at the maximum context, the ring of
+`ring_size` buffers of the largest streamed layer, and a fixed runtime overhead (Python,
+torch, activations). What is left pins whole target layers, the first ones first
+(`StreamedWeights(pinned=N)` takes the same N): a pinned layer is never re-read, so each
+one saves its size in disk reads on every pass. If all layers fit, no ring is needed.
+
+Sizes: "4GB" = 4e9 bytes, "4GiB" = 4 * 2**30; "4G" (no B) is read as GiB, like `free -g`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+DEFAULT_OVERHEAD = 384 << 20  # measured: python + torch + specdec imported ~240 MB RSS, plus activations
+DEFAULT_FRACTION = 0.5  # of available RAM, when no budget is given
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+class BudgetError(ValueError):
+    """The RAM budget cannot hold the model; the message says the minimum that would."""
+
+
+def parse_size(value: int | float | str) -> int:
+    """'4GB' -> 4_000_000_000, '512MB', '1.5GiB', '8G' (GiB), 1234 -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, (int, float)):
+        n = int(value)
+    else:
+        m = _SIZE.match(value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"cannot read size {value!r}: write it like 4GB, 512MB, 1.5GiB or a "
+                             "number of bytes.")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise ValueError(f"size {value!r} must be positive.")
+    return n
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    """The byte sizes planning needs; `LayerSizes.of(store)` reads them from a Store."""
+    resident_nbytes: int
+    layer_nbytes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, store_or_sizes) -> "LayerSizes":
+        if isinstance(store_or_sizes, LayerSizes):
+            return store_or_sizes
+        s = store_or_sizes
+        return cls(s.resident_nbytes, tuple(s.layer_nbytes(i) for i in range(s.num_layers)))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget_bytes: int
+    budget_reason: str
+    resident_bytes: int
+    draft_bytes: int
+    kv_target_bytes: int
+    kv_draft_bytes: int
+    max_context: int
+    overhead_bytes: int
+    ring_size: int  # 0 when every layer is pinned
+    ring_bytes: int
+    pinned: tuple[int, ...]  # always the first len(pinned) layers
+    pinned_bytes: int
+    streamed: tuple[int, ...]
+    streamed_bytes_per_pass: int
+    minimum_bytes: int  # the smallest budget that works (with the requested ring)
+
+    @property
+    def num_pinned(self) -> int:
+        return len(self.pinned)
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.resident_bytes + self.draft_bytes + self.kv_target_bytes + self.kv_draft_bytes
+                + self.overhead_bytes + self.ring_bytes + self.pinned_bytes)
+
+    @property
+    def summary(self) -> str:
+        n = len(self.pinned) + len(self.streamed)
+        layers = (f"all {n} target layers pinned in RAM" if not self.streamed else
+                  f"{len(self.pinned)}/{n} target layers pinned, {len(self.streamed)} streamed "
+                  f"({format_size(self.streamed_bytes_per_pass)} read per pass, ring of "
+                  f"{self.ring_size} x {format_size(self.ring_bytes // max(self.ring_size, 1))})")
+        return (f"RAM budget {format_size(self.budget_bytes)} ({self.budget_reason}): {layers}; "
+                f"resident {format_size(self.resident_bytes)}, draft {format_size(self.draft_bytes)}, "
+                f"KV {format_size(self.kv_target_bytes + self.kv_draft_bytes)} at {self.max_context} "
+                f"tokens; planned {format_size(self.total_bytes)}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["total_bytes"], d["summary"] = self.total_bytes, self.summary
+        return d
+
+
+def default_budget(fraction: float = DEFAULT_FRACTION) -> tuple[int, str]:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    budget = int(vm.available * fraction)
+    return budget, (f"no budget given: {fraction:.0%} of the {format_size(vm.available)} RAM "
+                    "available now")
+
+
+def plan_memory(store_or_sizes, ram_bytes: int | str | None = None, draft_bytes: int = 0,
+                kv_bytes_per_token_target: int = 0, kv_bytes_per_token_draft: int = 0,
+                max_context: int = 4096, ring_size: int = 2,
+                overhead_bytes: int = DEFAULT_OVERHEAD) -> MemoryPlan:
+    """Plan RAM for a store (or LayerSizes). Raises BudgetError, stating the minimum budget,
+    when even streaming every layer does not fit."""
+    sizes = LayerSizes.of(store_or_sizes)
+    if ram_bytes is None:
+        budget, reason = default_budget()
+    else:
+        budget, reason = parse_size(ram_bytes), "given"
+    kv_t, kv_d = kv_bytes_per_token_target * max_context, kv_bytes_per_token_draft * max_context
+    fixed = sizes.resident_nbytes + draft_bytes + kv_t + kv_d + overhead_bytes
+    ring_size = max(1, ring_size)
+    ring_bytes = ring_size * max(sizes.layer_nbytes, default=0)
+    minimum = fixed + ring_bytes
+    everything = fixed + sum(sizes.layer_nbytes)
+    common = dict(budget_bytes=budget, budget_reason=reason, resident_bytes=sizes.resident_nbytes,
+                  draft_bytes=draft_bytes, kv_target_bytes=kv_t, kv_draft_bytes=kv_d,
+                  max_context=max_context, overhead_bytes=overhead_bytes,
+                  minimum_bytes=min(minimum, everything))
+    if budget >= everything:  # no streaming at all: no ring needed
+        n = len(sizes.layer_nbytes)
+        return MemoryPlan(**common, ring_size=0, ring_bytes=0, pinned=tuple(range(n)),
+                          pinned_bytes=sum(sizes.layer_nbytes), streamed=(), streamed_bytes_per_pass=0)
+    if budget < minimum:
+        raise BudgetError(
+            f"RAM budget {format_size(budget)} ({reason}) is too small: at least "
+            f"{format_size(minimum)} is needed (resident {format_size(sizes.resident_nbytes)} + draft "
+            f"{format_size(draft_bytes)} + KV {format_size(kv_t + kv_d)} at {max_context} tokens + "
+            f"{ring_size} layer buffers {format_size(ring_bytes)} + runtime "
+            f"{format_size(overhead_bytes)}). Give --ram {-(-minimum // 10**6)}MB "
+            "or more, or a shorter max context, or a smaller draft.")
+    left, n = budget - minimum, 0
+    while n < len(sizes.layer_nbytes) and sizes.layer_nbytes[n] <= left:
+        left -= sizes.layer_nbytes[n]
+        n += 1
+    streamed = tuple(range(n, len(sizes.layer_nbytes)))
+    return MemoryPlan(**common, ring_size=ring_size, ring_bytes=ring_bytes, pinned=tuple(range(n)),
+                      pinned_bytes=sum(sizes.layer_nbytes[:n]), streamed=streamed,
+                      streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed))
