@@ -196,7 +196,7 @@ def _plan(ram, **kw):
     return plan_memory(SIZES, ram, **{**defaults, **kw})
 
 
-@pytest.mark.parametrize("ram, pinned", [(260, 0), (309, 0), (310, 1), (400, 2), (559, 7), (560, 8),
+@pytest.mark.parametrize("ram, pinned", [(260, 0), (309, 0), (310, 1), (400, 2), (559, 5), (560, 8),
                                          (10**9, 8)])
 def test_plan_pins_what_fits(ram, pinned):
     plan = _plan(ram)  # fixed: 100 + 40 + 20 KV = 160; ring 2 x 50 = 100 -> minimum 260
