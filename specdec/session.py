@@ -1,26 +1,125 @@
-"""load(): put a target (in RAM or streamed) and an optional draft together."""
+"""load(): put a target (in RAM or streamed from a store) and an optional draft together."""
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
+import torch
+
+from offload.budget import plan_memory
+from offload.format import is_store, open_store
+from offload.pack import pack
+from offload.prefetch import StreamedWeights
+
 from .api import SpecDecoder
-from .loading import load_resident, parse_dtype
+from .cache import KVCache
+from .config import ModelArgs
+from .loading import LoadedModel, load_resident, parse_dtype
+from .model import Transformer
+
+DEFAULT_MAX_CONTEXT = 4096
 
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
-         dtype="bfloat16", max_context: int | None = None, k: int | None = None) -> SpecDecoder:
+         dtype="bfloat16", max_context: int | None = None, k: int | None = None,
+         cache_dir: str | Path | None = None, progress: bool = True) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
-    ram: RAM budget ("4GB"); given (or target is a store), the target streams from disk.
+        A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
+        is packed into `cache_dir` on first use and streamed under that budget.
+        No target at all: the offline demo pair (see specdec.demo).
+    ram: RAM budget ("4GB", "800MB", bytes). For a store without one, a budget is derived
+        from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
     max_context: KV cache length (default: the model's, capped at 4096).
     k: fixed number of drafted tokens per pass (default: adaptive).
+    cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     """
     if target is None:
-        raise ValueError("load() needs a target path")
+        from .demo import load_demo
+
+        return load_demo(ram=ram, draft=draft, dtype=dtype, max_context=max_context, k=k,
+                         cache_dir=cache_dir, progress=progress)
     torch_dtype = parse_dtype(dtype)
-    tgt = load_resident(target, torch_dtype)
-    drf = load_resident(draft, torch_dtype, embeddings_from=tgt) if draft is not None else None
-    ctx = max_context or min(tgt.args.max_position_embeddings, 4096)
-    return SpecDecoder(tgt, drf, ctx, k=k)
+    target = Path(target).expanduser()
+    if not is_store(target) and ram is None:
+        tgt = load_resident(target, torch_dtype)
+        drf = load_resident(draft, torch_dtype, embeddings_from=tgt) if draft is not None else None
+        ctx = _context(max_context, tgt.args)
+        return SpecDecoder(tgt, drf, ctx, k=k)
+    store_path = target if is_store(target) else packed_store(target, dtype, cache_dir, progress)
+    return _load_streamed(store_path, draft, ram, torch_dtype, max_context, k)
+
+
+def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context, k) -> SpecDecoder:
+    store = open_store(store_path)
+    args = ModelArgs.from_hf(store.config, source=f"{store_path}/manifest.json")
+    ctx = _context(max_context, args)
+    draft_args = _draft_args(draft)
+    plan = plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype),
+                       kv_bytes_per_token_target=_kv_per_token(args, dtype),
+                       kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
+                       max_context=ctx)
+    store_dtype = store.dtype and parse_dtype(store.dtype)
+    weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
+                              dtype=dtype if store_dtype != dtype else None)
+    try:
+        tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
+        tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
+                          store.generation_config, tok, f"{store_path.name} streamed from disk")
+        drf = load_resident(draft, dtype, embeddings_from=tgt) if draft is not None else None
+        return SpecDecoder(tgt, drf, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
+                           plan=plan, closer=weights.close)
+    except BaseException:
+        weights.close()
+        raise
+
+
+def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
+    """The store for checkpoint `src` in the cache, packing it on first use. The name
+    carries the source's identity (path, size, mtime), so an updated checkpoint re-packs."""
+    root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+    src = src.resolve()
+    stat = src.stat()
+    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
+    out = root / "stores" / f"{src.stem}-{key}"
+    if not is_store(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True)
+    return out
+
+
+def _context(max_context: int | None, args: ModelArgs) -> int:
+    if max_context is None:
+        return min(args.max_position_embeddings, DEFAULT_MAX_CONTEXT)
+    if not isinstance(max_context, int) or max_context < 2:
+        raise ValueError(f"max_context must be an integer >= 2, got {max_context!r}")
+    return max_context
+
+
+def _kv_per_token(args: ModelArgs, dtype: torch.dtype) -> int:
+    return KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
+
+
+def _draft_args(draft) -> ModelArgs | None:
+    if draft is None:
+        return None
+    from offload.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(draft)
+    return ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
+
+
+def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype) -> int:
+    """RAM the draft's weights take in `dtype`, from its parameter count (the embedding
+    table counts even when borrowed from the target: a dtype change copies it)."""
+    if args is None:
+        return 0
+    a = args
+    per_layer = (a.hidden_size * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+                 + 3 * a.hidden_size * a.intermediate_size + 2 * a.hidden_size)
+    embed = a.vocab_size * a.hidden_size * (1 if a.tie_word_embeddings else 2)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return (a.num_layers * per_layer + embed + a.hidden_size) * itemsize
