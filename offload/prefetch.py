@@ -157,6 +157,12 @@ class StreamedWeights:
         finally:
             self._ring.release(slot, epoch)
 
+    def wait_prefetched(self, timeout: float = 30.0) -> bool:
+        """Block until the reader has filled every ring slot and is idle (or has stopped, or
+        `timeout` passed); True if the ring is full. Benchmarks use it to start from the
+        state a pass finds after the draft has run."""
+        return self._ring.wait_full(timeout)
+
     def close(self) -> None:
         """Stop and join the reader thread. Idempotent."""
         self._closed = True
@@ -246,6 +252,14 @@ class _Ring:
                 self.cond.wait(timeout=0.5)
         self.stop()  # join the dead thread now so nothing outlives the error
         raise error
+
+    def wait_full(self, timeout: float) -> bool:
+        def done():
+            return (not self.free or self.error is not None or self.thread is None
+                    or not self.thread.is_alive())
+        with self.cond:
+            self.cond.wait_for(done, timeout)
+            return not self.free and bool(self.buffers)
 
     def release(self, slot: int, epoch: int) -> None:
         with self.cond:

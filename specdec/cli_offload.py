@@ -1,0 +1,204 @@
+"""CLI commands for the offload side: pack, verify, bench io.
+
+`add_offload_commands(subparsers)` registers them on specdec's argparse subparsers; each
+parser's `func` default is its handler, `handler(args) -> int` (the exit status). Handlers
+print known errors (bad store, bad checkpoint, impossible budget) as one line and return 2,
+never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_ERROR = 2
+
+
+def add_offload_commands(subparsers) -> None:
+    p = subparsers.add_parser("pack", help="pack a HF safetensors dir or .gguf into a layer store",
+                              description="Pack a checkpoint into a layer store for streaming.")
+    p.add_argument("src", help="Hugging Face model directory (safetensors) or .gguf file")
+    p.add_argument("out", help="store directory to create")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "bfloat16", "float32", "fp32"],
+                   help="store dtype (default bf16; float32 for exact comparisons)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pack)
+
+    v = subparsers.add_parser("verify", help="check every store file against its sha256",
+                              description="Check a store's files against the manifest's checksums.")
+    v.add_argument("store")
+    v.set_defaults(func=cmd_verify)
+
+    b = subparsers.add_parser("bench", help="offload-speed benchmarks")
+    add_bench_commands(b.add_subparsers(dest="bench", required=True, metavar="{io}"))
+
+
+def add_bench_commands(bench_subparsers) -> None:
+    """Register `io` under an existing `bench` parser's subparsers (for a cli.py that owns `bench`)."""
+    io = bench_subparsers.add_parser(
+        "io", help="disk read vs streamed verification pass, in one run",
+        description="Measure, in one run and uncached (O_DIRECT): the raw sequential read of the "
+                    "bytes one pass streams, and a streamed forward pass for each token count.")
+    io.add_argument("store")
+    io.add_argument("--tokens", default="1,8,32,64", help="token counts per pass (default 1,8,32,64)")
+    io.add_argument("--ram", default=None, help="RAM budget; pins layers that fit (default: stream all)")
+    io.add_argument("--repeat", type=int, default=3, help="back-to-back passes per token count (default 3)")
+    io.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    io.set_defaults(func=cmd_bench_io)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from offload.budget import BudgetError
+    from offload.checkpoint import CheckpointError
+    from offload.format import StoreError
+    from offload.pack import PackError
+
+    from .config import ConfigError
+
+    return (StoreError, PackError, CheckpointError, BudgetError, ConfigError)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"specdec: error: {e}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_pack(args) -> int:
+    from offload.pack import pack
+
+    try:
+        t0 = time.perf_counter()
+        out = pack(args.src, args.out, dtype=args.dtype, progress=not args.quiet,
+                   overwrite=args.overwrite)
+    except _known_errors() as e:
+        return _fail(e)
+    print(f"packed {args.src} -> {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from offload.format import open_store, verify
+
+    try:
+        store = open_store(args.store)
+    except _known_errors() as e:
+        return _fail(e)
+    problems = verify(store)
+    for p in problems:
+        print(p)
+    if problems:
+        return 1
+    print(f"{store.path}: OK ({len(store.files)} files, {store.num_layers} layers, checksums match)")
+    return 0
+
+
+def cmd_bench_io(args) -> int:
+    try:
+        tokens = [int(t) for t in str(args.tokens).split(",") if t.strip()]
+        if not tokens or min(tokens) < 1:
+            raise ValueError
+    except ValueError:
+        return _fail(ValueError(f"--tokens {args.tokens!r}: give positive integers like 1,8,32,64"))
+    try:
+        result = bench_io(args.store, tokens, ram=args.ram, repeat=max(1, args.repeat))
+    except _known_errors() as e:
+        return _fail(e)
+    print(json.dumps(result, indent=1) if args.json else format_bench_io(result))
+    return 0
+
+
+def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3) -> dict:
+    """Raw O_DIRECT read of one pass's streamed bytes vs streamed forward passes, same run.
+
+    Each token count runs `repeat` passes back to back (so the reader never gets a head
+    start from idle time) after one unmeasured warm-up pass, which also does the one-off
+    first-read checksums."""
+    import torch
+
+    from offload.budget import plan_memory
+    from offload.format import open_store
+    from offload.iobench import peak_rss_bytes, proc_read_bytes, time_raw_read
+    from offload.prefetch import StreamedWeights
+
+    from .cache import KVCache
+    from .config import ModelArgs
+    from .model import Transformer
+
+    io0 = proc_read_bytes()
+    store = open_store(store_path)
+    args = ModelArgs.from_hf(store.config, source=f"{store.path}/manifest.json")
+    dtype = getattr(torch, store.dtype)
+    pinned, ring, plan_text = None, 2, "no --ram: every layer streamed"
+    if ram is not None:
+        kv = KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
+        plan = plan_memory(store, ram, kv_bytes_per_token_target=kv, max_context=max(tokens))
+        pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
+    with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
+        model = Transformer(args, weights, dtype)
+        cache = model.new_cache(max(tokens))
+        _pass(model, cache, 1)  # warm-up: first-read checksums, lazy allocations
+        weights.wait_prefetched()  # the ring refills, as it does while the draft runs
+        files = [store.layer_file(i) for i in weights.streamed_layers]
+        raw_seconds, raw_bytes, direct = time_raw_read(files)
+        passes = [_timed_passes(model, cache, weights, n, repeat, raw_seconds) for n in tokens]
+    io1 = proc_read_bytes()
+    return {"store": str(store.path), "dtype": store.dtype, "layers": store.num_layers,
+            "streamed_layers": len(files), "plan": plan_text, "ring_size": ring,
+            "streamed_bytes": raw_bytes, "raw_seconds": raw_seconds,
+            "raw_gb_per_s": raw_bytes / raw_seconds / 1e9 if raw_seconds else None,
+            "o_direct": direct, "passes": passes,
+            "bytes_read": None if io0 is None or io1 is None else io1 - io0,
+            "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads()}
+
+
+def _pass(model, cache, n: int) -> None:
+    cache.crop(0)
+    model.forward(torch_tokens(n, model.args.vocab_size), cache, last_only=False)
+
+
+def torch_tokens(n: int, vocab: int):
+    import torch
+
+    return torch.arange(n) % vocab
+
+
+def _timed_passes(model, cache, weights, n: int, repeat: int, raw_seconds: float) -> dict:
+    weights.reset_stats()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        _pass(model, cache, n)
+    seconds = (time.perf_counter() - t0) / repeat
+    s = weights.stats
+    return {"tokens": n, "seconds": seconds,
+            "ratio_to_raw": seconds / raw_seconds if raw_seconds else None,
+            "compute_wait_seconds": s.compute_wait_seconds / repeat,
+            "read_seconds": s.read_seconds / repeat, "bytes_read": s.bytes_read // repeat}
+
+
+def format_bench_io(r: dict) -> str:
+    gbps = f"{r['raw_gb_per_s']:.2f} GB/s" if r["raw_gb_per_s"] else "n/a"
+    lines = [f"store {r['store']} ({r['dtype']}, {r['streamed_layers']}/{r['layers']} layers streamed)",
+             f"plan: {r['plan']}",
+             f"raw {'O_DIRECT' if r['o_direct'] else 'uncached (fallback)'} read of "
+             f"{r['streamed_bytes'] / 1e9:.3f} GB: {r['raw_seconds']:.3f} s ({gbps})",
+             f"{'tokens':>7} {'pass s':>9} {'x raw':>7} {'waited s':>9}"]
+    for p in r["passes"]:
+        ratio = f"{p['ratio_to_raw']:.2f}" if p["ratio_to_raw"] else "n/a"
+        lines.append(f"{p['tokens']:>7} {p['seconds']:>9.3f} {ratio:>7} {p['compute_wait_seconds']:>9.3f}")
+    read = "n/a" if r["bytes_read"] is None else f"{r['bytes_read'] / 1e9:.3f} GB"
+    lines.append(f"read from disk (/proc/self/io): {read}; peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Standalone entry (python -m specdec.cli_offload ...), same commands as `specdec`."""
+    parser = argparse.ArgumentParser(prog="specdec")
+    add_offload_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
