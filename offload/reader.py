@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -81,6 +81,24 @@ class DirectReader:
         if offset % ALIGN:
             raise ValueError(f"offset {offset} is not a multiple of {ALIGN}")
         t0 = time.perf_counter()
+        try:
+            nbytes, direct = self._read(path, buf, nbytes, offset)
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            # preadv errors carry no file name; the user needs it to act
+            raise OSError(e.errno, f"{e.strerror} while reading (check the disk, then run "
+                          "`specdec verify STORE`)", str(path)) from e
+        with self._lock:
+            self.bytes_read += nbytes
+            self.read_seconds += time.perf_counter() - t0
+            if direct:
+                self.direct_files += 1
+            else:
+                self.fallback_files += 1
+        return nbytes
+
+    def _read(self, path: Path, buf, nbytes: int | None, offset: int) -> tuple[int, bool]:
         fd, direct = self._open(path)
         try:
             if nbytes is None:
@@ -94,23 +112,18 @@ class DirectReader:
                     raise
                 # The filesystem accepted O_DIRECT at open but not for reads (some FUSE).
                 os.close(fd)
+                fd = -1
                 fd, direct = self._open(path, allow_direct=False)
                 got = self._read_chunks(fd, buf, nbytes, offset, direct)
             if got < nbytes:
-                raise OSError(errno.EIO, f"{path}: short read ({got} of {nbytes} bytes); the file "
-                                         "is truncated. Re-pack the store with `specdec pack SRC OUT`.")
+                raise OSError(errno.EIO, f"short read ({got} of {nbytes} bytes): the file is "
+                              "truncated. Re-pack the store with `specdec pack SRC OUT`", str(path))
             if not direct:
                 _drop_cache(fd, offset, nbytes)
         finally:
-            os.close(fd)
-        with self._lock:
-            self.bytes_read += nbytes
-            self.read_seconds += time.perf_counter() - t0
-            if direct:
-                self.direct_files += 1
-            else:
-                self.fallback_files += 1
-        return nbytes
+            if fd >= 0:
+                os.close(fd)
+        return nbytes, direct
 
     def _open(self, path: Path, allow_direct: bool = True) -> tuple[int, bool]:
         if self.direct and allow_direct:
@@ -135,7 +148,12 @@ class DirectReader:
             if len(chunks) == 1 or self.threads == 1:
                 got = sum(_pread_full(fd, view, s, n, offset) for s, n in chunks)
             else:
-                got = sum(self._pool_get().map(lambda c: _pread_full(fd, view, c[0], c[1], offset), chunks))
+                pool = self._pool_get()
+                futures = [pool.submit(_pread_full, fd, view, s, n, offset) for s, n in chunks]
+                # Wait for every chunk, failed or not, before the caller closes fd: a read
+                # still in flight on a closed (and reused) fd could read another file.
+                wait(futures)
+                got = sum(f.result() for f in futures)
         finally:
             view.release()
         return min(got, nbytes)

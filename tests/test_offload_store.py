@@ -229,3 +229,33 @@ def test_real_disk_uses_o_direct(store32):
     if reader.direct_files != 1:
         pytest.skip("this filesystem has no O_DIRECT")
     assert bytes(buf[:store32.layer_nbytes(0)]) == store32.layer_file(0).read_bytes()
+
+
+def test_read_errors_name_the_file(store32, monkeypatch):
+    import errno
+
+    def broken(fd, buffers, offset):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(os, "preadv", broken)
+    buf = aligned_buffer(store32.layer_nbytes(0))
+    with pytest.raises(OSError) as e:
+        DirectReader().read_file(store32.layer_file(0), buf)
+    assert e.value.errno == errno.EIO and str(store32.layer_file(0)) in str(e.value)
+
+
+def test_einval_on_direct_read_falls_back(store32, monkeypatch):
+    import errno
+    real = os.preadv
+    calls = {"n": 0}
+
+    def einval_first(fd, buffers, offset):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset)
+    monkeypatch.setattr(os, "preadv", einval_first)
+    reader = DirectReader(threads=1)
+    buf = aligned_buffer(store32.layer_nbytes(0))
+    reader.read_file(store32.layer_file(0), buf)
+    assert reader.fallback_files == 1
+    assert bytes(buf[:store32.layer_nbytes(0)]) == store32.layer_file(0).read_bytes()
