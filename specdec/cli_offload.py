@@ -1,7 +1,7 @@
 """CLI commands for the offload side: pack, verify, bench io.
 
 `add_offload_commands(subparsers)` registers them on specdec's argparse subparsers; each
-parser's `func` default is its handler, `handler(args) -> int` (the exit status). Handlers
+parser's `handler` (also `func`) default is its handler, `handler(args) -> int` (the exit status). Handlers
 print known errors (bad store, bad checkpoint, impossible budget) as one line and return 2,
 never a traceback.
 """
@@ -24,12 +24,12 @@ def add_offload_commands(subparsers) -> None:
                    help="store dtype (default bf16; float32 for exact comparisons)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_pack)
+    p.set_defaults(func=cmd_pack, handler=cmd_pack)
 
     v = subparsers.add_parser("verify", help="check every store file against its sha256",
                               description="Check a store's files against the manifest's checksums.")
     v.add_argument("store")
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=cmd_verify, handler=cmd_verify)
 
     b = subparsers.add_parser("bench", help="offload-speed benchmarks")
     add_bench_commands(b.add_subparsers(dest="bench", required=True, metavar="{io}"))
@@ -46,7 +46,7 @@ def add_bench_commands(bench_subparsers) -> None:
     io.add_argument("--ram", default=None, help="RAM budget; pins layers that fit (default: stream all)")
     io.add_argument("--repeat", type=int, default=3, help="back-to-back passes per token count (default 3)")
     io.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    io.set_defaults(func=cmd_bench_io)
+    io.set_defaults(func=cmd_bench_io, handler=cmd_bench_io)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

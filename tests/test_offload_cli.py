@@ -40,6 +40,9 @@ def test_pack_verify_bench(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert run(["verify", store]) == 0
     assert "OK" in capsys.readouterr().out
+    from specdec.cli import main  # the real entry point dispatches to these handlers
+    assert main(["verify", str(store)]) == 0
+    assert "OK" in capsys.readouterr().out
 
     assert run(["bench", "io", store, "--tokens", "1,4", "--repeat", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
