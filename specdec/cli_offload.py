@@ -142,15 +142,27 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3) -> dict:
         weights.wait_prefetched()  # the ring refills, as it does while the draft runs
         files = [store.layer_file(i) for i in weights.streamed_layers]
         raw_seconds, raw_bytes, direct = time_raw_read(files)
+        stream_only = _stream_only_seconds(weights, repeat)
         passes = [_timed_passes(model, cache, weights, n, repeat, raw_seconds) for n in tokens]
     io1 = proc_read_bytes()
     return {"store": str(store.path), "dtype": store.dtype, "layers": store.num_layers,
             "streamed_layers": len(files), "plan": plan_text, "ring_size": ring,
             "streamed_bytes": raw_bytes, "raw_seconds": raw_seconds,
             "raw_gb_per_s": raw_bytes / raw_seconds / 1e9 if raw_seconds else None,
-            "o_direct": direct, "passes": passes,
+            "o_direct": direct, "stream_only_seconds": stream_only,
+            "stream_only_ratio_to_raw": stream_only / raw_seconds if raw_seconds else None,
+            "passes": passes,
             "bytes_read": None if io0 is None or io1 is None else io1 - io0,
             "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads()}
+
+
+def _stream_only_seconds(weights, repeat: int) -> float:
+    """A pass over the layers with no compute: what the prefetch machinery costs over raw reads."""
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for _layer in weights.layers():
+            pass
+    return (time.perf_counter() - t0) / repeat
 
 
 def _pass(model, cache, n: int) -> None:
@@ -183,6 +195,7 @@ def format_bench_io(r: dict) -> str:
              f"plan: {r['plan']}",
              f"raw {'O_DIRECT' if r['o_direct'] else 'uncached (fallback)'} read of "
              f"{r['streamed_bytes'] / 1e9:.3f} GB: {r['raw_seconds']:.3f} s ({gbps})",
+             f"stream only (no compute): {r['stream_only_seconds']:.3f} s",
              f"{'tokens':>7} {'pass s':>9} {'x raw':>7} {'waited s':>9}"]
     for p in r["passes"]:
         ratio = f"{p['ratio_to_raw']:.2f}" if p["ratio_to_raw"] else "n/a"
