@@ -1,2 +1,9 @@
-"""Where the target's weights come from: pack a checkpoint into a layer store, read it
-uncached, and stream its layers with prefetch. Never imports specdec."""
+"""Where the target's weights come from. Never imports specdec.
+
+    pack.pack(src, out, dtype="bfloat16")     HF safetensors dir / .gguf -> layer store
+    format.open_store(path) -> Store          manifest + size checks; format.verify(store) -> problems
+    prefetch.StreamedWeights(store, pinned, ring_size, dtype)
+                                              weights source: .resident, .layers(), .stats
+    budget.plan_memory(store, ram, ...)       RAM budget -> pinned layers, ring size (or a clear error)
+    reader.DirectReader                       O_DIRECT reads into aligned buffers, zero-copy tensors
+"""
