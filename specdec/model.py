@@ -2,7 +2,9 @@
 
 The arithmetic follows transformers' implementations step by step (RMSNorm in float32,
 rope tables in float32 cast to the compute dtype) so float32 logits match them to
-~1e-6. Weights come from a source (`specdec.weights`): resident in RAM or streamed
+~1e-6. One deliberate difference in bf16: the residual stream stays in float32 (matmuls
+run in bf16, their outputs are added in float32). Accumulating 30 layers of residuals in
+bf16 drifts by ~1 logit on SmolLM2 and flipped its greedy choices into loops. Weights come from a source (`specdec.weights`): resident in RAM or streamed
 from disk; the model holds no weights itself, only rope tables.
 """
 from __future__ import annotations
@@ -17,10 +19,10 @@ from .config import ModelArgs
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
+    """Normalise in float32, scale in the weight's dtype (the dtype the matmuls run in)."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    return weight * x32.to(weight.dtype)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -78,13 +80,13 @@ class Transformer:
         cos, sin = self._rope(positions)
         mask = self._mask(cache, n, tree_mask)
         res = self.weights.resident
-        h = F.embedding(tokens, res["model.embed_tokens.weight"])
+        h = F.embedding(tokens, res["model.embed_tokens.weight"]).float()  # residual in float32
         for i, w in enumerate(self.weights.layers()):
             h = self._layer(h, w, i, cache, cos, sin, mask)
         cache.commit(n)
         if last_only:
             h = h[-1:]
-        h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)
+        h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)  # back to compute dtype
         head = res.get("lm_head.weight", res["model.embed_tokens.weight"])
         return F.linear(h, head).float()
 
@@ -112,7 +114,7 @@ class Transformer:
         x = rms_norm(h, w["post_attention_layernorm.weight"], eps)
         gate = F.linear(x, w["mlp.gate_proj.weight"], w.get("mlp.gate_proj.bias"))
         up = F.linear(x, w["mlp.up_proj.weight"], w.get("mlp.up_proj.bias"))
-        return h + F.linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias"))
+        return h + F.linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias")).float()
 
     def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
         a = self.args
@@ -129,4 +131,6 @@ class Transformer:
         keys, values = cache.write(i, k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              enable_gqa=a.num_heads != a.num_kv_heads)
-        return F.linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"])
+        out = F.linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"],
+                       w.get("self_attn.o_proj.bias"))
+        return out.float()
