@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from .draft import Drafter, DraftLengthPolicy
-from .engine import Engine, GenerationStats
+from .engine import Engine, GenerationStats, TreeSettings
 from .loading import LoadedModel, load_tokenizer
 from .sampling import SamplingParams
 from .text import TextAssembler
@@ -31,7 +31,8 @@ class GenerationOutput:
 
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
-                 k: int | None = None, bytes_read=lambda: 0, plan=None, closer=None):
+                 k: int | None = None, bytes_read=lambda: 0, plan=None, closer=None,
+                 speculation: str = "chain", tree_nodes: int | None = None, tree_width: int = 4):
         self.target = target
         self.draft = draft
         self.tokenizer = load_tokenizer(target.tokenizer_source)
@@ -40,7 +41,9 @@ class SpecDecoder:
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
         self.policy = DraftLengthPolicy(k)
-        self.engine = Engine(target.model, drafter, max_context, self.policy, bytes_read)
+        tree = _tree_settings(tree_nodes, tree_width)
+        self.engine = Engine(target.model, drafter, max_context, self.policy, bytes_read,
+                             speculation, tree)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
@@ -175,6 +178,15 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
             f"draft {draft.path} and target {target.path} have different vocabularies "
             f"({len(d)} vs {len(t)} tokens, {differing} entries differ). Speculative decoding "
             "needs a draft from the same model family with the same tokenizer.")
+
+
+def _tree_settings(nodes: int | None, width: int) -> TreeSettings:
+    for name, value in (("tree_nodes", nodes), ("tree_width", width)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if nodes is None:
+        return TreeSettings(width=width)
+    return TreeSettings(max_nodes=nodes, width=width, fixed=True)
 
 
 def _tokenizer_eos(tokenizer) -> set[int]:

@@ -26,7 +26,7 @@ DEMO_MAX_CONTEXT = 2048
 
 
 def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, cache_dir=None,
-              progress=True):
+              progress=True, **speculation):
     """SmolLM2-135M-Instruct streamed from a store packed on first use, with the shipped draft."""
     from .session import load, packed_store
 
@@ -41,4 +41,4 @@ def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, 
         draft = DEMO_DRAFT_DIR
     store = packed_store(gguf, "bfloat16", cache_dir, progress)
     return load(store, draft=draft, ram=ram or DEMO_RAM, dtype=dtype,
-                max_context=max_context or DEMO_MAX_CONTEXT, k=k)
+                max_context=max_context or DEMO_MAX_CONTEXT, k=k, **speculation)

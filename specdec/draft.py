@@ -1,12 +1,16 @@
 """The drafter: proposes k tokens from the small model, and the policy choosing k."""
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import time
 
 import torch
 
 from .model import Transformer
 from .sampling import SamplingParams, probs_from_logits, sample
+from .tree import DraftTree, TreeCostModel
 
 
 class Drafter:
@@ -42,6 +46,66 @@ class Drafter:
             self._time(time.perf_counter() - started)
         q = torch.stack(dists) if dists else None
         return torch.tensor(tokens, dtype=torch.long), q
+
+    def build_tree(self, context: list[int], max_nodes: int, width: int, params: SamplingParams,
+                   cost: TreeCostModel, fed_before_tree: int, fixed_size: bool,
+                   batch: int = 8) -> DraftTree:
+        """Grow a draft tree best-first by cumulative draft probability (SpecExec): take the
+        `batch` most probable candidates, run the draft on them in one forward (tree
+        attention), and offer each one's `width` most probable children as candidates.
+        Stops at `max_nodes`, or, unless `fixed_size`, when the cost model says another
+        batch would lower the expected tokens per second. The draft cache ends holding
+        the context and the forwarded nodes, in node order."""
+        feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
+        root_logits = self.model.forward(feed, self.cache, last_only=True)[-1]
+        base = self.cache.length
+        root_pos = int(self.cache.positions[base - 1])
+        tree, heap, order = DraftTree(), [], itertools.count()
+        self._offer_children(heap, order, -1, 0.0, root_logits, width, params, cost)
+        forwards = 1
+        while heap and len(tree) < max_nodes:
+            picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
+            if not fixed_size and not self._worth_it(tree, picked, cost, fed_before_tree, forwards):
+                break
+            first = len(tree)
+            for neg_logp, _, parent, token, rank in picked:
+                tree.add(token, parent, -neg_logp, rank)
+            if len(tree) >= max_nodes:
+                break  # their children could not be used: skip the forward
+            started = time.perf_counter()
+            logits = self.model.forward(
+                torch.tensor(tree.tokens[first:]), self.cache,
+                positions=torch.tensor([root_pos + d for d in tree.depths[first:]]),
+                tree_mask=tree.attention_mask(base, first, len(tree) - first))
+            cost.observe_draft(time.perf_counter() - started)
+            forwards += 1
+            tree.forwarded = len(tree)
+            for j, row in enumerate(logits):
+                node = first + j
+                self._offer_children(heap, order, node, tree.cum_logp[node], row, width, params, cost)
+        return tree
+
+    @staticmethod
+    def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: int) -> bool:
+        n = len(tree)
+        now = cost.rate(tree, n, fed, forwards)
+        gain = sum(math.exp(-neg_logp) for neg_logp, *_ in picked)
+        tokens = 1 + tree.expected_accepted(n) + gain
+        seconds = cost.pass_seconds(fed + n + len(picked)) + (forwards + 1) * cost.draft_forward_seconds
+        return tokens / max(seconds, 1e-9) > now
+
+    def _offer_children(self, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
+                        width: int, params: SamplingParams, cost: TreeCostModel) -> None:
+        # The draft's `width` favourites (under the same sampling settings; plain softmax
+        # when greedy, as a one-hot would not order the runners-up), scored by how often
+        # the target takes a proposal of that rank.
+        logits = self._align(logits)
+        probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
+        top = torch.topk(probs, min(width, probs.numel()))
+        for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+            if p > 0:
+                score = cum_logp + cost.rank_logp(rank)
+                heapq.heappush(heap, (-score, next(order), node, token, rank))
 
     def _align(self, logits: torch.Tensor) -> torch.Tensor:
         # Vocabularies may be padded to different sizes: ids the target lacks get no mass.

@@ -18,7 +18,19 @@ import torch
 from .draft import Drafter, DraftLengthPolicy
 from .model import Transformer
 from .sampling import SamplingParams, probs_from_logits
-from .verify import accept_greedy, accept_sampled
+from .tree import TreeCostModel
+from .verify import accept_greedy, accept_sampled, accept_tree
+
+SPECULATION_MODES = ("chain", "tree")
+
+
+@dataclass
+class TreeSettings:
+    """Tree speculation: up to `max_nodes` drafted tokens per pass (exactly that many when
+    `fixed`), each node offering its `width` most probable children."""
+    max_nodes: int = 64
+    width: int = 4
+    fixed: bool = False
 
 
 class ContextLimitError(ValueError):
@@ -62,7 +74,13 @@ class GenerationStats:
 
 class Engine:
     def __init__(self, target: Transformer, drafter: Drafter | None, max_context: int,
-                 policy: DraftLengthPolicy, bytes_read: Callable[[], int] = lambda: 0):
+                 policy: DraftLengthPolicy, bytes_read: Callable[[], int] = lambda: 0,
+                 speculation: str = "chain", tree: TreeSettings | None = None):
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
+        self.speculation = speculation
+        self.tree = tree or TreeSettings()
+        self.tree_cost = TreeCostModel()
         self.target = target
         self.drafter = drafter
         self.cache = target.new_cache(max_context)
@@ -88,7 +106,10 @@ class Engine:
                 if room <= 0:
                     stats.stop_reason = "context_full"
                     break
-                new = self._step(min(self._k(), room - 1), params, generator, stats)
+                if self.drafter is not None and self.speculation == "tree":
+                    new = self._step_tree(room - 1, params, generator, stats)
+                else:
+                    new = self._step(min(self._k(), room - 1), params, generator, stats)
                 new, stopped = _cut_at_stop(new, stop_ids)
                 new = new[:budget_end - len(self.context)]
                 self._accept(new)
@@ -128,7 +149,7 @@ class Engine:
         uncached = self.context[self.cache.length:]
         feed = torch.cat([torch.tensor(uncached, dtype=torch.long), drafts])
         started, read_before = time.perf_counter(), self.bytes_read()
-        logits = self.target.forward(feed, self.cache)[-(k + 1):]
+        logits = self.target.forward(feed, self.cache, num_logits=k + 1)
         pass_seconds = time.perf_counter() - started
         stats.bytes_read += self.bytes_read() - read_before
         if params.greedy:
@@ -143,6 +164,39 @@ class Engine:
             if len(uncached) == 1:  # a prefill pass would distort the pass-time estimate
                 self.policy.update(k, n, pass_seconds, draft_seconds)
         return drafts[:n].tolist() + [nxt]
+
+    def _step_tree(self, room: int, params, generator, stats: GenerationStats) -> list[int]:
+        uncached = self.context[self.cache.length:]
+        settings = self.tree
+        tree = self.drafter.build_tree(self.context, min(settings.max_nodes, room), settings.width,
+                                       params, self.tree_cost, len(uncached), settings.fixed)
+        start, n_ctx, n_tree = self.cache.length, len(uncached), len(tree)
+        first_pos = int(self.cache.positions[start - 1]) + 1 if start else 0
+        root_pos = first_pos + n_ctx - 1
+        positions = torch.tensor(list(range(first_pos, root_pos + 1)) + [root_pos + d for d in tree.depths])
+        mask = torch.ones(n_ctx + n_tree, start + n_ctx + n_tree, dtype=torch.bool)
+        mask[:n_ctx, start:] = torch.ones(n_ctx, n_ctx + n_tree, dtype=torch.bool).tril()
+        mask[n_ctx:] = tree.attention_mask(start + n_ctx, 0, n_tree)
+        feed = torch.tensor(uncached + tree.tokens, dtype=torch.long)
+        started, read_before = time.perf_counter(), self.bytes_read()
+        logits = self.target.forward(feed, self.cache, positions=positions, tree_mask=mask,
+                                     num_logits=n_tree + 1)
+        self.tree_cost.observe_pass(len(feed), time.perf_counter() - started)
+        stats.bytes_read += self.bytes_read() - read_before
+        path, nxt = accept_tree(tree, logits, params, generator)
+        self.tree_cost.observe_walk(tree, path, nxt)
+        # Compaction: the accepted path's entries move to consecutive slots after the
+        # context in both caches; the other branches are dropped.
+        ctx_end = start + n_ctx
+        self.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
+        base = len(self.context)
+        in_draft = [base + i for i in path if i < tree.forwarded]
+        self.drafter.cache.keep(base, torch.tensor(in_draft, dtype=torch.long))
+        stats.target_passes += 1
+        stats.drafted += n_tree
+        stats.accepted += len(path)
+        stats.k_used.append(n_tree)
+        return [tree.tokens[i] for i in path] + [nxt]
 
     def _accept(self, new: list[int]) -> None:
         self.context.extend(new)

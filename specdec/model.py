@@ -65,11 +65,14 @@ class Transformer:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
-                tree_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                tree_mask: torch.Tensor | None = None, last_only: bool = False,
+                num_logits: int | None = None) -> torch.Tensor:
         """Run T new tokens after the cache's context; return float32 logits [T, vocab]
-        ([1, vocab] with last_only). `positions` defaults to consecutive after the context;
-        `tree_mask` [T, T] (bool, True = may attend) replaces causal order among the new
-        tokens. The new keys/values are committed to the cache."""
+        (only the last `num_logits` rows if given; last_only means 1). `positions` defaults
+        to consecutive after the context. `tree_mask` (bool, True = may attend) is either
+        [T, T], replacing causal order among the new tokens, or [T, context+T], replacing
+        all visibility (a draft tree whose cached branches must not see each other). The
+        new keys/values are committed to the cache."""
         tokens = tokens.reshape(-1)
         n = tokens.numel()
         start = cache.length
@@ -85,7 +88,9 @@ class Transformer:
             h = self._layer(h, w, i, cache, cos, sin, mask)
         cache.commit(n)
         if last_only:
-            h = h[-1:]
+            num_logits = 1
+        if num_logits is not None:
+            h = h[n - num_logits:]
         h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)  # back to compute dtype
         head = res.get("lm_head.weight", res["model.embed_tokens.weight"])
         return F.linear(h, head).float()
@@ -100,9 +105,11 @@ class Transformer:
         window = self.args.sliding_window
         if n == 1 and tree_mask is None and (window is None or start < window):
             return None  # one token seeing its whole context: no mask needed
-        mask = torch.ones(n, start + n, dtype=torch.bool)
-        new = tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
-        mask[:, start:] = new
+        if tree_mask is not None and tree_mask.shape[1] == start + n:
+            mask = tree_mask.clone()
+        else:
+            mask = torch.ones(n, start + n, dtype=torch.bool)
+            mask[:, start:] = tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
         if window is not None:
             pos = cache.positions[:start + n]
             mask &= (pos[start:, None] - pos[None, :]) < window

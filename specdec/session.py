@@ -23,7 +23,8 @@ DEFAULT_MAX_CONTEXT = 4096
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
-         cache_dir: str | Path | None = None, progress: bool = True) -> SpecDecoder:
+         cache_dir: str | Path | None = None, progress: bool = True, speculation: str = "chain",
+         tree_nodes: int | None = None, tree_width: int = 4) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
@@ -34,26 +35,32 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
     max_context: KV cache length (default: the model's, capped at 4096).
-    k: fixed number of drafted tokens per pass (default: adaptive).
+    k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
+    speculation: "chain" (k drafts in a row, rejection sampling) or "tree" (a best-first
+        draft tree verified in one pass; see specdec/tree.py).
+    tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
+    tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     """
+    spec = dict(speculation=speculation, tree_nodes=tree_nodes, tree_width=tree_width)
     if target is None:
         from .demo import load_demo
 
         return load_demo(ram=ram, draft=draft, dtype=dtype, max_context=max_context, k=k,
-                         cache_dir=cache_dir, progress=progress)
+                         cache_dir=cache_dir, progress=progress, **spec)
     torch_dtype = parse_dtype(dtype)
     target = Path(target).expanduser()
     if not is_store(target) and ram is None:
         tgt = load_resident(target, torch_dtype)
         drf = load_resident(draft, torch_dtype, embeddings_from=tgt) if draft is not None else None
         ctx = _context(max_context, tgt.args)
-        return SpecDecoder(tgt, drf, ctx, k=k)
+        return SpecDecoder(tgt, drf, ctx, k=k, **spec)
     store_path = target if is_store(target) else packed_store(target, dtype, cache_dir, progress)
-    return _load_streamed(store_path, draft, ram, torch_dtype, max_context, k)
+    return _load_streamed(store_path, draft, ram, torch_dtype, max_context, k, spec)
 
 
-def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context, k) -> SpecDecoder:
+def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context, k, spec
+                   ) -> SpecDecoder:
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/manifest.json")
     ctx = _context(max_context, args)
@@ -71,7 +78,7 @@ def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context
                           store.generation_config, tok, f"{store_path.name} streamed from disk")
         drf = load_resident(draft, dtype, embeddings_from=tgt) if draft is not None else None
         return SpecDecoder(tgt, drf, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
-                           plan=plan, closer=weights.close)
+                           plan=plan, closer=weights.close, **spec)
     except BaseException:
         weights.close()
         raise

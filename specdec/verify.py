@@ -44,3 +44,32 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     r = torch.clamp(p - q, min=0)
     total = r.sum()
     return r / total if total > 0 else p
+
+
+def accept_tree(tree, logits: torch.Tensor, params, generator: torch.Generator | None = None
+                ) -> tuple[list[int], int]:
+    """Walk a draft tree with the target: logits [1 + len(tree), V], row 0 the root's, row
+    i+1 node i's. At each node draw the target's own next token (argmax when greedy, a
+    sample from p otherwise); if the tree has that token as a child, step into it, else
+    emit it and stop. Returns (accepted node path, next token).
+
+    Exact (SpecExec's rule for deterministic trees): every emitted token is drawn from the
+    target's distribution given everything before it; the tree only decides how many of
+    those draws one pass can make. The draft's probabilities never enter, which is what
+    a best-first tree needs: its children are chosen, not sampled, so the i.i.d.-candidate
+    assumption of multi-candidate rejection sampling (SpecInfer) would not hold.
+    """
+    from .sampling import probs_from_logits
+
+    node, path = -1, []
+    while True:
+        row = logits[node + 1]
+        if params.greedy:
+            token = int(row.argmax())
+        else:
+            token = int(sample(probs_from_logits(row, params), generator))
+        child = tree.child(node, token)
+        if child is None:
+            return path, token
+        path.append(child)
+        node = child

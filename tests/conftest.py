@@ -4,6 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tiny models gain nothing from a second thread, and with another process busy on the
+# other core torch's spinning threads slow down ~10x: one thread keeps tests steady.
+torch.set_num_threads(1)
+
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 

@@ -15,8 +15,9 @@ def target_alone(path, n=40):
     return specdec.load(path, dtype="float32").generate(PROMPT, max_new_tokens=n).token_ids
 
 
+@pytest.mark.parametrize("speculation", ["chain", "tree"])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_greedy_equals_target_alone_for_three_drafts(tmp_path, family):
+def test_greedy_equals_target_alone_for_three_drafts(tmp_path, family, speculation):
     target = tmp_path / "target"
     make_tiny_model(target, family, eos_token_id=None)
     sharpen_lm_head(target, 8.0)  # peaked distributions: a noised draft then agrees often
@@ -26,12 +27,15 @@ def test_greedy_equals_target_alone_for_three_drafts(tmp_path, family):
     make_noised_copy(target, tmp_path / "noised", scale=0.3)
     rates = {}
     for name, draft in [("same", target), ("random", tmp_path / "random"), ("noised", tmp_path / "noised")]:
-        out = specdec.load(target, draft=draft, dtype="float32").generate(PROMPT, max_new_tokens=40)
+        # A fixed tree size: on tiny in-RAM models the cost model may rightly decline to
+        # draft at all, and this test is about what happens when drafts are verified.
+        lm = specdec.load(target, draft=draft, dtype="float32", speculation=speculation, tree_nodes=8)
+        out = lm.generate(PROMPT, max_new_tokens=40)
         assert out.token_ids == expected, name
-        rates[name] = out.stats.acceptance_rate
-    assert rates["same"] == 1.0
-    assert rates["random"] < 0.3
-    assert 0 < rates["noised"] < 1
+        rates[name] = out.stats.tokens_per_pass
+    assert rates["same"] > 2.5
+    assert rates["random"] < 1.3
+    assert rates["random"] < rates["noised"] < rates["same"]
 
 
 def test_fixed_k_and_stats_add_up(tmp_path):
@@ -71,8 +75,9 @@ def _exact_two_token_distribution(path, params):
     return joint.flatten()
 
 
+@pytest.mark.parametrize("speculation", ["chain", "tree"])
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.8, top_k=6, top_p=0.9)])
-def test_speculative_sampling_matches_target_distribution(tmp_path, sampling):
+def test_speculative_sampling_matches_target_distribution(tmp_path, sampling, speculation):
     from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"
@@ -81,7 +86,7 @@ def test_speculative_sampling_matches_target_distribution(tmp_path, sampling):
     make_noised_copy(target, draft, scale=0.5)
     exact = _exact_two_token_distribution(target, SamplingParams(**sampling))
     draft_exact = _exact_two_token_distribution(draft, SamplingParams(**sampling))
-    lm = specdec.load(target, draft=draft, dtype="float32", k=3)
+    lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
     n = 3000
     counts = torch.zeros(16 * 16)
     accepted = drafted = 0
@@ -89,7 +94,7 @@ def test_speculative_sampling_matches_target_distribution(tmp_path, sampling):
         out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, **sampling)
         counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
         accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
-    assert 0.1 < accepted / drafted < 0.95  # both the accept and the resample paths ran
+    assert 0 < accepted < drafted  # drafts were both accepted and rejected
     observed, expected = _pool_small(counts, exact * n)
     assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
     # Power check: the same samples clearly do not follow the draft's distribution

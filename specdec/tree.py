@@ -1,0 +1,140 @@
+"""Draft trees and the cost model that sizes them. Pure tensor code: imports no model.
+
+A tree hangs below the root (the last context token). Node i has a token, a parent
+(-1 = the root), a depth (1 for the root's children), its rank among the draft's
+proposals for that parent (0 = the draft's favourite), and the estimated log-probability
+that the target's walk reaches it. Nodes are numbered in insertion order and a parent is
+always inserted before its children, so every prefix of the numbering is a tree.
+
+Reach probabilities are positional, as in Sequoia: the chance that the target's token at
+a node is the draft's rank-r proposal is measured as we go (per rank), and a path's
+chance is the product along it. The draft's own softmax would do worse at temperature 0:
+a draft that agrees with the target 90% of the time may give its favourite only 30%, and
+a tree built on that goes wide where it should go deep.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    cum_logp: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    forwarded: int = 0  # nodes [0, forwarded) are in the draft's cache, in order
+    _children: dict = field(default_factory=dict)  # parent -> {token: node}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, token: int, parent: int, cum_logp: float, rank: int) -> int:
+        i = len(self.tokens)
+        self.tokens.append(token)
+        self.ranks.append(rank)
+        self.parents.append(parent)
+        self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
+        self.cum_logp.append(cum_logp)
+        self._children.setdefault(parent, {})[token] = i
+        return i
+
+    def child(self, node: int, token: int) -> int | None:
+        return self._children.get(node, {}).get(token)
+
+    def children(self, node: int) -> list[int]:
+        return list(self._children.get(node, {}).values())
+
+    def ancestry(self, n: int | None = None) -> torch.Tensor:
+        """[n, n] bool: row i marks node i and its ancestors (the root is implicit)."""
+        n = len(self) if n is None else n
+        m = torch.zeros(n, n, dtype=torch.bool)
+        for i in range(n):
+            p = self.parents[i]
+            if p >= 0:
+                m[i] = m[p]
+            m[i, i] = True
+        return m
+
+    def attention_mask(self, context: int, first: int, count: int) -> torch.Tensor:
+        """Visibility for nodes [first, first+count) fed after `context` cached slots and
+        nodes [0, first) already cached: the whole context, plus own ancestors."""
+        anc = self.ancestry(first + count)[first:first + count]
+        mask = torch.ones(count, context + first + count, dtype=torch.bool)
+        mask[:, context:] = anc
+        return mask
+
+    def expected_accepted(self, n: int | None = None) -> float:
+        """Expected accepted length for the first n nodes: the sum of their reach
+        probabilities."""
+        n = len(self) if n is None else n
+        return sum(math.exp(c) for c in self.cum_logp[:n])
+
+
+# Prior for the per-rank hit rates before anything is measured, worth PRIOR_WEIGHT visits.
+PRIOR_HIT_RATES = (0.5, 0.15, 0.08, 0.05)
+PRIOR_WEIGHT = 2.0
+
+
+class TreeCostModel:
+    """What a pass costs and how often the target takes each rank, learned as we go.
+
+    Target pass time is fit as a + b * tokens (least squares over recent passes); on a
+    streamed target b is small (the read dominates), which is why big trees pay.
+    """
+
+    def __init__(self, history: int = 32, max_rank: int = 64):
+        self.samples: list[tuple[int, float]] = []
+        self.history = history
+        self.draft_forward_seconds = 0.0  # EMA of one batched draft forward
+        self.hits = [0.0] * max_rank
+        self.visits = [0.0] * max_rank
+
+    def rank_logp(self, rank: int) -> float:
+        """log P(the target's token at a node is the draft's rank-`rank` proposal)."""
+        prior = PRIOR_HIT_RATES[rank] if rank < len(PRIOR_HIT_RATES) else PRIOR_HIT_RATES[-1] / (rank - 2)
+        rate = (self.hits[rank] + prior * PRIOR_WEIGHT) / (self.visits[rank] + PRIOR_WEIGHT)
+        return math.log(min(max(rate, 1e-4), 1.0))
+
+    def observe_walk(self, tree: DraftTree, path: list[int], next_token: int) -> None:
+        """Count, at every node the target visited, which of its children it took."""
+        for step, node in enumerate([-1] + path):
+            drawn = tree.tokens[path[step]] if step < len(path) else next_token
+            for child in tree.children(node):
+                rank = tree.ranks[child]
+                self.visits[rank] += 1
+                self.hits[rank] += tree.tokens[child] == drawn
+
+    def observe_pass(self, tokens: int, seconds: float) -> None:
+        self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
+
+    def observe_draft(self, seconds: float) -> None:
+        d = self.draft_forward_seconds
+        self.draft_forward_seconds = seconds if d == 0 else 0.8 * d + 0.2 * seconds
+
+    def pass_seconds(self, tokens: int) -> float:
+        a, b = self._fit()
+        return a + b * tokens
+
+    def _fit(self) -> tuple[float, float]:
+        if not self.samples:
+            return 1.0, 1.0 / 256
+        xs = [x for x, _ in self.samples]
+        ys = [y for _, y in self.samples]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mean_x) ** 2 for x in xs)
+        if var == 0:  # one size seen so far: assume a 256-token pass costs twice a 1-token one
+            a = mean_y / (1 + mean_x / 256)
+            return a, a / 256
+        b = max(sum((x - mean_x) * (y - mean_y) for x, y in self.samples) / var, 0.0)
+        return max(mean_y - b * mean_x, 1e-6), b
+
+    def rate(self, tree: DraftTree, n: int, fed_before_tree: int, draft_forwards: int) -> float:
+        """Expected tokens per second for a pass verifying the first n nodes."""
+        tokens = 1 + tree.expected_accepted(n)
+        seconds = self.pass_seconds(fed_before_tree + n) + draft_forwards * self.draft_forward_seconds
+        return tokens / max(seconds, 1e-9)
