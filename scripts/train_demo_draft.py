@@ -481,6 +481,8 @@ def cmd_train(args) -> None:
                     if cur_tok >= args.batch_tokens:
                         batches.append(cur)
                         cur, cur_tok = [], 0
+            if cur:
+                batches.append(cur)
             rng.shuffle(batches)
             order = batches
         b = order.pop()
@@ -586,7 +588,7 @@ def main(argv=None) -> None:
     g.add_argument("--max-new-tokens", type=int, default=128)
     t = sub.add_parser("train", help="distil the draft")
     t.add_argument("--minutes", type=float, default=50)
-    t.add_argument("--init-layers", default="0,1,2,3,26,27,28,29")
+    t.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--batch-tokens", type=int, default=4096)

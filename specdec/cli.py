@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_SPECULATION = "chain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +59,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ram", help="RAM budget, e.g. 4GB (the target streams from disk)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--max-context", type=int, help="KV cache length in tokens")
-    p.add_argument("--k", type=int, help="drafted tokens per pass (default: adaptive)")
+    p.add_argument("--k", type=int, help="chain mode: drafted tokens per pass (default: adaptive)")
+    p.add_argument("--speculation", choices=["chain", "tree"], default=None,
+                   help="chain: k drafts in a row; tree: a draft tree verified in one pass")
+    p.add_argument("--tree-nodes", type=int, help="tree mode: fixed tree size (default: cost model)")
+    p.add_argument("--tree-width", type=int, default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
 
 
@@ -80,7 +85,9 @@ def load_from_args(args):
     draft = args.draft or preset.get("draft")
     kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
                   max_context=args.max_context or preset.get("max_context"), k=args.k,
-                  cache_dir=args.cache_dir, progress=True)
+                  cache_dir=args.cache_dir, progress=True,
+                  speculation=args.speculation or preset.get("speculation") or DEFAULT_SPECULATION,
+                  tree_nodes=args.tree_nodes, tree_width=args.tree_width)
     if target is None:
         return specdec.load(draft=resolve(draft), **kwargs)
     return specdec.load(resolve(target), draft=resolve(draft), **kwargs)
@@ -97,7 +104,7 @@ def read_preset(ref: str) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid TOML ({e}).") from e
-    unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes"}
+    unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes", "speculation"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
                          "max_context, name, notes.")
@@ -115,8 +122,16 @@ def banner(lm) -> str:
     else:
         lines.append("  target fully in RAM (no --ram given)")
     lines.append(f"  draft: {lm.draft.path if lm.draft else 'none (plain decoding)'}"
-                 + (f", k {'adaptive' if lm.policy.fixed is None else lm.policy.fixed}" if lm.draft else ""))
+                 + (f", {_speculation_text(lm)}" if lm.draft else ""))
     return "\n".join(lines)
+
+
+def _speculation_text(lm) -> str:
+    engine = lm.engine
+    if engine.speculation == "tree":
+        size = engine.tree.max_nodes if engine.tree.fixed else f"<= {engine.tree.max_nodes} (cost model)"
+        return f"tree speculation, {size} nodes, width {engine.tree.width}"
+    return f"chain speculation, k {'adaptive' if lm.policy.fixed is None else lm.policy.fixed}"
 
 
 def cmd_chat(args) -> int:
