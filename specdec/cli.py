@@ -107,7 +107,7 @@ def read_preset(ref: str) -> dict:
     unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes", "speculation"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
-                         "max_context, name, notes.")
+                         "max_context, speculation, name, notes.")
     return data
 
 
