@@ -160,17 +160,30 @@ def is_store(path: str | Path) -> bool:
     return isinstance(data, dict) and data.get("format") == FORMAT_NAME
 
 
+def looks_like_store(path: str | Path) -> bool:
+    """True for a directory holding store files (a manifest, even a damaged one, or layer
+    files) and no config.json: meant as a store, so its errors must be the store's."""
+    path = Path(path)
+    if not path.is_dir() or (path / "config.json").exists():
+        return False
+    return any((path / name).exists() for name in (MANIFEST, RESIDENT_FILE, layer_file_name(0)))
+
+
 def open_store(path: str | Path) -> Store:
     """Open a store, checking the manifest's version and every file's existence and size."""
     path = Path(path).expanduser()
     manifest = _read_manifest(path)
     try:
+        _check_manifest_types(manifest)
         store = Store(path, manifest)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, StoreError):
-            raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, StoreError):  # name the manifest the problem was found in
+            raise StoreError(f"{path / MANIFEST}: {e}") from e
         raise StoreError(f"{path / MANIFEST}: malformed manifest ({e!r}). {REPACK}") from e
     _check_sizes(store)
+    if store.tokenizer_dir is not None and not store.tokenizer_dir.is_dir():
+        raise StoreError(f"{store.tokenizer_dir}: missing from the store (the manifest names it "
+                         f"as the tokenizer directory). {REPACK}")
     return store
 
 
@@ -194,6 +207,44 @@ def _read_manifest(path: Path) -> dict:
                          f"specdec reads version {FORMAT_VERSION}). Upgrade specdec, or "
                          f"re-pack with this version: `specdec pack SRC OUT`.")
     return data
+
+
+def _check_manifest_types(m: dict) -> None:
+    """Raise TypeError naming the first entry of the wrong JSON type (a damaged manifest
+    that is still valid JSON must not surface later as an AttributeError deep inside)."""
+    def need(value, types, where):
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            raise TypeError(f"{where} is {type(value).__name__} {str(value)[:40]!r}")
+
+    need(m.get("config"), dict, "config")
+    need(m.get("generation_config"), (dict, type(None)), "generation_config")
+    need(m.get("dtype", ""), str, "dtype")
+    if m.get("dtype") and m["dtype"] not in DTYPES:
+        raise ValueError(f"dtype {m['dtype']!r} is not a known dtype")
+    need(m.get("tokenizer_dir"), (str, type(None)), "tokenizer_dir")
+    tok = m.get("tokenizer_dir")
+    if tok and (os.path.isabs(tok) or ".." in Path(tok).parts):
+        raise TypeError(f"tokenizer_dir {tok!r} points outside the store")
+    need(m.get("layers"), list, "layers")
+    for name in m["layers"]:
+        need(name, str, "a layers entry")
+    need(m.get("files"), dict, "files")
+    for name, f in m["files"].items():
+        need(f, dict, f"files[{name!r}]")
+        need(f.get("size"), int, f"files[{name!r}].size")
+        need(f.get("sha256"), str, f"files[{name!r}].sha256")
+        need(f.get("tensors", {}), dict, f"files[{name!r}].tensors")
+        for t, meta in f.get("tensors", {}).items():
+            where = f"files[{name!r}].tensors[{t!r}]"
+            need(meta, dict, where)
+            need(meta.get("dtype"), str, f"{where}.dtype")
+            need(meta.get("shape"), list, f"{where}.shape")
+            for d in meta["shape"]:
+                need(d, int, f"{where}.shape")
+                if d < 0:
+                    raise ValueError(f"{where}.shape has a negative size")
+            need(meta.get("offset"), int, f"{where}.offset")
+            need(meta.get("nbytes"), int, f"{where}.nbytes")
 
 
 def _parse_files(manifest: dict) -> dict[str, FileMeta]:

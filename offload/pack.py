@@ -11,11 +11,13 @@ shards that interleave layers are fine because every layer file stays open until
 
 Atomic: everything is written into `OUT.partial-<pid>`, fsynced, the manifest written
 last, and only then renamed to OUT. An interrupted pack leaves at most a `.partial-*`
-directory without a manifest, which `open_store` refuses; an error removes it.
+directory without a manifest, which `open_store` refuses; an error removes it, and so does
+the next pack to the same OUT when the process that wrote it is gone (killed).
 """
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -76,6 +78,7 @@ def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[s
     `tokenizer(dir)` may save tokenizer files into dir and returns whether it did."""
     out, dtype = Path(out).expanduser().absolute(), normalize_dtype(dtype)
     _check_out(out, overwrite)
+    remove_stale_partials(out)
     if estimate is not None:
         _check_disk_space(out.parent, estimate)
     tmp = out.parent / f"{out.name}.partial-{os.getpid()}"
@@ -96,6 +99,30 @@ def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[s
                             "OUT; nothing was written.") from e
         raise
     return out
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove `OUT.partial-<pid>` directories left by packs that were killed (their process
+    is gone); a pack still running keeps its own. Returns what was removed."""
+    removed = []
+    for tmp in out.parent.glob(f"{glob.escape(out.name)}.partial-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier attempt in this process: not in use now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -6,10 +6,15 @@ here, before any weight is read.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+FIX_CONFIG = "The config is corrupt; restore it from the original model download."
+# Sizes past these are not models but corrupt numbers (and would overflow tensor shapes).
+MAX_DIM = 1 << 20
+MAX_VOCAB = 1 << 24
 
 
 class ConfigError(ValueError):
@@ -37,8 +42,13 @@ class ModelArgs:
     sliding_window: int | None  # keys further back than this are not attended (mistral)
 
     @classmethod
-    def from_hf(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
+    def from_hf(cls, cfg: dict, source: str = "config.json", fix: str = FIX_CONFIG) -> "ModelArgs":
+        """`fix` ends every error about a corrupt value (a store says: re-pack)."""
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{source}: the model config is not a JSON object. {fix}")
         model_type = cfg.get("model_type")
+        if model_type is None:
+            raise ConfigError(f"{source}: model_type is missing. {fix}")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: model_type {model_type!r} is not supported. specdec runs "
@@ -46,51 +56,81 @@ class ModelArgs:
                 "Pick a model of one of these families.")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (only silu).")
-        hidden = _positive_int(cfg, "hidden_size", source)
-        heads = _positive_int(cfg, "num_attention_heads", source)
-        kv_heads = _positive_int(cfg, "num_key_value_heads", source, default=heads)
+        pos = lambda key, default=None, limit=MAX_DIM: _positive_int(  # noqa: E731
+            cfg, key, source, default, limit, fix)
+        hidden = pos("hidden_size")
+        heads = pos("num_attention_heads")
+        kv_heads = pos("num_key_value_heads", default=heads)
         if heads % kv_heads:
             raise ConfigError(f"{source}: num_attention_heads ({heads}) must be a multiple of "
-                              f"num_key_value_heads ({kv_heads}). The config is corrupt.")
-        head_dim = cfg.get("head_dim") or hidden // heads
-        theta, scaling = _rope(cfg, source)
+                              f"num_key_value_heads ({kv_heads}). {fix}")
+        if cfg.get("head_dim") is None and hidden % heads:
+            raise ConfigError(f"{source}: hidden_size ({hidden}) is not a multiple of "
+                              f"num_attention_heads ({heads}) and no head_dim is given. {fix}")
+        head_dim = pos("head_dim", default=hidden // heads)
+        theta, scaling = _rope(cfg, source, fix)
         return cls(
             model_type=model_type,
-            vocab_size=_positive_int(cfg, "vocab_size", source),
+            vocab_size=pos("vocab_size", limit=MAX_VOCAB),
             hidden_size=hidden,
-            intermediate_size=_positive_int(cfg, "intermediate_size", source),
-            num_layers=_positive_int(cfg, "num_hidden_layers", source),
+            intermediate_size=pos("intermediate_size"),
+            num_layers=pos("num_hidden_layers"),
             num_heads=heads,
             num_kv_heads=kv_heads,
-            head_dim=int(head_dim),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            head_dim=head_dim,
+            rms_norm_eps=_number(cfg, "rms_norm_eps", 1e-6, source, fix, positive=True),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=_positive_int(cfg, "max_position_embeddings", source, default=4096),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            max_position_embeddings=pos("max_position_embeddings", default=4096, limit=1 << 40),
+            tie_word_embeddings=_flag(cfg, "tie_word_embeddings", False, source, fix),
+            attention_bias=_flag(cfg, "attention_bias", model_type == "qwen2", source, fix),
+            mlp_bias=_flag(cfg, "mlp_bias", False, source, fix),
             qk_norm=model_type == "qwen3",
-            sliding_window=_sliding_window(cfg, model_type),
+            sliding_window=_sliding_window(cfg, model_type, source, fix),
         )
 
 
-def _positive_int(cfg: dict, key: str, source: str, default: int | None = None) -> int:
+def _positive_int(cfg: dict, key: str, source: str, default: int | None = None,
+                  limit: int = MAX_DIM, fix: str = FIX_CONFIG) -> int:
     value = cfg.get(key, default)
     if value is None:
         raise ConfigError(f"{source}: {key} is missing. The config is incomplete; restore it "
                           "from the original model download.")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}. "
-                          "The config is corrupt; restore it from the original model download.")
+        raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}. {fix}")
+    if value > limit:
+        raise ConfigError(f"{source}: {key}={value} is implausibly large (over {limit}). {fix}")
     return value
 
 
-def _rope(cfg: dict, source: str) -> tuple[float, dict | None]:
+def _number(cfg: dict, key: str, default: float, source: str, fix: str, positive: bool = False,
+            where: str = "") -> float:
+    value = cfg.get(key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        need = "a positive number" if positive else "a number >= 0"
+        raise ConfigError(f"{source}: {where}{key} must be {need}, got {value!r}. {fix}")
+    return float(value)
+
+
+def _flag(cfg: dict, key: str, default: bool, source: str, fix: str) -> bool:
+    value = cfg.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}. {fix}")
+    return value
+
+
+def _rope(cfg: dict, source: str, fix: str = FIX_CONFIG) -> tuple[float, dict | None]:
+    for key in ("rope_parameters", "rope_scaling"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ConfigError(f"{source}: {key} must be a JSON object or null, got {cfg[key]!r}. {fix}")
     params = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or params
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    theta = _number(params if "rope_theta" in params else cfg, "rope_theta", 10000.0, source, fix,
+                    positive=True)
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ConfigError(f"{source}: rope scaling {rope_type!r} is not supported "
                           f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)}).")
@@ -100,15 +140,19 @@ def _rope(cfg: dict, source: str) -> tuple[float, dict | None]:
     missing = [k for k in keys if k not in scaling]
     if missing:
         raise ConfigError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}.")
-    return theta, {k: float(scaling[k]) for k in keys}
+    values = {k: _number(scaling, k, None, source, fix, positive=True, where="rope scaling ")
+              for k in keys}
+    return theta, values
 
 
-def _sliding_window(cfg: dict, model_type: str) -> int | None:
+def _sliding_window(cfg: dict, model_type: str, source: str = "config.json",
+                    fix: str = FIX_CONFIG) -> int | None:
     if model_type in ("qwen2", "qwen3"):
         # Qwen's per-layer window (max_window_layers) is off in every released model.
         if cfg.get("use_sliding_window", False):
             raise ConfigError("use_sliding_window=true is not supported for qwen models; "
                               "set it to false in config.json (released Qwen models ship it off).")
         return None
-    window = cfg.get("sliding_window")
-    return int(window) if window else None
+    if not cfg.get("sliding_window"):
+        return None  # null or 0: no window
+    return _positive_int(cfg, "sliding_window", source, limit=1 << 40, fix=fix)

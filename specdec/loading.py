@@ -116,8 +116,30 @@ def load_tokenizer(source: tuple[str, str | None] | None):
     from transformers import AutoTokenizer
 
     directory, gguf = source
+    if not gguf:
+        _refuse_custom_tokenizer_code(Path(directory))
     kwargs = {"gguf_file": gguf} if gguf else {}
     return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **kwargs)
+
+
+def _refuse_custom_tokenizer_code(directory: Path) -> None:
+    """A tokenizer_config.json whose auto_map names Python code: refuse clearly (transformers
+    would say to pass trust_remote_code=True, which specdec never does)."""
+    file = directory / "tokenizer_config.json"
+    if not file.is_file():
+        return
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e}). Restore the file from the "
+                              "original model download.") from e
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    if isinstance(auto_map, dict) and "AutoTokenizer" in auto_map:
+        raise CheckpointError(
+            f"{file}: the tokenizer needs custom Python code (auto_map -> "
+            f"{auto_map['AutoTokenizer']!r}); specdec never runs code shipped with a model. Use a "
+            "model with a standard tokenizer, or, if its tokenizer.json is standard, remove "
+            "auto_map and tokenizer_class from tokenizer_config.json.")
 
 
 def _mb(n: int) -> int:

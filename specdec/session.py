@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from offload.budget import plan_memory
-from offload.format import is_store, open_store
+from offload.format import MANIFEST, REPACK, StoreError, is_store, looks_like_store, open_store
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
 
@@ -17,6 +17,7 @@ from .cache import KVCache
 from .config import ModelArgs
 from .loading import LoadedModel, load_resident, parse_dtype
 from .model import Transformer
+from .weights import WeightsError, check_complete, check_layer_count
 
 DEFAULT_MAX_CONTEXT = 4096
 
@@ -50,6 +51,8 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
                          cache_dir=cache_dir, progress=progress, **spec)
     torch_dtype = parse_dtype(dtype)
     target = Path(target).expanduser()
+    if not is_store(target) and looks_like_store(target):
+        open_store(target)  # a damaged store: raises the store's own error, naming the fix
     if not is_store(target) and ram is None:
         tgt = load_resident(target, torch_dtype)
         drf = load_resident(draft, torch_dtype, embeddings_from=tgt) if draft is not None else None
@@ -62,7 +65,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
 def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context, k, spec
                    ) -> SpecDecoder:
     store = open_store(store_path)
-    args = ModelArgs.from_hf(store.config, source=f"{store_path}/manifest.json")
+    args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
+                             fix=f"The store is damaged. {REPACK}")
+    check_store_matches(store, args)
     ctx = _context(max_context, args)
     draft_args = _draft_args(draft)
     plan = plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype),
@@ -82,6 +87,18 @@ def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context
     except BaseException:
         weights.close()
         raise
+
+
+def check_store_matches(store, args: ModelArgs) -> None:
+    """The store's tensors (from its manifest, no reads) are the ones its config implies."""
+    source = str(store.path / MANIFEST)
+    try:
+        check_layer_count(store.num_layers, args, source)
+        layers = [store.layer_tensors(i) for i in range(store.num_layers)]
+        check_complete(store.resident_meta.tensors, layers, args, source)
+    except WeightsError as e:
+        raise StoreError(f"{e} The store is damaged or was packed from a broken checkpoint. "
+                         f"{REPACK}") from e
 
 
 def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:

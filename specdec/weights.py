@@ -36,20 +36,52 @@ def expected_layer_names(args: ModelArgs) -> list[str]:
     return names
 
 
+def expected_shapes(args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(resident HF name -> shape, layer-relative name -> shape) that `args` implies."""
+    a = args
+    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    h, inter = a.hidden_size, a.intermediate_size
+    layer = {"self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
+             "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, q),
+             "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
+             "mlp.down_proj.weight": (h, inter),
+             "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+             "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+             "self_attn.v_proj.bias": (kv,), "mlp.gate_proj.bias": (inter,),
+             "mlp.up_proj.bias": (inter,), "mlp.down_proj.bias": (h,),
+             "self_attn.q_norm.weight": (a.head_dim,), "self_attn.k_norm.weight": (a.head_dim,)}
+    layer = {n: layer[n] for n in expected_layer_names(args)}
+    resident = {"model.embed_tokens.weight": (a.vocab_size, h), "model.norm.weight": (h,),
+                "lm_head.weight": (a.vocab_size, h)}
+    return resident, layer
+
+
 def split_state_dict(state: dict[str, torch.Tensor], args: ModelArgs, source: str = "checkpoint"
                      ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """HF state dict -> (resident tensors, one dict per layer); checks nothing is missing."""
     resident = {k: v for k, v in state.items() if k in RESIDENT_NAMES}
+    found = {int(m.group(1)) for m in map(_LAYER.match, state) if m}
+    check_layer_count(len(found) and max(found) + 1, args, source)
     layers: list[dict[str, torch.Tensor]] = [{} for _ in range(args.num_layers)]
     for name, tensor in state.items():
         m = _LAYER.match(name)
-        if m and int(m.group(1)) < args.num_layers:
+        if m:
             layers[int(m.group(1))][m.group(2)] = tensor
     check_complete(resident, layers, args, source)
     return resident, layers
 
 
+def check_layer_count(found: int, args: ModelArgs, source: str) -> None:
+    if found != args.num_layers:
+        raise WeightsError(f"{source}: the checkpoint has {found} decoder layers but its config "
+                           f"says num_hidden_layers={args.num_layers}. Checkpoint and config "
+                           "disagree; download the model again.")
+
+
 def check_complete(resident: dict, layers: list[dict], args: ModelArgs, source: str) -> None:
+    """Every tensor the config implies is there with the shape it implies, and no layer has
+    weights the config does not use (they would be silently ignored: a wrong answer).
+    Values may be tensors or anything with a `.shape` (the store's TensorMeta)."""
     needed = ["model.embed_tokens.weight", "model.norm.weight"]
     if not args.tie_word_embeddings:
         needed.append("lm_head.weight")
@@ -61,10 +93,28 @@ def check_complete(resident: dict, layers: list[dict], args: ModelArgs, source: 
         raise WeightsError(f"{source}: tensors missing from the checkpoint: "
                            f"{', '.join(missing[:3])}{more}. The checkpoint does not match its "
                            "config.json or is incomplete; download it again.")
+    res_shapes, layer_shapes = expected_shapes(args)
     embed = resident["model.embed_tokens.weight"]
-    if tuple(embed.shape) != (args.vocab_size, args.hidden_size):
+    if tuple(embed.shape) != res_shapes["model.embed_tokens.weight"]:
         raise WeightsError(f"{source}: embed_tokens has shape {tuple(embed.shape)}, config says "
                            f"({args.vocab_size}, {args.hidden_size}); checkpoint and config disagree.")
+    wrong = [(n, tuple(resident[n].shape), shape) for n, shape in res_shapes.items()
+             if n in resident and tuple(resident[n].shape) != shape]
+    for i, layer in enumerate(layers):
+        wrong += [(f"model.layers.{i}.{n}", tuple(layer[n].shape), shape)
+                  for n, shape in layer_shapes.items() if tuple(layer[n].shape) != shape]
+        unused = sorted(n for n in layer if n not in layer_shapes and n.endswith((".weight", ".bias"))
+                        and "rotary_emb" not in n)
+        if unused:
+            raise WeightsError(f"{source}: model.layers.{i} has tensors the config does not use "
+                               f"({', '.join(unused[:3])}); ignoring them would give wrong "
+                               "answers. Checkpoint and config disagree (e.g. attention_bias); "
+                               "download the model again.")
+    if wrong:
+        name, got, want = wrong[0]
+        raise WeightsError(f"{source}: {name} has shape {got} but config.json implies {want} "
+                           f"({len(wrong)} tensors disagree). Checkpoint and config disagree; "
+                           "download the model again.")
 
 
 class ResidentWeights:
