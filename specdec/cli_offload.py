@@ -32,7 +32,7 @@ def add_offload_commands(subparsers) -> None:
     v.set_defaults(func=cmd_verify, handler=cmd_verify)
 
     b = subparsers.add_parser("bench", help="offload-speed benchmarks")
-    add_bench_commands(b.add_subparsers(dest="bench", required=True, metavar="{io}"))
+    add_bench_commands(b.add_subparsers(dest="bench", required=True, metavar="{io,offload}"))
 
 
 def add_bench_commands(bench_subparsers) -> None:
@@ -47,6 +47,30 @@ def add_bench_commands(bench_subparsers) -> None:
     io.add_argument("--repeat", type=int, default=3, help="back-to-back passes per token count (default 3)")
     io.add_argument("--json", action="store_true", help="print JSON instead of a table")
     io.set_defaults(func=cmd_bench_io, handler=cmd_bench_io)
+    _add_bench_offload(bench_subparsers)
+
+
+def _add_bench_offload(bench_subparsers) -> None:
+    from .bench_offload import cmd_bench_offload
+
+    o = bench_subparsers.add_parser(
+        "offload", help="specdec vs the disk floor and transformers+accelerate, same RAM cap",
+        description="Run every contender (floor, specdec plain/chain/tree, transformers+accelerate "
+                    "plain/assisted) in its own process under one RAM cap (a memory cgroup, else "
+                    "page-cache eviction); write report.json, report.md and PNG plots.")
+    o.add_argument("--quick", action="store_true", help="small run (~2 min): CI's smoke test")
+    o.add_argument("--out", help="results directory (default results/bench-<timestamp>)")
+    o.add_argument("--workloads", default="demo,synthetic", help="demo,synthetic (default both)")
+    o.add_argument("--synthetic", help="synthetic target shape: llama2-7b (default), qwen2.5-7b, "
+                   "llama-1b (default under --quick)")
+    o.add_argument("--synthetic-ram", help="RAM cap for the synthetic target (default 4GB; 1GB quick)")
+    o.add_argument("--demo-ram", help="RAM cap for the demo pair (default specdec.demo.DEMO_RAM)")
+    o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft)")
+    o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")
+    o.add_argument("--no-cgroup", action="store_true",
+                   help="do not make a memory cgroup; only evict the page cache before each run")
+    o.add_argument("--cache-dir", help="where derived models go (default $SPECDEC_CACHE or ~/.cache/specdec)")
+    o.set_defaults(func=cmd_bench_offload, handler=cmd_bench_offload)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -109,12 +133,14 @@ def cmd_bench_io(args) -> int:
     return 0
 
 
-def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3) -> dict:
+def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
+             max_context: int | None = None) -> dict:
     """Raw O_DIRECT read of one pass's streamed bytes vs streamed forward passes, same run.
 
     Each token count runs `repeat` passes back to back (so the reader never gets a head
     start from idle time) after one unmeasured warm-up pass, which also does the one-off
-    first-read checksums."""
+    first-read checksums. `max_context` sizes the KV cache the plan reserves (default: the
+    largest token count), so the plan can match a generation run's under the same budget."""
     import torch
 
     from offload.budget import plan_memory
@@ -133,7 +159,8 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3) -> dict:
     pinned, ring, plan_text = None, 2, "no --ram: every layer streamed"
     if ram is not None:
         kv = KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
-        plan = plan_memory(store, ram, kv_bytes_per_token_target=kv, max_context=max(tokens))
+        plan = plan_memory(store, ram, kv_bytes_per_token_target=kv,
+                           max_context=max(max_context or 0, max(tokens)))
         pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
     with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
         model = Transformer(args, weights, dtype)

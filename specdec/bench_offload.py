@@ -1,0 +1,228 @@
+"""`specdec bench offload`: specdec against the physical floor and transformers + accelerate,
+every contender in its own process under the same RAM cap.
+
+Per workload (specdec/bench_workloads.py) the contenders run in this order:
+  floor       O_DIRECT read of the bytes one streamed pass reads (+ pass time vs tokens)
+  plain       specdec, target streamed, no draft
+  chain       specdec speculative, chain drafts
+  tree        specdec speculative, draft tree
+  hf          transformers generate, accelerate disk offload (device_map="auto")
+  hf_assisted the same with assisted generation (the same draft, in RAM)
+The accelerate contenders get, as max_memory for target weights, what specdec's plan under
+the same cap spent on target weights (resident part + pinned layers + stream buffers), so
+both keep the same share of the target in RAM.
+
+The cap: a memory cgroup (offload/memcap.py) with the workload's RAM as limit, covering the
+page cache too; without one, the page cache of the workload's files is evicted before each
+run and the report says the cap was not enforced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.memcap import MemoryCap, evict_page_cache
+
+from .bench_workloads import Workload
+
+JOB_TIMEOUT_S = 3600
+PASS_TOKENS = [1, 8, 32, 64]
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    kind: str  # floor | specdec | hf
+    draft: bool = False
+    speculation: str = "chain"
+    label: str = ""
+
+
+CONTENDERS = (
+    Contender("floor", "floor", label="physical floor (O_DIRECT read of one pass)"),
+    Contender("plain", "specdec", label="specdec plain streamed"),
+    Contender("chain", "specdec", True, "chain", label="specdec speculative (chain)"),
+    Contender("tree", "specdec", True, "tree", label="specdec speculative (tree)"),
+    Contender("hf", "hf", label="transformers + accelerate offload"),
+    Contender("hf_assisted", "hf", True, label="transformers + accelerate, assisted generation"),
+)
+
+
+def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
+              log=print) -> dict:
+    """Run every contender on every workload; return the report dict (see bench_report)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
+              "machine": machine_info(), "workloads": [], "contenders": [c.__dict__ for c in CONTENDERS]}
+    methods = set()
+    for w in workloads:
+        results = {}
+        for c in CONTENDERS:
+            log(f"[{w.name}] {c.name} ...")
+            results[c.name] = run_contender(w, c, results, threads, use_cgroup, out_dir)
+            methods.add(results[c.name]["cap_method"])
+            log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
+        report["workloads"].append({"workload": w.as_dict(), "results": results})
+    report["cap_methods"] = sorted(methods)
+    return report
+
+
+def run_contender(w: Workload, c: Contender, earlier: dict, threads: int, use_cgroup: bool,
+                  out_dir: Path) -> dict:
+    job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
+           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c, earlier)},
+           "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
+                     "max_new_tokens": w.max_new_tokens}
+                    for t in w.temperatures for i, p in enumerate(w.prompts)]}
+    evicted = evict_page_cache(w.data_paths())
+    cap = MemoryCap.create(w.ram_bytes) if use_cgroup else None
+    try:
+        result = _spawn(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log")
+        result["cap_peak_bytes"] = cap.peak_bytes() if cap else None
+        result["oom_kills"] = cap.oom_kills() if cap else 0
+    finally:
+        if cap:
+            cap.close()
+    result["cap_method"] = cap.description.split(" at ")[0] if cap else "none (page cache evicted only)"
+    result["evicted"] = evicted
+    result["hf_cpu_bytes"] = job["workload"]["hf_cpu_bytes"] if c.kind == "hf" else None
+    return result
+
+
+def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
+    """RAM for accelerate to keep target weights in: what specdec's plan under the same cap
+    gave target weights (plain plan for plain generate, the draft's plan for assisted)."""
+    source = earlier.get("chain" if c.draft else "plain", {})
+    plan = source.get("plan")
+    if plan:
+        return plan["resident_bytes"] + plan["pinned_bytes"] + plan["ring_bytes"]
+    from offload.budget import DEFAULT_OVERHEAD
+
+    return max(w.ram_bytes - DEFAULT_OVERHEAD, 1)  # specdec failed: a plain guess, recorded
+
+
+def _spawn(job: dict, cap: MemoryCap | None, log_path: Path) -> dict:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="specdec-bench-") as tmp:
+        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_file.write_text(json.dumps(job))
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(job["threads"]),
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+        cmd = [sys.executable, "-m", "specdec.bench_worker", str(job_file), str(out_file)]
+        # The child joins the cgroup before exec, so everything it loads is under the cap.
+        pre = (lambda: cap.add(os.getpid())) if cap else None
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            try:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=pre, timeout=JOB_TIMEOUT_S,
+                                    cwd=Path(__file__).resolve().parent.parent).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        wall = time.perf_counter() - t0
+        if rc == 0 and out_file.exists():
+            return {**json.loads(out_file.read_text()), "ok": True, "wall_seconds": wall}
+    tail = log_path.read_text()[-1500:]
+    why = "killed: out of memory under the cap" if rc in (-9, 137) else f"exit status {rc}"
+    return {"ok": False, "error": f"{why}; log {log_path}", "log_tail": tail, "wall_seconds": wall}
+
+
+def _brief(r: dict) -> str:
+    if not r.get("ok"):
+        return "FAILED " + r["error"]
+    if "floor" in r:
+        f = r["floor"]
+        return f"{f['streamed_bytes'] / 1e6:.0f} MB in {f['raw_seconds'] * 1e3:.0f} ms"
+    tok = sum(x["new_tokens"] for x in r["runs"])
+    sec = sum(x["seconds"] for x in r["runs"])
+    return f"{tok} tokens in {sec:.1f} s ({sec / max(tok, 1) * 1e3:.0f} ms/token)"
+
+
+def machine_info() -> dict:
+    import platform
+
+    import psutil
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "ram_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
+            "torch": torch.__version__, "kernel": platform.release(),
+            "cpu_model": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux
+    return ""
+
+
+# -- the command ---------------------------------------------------------------------------
+SYNTHETIC_SIZES = {"llama2-7b": 13.5e9, "qwen2.5-7b": 15.2e9, "llama-1b": 2.2e9}
+
+
+def cmd_bench_offload(args) -> int:
+    """`specdec bench offload`: build the workloads, run, write JSON + markdown + PNGs."""
+    from .bench_report import markdown_table, write_report
+    from .bench_workloads import bench_cache
+
+    out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    workloads, notes = build_workloads(args, bench_cache(args.cache_dir))
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    if not workloads:
+        print("specdec: error: no workload could be prepared (see the notes above)", file=sys.stderr)
+        return 2
+    report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
+                       use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr))
+    report["notes"] = notes
+    report["command"] = " ".join(sys.argv)
+    paths = write_report(report, out)
+    print(markdown_table(report["rows"]))
+    print("\n".join(f"{k}: {p}" for k, p in paths.items()))
+    return 0
+
+
+def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
+    from .bench_workloads import demo_workload, synthetic_workload
+
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    workloads, notes = [], []
+    if "demo" in wanted:
+        try:
+            workloads.append(demo_workload(cache, args.quick, draft=args.draft, ram=args.demo_ram))
+        except FileNotFoundError as e:
+            notes.append(f"demo workload skipped: {e}")
+    if "synthetic" in wanted:
+        preset, why = synthetic_preset(args, cache)
+        if why:
+            notes.append(why)
+        ram = args.synthetic_ram or ("1GB" if args.quick else "4GB")
+        workloads.append(synthetic_workload(cache, preset, args.quick, ram))
+    return workloads, notes
+
+
+def synthetic_preset(args, cache: Path) -> tuple[str, str]:
+    """The synthetic target's shape: --synthetic, else llama2-7b (llama-1b under --quick);
+    a 7B falls back to llama-1b when the disk cannot hold its HF dir and store."""
+    import shutil
+
+    preset = args.synthetic or ("llama-1b" if args.quick else "llama2-7b")
+    if args.quick or (cache / f"synthetic-{preset}-s0" / "store").exists():
+        return preset, ""
+    need = 2.2 * SYNTHETIC_SIZES.get(preset, 0)  # HF dir + store + slack
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if free < need:
+        return "llama-1b", (f"{preset} needs ~{need / 1e9:.0f} GB of disk, {free / 1e9:.0f} GB free "
+                            f"under {cache}: used llama-1b instead")
+    return preset, ""

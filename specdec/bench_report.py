@@ -1,0 +1,171 @@
+"""Rows, goals, markdown and plots for `specdec bench offload` reports.
+
+A row is one contender on one workload at one temperature, summed over the prompts:
+ms/token = total generate seconds / total new tokens (prefill included, as a user waits for
+it), bytes read per token from /proc/<pid>/io, peak RSS of the process, and for speculative
+runs the acceptance rate and new tokens per target pass. The floor row is the O_DIRECT read
+time of one pass's streamed bytes: one token per pass, no compute.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GOALS = {"plain_vs_floor": 1.15, "speculative_vs_plain": 3.0, "speculative_vs_hf_assisted": 10.0}
+
+
+def build_rows(report: dict) -> list[dict]:
+    rows = []
+    for entry in report["workloads"]:
+        w, results = entry["workload"], entry["results"]
+        floor = _floor_row(w["name"], results.get("floor", {}))
+        rows.append(floor)
+        for t in w["temperatures"]:
+            for name, r in results.items():
+                if name != "floor":
+                    rows.append(_run_row(w["name"], name, t, r, results, floor))
+    return rows
+
+
+def _floor_row(workload: str, r: dict) -> dict:
+    row = {"workload": workload, "contender": "floor", "temperature": None, "ok": r.get("ok", False)}
+    if not row["ok"]:
+        return {**row, "error": r.get("error", "not run")}
+    f = r["floor"]
+    return {**row, "ms_per_token": f["raw_seconds"] * 1e3,
+            "tokens_per_second": 1 / f["raw_seconds"] if f["raw_seconds"] else None,
+            "bytes_read_per_token": f["streamed_bytes"], "peak_rss_bytes": r["peak_rss_bytes"],
+            "tokens_per_pass": 1.0, "acceptance_rate": None, "x_floor": 1.0,
+            "gb_per_s": f["raw_gb_per_s"], "o_direct": f["o_direct"]}
+
+
+def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: dict) -> dict:
+    row = {"workload": workload, "contender": name, "temperature": t, "ok": r.get("ok", False)}
+    if not row["ok"]:
+        return {**row, "error": r.get("error", "not run")}
+    runs = [x for x in r["runs"] if x["temperature"] == t]
+    tokens = sum(x["new_tokens"] for x in runs)
+    seconds = sum(x["seconds"] for x in runs)
+    passes = sum(x.get("target_passes", 0) for x in runs)
+    drafted = sum(x.get("drafted", 0) for x in runs)
+    ms = seconds / tokens * 1e3 if tokens else None
+    row.update(new_tokens=tokens, seconds=seconds, ms_per_token=ms,
+               tokens_per_second=tokens / seconds if seconds else None,
+               bytes_read_per_token=sum(x["bytes_read"] for x in runs) / tokens if tokens else None,
+               peak_rss_bytes=r["peak_rss_bytes"], cap_peak_bytes=r.get("cap_peak_bytes"),
+               target_passes=passes, tokens_per_pass=tokens / passes if passes else None,
+               acceptance_rate=sum(x.get("accepted", 0) for x in runs) / drafted if drafted else None,
+               x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
+    if t == 0:
+        row["matches_plain"] = _same_tokens(runs, results, "hf" if name.startswith("hf") else "plain")
+    return row
+
+
+def _same_tokens(runs: list[dict], results: dict, reference: str) -> bool | None:
+    """Greedy output equal to the same runtime's plain decoding, prompt by prompt."""
+    ref = results.get(reference, {})
+    if not ref.get("ok"):
+        return None
+    want = {x["prompt_index"]: x["token_ids"] for x in ref["runs"] if x["temperature"] == 0}
+    return all(want.get(x["prompt_index"]) == x["token_ids"] for x in runs)
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """The issue's targets, measured (reported, never asserted)."""
+    def ms(workload, contender, t):
+        for r in rows:
+            if (r["workload"], r["contender"], r["temperature"]) == (workload, contender, t):
+                return r.get("ms_per_token")
+        return None
+
+    out = []
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        plain, floor = ms(wl, "plain", 0.0), ms(wl, "floor", None)
+        spec = min((v for v in (ms(wl, "chain", 0.0), ms(wl, "tree", 0.0)) if v), default=None)
+        hfa = ms(wl, "hf_assisted", 0.0)
+        out.append(_goal(wl, "plain_vs_floor", "plain streamed ms/token / floor ms/token",
+                         plain / floor if plain and floor else None, lower_is_better=True))
+        out.append(_goal(wl, "speculative_vs_plain", "plain ms/token / best speculative ms/token (T=0)",
+                         plain / spec if plain and spec else None))
+        out.append(_goal(wl, "speculative_vs_hf_assisted",
+                         "accelerate assisted ms/token / best speculative ms/token (T=0)",
+                         hfa / spec if hfa and spec else None))
+    return out
+
+
+def _goal(workload, key, what, value, lower_is_better=False) -> dict:
+    target = GOALS[key]
+    met = None if value is None else (value <= target if lower_is_better else value >= target)
+    return {"workload": workload, "goal": key, "measure": what, "value": value,
+            "target": f"{'<=' if lower_is_better else '>='} {target}", "met": met}
+
+
+COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "contender"),
+           ("ms/token", "ms_per_token"), ("tokens/s", "tokens_per_second"),
+           ("MB read/token", "bytes_read_per_token"), ("peak RSS MB", "peak_rss_bytes"),
+           ("accept", "acceptance_rate"), ("tokens/pass", "tokens_per_pass"),
+           ("x floor", "x_floor"), ("= plain (T=0)", "matches_plain")]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        if not r["ok"]:
+            lines.append(f"| {r['workload']} | {_fmt('temperature', r['temperature'])} | "
+                         f"{r['contender']} | failed: {r['error'].split(';')[0]} |" + " |" * (len(COLUMNS) - 4))
+            continue
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if key in ("bytes_read_per_token", "peak_rss_bytes"):
+        return f"{v / 1e6:.1f}"
+    if key == "acceptance_rate":
+        return f"{v:.2f}"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def goals_markdown(gs: list[dict]) -> str:
+    lines = ["| workload | goal | measured | target | met |", "|---|---|---|---|---|"]
+    for g in gs:
+        v = "-" if g["value"] is None else f"{g['value']:.2f}"
+        met = "-" if g["met"] is None else ("yes" if g["met"] else "no")
+        lines.append(f"| {g['workload']} | {g['measure']} | {v} | {g['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    rows = build_rows(report)
+    report["rows"], report["goals"] = rows, goals(rows)
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md",
+             "ms_per_token_png": out_dir / "ms_per_token.png", "pass_time_png": out_dir / "pass_time.png"}
+    paths["json"].write_text(json.dumps(report, indent=1))
+    paths["markdown"].write_text(_markdown_doc(report))
+    from .bench_plots import plot_ms_per_token, plot_pass_time
+
+    plot_ms_per_token(rows, paths["ms_per_token_png"])
+    plot_pass_time(report, paths["pass_time_png"])
+    return paths
+
+
+def _markdown_doc(report: dict) -> str:
+    m = report["machine"]
+    head = [f"# specdec bench offload ({report['started']})", "",
+            f"Machine: {m['cpu_model'] or m['cpu']}, {m['cores']} cores, "
+            f"{m['ram_bytes'] / 1e9:.1f} GB RAM, torch {m['torch']} ({report['threads']} threads), "
+            f"kernel {m['kernel']}.",
+            f"RAM cap: {', '.join(report['cap_methods'])}.", ""]
+    for e in report["workloads"]:
+        w = e["workload"]
+        head.append(f"- {w['name']}: {w['description']}; cap {w['ram_bytes'] / 1e9:.2f} GB; "
+                    f"{w['max_new_tokens']} new tokens per prompt")
+    return "\n".join(head + ["", markdown_table(report["rows"]), "", "## Goals", "",
+                             goals_markdown(report["goals"]), ""])

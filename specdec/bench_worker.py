@@ -1,0 +1,106 @@
+"""One contender of `specdec bench offload`, alone in its process (under the RAM cap the
+parent put it in):
+
+    python -m specdec.bench_worker JOB.json RESULT.json
+
+A job names the contender (floor | specdec | hf), the workload's files and budgets, and
+the runs (prompt ids, temperature, seed, max new tokens). Each run's wall time and the
+bytes this process read from storage (/proc/self/io, all threads) are measured around the
+generate call only; loading is not timed. One short warm-up generation comes first for
+every contender alike (lazy allocations, first-read checksums, first-call kernels).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from offload.iobench import peak_rss_bytes
+from offload.memcap import proc_io
+
+WARMUP_TOKENS = 1  # a prefill and one token: enough to touch every code path once
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    torch.set_num_threads(int(job["threads"]))
+    kind = job["contender"]["kind"]
+    started = time.perf_counter()
+    result = {"floor": run_floor, "specdec": run_specdec, "hf": run_hf}[kind](job)
+    result.update(peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads(),
+                  process_seconds=time.perf_counter() - started)
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+def run_floor(job: dict) -> dict:
+    """The physical floor: O_DIRECT read of what one pass streams, plus streamed passes
+    of 1..64 tokens (pass time vs tokens verified), from specdec's `bench io`."""
+    from .cli_offload import bench_io
+
+    w = job["workload"]
+    r = bench_io(w["store"], job["pass_tokens"], ram=w["ram_bytes"], repeat=job.get("repeat", 2),
+                 max_context=w["max_context"])  # the plain run's plan: same layers streamed
+    return {"floor": r}
+
+
+def run_specdec(job: dict) -> dict:
+    import specdec
+
+    w, c = job["workload"], job["contender"]
+    lm = specdec.load(w["store"], draft=w["draft"] if c.get("draft") else None,
+                      ram=w["ram_bytes"], max_context=w["max_context"],
+                      speculation=c.get("speculation", "chain"), progress=False)
+    try:
+        def generate(run):
+            out = lm.generate(run["prompt_ids"], max_new_tokens=run["max_new_tokens"],
+                              temperature=run["temperature"], seed=run["seed"])
+            s = out.stats
+            return out.token_ids, {"target_passes": s.target_passes, "drafted": s.drafted,
+                                   "accepted": s.accepted, "streamed_bytes": s.bytes_read}
+        runs = _timed_runs(job, generate)
+        return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}
+    finally:
+        lm.close()
+
+
+def run_hf(job: dict) -> dict:
+    from . import bench_hf
+
+    w, c = job["workload"], job["contender"]
+    model = bench_hf.load_offloaded(Path(w["hf_dir"]), w["hf_cpu_bytes"], Path(w["offload_folder"]))
+    assistant = bench_hf.load_assistant(Path(w["hf_draft"])) if c.get("draft") else None
+    counter = bench_hf.PassCounter(model)
+    eos = tuple(w.get("eos_ids", ()))
+
+    def generate(run):
+        before = counter.calls
+        ids = bench_hf.hf_generate(model, run["prompt_ids"], run["max_new_tokens"],
+                                   run["temperature"], run["seed"], assistant, eos)
+        return ids, {"target_passes": counter.calls - before}
+    runs = _timed_runs(job, generate)
+    counter.close()
+    return {"runs": runs, "placement": bench_hf.offloaded_fraction(model)}
+
+
+def _timed_runs(job: dict, generate) -> list[dict]:
+    first = dict(job["runs"][0], max_new_tokens=WARMUP_TOKENS)
+    generate(first)
+    out = []
+    for run in job["runs"]:
+        io0, t0 = proc_io().get("read_bytes", 0), time.perf_counter()
+        ids, extra = generate(run)
+        seconds = time.perf_counter() - t0
+        read = proc_io().get("read_bytes", 0) - io0
+        out.append({"prompt_index": run["prompt_index"], "temperature": run["temperature"],
+                    "seed": run["seed"], "new_tokens": len(ids), "token_ids": ids,
+                    "seconds": seconds, "bytes_read": read, **extra})
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
