@@ -217,9 +217,12 @@ class _Ring:
         self.stopping = False
 
     def start(self) -> None:
-        if not self.order or (self.thread is not None and self.thread.is_alive()):
+        if not self.order or (self.thread is not None and self.thread.is_alive()
+                              and not self.stopping):
             return
-        self.stop()  # collect a thread that died of an error before
+        # Collect a thread that died of an error, or one whose stop() was cut short (Ctrl-C
+        # landing in its join): it is exiting and would never fill the ring again.
+        self.stop()
         self.thread = threading.Thread(target=self._run, name="specdec-prefetch", daemon=True)
         self.thread.start()
 
