@@ -105,20 +105,20 @@ def _target_tensor(hf_dir: Path, name: str, default=None) -> torch.Tensor:
     raise FileNotFoundError(f"{hf_dir}: no tensor {name} in its safetensors files")
 
 
-def load_offloaded(hf_dir: Path, cpu_bytes: int, offload_folder: Path):
+def load_offloaded(hf_dir: Path, cpu_bytes: int, offload_folder: Path, dtype=torch.bfloat16):
     """The target with at most `cpu_bytes` of weights in RAM, the rest offloaded to disk."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(hf_dir), dtype=torch.bfloat16, device_map="auto",
+        str(hf_dir), dtype=dtype, device_map="auto",
         max_memory={"cpu": int(cpu_bytes), "disk": 1 << 50}, offload_folder=str(offload_folder))
     return model.eval()
 
 
-def load_assistant(hf_dir: Path):
+def load_assistant(hf_dir: Path, dtype=torch.bfloat16):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.bfloat16).eval()
+    return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype).eval()
 
 
 def offloaded_fraction(model) -> dict:

@@ -68,6 +68,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
             results[c.name] = run_contender(w, c, results, threads, use_cgroup, out_dir)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
+        add_texts(w, results)
         report["workloads"].append({"workload": w.as_dict(), "results": results})
     report["cap_methods"] = sorted(methods)
     return report
@@ -93,6 +94,19 @@ def run_contender(w: Workload, c: Contender, earlier: dict, threads: int, use_cg
     result["evicted"] = evicted
     result["hf_cpu_bytes"] = job["workload"]["hf_cpu_bytes"] if c.kind == "hf" else None
     return result
+
+
+def add_texts(w: Workload, results: dict) -> None:
+    """Decode every run's tokens with the workload's tokenizer (one decoder for all
+    contenders, so texts compare like for like)."""
+    if not w.tokenizer_dir:
+        return
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(w.tokenizer_dir)
+    for r in results.values():
+        for run in r.get("runs", []) if r.get("ok") else []:
+            run["text"] = tok.decode(run["token_ids"], skip_special_tokens=False)
 
 
 def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:

@@ -43,7 +43,8 @@ def run_floor(job: dict) -> dict:
     from .cli_offload import bench_io
 
     w = job["workload"]
-    r = bench_io(w["store"], job["pass_tokens"], ram=w["ram_bytes"], repeat=job.get("repeat", 2),
+    ram = None if w["stream_all"] else w["ram_bytes"]  # None: bench io streams every layer
+    r = bench_io(w["store"], job["pass_tokens"], ram=ram, repeat=job.get("repeat", 2),
                  max_context=w["max_context"])  # the plain run's plan: same layers streamed
     return {"floor": r}
 
@@ -51,10 +52,15 @@ def run_floor(job: dict) -> dict:
 def run_specdec(job: dict) -> dict:
     import specdec
 
+    from .bench_workloads import minimum_budget
+
     w, c = job["workload"], job["contender"]
-    lm = specdec.load(w["store"], draft=w["draft"] if c.get("draft") else None,
-                      ram=w["ram_bytes"], max_context=w["max_context"],
-                      speculation=c.get("speculation", "chain"), progress=False)
+    draft = w["draft"] if c.get("draft") else None
+    ram = w["ram_bytes"]
+    if w["stream_all"]:
+        ram = minimum_budget(w["store"], draft, w["max_context"], w["dtype"])
+    lm = specdec.load(w["store"], draft=draft, ram=ram, max_context=w["max_context"],
+                      dtype=w["dtype"], speculation=c.get("speculation", "chain"), progress=False)
     try:
         def generate(run):
             out = lm.generate(run["prompt_ids"], max_new_tokens=run["max_new_tokens"],
@@ -72,8 +78,9 @@ def run_hf(job: dict) -> dict:
     from . import bench_hf
 
     w, c = job["workload"], job["contender"]
-    model = bench_hf.load_offloaded(Path(w["hf_dir"]), w["hf_cpu_bytes"], Path(w["offload_folder"]))
-    assistant = bench_hf.load_assistant(Path(w["hf_draft"])) if c.get("draft") else None
+    dtype = getattr(torch, w["dtype"])
+    model = bench_hf.load_offloaded(Path(w["hf_dir"]), w["hf_cpu_bytes"], Path(w["offload_folder"]), dtype)
+    assistant = bench_hf.load_assistant(Path(w["hf_draft"]), dtype) if c.get("draft") else None
     counter = bench_hf.PassCounter(model)
     eos = tuple(w.get("eos_ids", ()))
 

@@ -39,6 +39,10 @@ class Workload:
     tokenizer_dir: str | None = None
     eos_ids: list[int] = field(default_factory=list)
     description: str = ""
+    dtype: str = "bfloat16"  # compute dtype of both runtimes (float32: exact greedy equality)
+    # specdec's budget: False = the cap; True = the least its plan fits in, so every layer
+    # streams (tests: a tiny target would otherwise sit in RAM whole)
+    stream_all: bool = False
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -95,26 +99,37 @@ def demo_cap(store: Path, draft: Path, ram, default, max_context: int) -> tuple[
     """The demo pair's RAM cap: --demo-ram as given, else the demo budget, raised to what
     the speculative plan needs at the least (+ room for two pinned layers) when the draft
     does not fit in it: a cap that only plain decoding fits would compare nothing."""
-    from offload.budget import parse_size, plan_memory
+    from offload.budget import parse_size
+    from offload.format import open_store
+
+    if ram:
+        return parse_size(ram), ""
+    s = open_store(store)
+    need = minimum_budget(store, draft, max_context) + 2 * max(s.layer_nbytes(i) for i in range(s.num_layers))
+    need = -(-need // 10**7) * 10**7  # whole 10 MB
+    if need <= parse_size(default):
+        return parse_size(default), ""
+    return need, (f"; cap raised from the demo budget {default} to {need / 1e6:.0f} MB, the "
+                  "least the speculative plan fits in with two pinned layers")
+
+
+def minimum_budget(store, draft, max_context: int, dtype: str = "bfloat16") -> int:
+    """The smallest RAM budget specdec's plan accepts for `store` (+ `draft`): every layer
+    streamed through a ring of two buffers. Same arithmetic as specdec.session.load."""
+    from offload.budget import plan_memory
     from offload.format import open_store
 
     from .config import ModelArgs
     from .loading import parse_dtype
     from .session import _draft_args, _draft_bytes, _kv_per_token
 
-    if ram:
-        return parse_size(ram), ""
-    s = open_store(store)
-    dtype, args, dargs = parse_dtype("bfloat16"), ModelArgs.from_hf(s.config), _draft_args(draft)
-    plan = plan_memory(s, 1 << 50, draft_bytes=_draft_bytes(draft, dargs, dtype),
-                       kv_bytes_per_token_target=_kv_per_token(args, dtype),
-                       kv_bytes_per_token_draft=_kv_per_token(dargs, dtype), max_context=max_context)
-    need = plan.minimum_bytes + 2 * max(s.layer_nbytes(i) for i in range(s.num_layers))
-    need = -(-need // 10**7) * 10**7  # whole 10 MB
-    if need <= parse_size(default):
-        return parse_size(default), ""
-    return need, (f"; cap raised from the demo budget {default} to {need / 1e6:.0f} MB, the "
-                  "least the speculative plan fits in with two pinned layers")
+    s, dt = open_store(store), parse_dtype(dtype)
+    args, dargs = ModelArgs.from_hf(s.config), _draft_args(draft)
+    plan = plan_memory(s, 1 << 50, draft_bytes=_draft_bytes(draft, dargs, dt),
+                       kv_bytes_per_token_target=_kv_per_token(args, dt),
+                       kv_bytes_per_token_draft=_kv_per_token(dargs, dt) if dargs else 0,
+                       max_context=max_context)
+    return plan.minimum_bytes
 
 
 def chat_prompt_ids(hf_dir: Path, prompts: list[str]) -> tuple[list[list[int]], list[int]]:
@@ -167,12 +182,12 @@ def _synthetic_hf(preset: str, layers: int | None, out: Path) -> Path:
     return out
 
 
-def _packed(hf_dir: Path, out: Path) -> Path:
+def _packed(hf_dir: Path, out: Path, dtype: str = "bfloat16") -> Path:
     from offload.format import is_store
     from offload.pack import pack
 
     if not is_store(out):
-        pack(hf_dir, out, dtype="bfloat16", progress=False, overwrite=True)
+        pack(hf_dir, out, dtype=dtype, progress=False, overwrite=True)
     return out
 
 
@@ -202,17 +217,18 @@ def _vocab_size(hf_dir: Path) -> int:
 
 
 def custom_workload(name: str, target_hf: Path, draft: Path, cache: Path, ram, prompts,
-                    temperatures=(0.0, 0.7), max_new_tokens: int = 16,
-                    max_context: int = 256) -> Workload:
+                    temperatures=(0.0, 0.7), max_new_tokens: int = 16, max_context: int = 256,
+                    dtype: str = "bfloat16", stream_all: bool = False) -> Workload:
     """Any HF target + HF (or specdec) draft; tests use a tiny random pair."""
     from offload.budget import parse_size
 
     from .bench_hf import export_assistant_hf
 
-    store = _packed(Path(target_hf), cache / f"{name}-store")
+    store = _packed(Path(target_hf), cache / f"{name}-store", dtype)
     hf_draft = export_assistant_hf(Path(draft), Path(target_hf), cache / f"{name}-assistant")
     tok = str(target_hf) if (Path(target_hf) / "tokenizer.json").exists() else None
     ids, eos = chat_prompt_ids(Path(target_hf), prompts) if tok else (prompts, [])
     return Workload(name, str(store), str(target_hf), str(draft), str(hf_draft), parse_size(ram),
                     max_context, ids, list(temperatures), max_new_tokens,
-                    str(cache / f"{name}-offload"), tok, eos, f"{Path(target_hf).name} + {Path(draft).name}")
+                    str(cache / f"{name}-offload"), tok, eos,
+                    f"{Path(target_hf).name} + {Path(draft).name} ({dtype})", dtype, stream_all)

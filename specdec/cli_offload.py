@@ -50,9 +50,13 @@ def add_bench_commands(bench_subparsers) -> None:
     _add_bench_offload(bench_subparsers)
 
 
-def _add_bench_offload(bench_subparsers) -> None:
-    from .bench_offload import cmd_bench_offload
+def cmd_bench_offload(args) -> int:
+    from .bench_offload import cmd_bench_offload as run  # torch etc. only when it runs
 
+    return run(args)
+
+
+def _add_bench_offload(bench_subparsers) -> None:
     o = bench_subparsers.add_parser(
         "offload", help="specdec vs the disk floor and transformers+accelerate, same RAM cap",
         description="Run every contender (floor, specdec plain/chain/tree, transformers+accelerate "

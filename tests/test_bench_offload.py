@@ -1,0 +1,99 @@
+"""Smoke test of `specdec bench offload` (the report, not the speed): a tiny random pair,
+every contender in its own process under the cap, the report complete and sane.
+
+One run of the whole benchmark (~6 subprocesses) is shared by the assertions below."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
+
+CONTENDERS = {"floor", "plain", "chain", "tree", "hf", "hf_assisted"}
+STREAMED = {"plain", "chain", "tree"}
+FIELDS = ("ms_per_token", "tokens_per_second", "bytes_read_per_token", "peak_rss_bytes",
+          "tokens_per_pass")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, smollm2_tokenizer_dir):
+    from specdec.bench_offload import run_bench
+    from specdec.bench_report import write_report
+    from specdec.bench_workloads import custom_workload
+
+    root = tmp_path_factory.mktemp("bench")
+    target = root / "target"
+    make_tiny_chat_model(target, smollm2_tokenizer_dir, seed=0)
+    sharpen_lm_head(target, 8.0)  # peaked distributions: greedy choices are not near-ties
+    draft = make_noised_copy(target, root / "draft", scale=0.05, seed=1)
+    w = custom_workload("tiny", target, draft, root / "cache", "1.5GB",
+                        ["Hello, how are you?", "Tell me a story."], temperatures=(0.0, 0.7),
+                        max_new_tokens=12, max_context=128, dtype="float32", stream_all=True)
+    report = run_bench([w], root / "out", threads=1, log=lambda s: None)
+    paths = write_report(report, root / "out")
+    return report, paths
+
+
+def test_every_contender_ran_and_files_written(bench):
+    report, paths = bench
+    results = report["workloads"][0]["results"]
+    assert set(results) == CONTENDERS
+    failed = {k: r.get("error", "") + r.get("log_tail", "") for k, r in results.items() if not r["ok"]}
+    assert not failed, failed
+    for p in paths.values():
+        assert p.exists() and p.stat().st_size > 0
+    assert json.loads(paths["json"].read_text())["rows"]
+    md = paths["markdown"].read_text()
+    assert all(c in md for c in CONTENDERS) and "Goals" in md
+    assert paths["ms_per_token_png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_complete_and_sane(bench):
+    report, _ = bench
+    rows = report["rows"]
+    assert {r["contender"] for r in rows} == CONTENDERS
+    for t in (0.0, 0.7):
+        assert {r["contender"] for r in rows if r["temperature"] == t} == CONTENDERS - {"floor"}
+    for r in rows:
+        for f in FIELDS:
+            assert r[f] is not None and r[f] >= 0, (r["contender"], f, r[f])
+        assert r["ms_per_token"] > 0 and r["tokens_per_second"] > 0 and r["peak_rss_bytes"] > 0
+        assert r["tokens_per_pass"] >= 1
+        if r["contender"] in STREAMED | {"floor"}:
+            assert r["bytes_read_per_token"] > 0, r  # streamed from disk, not from RAM
+        if r["contender"] in {"chain", "tree"}:
+            assert 0 <= r["acceptance_rate"] <= 1
+    assert {g["goal"] for g in report["goals"]} == {
+        "plain_vs_floor", "speculative_vs_plain", "speculative_vs_hf_assisted"}
+
+
+def test_speculative_text_equals_plain_at_temperature_zero(bench):
+    report, _ = bench
+    results = report["workloads"][0]["results"]
+
+    def texts(name):
+        return [x["text"] for x in results[name]["runs"] if x["temperature"] == 0]
+    assert all(texts("plain")) and texts("chain") == texts("plain") and texts("tree") == texts("plain")
+    assert texts("hf_assisted") == texts("hf")
+    assert all(r["matches_plain"] for r in report["rows"] if r["temperature"] == 0
+               and r["contender"] in {"chain", "tree", "hf_assisted"})
+    # the draft is a light copy of the target: speculation really ran, with acceptance
+    chain = next(r for r in report["rows"] if r["contender"] == "chain" and r["temperature"] == 0)
+    assert chain["acceptance_rate"] > 0 and chain["tokens_per_pass"] > 1
+
+
+def test_cli_registers_bench_offload():
+    from specdec.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "offload", "--quick", "--threads", "1"])
+    assert args.quick and args.threads == 1 and callable(args.handler)
+
+
+def test_evict_and_proc_io(tmp_path):
+    from offload.memcap import evict_page_cache, proc_io
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"x" * 8192)
+    assert any("posix_fadvise" in d for d in evict_page_cache([tmp_path]))
+    assert proc_io().get("read_bytes", 0) >= 0
