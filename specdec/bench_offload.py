@@ -55,17 +55,19 @@ CONTENDERS = (
 
 
 def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
-              log=print) -> dict:
-    """Run every contender on every workload; return the report dict (see bench_report)."""
+              log=print, only: set[str] | None = None) -> dict:
+    """Run every contender (or those named in `only`) on every workload; return the report
+    dict (see bench_report)."""
+    contenders = [c for c in CONTENDERS if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
-              "machine": machine_info(), "workloads": [], "contenders": [c.__dict__ for c in CONTENDERS]}
+              "machine": machine_info(), "workloads": [], "contenders": [c.__dict__ for c in contenders]}
     methods = set()
     for w in workloads:
         results = {}
-        for c in CONTENDERS:
+        for c in contenders:
             log(f"[{w.name}] {c.name} ...")
-            results[c.name] = run_contender(w, c, results, threads, use_cgroup, out_dir)
+            results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
         add_texts(w, results)
@@ -74,10 +76,9 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     return report
 
 
-def run_contender(w: Workload, c: Contender, earlier: dict, threads: int, use_cgroup: bool,
-                  out_dir: Path) -> dict:
+def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path) -> dict:
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
-           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c, earlier)},
+           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c)},
            "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
                      "max_new_tokens": w.max_new_tokens}
                     for t in w.temperatures for i, p in enumerate(w.prompts)]}
@@ -109,16 +110,21 @@ def add_texts(w: Workload, results: dict) -> None:
             run["text"] = tok.decode(run["token_ids"], skip_special_tokens=False)
 
 
-def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
+def hf_cpu_bytes(w: Workload, c: Contender) -> int:
     """RAM for accelerate to keep target weights in: what specdec's plan under the same cap
-    gave target weights (plain plan for plain generate, the draft's plan for assisted)."""
-    source = earlier.get("chain" if c.draft else "plain", {})
-    plan = source.get("plan")
-    if plan:
-        return plan["resident_bytes"] + plan["pinned_bytes"] + plan["ring_bytes"]
-    from offload.budget import DEFAULT_OVERHEAD
+    gives target weights (resident part, pinned layers, stream buffers); the plain plan for
+    plain generate, the plan with the draft for assisted generation."""
+    from offload.budget import BudgetError
 
-    return max(w.ram_bytes - DEFAULT_OVERHEAD, 1)  # specdec failed: a plain guess, recorded
+    from .bench_workloads import minimum_budget, specdec_plan
+
+    draft = w.draft if c.draft else None
+    ram = minimum_budget(w.store, draft, w.max_context, w.dtype) if w.stream_all else w.ram_bytes
+    try:
+        p = specdec_plan(w.store, draft, ram, w.max_context, w.dtype)
+    except BudgetError:
+        return 1  # specdec cannot run under this cap either: accelerate offloads everything
+    return p.resident_bytes + p.pinned_bytes + p.ring_bytes
 
 
 def _spawn(job: dict, cap: MemoryCap | None, log_path: Path) -> dict:
@@ -191,13 +197,22 @@ def cmd_bench_offload(args) -> int:
 
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     workloads, notes = build_workloads(args, bench_cache(args.cache_dir))
+    for w in workloads:
+        w.max_new_tokens = args.max_new_tokens or w.max_new_tokens
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if not workloads:
         print("specdec: error: no workload could be prepared (see the notes above)", file=sys.stderr)
         return 2
+    only = {c.strip() for c in (args.contenders or "").split(",") if c.strip()} or None
+    unknown = (only or set()) - {c.name for c in CONTENDERS}
+    if unknown:
+        print(f"specdec: error: unknown contender(s) {sorted(unknown)}; choose from "
+              f"{[c.name for c in CONTENDERS]}", file=sys.stderr)
+        return 2
     report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
-                       use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr))
+                       use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr),
+                       only=only)
     report["notes"] = notes
     report["command"] = " ".join(sys.argv)
     paths = write_report(report, out)

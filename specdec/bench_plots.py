@@ -34,7 +34,8 @@ def plot_ms_per_token(rows: list[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_ylabel("ms per token (log)")
         ax.set_title(wl)
-        ax.legend(fontsize=8)
+        if temps:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -65,7 +66,8 @@ def plot_pass_time(report: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("tokens verified in one pass")
     ax.set_ylabel("pass time, ms (log)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+SPECULATIVE = {"chain": "plain", "tree": "plain", "hf_assisted": "hf"}
 GOALS = {"plain_vs_floor": 1.15, "speculative_vs_plain": 3.0, "speculative_vs_hf_assisted": 10.0}
 
 
@@ -56,8 +57,8 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
                target_passes=passes, tokens_per_pass=tokens / passes if passes else None,
                acceptance_rate=sum(x.get("accepted", 0) for x in runs) / drafted if drafted else None,
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
-    if t == 0:
-        row["matches_plain"] = _same_tokens(runs, results, "hf" if name.startswith("hf") else "plain")
+    if t == 0 and name in SPECULATIVE:  # each against its own runtime's plain decoding
+        row["matches_plain"] = _same_tokens(runs, results, SPECULATIVE[name])
     return row
 
 
@@ -168,4 +169,33 @@ def _markdown_doc(report: dict) -> str:
         head.append(f"- {w['name']}: {w['description']}; cap {w['ram_bytes'] / 1e9:.2f} GB; "
                     f"{w['max_new_tokens']} new tokens per prompt")
     return "\n".join(head + ["", markdown_table(report["rows"]), "", "## Goals", "",
-                             goals_markdown(report["goals"]), ""])
+                             goals_markdown(report["goals"]), "", "## Details", ""]
+                     + details(report) + [f"- note: {n}" for n in report.get("notes", [])] + [""])
+
+
+def details(report: dict) -> list[str]:
+    """Where each contender kept the target: specdec's plans, accelerate's placement."""
+    out = []
+    for e in report["workloads"]:
+        name, res = e["workload"]["name"], e["results"]
+        for c in ("plain", "chain"):
+            plan = res.get(c, {}).get("plan")
+            if plan:
+                out.append(f"- {name} {c}: {plan['summary']}")
+        for c in ("hf", "hf_assisted"):
+            r = res.get(c, {})
+            if r.get("ok"):
+                p = r["placement"]
+                out.append(f"- {name} {c}: max_memory cpu {r['hf_cpu_bytes'] / 1e6:.0f} MB for "
+                           f"target weights; {p['modules_on_disk']} modules offloaded to disk, "
+                           f"{p['modules_in_ram']} in RAM")
+        f = res.get("floor", {})
+        if f.get("ok"):
+            each = ", ".join(f"{s * 1e3:.0f}" for s in f["floor"]["raw_seconds_each"])
+            out.append(f"- {name} floor: {f['floor']['streamed_bytes'] / 1e6:.0f} MB per pass, raw "
+                       f"reads {each} ms ({f['floor']['raw_gb_per_s']:.2f} GB/s mean)")
+        peaks = {c: r.get("cap_peak_bytes") for c, r in res.items() if r.get("cap_peak_bytes")}
+        if peaks:
+            out.append(f"- {name} cgroup peak (process + page cache), MB: "
+                       + ", ".join(f"{c} {v / 1e6:.0f}" for c, v in peaks.items()))
+    return out

@@ -113,9 +113,9 @@ def demo_cap(store: Path, draft: Path, ram, default, max_context: int) -> tuple[
                   "least the speculative plan fits in with two pinned layers")
 
 
-def minimum_budget(store, draft, max_context: int, dtype: str = "bfloat16") -> int:
-    """The smallest RAM budget specdec's plan accepts for `store` (+ `draft`): every layer
-    streamed through a ring of two buffers. Same arithmetic as specdec.session.load."""
+def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
+    """The MemoryPlan specdec.load makes for `store` (+ `draft`) under `ram` (same arithmetic
+    as specdec.session); BudgetError when it does not fit."""
     from offload.budget import plan_memory
     from offload.format import open_store
 
@@ -125,11 +125,16 @@ def minimum_budget(store, draft, max_context: int, dtype: str = "bfloat16") -> i
 
     s, dt = open_store(store), parse_dtype(dtype)
     args, dargs = ModelArgs.from_hf(s.config), _draft_args(draft)
-    plan = plan_memory(s, 1 << 50, draft_bytes=_draft_bytes(draft, dargs, dt),
+    return plan_memory(s, ram, draft_bytes=_draft_bytes(draft, dargs, dt),
                        kv_bytes_per_token_target=_kv_per_token(args, dt),
                        kv_bytes_per_token_draft=_kv_per_token(dargs, dt) if dargs else 0,
                        max_context=max_context)
-    return plan.minimum_bytes
+
+
+def minimum_budget(store, draft, max_context: int, dtype: str = "bfloat16") -> int:
+    """The smallest RAM budget specdec's plan accepts: every layer streamed through a ring
+    of two buffers."""
+    return specdec_plan(store, draft, 1 << 50, max_context, dtype).minimum_bytes
 
 
 def chat_prompt_ids(hf_dir: Path, prompts: list[str]) -> tuple[list[list[int]], list[int]]:

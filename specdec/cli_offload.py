@@ -70,6 +70,8 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--synthetic-ram", help="RAM cap for the synthetic target (default 4GB; 1GB quick)")
     o.add_argument("--demo-ram", help="RAM cap for the demo pair (default specdec.demo.DEMO_RAM)")
     o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft)")
+    o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,hf,hf_assisted")
+    o.add_argument("--max-new-tokens", type=int, help="override the workloads' new tokens per prompt")
     o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")
     o.add_argument("--no-cgroup", action="store_true",
                    help="do not make a memory cgroup; only evict the page cache before each run")
