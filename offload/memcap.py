@@ -14,6 +14,7 @@ hold the model. Two ways to emulate a small-RAM device:
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -77,10 +78,16 @@ class MemoryCap:
         return 0
 
     def close(self) -> None:
-        try:
-            self.path.rmdir()  # the kernel refuses while a process is still inside
-        except OSError:
-            pass
+        # The kernel refuses while a process is still inside; a killed child may take a
+        # moment to leave, so retry briefly before leaving the (empty, harmless) group.
+        for _ in range(40):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
 
     def _write_limit(self) -> None:
         if self.version == 1:
@@ -117,23 +124,21 @@ def _enable_memory_controller(base: Path) -> None:
 
 
 def evict_page_cache(paths) -> list[str]:
-    """Drop the page cache for every file under `paths`; return what was done (for the report)."""
+    """Drop the page cache for every file under `paths`; return what was done (for the report).
+
+    Per-file posix_fadvise first: it touches nobody else's cache. The machine-wide
+    drop_caches only when a file could not be advised (other processes pay for it)."""
     os.sync()  # dirty pages cannot be dropped
-    done, files = [], 0
+    done, files, failed = [], 0, 0
     for f in _files_under(paths):
-        try:
-            fd = os.open(f, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if _fadvise_dontneed(f):
             files += 1
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        else:
+            failed += 1
     if files:
         done.append(f"posix_fadvise(DONTNEED) on {files} files")
+    if failed == 0:
+        return done
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("1")
@@ -141,6 +146,20 @@ def evict_page_cache(paths) -> list[str]:
     except OSError:
         pass  # not permitted here: fadvise alone has to do
     return done
+
+
+def _fadvise_dontneed(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _files_under(paths):

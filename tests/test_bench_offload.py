@@ -97,3 +97,26 @@ def test_evict_and_proc_io(tmp_path):
     f.write_bytes(b"x" * 8192)
     assert any("posix_fadvise" in d for d in evict_page_cache([tmp_path]))
     assert proc_io().get("read_bytes", 0) >= 0
+
+
+def test_memory_cap_kills_a_process_over_its_limit():
+    """Where a memory cgroup can be made (root in a container), it really caps the child."""
+    import os
+    import subprocess
+    import sys
+
+    from offload.memcap import MemoryCap
+
+    cap = MemoryCap.create(150 * 10**6)
+    if cap is None:
+        pytest.skip("no memory cgroup can be created here (the bench falls back to eviction)")
+    try:
+        def run(mb):  # bytearray zero-fills: every page is really touched
+            code = f"b = bytearray({mb} * 10**6)"
+            return subprocess.run([sys.executable, "-c", code],
+                                  preexec_fn=lambda: cap.add(os.getpid())).returncode
+        assert run(20) == 0
+        assert run(400) != 0
+        assert cap.oom_kills() >= 1 or cap.peak_bytes() <= 150 * 10**6
+    finally:
+        cap.close()
