@@ -222,8 +222,16 @@ def cmd_bench_offload(args) -> int:
 
 
 def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
-    from .bench_workloads import demo_workload, synthetic_workload
+    from .bench_workloads import custom_workload, demo_workload, load_prompt_config, synthetic_workload
 
+    if args.target:  # the user's own pair replaces the built-in workloads
+        if not args.draft:
+            raise ValueError("--target needs --draft (the pair to benchmark)")
+        prompts = load_prompt_config()["demo"]["prompts"][:1 if args.quick else None]
+        w = custom_workload(Path(args.target).name, Path(args.target), Path(args.draft), cache,
+                            args.ram or "4GB", prompts, max_new_tokens=16 if args.quick else 64,
+                            dtype=args.dtype, stream_all=args.stream_all)
+        return [w], []
     wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
     workloads, notes = [], []
     if "demo" in wanted:

@@ -227,7 +227,9 @@ def custom_workload(name: str, target_hf: Path, draft: Path, cache: Path, ram, p
 
     from .bench_hf import export_assistant_hf
 
-    store = _packed(Path(target_hf), cache / f"{name}-store", dtype)
+    from .session import packed_store
+
+    store = packed_store(Path(target_hf), dtype, cache, progress=False)  # keyed by path + mtime
     hf_draft = export_assistant_hf(Path(draft), Path(target_hf), cache / f"{name}-assistant")
     tok = str(target_hf) if (Path(target_hf) / "tokenizer.json").exists() else None
     ids, eos = chat_prompt_ids(Path(target_hf), prompts) if tok else (prompts, [])

@@ -69,7 +69,15 @@ def _add_bench_offload(bench_subparsers) -> None:
                    "llama-1b (default under --quick)")
     o.add_argument("--synthetic-ram", help="RAM cap for the synthetic target (default 4GB; 1GB quick)")
     o.add_argument("--demo-ram", help="RAM cap for the demo pair (default specdec.demo.DEMO_RAM)")
-    o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft)")
+    o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft), "
+                   "or for --target")
+    o.add_argument("--target", help="benchmark this HF target dir with --draft instead of the "
+                   "built-in workloads (prompts from configs/bench_prompts.toml)")
+    o.add_argument("--ram", help="RAM cap for --target (default 4GB)")
+    o.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="compute dtype for --target (float32: exact greedy equality)")
+    o.add_argument("--stream-all", action="store_true",
+                   help="--target: give specdec the least budget it runs in, so every layer streams")
     o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,hf,hf_assisted")
     o.add_argument("--max-new-tokens", type=int, help="override the workloads' new tokens per prompt")
     o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")

@@ -18,20 +18,24 @@ FIELDS = ("ms_per_token", "tokens_per_second", "bytes_read_per_token", "peak_rss
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, smollm2_tokenizer_dir):
-    from specdec.bench_offload import run_bench
-    from specdec.bench_report import write_report
-    from specdec.bench_workloads import custom_workload
+    """`specdec bench offload --quick --target T --draft D` on a tiny random pair with the
+    SmolLM2 tokenizer (real text), float32 (exact greedy equality), every layer streamed."""
+    from specdec.cli import main
 
     root = tmp_path_factory.mktemp("bench")
     target = root / "target"
     make_tiny_chat_model(target, smollm2_tokenizer_dir, seed=0)
     sharpen_lm_head(target, 8.0)  # peaked distributions: greedy choices are not near-ties
     draft = make_noised_copy(target, root / "draft", scale=0.05, seed=1)
-    w = custom_workload("tiny", target, draft, root / "cache", "1.5GB",
-                        ["Hello, how are you?", "Tell me a story."], temperatures=(0.0, 0.7),
-                        max_new_tokens=12, max_context=128, dtype="float32", stream_all=True)
-    report = run_bench([w], root / "out", threads=1, log=lambda s: None)
-    paths = write_report(report, root / "out")
+    out = root / "out"
+    rc = main(["bench", "offload", "--quick", "--target", str(target), "--draft", str(draft),
+               "--ram", "1.5GB", "--dtype", "float32", "--stream-all", "--threads", "1",
+               "--max-new-tokens", "12", "--out", str(out), "--cache-dir", str(root / "cache")])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    paths = {k: out / n for k, n in (("json", "report.json"), ("markdown", "report.md"),
+                                     ("ms_per_token_png", "ms_per_token.png"),
+                                     ("pass_time_png", "pass_time.png"))}
     return report, paths
 
 
