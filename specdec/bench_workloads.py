@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "bench_prompts.toml"
+# Not configs/*.toml: those are model presets (specdec --config NAME).
+PROMPTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "bench" / "prompts.toml"
 
 
 @dataclass

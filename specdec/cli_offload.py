@@ -72,7 +72,7 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft), "
                    "or for --target")
     o.add_argument("--target", help="benchmark this HF target dir with --draft instead of the "
-                   "built-in workloads (prompts from configs/bench_prompts.toml)")
+                   "built-in workloads (prompts from configs/bench/prompts.toml)")
     o.add_argument("--ram", help="RAM cap for --target (default 4GB)")
     o.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype for --target (float32: exact greedy equality)")
