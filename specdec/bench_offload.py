@@ -67,7 +67,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
         results = {}
         for c in contenders:
             log(f"[{w.name}] {c.name} ...")
-            results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir)
+            results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir, results)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
         add_texts(w, results)
@@ -76,9 +76,10 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     return report
 
 
-def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path) -> dict:
+def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path,
+                  earlier: dict | None = None) -> dict:
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
-           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c)},
+           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c, earlier or {})},
            "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
                      "max_new_tokens": w.max_new_tokens}
                     for t in w.temperatures for i, p in enumerate(w.prompts)]}
@@ -110,14 +111,18 @@ def add_texts(w: Workload, results: dict) -> None:
             run["text"] = tok.decode(run["token_ids"], skip_special_tokens=False)
 
 
-def hf_cpu_bytes(w: Workload, c: Contender) -> int:
+def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
     """RAM for accelerate to keep target weights in: what specdec's plan under the same cap
     gives target weights (resident part, pinned layers, stream buffers); the plain plan for
-    plain generate, the plan with the draft for assisted generation."""
+    plain generate, the plan with the draft for assisted generation. Taken from the specdec
+    run when it ran (the plan load() really made), else computed the same way."""
     from offload.budget import BudgetError
 
     from .bench_workloads import minimum_budget, specdec_plan
 
+    plan = earlier.get("chain" if c.draft else "plain", {}).get("plan")
+    if plan:
+        return plan["resident_bytes"] + plan["pinned_bytes"] + plan["ring_bytes"]
     draft = w.draft if c.draft else None
     ram = minimum_budget(w.store, draft, w.max_context, w.dtype) if w.stream_all else w.ram_bytes
     try:
