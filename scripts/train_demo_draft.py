@@ -531,43 +531,94 @@ def cmd_train(args) -> None:
 # ----------------------------------------------------------------------------- eval
 
 def cmd_eval(args) -> None:
-    import specdec
+    """The shipped runtime as `specdec chat` runs it: the target packed to a bf16 store and
+    streamed under the demo RAM budget, plain decoding vs each speculation mode, same prompts,
+    temperature 0. Lossless check: every prompt's speculative reply equals plain decoding's."""
+    from specdec.demo import DEMO_MAX_CONTEXT, DEMO_RAM, load_demo
+    from specdec.session import load, packed_store
 
-    path = smollm2_gguf_path()
-    prompts = eval_prompts()
-    lm = specdec.load(str(path), draft=args.out, max_context=1024)
-    acc, tpp, texts, dms, tms = [], [], [], [], []
-    for p in prompts:
-        lm.reset()
-        t0 = time.perf_counter()
-        out = lm.chat([{"role": "user", "content": p}], max_new_tokens=128)
-        s = out.stats
-        acc.append(s.acceptance_rate)
-        tpp.append(s.tokens_per_pass)
-        texts.append(out.text)
-        dms.append(lm.engine.drafter.seconds_per_token * 1e3)
-        print(f"acc {s.acceptance_rate:.2f} tok/pass {s.tokens_per_pass:.2f} passes {s.target_passes} "
-              f"({time.perf_counter() - t0:.1f}s) {p!r}", flush=True)
-    plain = specdec.load(str(path), max_context=1024)
-    same, n_check = 0, args.check
-    for p, t in zip(prompts[:n_check], texts[:n_check]):
-        plain.reset()
-        t0 = time.perf_counter()
-        out = plain.chat([{"role": "user", "content": p}], max_new_tokens=128)
-        el = time.perf_counter() - t0
-        tms.append(el / max(out.stats.target_passes, 1) * 1e3)
-        same += out.text == t
-        if out.text != t:
-            print(f"MISMATCH on {p!r}:\n  draft: {t!r}\n  plain: {out.text!r}", flush=True)
-    summary = {"prompts": len(prompts), "mean_acceptance": sum(acc) / len(acc),
-               "mean_tokens_per_pass": sum(tpp) / len(tpp), "draft_ms_per_token": sum(dms) / len(dms),
-               "target_ms_per_pass_plain_decoding": sum(tms) / max(len(tms), 1),
-               "greedy_text_equal_to_plain": f"{same}/{n_check}"}
+    prompts = eval_prompts()[:args.prompts] if args.prompts else eval_prompts()
+    modes = [m.strip() for m in args.speculation.split(",") if m.strip()]
+    store = packed_store(smollm2_gguf_path(), "bfloat16", None, True)
+
+    def run(make, label: str, dtype: str, todo: list[str]) -> dict:
+        lm = make(dtype)
+        rows = []
+        try:
+            for p in todo:
+                lm.reset()
+                out = lm.chat([{"role": "user", "content": p}], max_new_tokens=args.max_new_tokens)
+                s = out.stats
+                eng = lm.engine
+                rows.append({"prompt": p, "ids": out.token_ids, "text": out.text, **s.to_dict(),
+                             "draft_ms_per_token": eng.drafter.seconds_per_token * 1e3 if eng.drafter else 0.0,
+                             "draft_ms_per_tree_forward": eng.tree_cost.draft_forward_seconds * 1e3})
+                print(f"[{label} {dtype}] acc {s.acceptance_rate:.2f} tok/pass {s.tokens_per_pass:.2f} "
+                      f"passes {s.target_passes} {s.tokens_per_second:.1f} tok/s {p!r}", flush=True)
+        finally:
+            lm.close()
+        return summarise(rows)
+
+    def summarise(rows: list[dict]) -> dict:
+        tot = lambda k: sum(r[k] for r in rows)  # noqa: E731
+        n = len(rows)
+        return {"rows": rows, "acceptance_pooled": tot("accepted") / max(tot("drafted"), 1),
+                "acceptance_mean": tot("acceptance_rate") / n,
+                "tokens_per_pass_pooled": tot("new_tokens") / max(tot("target_passes"), 1),
+                "tokens_per_pass_mean": tot("tokens_per_pass") / n,
+                "tokens_per_second": tot("new_tokens") / max(tot("seconds"), 1e-9),
+                "ms_per_pass": tot("seconds") / max(tot("target_passes"), 1) * 1e3,
+                "mean_drafted_per_pass": tot("drafted") / max(tot("target_passes"), 1),
+                "draft_ms_per_token": tot("draft_ms_per_token") / n,
+                "draft_ms_per_tree_forward": tot("draft_ms_per_tree_forward") / n}
+
+    # bf16 runs under the demo's budget; the float32 (exactness) runs need twice the bytes
+    ram = {"bfloat16": DEMO_RAM, "float32": "2GB"}
+
+    def plain(dtype):
+        return load(store, draft=None, ram=ram[dtype], dtype=dtype, max_context=DEMO_MAX_CONTEXT)
+
+    def spec(mode):
+        return lambda dtype: load_demo(ram=ram[dtype], draft=args.out, dtype=dtype, speculation=mode,
+                                       progress=False)
+
+    def same(a: dict, b: dict) -> tuple[int, list[str]]:
+        bad = [x["prompt"] for x, y in zip(a["rows"], b["rows"]) if x["ids"] != y["ids"]]
+        return len(a["rows"]) - len(bad), bad
+
+    base = run(plain, "plain", "bfloat16", prompts)
+    summary = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "ram": DEMO_RAM,
+               "temperature": 0.0,
+               "plain": {"tokens_per_second": round(base["tokens_per_second"], 3),
+                         "target_ms_per_pass": round(base["ms_per_pass"], 2)}}
+    checks = prompts[:args.check]
+    base32 = run(plain, "plain", "float32", checks) if checks else None
+    for mode in modes:
+        r = run(spec(mode), mode, "bfloat16", prompts)
+        eq, bad = same(r, base)
+        for x, y in zip(r["rows"], base["rows"]):
+            if x["prompt"] in bad:
+                print(f"bf16 difference on {x['prompt']!r}:\n  {mode}: {x['text']!r}\n  plain: {y['text']!r}",
+                      flush=True)
+        entry = {k: round(v, 4) for k, v in r.items() if k != "rows"}
+        entry["speedup_vs_plain"] = round(r["tokens_per_second"] / base["tokens_per_second"], 3)
+        if mode == "chain":
+            entry["draft_token_over_target_pass"] = round(r["draft_ms_per_token"] / base["ms_per_pass"], 4)
+        else:
+            entry.pop("draft_ms_per_token")
+        entry["bf16_ids_equal_to_plain"] = f"{eq}/{len(prompts)}"
+        if checks:
+            r32 = run(spec(mode), mode, "float32", checks)
+            eq32, bad32 = same(r32, base32)
+            entry["float32_ids_equal_to_plain"] = f"{eq32}/{len(checks)}"
+            for p in bad32:
+                print(f"MISMATCH (float32, must not happen) on {p!r}", flush=True)
+        summary[mode] = entry
     print(json.dumps(summary, indent=2), flush=True)
     if args.record:
         side = Path(args.out) / "specdec_draft.json"
         meta = json.loads(side.read_text())
-        meta["runtime_eval"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
+        meta["runtime_eval"] = summary
         tmp = side.with_name(".specdec_draft.json.tmp")
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, side)
@@ -595,7 +646,12 @@ def main(argv=None) -> None:
     t.add_argument("--hard-weight", type=float, default=1.0)
     t.add_argument("--eval-every", type=float, default=4.0, help="minutes")
     e = sub.add_parser("eval", help="acceptance with the real runtime on configs/demo_prompts.toml")
-    e.add_argument("--check", type=int, default=4, help="prompts whose text is compared with plain decoding")
+    e.add_argument("--speculation", default="chain,tree", help="modes to evaluate, comma-separated")
+    e.add_argument("--prompts", type=int, default=0, help="only the first N prompts (0: all 20)")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--check", type=int, default=3,
+                   help="prompts also run in float32, where speculative ids must equal plain decoding's "
+                        "exactly (every prompt is compared in bf16 too)")
     e.add_argument("--record", action="store_true", help="write the numbers into specdec_draft.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ from offload.prefetch import StreamedWeights
 from .api import SpecDecoder
 from .cache import KVCache
 from .config import ModelArgs
-from .loading import LoadedModel, load_resident, parse_dtype
+from .loading import LoadedModel, _wants_target_embeddings, load_resident, parse_dtype
 from .model import Transformer
 from .weights import WeightsError, check_complete, check_layer_count
 
@@ -70,11 +70,13 @@ def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context
     check_store_matches(store, args)
     ctx = _context(max_context, args)
     draft_args = _draft_args(draft)
-    plan = plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype),
+    store_dtype = store.dtype and parse_dtype(store.dtype)
+    # A draft borrowing the target's embedding table shares it when no dtype change copies it.
+    shared = draft is not None and store_dtype == dtype and _wants_target_embeddings(Path(draft))
+    plan = plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype, shared),
                        kv_bytes_per_token_target=_kv_per_token(args, dtype),
                        kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
                        max_context=ctx)
-    store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None)
     try:
@@ -136,14 +138,17 @@ def _draft_args(draft) -> ModelArgs | None:
     return ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
 
 
-def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype) -> int:
-    """RAM the draft's weights take in `dtype`, from its parameter count (the embedding
-    table counts even when borrowed from the target: a dtype change copies it)."""
+def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype, shared_embeddings: bool = False
+                 ) -> int:
+    """RAM the draft's weights take in `dtype`, from its parameter count. A table borrowed
+    from the target counts only when a dtype change copies it (not `shared_embeddings`)."""
     if args is None:
         return 0
     a = args
     per_layer = (a.hidden_size * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
                  + 3 * a.hidden_size * a.intermediate_size + 2 * a.hidden_size)
-    embed = a.vocab_size * a.hidden_size * (1 if a.tie_word_embeddings else 2)
+    embed = 0 if shared_embeddings else a.vocab_size * a.hidden_size
+    if not a.tie_word_embeddings:
+        embed += a.vocab_size * a.hidden_size
     itemsize = torch.empty((), dtype=dtype).element_size()
     return (a.num_layers * per_layer + embed + a.hidden_size) * itemsize
