@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_SPECULATION = "chain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +60,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, help="KV cache length in tokens")
     p.add_argument("--k", type=int, help="chain mode: drafted tokens per pass (default: adaptive)")
     p.add_argument("--speculation", choices=["chain", "tree"], default=None,
-                   help="chain: k drafts in a row; tree: a draft tree verified in one pass")
+                   help="tree (default): a draft tree verified in one pass; chain: k drafts in a row "
+                   "(the default when --k is given)")
     p.add_argument("--tree-nodes", type=int, help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=int, default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
@@ -86,7 +86,7 @@ def load_from_args(args):
     kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
                   max_context=args.max_context or preset.get("max_context"), k=args.k,
                   cache_dir=args.cache_dir, progress=True,
-                  speculation=args.speculation or preset.get("speculation") or DEFAULT_SPECULATION,
+                  speculation=args.speculation or preset.get("speculation"),
                   tree_nodes=args.tree_nodes, tree_width=args.tree_width)
     if target is None:
         return specdec.load(draft=resolve(draft), **kwargs)

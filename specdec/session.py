@@ -20,11 +20,12 @@ from .model import Transformer
 from .weights import WeightsError, check_complete, check_layer_count
 
 DEFAULT_MAX_CONTEXT = 4096
+DEFAULT_SPECULATION = "tree"
 
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
-         cache_dir: str | Path | None = None, progress: bool = True, speculation: str = "chain",
+         cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
          tree_nodes: int | None = None, tree_width: int = 4) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
@@ -37,12 +38,15 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
     max_context: KV cache length (default: the model's, capped at 4096).
     k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
-    speculation: "chain" (k drafts in a row, rejection sampling) or "tree" (a best-first
-        draft tree verified in one pass; see specdec/tree.py).
+    speculation: "tree" (a best-first draft tree verified in one pass; see specdec/tree.py)
+        or "chain" (k drafts in a row, rejection sampling). Default: tree, which won on the
+        demo pair (README, Speculation); chain when a fixed `k` is given.
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     """
+    if speculation is None:
+        speculation = "chain" if k is not None else DEFAULT_SPECULATION
     spec = dict(speculation=speculation, tree_nodes=tree_nodes, tree_width=tree_width)
     if target is None:
         from .demo import load_demo
