@@ -18,7 +18,7 @@ class Drafter:
         self.model = model
         self.cache = model.new_cache(max_context)
         self.target_vocab = target_vocab
-        self.seconds_per_token = 0.0  # EMA of one autoregressive draft step
+        self.seconds_per_token = 0.0  # EMA of one draft token: a one-token forward + the pick
 
     def rollback(self, valid: int) -> None:
         """Keep only the cached entries of the first `valid` context tokens."""
@@ -30,10 +30,13 @@ class Drafter:
         The draft first catches up on context tokens it has not seen (a new prompt, or the
         target's token after a pass), so its cache always ends one behind the drafts."""
         feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
+        started = time.perf_counter()
         logits = self.model.forward(feed, self.cache, last_only=True)
+        # A draft token costs one forward plus picking from its logits. The catch-up
+        # forward counts when it is a decode step (1-2 tokens), not a prompt prefill.
+        timed = len(feed) <= 2
         tokens, dists = [], []
         for i in range(k):
-            started = time.perf_counter()
             logits = self._align(logits[-1])
             if params.greedy:
                 tokens.append(int(logits.argmax()))
@@ -41,9 +44,11 @@ class Drafter:
                 q = probs_from_logits(logits, params)
                 dists.append(q)
                 tokens.append(int(sample(q, generator)))
+            if timed:
+                self._time(time.perf_counter() - started)
             if i < k - 1:
+                started, timed = time.perf_counter(), True
                 logits = self.model.forward(torch.tensor(tokens[-1:]), self.cache)
-            self._time(time.perf_counter() - started)
         q = torch.stack(dists) if dists else None
         return torch.tensor(tokens, dtype=torch.long), q
 
