@@ -200,6 +200,11 @@ def cmd_bench_offload(args) -> int:
     from .bench_report import markdown_table, write_report
     from .bench_workloads import bench_cache
 
+    if args.rebuild:  # re-render a finished run's report (tables, goals, plots) from its JSON
+        out = Path(args.rebuild)
+        report = json.loads((out / "report.json").read_text())
+        print(markdown_table(write_report(report, out) and report["rows"]))
+        return 0
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     workloads, notes = build_workloads(args, bench_cache(args.cache_dir))
     for w in workloads:

@@ -44,6 +44,8 @@ class Workload:
     # specdec's budget: False = the cap; True = the least its plan fits in, so every layer
     # streams (tests: a tiny target would otherwise sit in RAM whole)
     stream_all: bool = False
+    # False when the draft is random (synthetic): speculative goals mean nothing there
+    real_draft: bool = True
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -165,7 +167,7 @@ def synthetic_workload(cache: Path, preset: str, quick: bool, ram) -> Workload:
     return Workload(name, str(store), str(hf_dir), str(draft), str(draft), parse_size(ram), 512,
                     [prompt], [0.0], 6 if quick else 12, str(base / "offload"), None, [],
                     f"random-weight {preset}" + (f" ({layers} layers)" if layers else "")
-                    + " (bf16) + random 2-layer draft")
+                    + " (bf16) + random 2-layer draft", real_draft=False)
 
 
 def _synthetic_hf(preset: str, layers: int | None, out: Path) -> Path:

@@ -83,6 +83,8 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")
     o.add_argument("--no-cgroup", action="store_true",
                    help="do not make a memory cgroup; only evict the page cache before each run")
+    o.add_argument("--rebuild", metavar="DIR", help="only re-render DIR/report.json into report.md "
+                   "and the plots (no runs)")
     o.add_argument("--cache-dir", help="where derived models go (default $SPECDEC_CACHE or ~/.cache/specdec)")
     o.set_defaults(func=cmd_bench_offload, handler=cmd_bench_offload)
 
