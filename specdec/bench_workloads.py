@@ -121,12 +121,15 @@ def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
     from offload.format import open_store
 
     from .config import ModelArgs
-    from .loading import parse_dtype
+    from .loading import _wants_target_embeddings, parse_dtype
     from .session import _draft_args, _draft_bytes, _kv_per_token
 
     s, dt = open_store(store), parse_dtype(dtype)
     args, dargs = ModelArgs.from_hf(s.config), _draft_args(draft)
-    return plan_memory(s, ram, draft_bytes=_draft_bytes(draft, dargs, dt),
+    # as session: a borrowed embedding table is shared, not copied, when the dtypes agree
+    shared = (draft is not None and s.dtype is not None and parse_dtype(s.dtype) == dt
+              and _wants_target_embeddings(Path(draft)))
+    return plan_memory(s, ram, draft_bytes=_draft_bytes(draft, dargs, dt, shared),
                        kv_bytes_per_token_target=_kv_per_token(args, dt),
                        kv_bytes_per_token_draft=_kv_per_token(dargs, dt) if dargs else 0,
                        max_context=max_context)
