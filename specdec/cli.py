@@ -60,8 +60,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, help="KV cache length in tokens")
     p.add_argument("--k", type=int, help="chain mode: drafted tokens per pass (default: adaptive)")
     p.add_argument("--speculation", choices=["chain", "tree"], default=None,
-                   help="tree (default): a draft tree verified in one pass; chain: k drafts in a row "
-                   "(the default when --k is given)")
+                   help="chain (default): k drafts in a row; tree: a draft tree verified in one pass")
     p.add_argument("--tree-nodes", type=int, help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=int, default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")

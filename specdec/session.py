@@ -20,7 +20,7 @@ from .model import Transformer
 from .weights import WeightsError, check_complete, check_layer_count
 
 DEFAULT_MAX_CONTEXT = 4096
-DEFAULT_SPECULATION = "tree"
+DEFAULT_SPECULATION = "chain"
 
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
@@ -38,9 +38,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
     max_context: KV cache length (default: the model's, capped at 4096).
     k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
-    speculation: "tree" (a best-first draft tree verified in one pass; see specdec/tree.py)
-        or "chain" (k drafts in a row, rejection sampling). Default: tree, which won on the
-        demo pair (README, Speculation); chain when a fixed `k` is given.
+    speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
+        or faster on the demo pair, README Benchmarks) or "tree" (a best-first draft tree
+        verified in one pass; see specdec/tree.py; `k` does not apply to it).
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
