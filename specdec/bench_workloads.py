@@ -115,24 +115,17 @@ def demo_cap(store: Path, draft: Path, ram, default, max_context: int) -> tuple[
 
 
 def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
-    """The MemoryPlan specdec.load makes for `store` (+ `draft`) under `ram` (same arithmetic
-    as specdec.session); BudgetError when it does not fit."""
-    from offload.budget import plan_memory
+    """The MemoryPlan specdec.load makes for `store` (+ `draft`) under `ram`; BudgetError
+    when it does not fit."""
     from offload.format import open_store
 
     from .config import ModelArgs
-    from .loading import _wants_target_embeddings, parse_dtype
-    from .session import _draft_args, _draft_bytes, _kv_per_token
+    from .loading import parse_dtype
+    from .session import streaming_plan
 
-    s, dt = open_store(store), parse_dtype(dtype)
-    args, dargs = ModelArgs.from_hf(s.config), _draft_args(draft)
-    # as session: a borrowed embedding table is shared, not copied, when the dtypes agree
-    shared = (draft is not None and s.dtype is not None and parse_dtype(s.dtype) == dt
-              and _wants_target_embeddings(Path(draft)))
-    return plan_memory(s, ram, draft_bytes=_draft_bytes(draft, dargs, dt, shared),
-                       kv_bytes_per_token_target=_kv_per_token(args, dt),
-                       kv_bytes_per_token_draft=_kv_per_token(dargs, dt) if dargs else 0,
-                       max_context=max_context)
+    s = open_store(store)
+    return streaming_plan(s, ModelArgs.from_hf(s.config), draft, ram, parse_dtype(dtype),
+                          max_context)
 
 
 def minimum_budget(store, draft, max_context: int, dtype: str = "bfloat16") -> int:

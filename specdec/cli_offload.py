@@ -159,14 +159,13 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
     largest token count), so the plan can match a generation run's under the same budget."""
     import torch
 
-    from offload.budget import plan_memory
     from offload.format import open_store
     from offload.iobench import peak_rss_bytes, proc_read_bytes, time_raw_read
     from offload.prefetch import StreamedWeights
 
-    from .cache import KVCache
     from .config import ModelArgs
     from .model import Transformer
+    from .session import streaming_plan
 
     io0 = proc_read_bytes()
     store = open_store(store_path)
@@ -174,9 +173,7 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
     dtype = getattr(torch, store.dtype)
     pinned, ring, plan_text = None, 2, "no --ram: every layer streamed"
     if ram is not None:
-        kv = KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
-        plan = plan_memory(store, ram, kv_bytes_per_token_target=kv,
-                           max_context=max(max_context or 0, max(tokens)))
+        plan = streaming_plan(store, args, None, ram, dtype, max(max_context or 0, max(tokens)))
         pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
     with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
         model = Transformer(args, weights, dtype)

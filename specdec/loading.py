@@ -63,7 +63,7 @@ def load_resident(path: str | Path, dtype: torch.dtype, embeddings_from: LoadedM
     ckpt = open_checkpoint(path)
     args = ModelArgs.from_hf(ckpt.config, source=str(_config_file(ckpt.path, ckpt.kind)))
     state = ckpt.state_dict()
-    if _wants_target_embeddings(ckpt.path):
+    if wants_target_embeddings(ckpt.path):
         state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
     weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
     del state
@@ -83,7 +83,7 @@ def _tokenizer_source(ckpt) -> tuple[str, str | None] | None:
     return None
 
 
-def _wants_target_embeddings(path: Path) -> bool:
+def wants_target_embeddings(path: Path) -> bool:
     sidecar = path / DRAFT_SIDECAR if path.is_dir() else None
     if sidecar is None or not sidecar.exists():
         return False

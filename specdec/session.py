@@ -15,7 +15,7 @@ from offload.prefetch import StreamedWeights
 from .api import SpecDecoder
 from .cache import KVCache
 from .config import ModelArgs
-from .loading import LoadedModel, _wants_target_embeddings, load_resident, parse_dtype
+from .loading import LoadedModel, load_resident, parse_dtype, wants_target_embeddings
 from .model import Transformer
 from .weights import WeightsError, check_complete, check_layer_count
 
@@ -73,14 +73,8 @@ def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context
                              fix=f"The store is damaged. {REPACK}")
     check_store_matches(store, args)
     ctx = _context(max_context, args)
-    draft_args = _draft_args(draft)
+    plan = streaming_plan(store, args, draft, ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
-    # A draft borrowing the target's embedding table shares it when no dtype change copies it.
-    shared = draft is not None and store_dtype == dtype and _wants_target_embeddings(Path(draft))
-    plan = plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype, shared),
-                       kv_bytes_per_token_target=_kv_per_token(args, dtype),
-                       kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
-                       max_context=ctx)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None)
     try:
@@ -105,6 +99,19 @@ def check_store_matches(store, args: ModelArgs) -> None:
     except WeightsError as e:
         raise StoreError(f"{e} The store is damaged or was packed from a broken checkpoint. "
                          f"{REPACK}") from e
+
+
+def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_context: int):
+    """The MemoryPlan for streaming `store` (config `args`) beside `draft` under `ram`: what
+    load() runs under, and what benchmarks cap other tools at."""
+    draft_args = _draft_args(draft)
+    store_dtype = store.dtype and parse_dtype(store.dtype)
+    # A draft borrowing the target's embedding table shares it when no dtype change copies it.
+    shared = draft is not None and store_dtype == dtype and wants_target_embeddings(Path(draft))
+    return plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype, shared),
+                       kv_bytes_per_token_target=_kv_per_token(args, dtype),
+                       kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
+                       max_context=max_context)
 
 
 def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
