@@ -38,7 +38,6 @@ class SpecDecoder:
         self.tokenizer = load_tokenizer(target.tokenizer_source)
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)
-            _clamp_draft_inputs(draft.model, target.args.vocab_size)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
         self.policy = DraftLengthPolicy(k)
@@ -186,20 +185,6 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
             f"draft {draft.path} and target {target.path} have different vocabularies "
             f"({len(d)} vs {len(t)} tokens, {differing} entries differ). Speculative decoding "
             "needs a draft from the same model family with the same tokenizer.")
-
-
-def _clamp_draft_inputs(model, target_vocab: int) -> None:
-    """A draft whose (padded) vocabulary is smaller than the target's cannot embed the rare
-    target ids beyond it. Feed it its last id instead: the draft only guesses, the target
-    verifies, so output stays exact; without this such an id would crash the draft."""
-    limit = model.args.vocab_size
-    if limit >= target_vocab:
-        return
-    forward = model.forward
-
-    def clamped(tokens, *args, **kwargs):
-        return forward(tokens.clamp(max=limit - 1), *args, **kwargs)
-    model.forward = clamped
 
 
 def _tree_settings(nodes: int | None, width: int) -> TreeSettings:

@@ -20,6 +20,13 @@ class Drafter:
         self.target_vocab = target_vocab
         self.seconds_per_token = 0.0  # EMA of one draft token: a one-token forward + the pick
 
+    def _forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+        # A draft whose (padded) vocabulary is smaller than the target's cannot embed the
+        # rare target ids beyond it: feed it its last id instead. The draft only guesses
+        # and the target verifies, so the output stays exact.
+        tokens = tokens.clamp(max=self.model.args.vocab_size - 1)
+        return self.model.forward(tokens, self.cache, **kwargs)
+
     def rollback(self, valid: int) -> None:
         """Keep only the cached entries of the first `valid` context tokens."""
         self.cache.crop(min(self.cache.length, valid))
@@ -31,7 +38,7 @@ class Drafter:
         target's token after a pass), so its cache always ends one behind the drafts."""
         feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
         started = time.perf_counter()
-        logits = self.model.forward(feed, self.cache, last_only=True)
+        logits = self._forward(feed, last_only=True)
         # A draft token costs one forward plus picking from its logits. The catch-up
         # forward counts when it is a decode step (1-2 tokens), not a prompt prefill.
         timed = len(feed) <= 2
@@ -48,7 +55,7 @@ class Drafter:
                 self._time(time.perf_counter() - started)
             if i < k - 1:
                 started, timed = time.perf_counter(), True
-                logits = self.model.forward(torch.tensor(tokens[-1:]), self.cache)
+                logits = self._forward(torch.tensor(tokens[-1:]))
         q = torch.stack(dists) if dists else None
         return torch.tensor(tokens, dtype=torch.long), q
 
@@ -62,7 +69,7 @@ class Drafter:
         batch would lower the expected tokens per second. The draft cache ends holding
         the context and the forwarded nodes, in node order."""
         feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
-        root_logits = self.model.forward(feed, self.cache, last_only=True)[-1]
+        root_logits = self._forward(feed, last_only=True)[-1]
         base = self.cache.length
         root_pos = int(self.cache.positions[base - 1])
         tree, heap, order = DraftTree(), [], itertools.count()
@@ -78,8 +85,8 @@ class Drafter:
             if len(tree) >= max_nodes:
                 break  # their children could not be used: skip the forward
             started = time.perf_counter()
-            logits = self.model.forward(
-                torch.tensor(tree.tokens[first:]), self.cache,
+            logits = self._forward(
+                torch.tensor(tree.tokens[first:]),
                 positions=torch.tensor([root_pos + d for d in tree.depths[first:]]),
                 tree_mask=tree.attention_mask(base, first, len(tree) - first))
             cost.observe_draft(time.perf_counter() - started)
