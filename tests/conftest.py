@@ -100,3 +100,11 @@ def make_tiny_chat_model(path, tokenizer_dir, family="llama", seed=0, **override
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, path / f.name)
     return model
+
+
+@pytest.fixture
+def chat_pair(tmp_path, smollm2_tokenizer_dir):
+    """A tiny random chat model with the SmolLM2 tokenizer and a noised copy as its draft."""
+    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
+    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
+    return tmp_path / "t", tmp_path / "d"

@@ -5,16 +5,9 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_noised_copy, make_tiny_chat_model
+from conftest import make_tiny_chat_model
 from specdec.api import DecoderBusy
 from specdec.text import TextAssembler
-
-
-@pytest.fixture
-def chat_pair(tmp_path, smollm2_tokenizer_dir):
-    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
-    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
-    return tmp_path / "t", tmp_path / "d"
 
 
 def test_stream_joined_equals_generate_text(chat_pair):

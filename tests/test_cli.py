@@ -16,15 +16,8 @@ def run_cli(*args, stdin="", env_extra=None, timeout=300):
                           capture_output=True, timeout=timeout, env=env)
 
 
-@pytest.fixture
-def pair(tmp_path, smollm2_tokenizer_dir):
-    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
-    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
-    return tmp_path / "t", tmp_path / "d"
-
-
-def test_chat_through_a_pipe_multi_turn_with_commands(pair):
-    target, draft = pair
+def test_chat_through_a_pipe_multi_turn_with_commands(chat_pair):
+    target, draft = chat_pair
     script = "Hello there\n/stats\nTell me more\n/reset\n/help\nAnother question\n/exit\nignored\n"
     r = run_cli("chat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6",
                 stdin=script)
@@ -38,16 +31,16 @@ def test_chat_through_a_pipe_multi_turn_with_commands(pair):
     assert "target fully in RAM" in r.stderr  # the banner says how it was loaded
 
 
-def test_chat_ends_at_end_of_input(pair):
-    target, _ = pair
+def test_chat_ends_at_end_of_input(chat_pair):
+    target, _ = chat_pair
     r = run_cli("chat", "--target", str(target), "--max-new-tokens", "4", stdin="One\nTwo\n")
     assert r.returncode == 0, r.stderr
     assert len([l for l in r.stdout.splitlines() if l.strip()]) == 2
     assert "draft: none (plain decoding)" in r.stderr
 
 
-def test_generate_json_has_text_and_stats(pair):
-    target, draft = pair
+def test_generate_json_has_text_and_stats(chat_pair):
+    target, draft = chat_pair
     r = run_cli("generate", "--target", str(target), "--draft", str(draft), "--prompt", "Once upon",
                 "--max-new-tokens", "12", "--json", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
