@@ -10,19 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from .memcap import proc_io
 from .reader import DirectReader, aligned_buffer
 
 
 def proc_read_bytes() -> int | None:
-    """Bytes this process has caused to be read from storage (Linux), else None."""
-    try:
-        with open("/proc/self/io", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("read_bytes:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass  # not Linux: the caller reports None, not a made-up number
-    return None
+    """Bytes this process has caused to be read from storage (Linux), else None: the
+    caller reports None, not a made-up number."""
+    return proc_io().get("read_bytes")
 
 
 def peak_rss_bytes() -> int:
