@@ -48,13 +48,31 @@ class Checkpoint:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
             except (OSError, RuntimeError, SafetensorError) as e:
-                raise CheckpointError(
-                    f"{file}: cannot read safetensors file ({e}). The file is truncated or not "
-                    "safetensors; download or convert the checkpoint again."
-                ) from e
+                raise _unreadable(file, e) from e
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.tensors())
+
+    def tensor_shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of tensor `name` from the safetensors headers, reading no data; None when
+        the checkpoint has no such tensor."""
+        if self.kind == "gguf":
+            return None  # GGUF files hold only the tensors transformers maps from llama.cpp names
+        from safetensors import SafetensorError, safe_open
+
+        for file in self.weight_files:
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    if name in f.keys():
+                        return tuple(f.get_slice(name).get_shape())
+            except (OSError, RuntimeError, SafetensorError) as e:
+                raise _unreadable(file, e) from e
+        return None
+
+
+def _unreadable(file: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{file}: cannot read safetensors file ({e}). The file is truncated or "
+                           "not safetensors; download or convert the checkpoint again.")
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -355,7 +355,7 @@ def make_batch(examples):
     return inp, torch.cat(rows), torch.cat(cols), torch.cat(tv), torch.cat(ti)
 
 
-def build_draft(target, layers: list[int]):
+def build_draft(target, layers: list[int], init_from: Path | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tc = target.config
@@ -374,6 +374,11 @@ def build_draft(target, layers: list[int]):
         for k, v in sd.items():
             if k.startswith(f"model.layers.{src}."):
                 new[k.replace(f"model.layers.{src}.", f"model.layers.{j}.")] = v
+    if init_from is not None:  # warm start: a previous draft's layers and norm
+        from safetensors.torch import load_file
+
+        new.update({k: v for k, v in load_file(str(init_from / "model.safetensors")).items()
+                    if k.startswith(("model.layers.", "model.norm."))})
     missing, unexpected = draft.load_state_dict(new, strict=False)
     assert not unexpected and all(m == "lm_head.weight" for m in missing), (missing, unexpected)
     draft.tie_weights()
@@ -381,36 +386,71 @@ def build_draft(target, layers: list[int]):
     return draft.float()
 
 
-def draft_loss(draft, batch, hard_weight: float):
+def select_output_ids(train, n: int, vocab: int) -> torch.Tensor:
+    """The draft's output vocabulary (specdec.weights.OUTPUT_IDS): the target's greedy
+    tokens in the training replies by frequency, then its other top-4 candidates, then the
+    lowest ids (BPE merge order: roughly the most common), `n` in all, ascending."""
+    from collections import Counter
+
+    top1, top4 = Counter(), Counter()
+    for _, _, _, ti in train:
+        top1.update(ti[:, 0].tolist())
+        top4.update(ti[:, :4].flatten().tolist())
+    ranked = [t for t, _ in top1.most_common()] + [t for t, _ in top4.most_common() if t not in top1]
+    chosen = dict.fromkeys(ranked[:n])
+    fill = (i for i in range(vocab) if i not in chosen)
+    while len(chosen) < min(n, vocab):
+        chosen[next(fill)] = None
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+class OutputVocab:
+    """Maps between full token ids and rows of the draft's partial output layer."""
+
+    def __init__(self, ids: torch.Tensor, vocab: int):
+        self.ids = ids
+        self.row = torch.full((vocab,), -1, dtype=torch.long)
+        self.row[ids] = torch.arange(len(ids))
+
+    def logits(self, draft, h: torch.Tensor) -> torch.Tensor:
+        # the frozen (borrowed) embedding rows of the listed ids, as the runtime scores them
+        return h @ draft.model.embed_tokens.weight[self.ids].t()
+
+
+def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float):
     inp, rows, cols, tv, ti = batch
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = draft.model(input_ids=inp).last_hidden_state
-        logits = draft.lm_head(h[rows, cols])
+        logits = vocab.logits(draft, h[rows, cols])
     logp = torch.log_softmax(logits.float(), -1)
-    p = torch.softmax(tv, -1)
-    soft = -(p * logp.gather(1, ti)).sum(-1).mean()
-    hard = -logp.gather(1, ti[:, :1]).mean()
-    top1 = (logits.argmax(-1) == ti[:, 0]).float()
+    r = vocab.row[ti]  # -1: an id the draft cannot propose, left out of both terms
+    inside = r >= 0
+    p = torch.softmax(tv, -1) * inside
+    soft = -(p * logp.gather(1, r.clamp(min=0))).sum(-1).mean()
+    hard = -(logp.gather(1, r[:, :1].clamp(min=0)) * inside[:, :1]).mean()
+    top1 = (vocab.ids[logits.argmax(-1)] == ti[:, 0]).float()
     return soft + hard_weight * hard, top1
 
 
 @torch.no_grad()
-def agreement(draft, held, bs: int = 16) -> dict:
+def agreement(draft, vocab: OutputVocab, held, bs: int = 16) -> dict:
     draft.eval()
     hits, n, top4 = 0.0, 0, 0.0
     for s in range(0, len(held), bs):
         inp, rows, cols, tv, ti = make_batch(held[s:s + bs])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = draft.lm_head(draft.model(input_ids=inp).last_hidden_state[rows, cols]).float()
-        hits += (logits.argmax(-1) == ti[:, 0]).sum().item()
-        top4 += (logits.topk(4, -1).indices == ti[:, :1]).any(-1).sum().item()
+            logits = vocab.logits(draft, draft.model(input_ids=inp).last_hidden_state[rows, cols]).float()
+        hits += (vocab.ids[logits.argmax(-1)] == ti[:, 0]).sum().item()
+        top4 += (vocab.ids[logits.topk(4, -1).indices] == ti[:, :1]).any(-1).sum().item()
         n += len(ti)
     draft.train()
     return {"top1": hits / max(n, 1), "top4": top4 / max(n, 1), "tokens": n}
 
 
-def save_draft(draft, out_dir: Path, meta: dict) -> None:
+def save_draft(draft, vocab: OutputVocab, out_dir: Path, meta: dict) -> None:
     from safetensors.torch import save_file
+
+    from specdec.weights import OUTPUT_IDS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     c = draft.config
@@ -426,6 +466,8 @@ def save_draft(draft, out_dir: Path, meta: dict) -> None:
     }
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
              if k not in ("model.embed_tokens.weight", "lm_head.weight") and "rotary" not in k}
+    if len(vocab.ids) < c.vocab_size:
+        state[OUTPUT_IDS] = vocab.ids.to(torch.int32)
     files = {"config.json": lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
              "model.safetensors": lambda p: save_file(state, str(p), metadata={"format": "pt"}),
              "specdec_draft.json": lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")}
@@ -433,6 +475,16 @@ def save_draft(draft, out_dir: Path, meta: dict) -> None:
         tmp = out_dir / f".{name}.tmp"
         write(tmp)
         os.replace(tmp, out_dir / name)
+
+
+def _previous_run(init_from: Path | None) -> dict | None:
+    """What the warm start had been through (its sidecar's numbers), kept in the new one."""
+    if init_from is None:
+        return None
+    side = init_from / "specdec_draft.json"
+    old = json.loads(side.read_text()) if side.exists() else {}
+    keys = ("train_minutes", "steps", "train_reply_tokens", "heldout_top1", "output_vocab", "warm_start")
+    return {"from": init_from.name, **{k: old[k] for k in keys if k in old}}
 
 
 def cmd_train(args) -> None:
@@ -443,14 +495,20 @@ def cmd_train(args) -> None:
     print(f"train: {len(train)} replies, {n_train_tok} reply tokens; held-out: {len(held)} replies", flush=True)
     _, _, target = load_target(torch.float32)
     layers = [int(x) for x in args.init_layers.split(",")]
-    draft = build_draft(target, layers)
+    init_from = Path(args.init_from) if args.init_from else None
+    draft = build_draft(target, layers, init_from)
     del target
+    vocab = OutputVocab(select_output_ids(train, args.output_vocab, draft.config.vocab_size),
+                        draft.config.vocab_size)
+    if init_from:
+        print(f"warm start from {init_from}", flush=True)
+    print(f"output vocabulary: {len(vocab.ids)} of {draft.config.vocab_size} ids", flush=True)
     params = [p for p in draft.parameters() if p.requires_grad]
     print(f"draft: {len(layers)} layers from target layers {layers}; "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable params", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     curve = []
-    a0 = agreement(draft, held)
+    a0 = agreement(draft, vocab, held)
     curve.append({"minutes": 0.0, "step": 0, **a0})
     print(f"[init] held-out top1 {a0['top1']:.3f} top4 {a0['top4']:.3f} ({a0['tokens']} tokens)", flush=True)
     best = a0["top1"]
@@ -462,6 +520,8 @@ def cmd_train(args) -> None:
     run_top1, run_loss = [], []
     meta_base = {"embeddings_from_target": True, "target": SMOLLM2_GGUF,
                  "layers": len(layers), "init_from_target_layers": layers,
+                 "warm_start": _previous_run(init_from),
+                 "output_vocab": len(vocab.ids),
                  "train_replies": len(train), "train_reply_tokens": n_train_tok,
                  "heldout_replies": len(held), "lr": args.lr, "batch_tokens": args.batch_tokens,
                  "loss": f"soft CE to target top-{TOPK} + {args.hard_weight} x CE to target argmax",
@@ -491,7 +551,7 @@ def cmd_train(args) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         batch = make_batch([train[j] for j in b])
-        loss, top1 = draft_loss(draft, batch, args.hard_weight)
+        loss, top1 = draft_loss(draft, vocab, batch, args.hard_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -502,7 +562,7 @@ def cmd_train(args) -> None:
         run_loss.append(loss.item())
         if time.time() - last_eval > args.eval_every * 60 or time.time() - start >= budget:
             last_eval = time.time()
-            a = agreement(draft, held)
+            a = agreement(draft, vocab, held)
             m = (time.time() - start) / 60
             curve.append({"minutes": round(m, 1), "step": step, "epoch": epoch, **a})
             print(f"[{m:5.1f} min] step {step} epoch {epoch} lr {lr:.2e} loss {sum(run_loss) / len(run_loss):.3f} "
@@ -511,7 +571,7 @@ def cmd_train(args) -> None:
             run_top1, run_loss = [], []
             if a["top1"] > best:
                 best = a["top1"]
-                save_draft(draft, Path(args.out), {**meta_base, "steps": step, "epochs_seen": epoch,
+                save_draft(draft, vocab, Path(args.out), {**meta_base, "steps": step, "epochs_seen": epoch,
                                                    "train_minutes": round(m, 1),
                                                    "heldout_top1": round(a["top1"], 4),
                                                    "heldout_top4": round(a["top4"], 4),
@@ -640,6 +700,10 @@ def main(argv=None) -> None:
     t = sub.add_parser("train", help="distil the draft")
     t.add_argument("--minutes", type=float, default=50)
     t.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
+    t.add_argument("--init-from", default=None,
+                   help="warm start: a draft directory whose layers (and norm) replace the target's")
+    t.add_argument("--output-vocab", type=int, default=16384,
+                   help="ids the draft's output layer scores (the rest get probability 0)")
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--batch-tokens", type=int, default=4096)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .loading import DRAFT_SIDECAR
+from .weights import OUTPUT_IDS
 
 TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -74,8 +75,12 @@ def export_assistant_hf(draft: Path, target_hf: Path, out: Path) -> Path:
     state = load_file(str(draft / "model.safetensors"))
     embed = _target_tensor(target_hf, "model.embed_tokens.weight")
     state["model.embed_tokens.weight"] = embed.to(torch.bfloat16)
-    if not config.get("tie_word_embeddings", False):
+    ids = state.pop(OUTPUT_IDS, None)
+    if not config.get("tie_word_embeddings", False) or ids is not None:
         head = _target_tensor(target_hf, "lm_head.weight", default=embed)
+        if ids is not None:
+            head = _partial_head(head, ids.long(), state.pop("lm_head.weight", None))
+            config["tie_word_embeddings"] = False
         state["lm_head.weight"] = head.to(torch.bfloat16)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,6 +91,15 @@ def export_assistant_hf(draft: Path, target_hf: Path, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _partial_head(full: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """transformers has no partial output vocabulary: a full-size head whose rows outside
+    `ids` are zero. Those ids then score 0 instead of -inf, which changes nothing at
+    temperature 0 while the best listed id scores above 0 (a trained draft's does)."""
+    head = torch.zeros_like(full)
+    head[ids] = rows if rows is not None else full[ids]
+    return head
 
 
 def _borrows_embeddings(draft: Path) -> bool:

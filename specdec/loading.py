@@ -15,7 +15,7 @@ from offload.checkpoint import CheckpointError, open_checkpoint
 
 from .config import ModelArgs
 from .model import Transformer
-from .weights import ResidentWeights, split_state_dict
+from .weights import OUTPUT_IDS, ResidentWeights, split_state_dict
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float32": torch.float32, "fp32": torch.float32}
@@ -106,7 +106,9 @@ def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args
     state = dict(state)
     state["model.embed_tokens.weight"] = embed
     if "lm_head.weight" not in state and not args.tie_word_embeddings:
-        state["lm_head.weight"] = resident.get("lm_head.weight", embed)
+        head = resident.get("lm_head.weight", embed)
+        ids = state.get(OUTPUT_IDS)  # a partial output vocabulary takes only its rows
+        state["lm_head.weight"] = head if ids is None else head.index_select(0, ids.long())
     return state
 
 

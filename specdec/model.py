@@ -5,7 +5,8 @@ rope tables in float32 cast to the compute dtype) so float32 logits match them t
 ~1e-6. One deliberate difference in bf16: the residual stream stays in float32 (matmuls
 run in bf16, their outputs are added in float32). Accumulating 30 layers of residuals in
 bf16 drifts by ~1 logit on SmolLM2 and flipped its greedy choices into loops. Weights come from a source (`specdec.weights`): resident in RAM or streamed
-from disk; the model holds no weights itself, only rope tables.
+from disk; the model holds no weights itself, only rope tables (and a partial output
+vocabulary's rows copied out of a tied table, see weights.OUTPUT_IDS).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache
 from .config import ModelArgs
+from .weights import output_layer
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -58,6 +60,7 @@ class Transformer:
         self.weights = weights
         self.dtype = dtype
         self.inv_freq = rope_inv_freq(args)
+        self.head, self.output_ids = output_layer(weights.resident, args)
 
     def new_cache(self, max_len: int) -> KVCache:
         a = self.args
@@ -92,8 +95,12 @@ class Transformer:
         if num_logits is not None:
             h = h[n - num_logits:]
         h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)  # back to compute dtype
-        head = res.get("lm_head.weight", res["model.embed_tokens.weight"])
-        return F.linear(h, head).float()
+        logits = F.linear(h, self.head).float()
+        if self.output_ids is None:
+            return logits
+        # A partial output vocabulary: ids outside it get probability 0 (logit -inf).
+        full = torch.full((logits.shape[0], self.args.vocab_size), float("-inf"))
+        return full.index_copy_(1, self.output_ids, logits)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]

@@ -17,7 +17,7 @@ from .cache import KVCache
 from .config import ModelArgs
 from .loading import LoadedModel, load_resident, parse_dtype, wants_target_embeddings
 from .model import Transformer
-from .weights import WeightsError, check_complete, check_layer_count
+from .weights import OUTPUT_IDS, WeightsError, check_complete, check_layer_count
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
@@ -149,17 +149,27 @@ def _draft_args(draft) -> ModelArgs | None:
     return ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
 
 
+def _draft_output_rows(draft, args: ModelArgs) -> int:
+    """Rows of the draft's output layer: its partial output vocabulary's size, if it has one."""
+    from offload.checkpoint import open_checkpoint
+
+    shape = open_checkpoint(draft).tensor_shape(OUTPUT_IDS)
+    return shape[0] if shape else args.vocab_size
+
+
 def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype, shared_embeddings: bool = False
                  ) -> int:
     """RAM the draft's weights take in `dtype`, from its parameter count. A table borrowed
-    from the target counts only when a dtype change copies it (not `shared_embeddings`)."""
+    from the target counts only when a dtype change copies it (not `shared_embeddings`).
+    A partial output vocabulary's rows are a copy, tied or not."""
     if args is None:
         return 0
     a = args
     per_layer = (a.hidden_size * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
                  + 3 * a.hidden_size * a.intermediate_size + 2 * a.hidden_size)
     embed = 0 if shared_embeddings else a.vocab_size * a.hidden_size
-    if not a.tie_word_embeddings:
-        embed += a.vocab_size * a.hidden_size
+    rows = _draft_output_rows(draft, a)
+    if not a.tie_word_embeddings or rows < a.vocab_size:
+        embed += rows * a.hidden_size
     itemsize = torch.empty((), dtype=dtype).element_size()
     return (a.num_layers * per_layer + embed + a.hidden_size) * itemsize

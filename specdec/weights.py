@@ -15,7 +15,14 @@ import torch
 
 from .config import ModelArgs
 
-RESIDENT_NAMES = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+# A draft may score only part of the vocabulary, the tokens its target actually writes
+# (FR-Spec, Zhao et al. 2025): on a small draft the output layer over a 49K vocabulary
+# costs as much as all its decoder layers. This integer tensor lists those ids in
+# ascending order; the output layer has one row per id (taken from the embedding table
+# when tied) and every other id gets probability 0, which rejection sampling handles
+# exactly (the target's residual covers them).
+OUTPUT_IDS = "lm_head.token_ids"
+RESIDENT_NAMES = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", OUTPUT_IDS)
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
@@ -94,6 +101,8 @@ def check_complete(resident: dict, layers: list[dict], args: ModelArgs, source: 
                            f"{', '.join(missing[:3])}{more}. The checkpoint does not match its "
                            "config.json or is incomplete; download it again.")
     res_shapes, layer_shapes = expected_shapes(args)
+    if OUTPUT_IDS in resident:
+        res_shapes["lm_head.weight"] = (_output_ids_count(resident[OUTPUT_IDS], args, source), args.hidden_size)
     embed = resident["model.embed_tokens.weight"]
     if tuple(embed.shape) != res_shapes["model.embed_tokens.weight"]:
         raise WeightsError(f"{source}: embed_tokens has shape {tuple(embed.shape)}, config says "
@@ -117,12 +126,40 @@ def check_complete(resident: dict, layers: list[dict], args: ModelArgs, source: 
                            "download the model again.")
 
 
+def _output_ids_count(ids, args: ModelArgs, source: str) -> int:
+    if len(ids.shape) != 1 or not 1 <= ids.shape[0] <= args.vocab_size:
+        raise WeightsError(f"{source}: {OUTPUT_IDS} has shape {tuple(ids.shape)}; it must list between "
+                           f"1 and vocab_size={args.vocab_size} token ids. The checkpoint is damaged; "
+                           "make or download it again.")
+    return ids.shape[0]
+
+
+def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(output weight [rows, hidden], the ids its rows score or None for the whole vocabulary).
+    A tied partial vocabulary copies its rows out of the embedding table once, here."""
+    embed = resident["model.embed_tokens.weight"]
+    ids = resident.get(OUTPUT_IDS)
+    if ids is None:
+        return resident.get("lm_head.weight", embed), None
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise WeightsError(f"{OUTPUT_IDS} has dtype {ids.dtype}; it must hold integer token ids. "
+                           "The checkpoint is damaged; make or download it again.")
+    ids = ids.long()
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= args.vocab_size or bool((ids.diff() <= 0).any())):
+        raise WeightsError(f"{OUTPUT_IDS} must list distinct token ids in [0, {args.vocab_size}) in "
+                           "ascending order. The checkpoint is damaged; make or download it again.")
+    head = resident.get("lm_head.weight")
+    return (head if head is not None else embed.index_select(0, ids)), ids
+
+
 class ResidentWeights:
     """All weights in RAM, converted once to the compute dtype."""
 
     def __init__(self, resident: dict[str, torch.Tensor], layers: list[dict[str, torch.Tensor]],
                  dtype: torch.dtype):
-        self.resident = {k: v.to(dtype) for k, v in resident.items()}
+        # Token ids (a partial output vocabulary) stay integers.
+        self.resident = {k: v.to(dtype) if v.is_floating_point() else v for k, v in resident.items()}
         self._layers = [{k: v.to(dtype) for k, v in layer.items()} for layer in layers]
         self.num_layers = len(layers)
 
