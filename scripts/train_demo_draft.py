@@ -613,7 +613,8 @@ def cmd_eval(args) -> None:
                 rows.append({"prompt": p, "ids": out.token_ids, "text": out.text, **s.to_dict(),
                              "draft_ms_per_token": eng.drafter.seconds_per_token * 1e3 if eng.drafter else 0.0,
                              "draft_ms_per_tree_forward": eng.tree_cost.draft_forward_seconds * 1e3})
-                print(f"[{label} {dtype}] acc {s.acceptance_rate:.2f} tok/pass {s.tokens_per_pass:.2f} "
+                print(f"[{label} {dtype}] acc {s.acceptance_rate:.2f} (per token {s.token_acceptance:.2f}) "
+                      f"tok/pass {s.tokens_per_pass:.2f} "
                       f"passes {s.target_passes} {s.tokens_per_second:.1f} tok/s {p!r}", flush=True)
         finally:
             lm.close()
@@ -624,6 +625,7 @@ def cmd_eval(args) -> None:
         n = len(rows)
         return {"rows": rows, "acceptance_pooled": tot("accepted") / max(tot("drafted"), 1),
                 "acceptance_mean": tot("acceptance_rate") / n,
+                "token_acceptance_pooled": tot("accepted") / max(tot("accepted") + tot("rejected"), 1),
                 "tokens_per_pass_pooled": tot("new_tokens") / max(tot("target_passes"), 1),
                 "tokens_per_pass_mean": tot("tokens_per_pass") / n,
                 "tokens_per_second": tot("new_tokens") / max(tot("seconds"), 1e-9),

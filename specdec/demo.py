@@ -20,8 +20,9 @@ def smollm2_gguf_path() -> Path | None:
 
 
 # The demo target is small (270 MB in bf16); a budget this size keeps a few layers pinned
-# and streams the rest from disk, which is the point of the demo.
-DEMO_RAM = "600MB"
+# and streams the rest from disk, which is the point of the demo. (600 MB until the demo
+# draft's partial output layer, a 19 MB copy of its rows, needed a little more.)
+DEMO_RAM = "640MB"
 DEMO_MAX_CONTEXT = 2048
 
 

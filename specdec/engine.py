@@ -42,6 +42,7 @@ class GenerationStats:
     target_passes: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0  # passes that ended on a drafted token the target did not take
     new_tokens: int = 0
     prefilled_tokens: int = 0  # prompt tokens the target processed (the rest came from the cache)
     bytes_read: int = 0
@@ -52,6 +53,15 @@ class GenerationStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def token_acceptance(self) -> float:
+        """How often the target takes a drafted token when one is offered (the per-token
+        acceptance a of the speculative decoding papers). Unlike acceptance_rate it does not
+        fall when more tokens are drafted after the first rejection, and it means the same
+        for a tree (offered: any of a node's children) as for a chain."""
+        offered = self.accepted + self.rejected
+        return self.accepted / offered if offered else 0.0
 
     @property
     def tokens_per_pass(self) -> float:
@@ -65,6 +75,7 @@ class GenerationStats:
         mean_k = sum(self.k_used) / len(self.k_used) if self.k_used else 0.0
         return {"target_passes": self.target_passes, "drafted": self.drafted,
                 "accepted": self.accepted, "acceptance_rate": round(self.acceptance_rate, 4),
+                "rejected": self.rejected, "token_acceptance": round(self.token_acceptance, 4),
                 "new_tokens": self.new_tokens, "tokens_per_pass": round(self.tokens_per_pass, 4),
                 "prefilled_tokens": self.prefilled_tokens, "bytes_read": self.bytes_read,
                 "seconds": round(self.seconds, 4),
@@ -159,6 +170,7 @@ class Engine:
         stats.target_passes += 1
         stats.drafted += k
         stats.accepted += n
+        stats.rejected += n < k
         if k > 0:
             stats.k_used.append(k)
             if len(uncached) == 1:  # a prefill pass would distort the pass-time estimate
@@ -195,6 +207,7 @@ class Engine:
         stats.target_passes += 1
         stats.drafted += n_tree
         stats.accepted += len(path)
+        stats.rejected += bool(tree.children(path[-1] if path else -1))
         stats.k_used.append(n_tree)
         return [tree.tokens[i] for i in path] + [nxt]
 

@@ -47,6 +47,23 @@ def test_fixed_k_and_stats_add_up(tmp_path):
     assert s.new_tokens == 24
     assert s.tokens_per_pass == pytest.approx(24 / s.target_passes)
     assert s.target_passes == 4  # 6 tokens per pass with every draft accepted
+    assert s.rejected == 0 and s.token_acceptance == 1.0
+
+
+@pytest.mark.parametrize("speculation", ["chain", "tree"])
+def test_token_acceptance_counts_one_rejection_per_pass_at_most(tmp_path, speculation):
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
+    sharpen_lm_head(tmp_path / "t", 8.0)
+    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.3)
+    lm = specdec.load(tmp_path / "t", draft=tmp_path / "d", dtype="float32", speculation=speculation,
+                      k=4 if speculation == "chain" else None, tree_nodes=8)
+    s = lm.generate(PROMPT, max_new_tokens=40).stats
+    assert 0 < s.rejected <= s.target_passes
+    assert s.token_acceptance == pytest.approx(s.accepted / (s.accepted + s.rejected))
+    # passes that ended without a rejection took every draft offered on their path
+    assert s.new_tokens == s.accepted + s.target_passes
+    if speculation == "chain":
+        assert s.token_acceptance >= s.acceptance_rate  # drafts after a rejection count only in the latter
 
 
 def test_bf16_speculative_matches_bf16_target_alone(tmp_path):
