@@ -20,9 +20,14 @@ Recipe
   target's layers (--init-layers), the target's final norm, and the target's embedding table /
   tied lm_head kept FROZEN (the runtime borrows the target's table at load time, so the shipped
   file holds only the layers and the norm).
+* Output layer: only the --output-vocab ids (default 16,384) the target writes most in its
+  replies are scored (specdec.weights.OUTPUT_IDS, saved as lm_head.token_ids); the rest get
+  probability 0. On this draft the full 49K-row head cost as much as its 8 layers.
+* --init-from DIR warm-starts from a previous draft's layers (the shipped draft was trained
+  in two runs: see specdec_draft.json, "warm_start").
 * Loss, teacher forced on reply positions only: soft cross-entropy to the target's top-16
   distribution + cross-entropy to the target's argmax (= the next greedy token, which is what
-  temperature-0 acceptance needs). AdamW, linear warmup, cosine decay over the time box,
+  temperature-0 acceptance needs); target ids outside the output vocabulary are left out. AdamW, linear warmup, cosine decay over the time box,
   bf16 autocast. Held-out top-1 agreement (replies to held-out prompts) is measured as training
   goes; the best checkpoint is what ships.
 * Output: specdec/demo_draft/{config.json, model.safetensors (bf16, no embedding table),

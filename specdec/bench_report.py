@@ -3,8 +3,9 @@
 A row is one contender on one workload at one temperature, summed over the prompts:
 ms/token = total generate seconds / total new tokens (prefill included, as a user waits for
 it), bytes read per token from /proc/<pid>/io, peak RSS of the process, and for speculative
-runs the acceptance rate and new tokens per target pass. The floor row is the O_DIRECT read
-time of one pass's streamed bytes: one token per pass, no compute.
+runs the acceptance rate (accepted / drafted), the per-token acceptance (accepted / drafts
+offered, engine.GenerationStats.token_acceptance) and new tokens per target pass. The floor
+row is the O_DIRECT read time of one pass's streamed bytes: one token per pass, no compute.
 """
 from __future__ import annotations
 
@@ -51,13 +52,16 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
     seconds = sum(x["seconds"] for x in runs)
     passes = sum(x.get("target_passes", 0) for x in runs)
     drafted = sum(x.get("drafted", 0) for x in runs)
+    accepted = sum(x.get("accepted", 0) for x in runs)
+    offered = accepted + sum(x.get("rejected", 0) for x in runs)  # transformers' runs: no count
     ms = seconds / tokens * 1e3 if tokens else None
     row.update(new_tokens=tokens, seconds=seconds, ms_per_token=ms,
                tokens_per_second=tokens / seconds if seconds else None,
                bytes_read_per_token=sum(x["bytes_read"] for x in runs) / tokens if tokens else None,
                peak_rss_bytes=r["peak_rss_bytes"], cap_peak_bytes=r.get("cap_peak_bytes"),
                target_passes=passes, tokens_per_pass=tokens / passes if passes else None,
-               acceptance_rate=sum(x.get("accepted", 0) for x in runs) / drafted if drafted else None,
+               acceptance_rate=accepted / drafted if drafted else None,
+               token_acceptance=accepted / offered if all("rejected" in x for x in runs) and offered else None,
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
     if t == 0 and name in SPECULATIVE:  # each against its own runtime's plain decoding
         row["matches_plain"] = _same_tokens(runs, results, SPECULATIVE[name])
@@ -109,7 +113,7 @@ def _goal(workload, key, what, value, lower_is_better=False) -> dict:
 COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "contender"),
            ("ms/token", "ms_per_token"), ("tokens/s", "tokens_per_second"),
            ("MB read/token", "bytes_read_per_token"), ("peak RSS MB", "peak_rss_bytes"),
-           ("accept", "acceptance_rate"), ("tokens/pass", "tokens_per_pass"),
+           ("accept", "acceptance_rate"), ("a/token", "token_acceptance"), ("tokens/pass", "tokens_per_pass"),
            ("x floor", "x_floor"), ("= plain (T=0)", "matches_plain")]
 
 
@@ -133,7 +137,7 @@ def _fmt(key: str, v) -> str:
         return "yes" if v else "NO"
     if key in ("bytes_read_per_token", "peak_rss_bytes"):
         return f"{v / 1e6:.1f}"
-    if key == "acceptance_rate":
+    if key in ("acceptance_rate", "token_acceptance"):
         return f"{v:.2f}"
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"

@@ -87,7 +87,8 @@ def run_specdec(job: dict) -> dict:
                               temperature=run["temperature"], seed=run["seed"])
             s = out.stats
             return out.token_ids, {"target_passes": s.target_passes, "drafted": s.drafted,
-                                   "accepted": s.accepted, "streamed_bytes": s.bytes_read}
+                                   "accepted": s.accepted, "rejected": s.rejected,
+                                   "streamed_bytes": s.bytes_read}
         runs = _timed_runs(job, generate)
         return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}
     finally:

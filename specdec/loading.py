@@ -15,7 +15,7 @@ from offload.checkpoint import CheckpointError, open_checkpoint
 
 from .config import ModelArgs
 from .model import Transformer
-from .weights import OUTPUT_IDS, ResidentWeights, split_state_dict
+from .weights import OUTPUT_IDS, ResidentWeights, checked_output_ids, split_state_dict
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float32": torch.float32, "fp32": torch.float32}
@@ -108,7 +108,9 @@ def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args
     if "lm_head.weight" not in state and not args.tie_word_embeddings:
         head = resident.get("lm_head.weight", embed)
         ids = state.get(OUTPUT_IDS)  # a partial output vocabulary takes only its rows
-        state["lm_head.weight"] = head if ids is None else head.index_select(0, ids.long())
+        if ids is not None:
+            head = head.index_select(0, checked_output_ids(ids, args))
+        state["lm_head.weight"] = head
     return state
 
 

@@ -134,14 +134,8 @@ def _output_ids_count(ids, args: ModelArgs, source: str) -> int:
     return ids.shape[0]
 
 
-def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(output weight [rows, hidden], the ids its rows score or None for the whole vocabulary).
-    A tied partial vocabulary copies its rows out of the embedding table once, here."""
-    embed = resident["model.embed_tokens.weight"]
-    ids = resident.get(OUTPUT_IDS)
-    if ids is None:
-        return resident.get("lm_head.weight", embed), None
+def checked_output_ids(ids: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """A partial output vocabulary's ids as int64, or a WeightsError naming what is wrong."""
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise WeightsError(f"{OUTPUT_IDS} has dtype {ids.dtype}; it must hold integer token ids. "
                            "The checkpoint is damaged; make or download it again.")
@@ -149,6 +143,17 @@ def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= args.vocab_size or bool((ids.diff() <= 0).any())):
         raise WeightsError(f"{OUTPUT_IDS} must list distinct token ids in [0, {args.vocab_size}) in "
                            "ascending order. The checkpoint is damaged; make or download it again.")
+    return ids
+
+
+def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(output weight [rows, hidden], the ids its rows score or None for the whole vocabulary).
+    A tied partial vocabulary copies its rows out of the embedding table once, here."""
+    embed = resident["model.embed_tokens.weight"]
+    if OUTPUT_IDS not in resident:
+        return resident.get("lm_head.weight", embed), None
+    ids = checked_output_ids(resident[OUTPUT_IDS], args)
     head = resident.get("lm_head.weight")
     return (head if head is not None else embed.index_select(0, ids)), ids
 

@@ -167,3 +167,36 @@ def test_accelerate_baseline_export_keeps_the_draft_s_choices(tmp_path):
     # bf16 export: close, not equal
     torch.testing.assert_close(theirs[:, ids], ours[:, ids], atol=0.05, rtol=0.05)
     assert (theirs[:, :40] == 0).all()
+
+
+def _borrowing_draft(tmp_path, ids):
+    """An untied draft (the target's layers) that borrows embeddings and lm_head from the
+    target and scores only `ids`."""
+    from specdec.loading import DRAFT_SIDECAR
+
+    make_tiny_model(tmp_path / "target", "llama")
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    state = load_file(f"{tmp_path}/target/model.safetensors")
+    del state["model.embed_tokens.weight"], state["lm_head.weight"]
+    state[OUTPUT_IDS] = torch.tensor(ids, dtype=torch.int32)
+    save_file(state, f"{draft}/model.safetensors", metadata={"format": "pt"})
+    (draft / "config.json").write_text((tmp_path / "target" / "config.json").read_text())
+    (draft / DRAFT_SIDECAR).write_text(json.dumps({"embeddings_from_target": True}))
+    return tmp_path / "target", draft
+
+
+def test_borrowed_untied_head_keeps_only_the_listed_rows(tmp_path):
+    ids = [0, 7, 8, 50, 95]
+    target, draft = _borrowing_draft(tmp_path, ids)
+    lm = specdec.load(target, draft=draft, dtype="float32")
+    want = lm.target.model.forward(torch.tensor(PROMPT), lm.target.model.new_cache(32))
+    got = lm.draft.model.forward(torch.tensor(PROMPT), lm.draft.model.new_cache(32))
+    torch.testing.assert_close(got[:, ids], want[:, ids])
+    assert torch.isneginf(got).sum() == got.shape[0] * (96 - len(ids))
+
+
+def test_borrowed_untied_head_with_bad_ids_is_refused_clearly(tmp_path):
+    target, draft = _borrowing_draft(tmp_path, [3, 200])
+    with pytest.raises(ValueError, match="in \\[0, 96\\)"):
+        specdec.load(target, draft=draft, dtype="float32")
