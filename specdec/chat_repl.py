@@ -32,6 +32,7 @@ class SessionTotals:
     passes: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
 
@@ -41,6 +42,7 @@ class SessionTotals:
         self.passes += s.target_passes
         self.drafted += s.drafted
         self.accepted += s.accepted
+        self.rejected += s.rejected
         self.bytes_read += s.bytes_read
         self.seconds += s.seconds
 
@@ -128,11 +130,12 @@ class ChatSession:
         t = self.totals
         last = self.lm.last_stats
         lines = [f"last reply: {last.to_dict()}" if last else "no reply yet"]
-        rate = t.accepted / t.drafted if t.drafted else 0.0
+        offered = t.accepted + t.rejected
         lines.append(f"session: {t.replies} replies, {t.tokens} tokens in {t.seconds:.1f} s "
                      f"({t.tokens / t.seconds if t.seconds else 0:.2f} tok/s), "
                      f"{t.tokens / t.passes if t.passes else 0:.2f} tokens/pass, "
-                     f"acceptance {rate:.0%}, {t.bytes_read / 1e9:.2f} GB read")
+                     f"acceptance {t.accepted / offered if offered else 0:.0%} per token offered "
+                     f"({t.accepted}/{t.drafted} drafted tokens taken), {t.bytes_read / 1e9:.2f} GB read")
         return "\n".join(lines)
 
     def _read(self, interactive: bool) -> str | None:
@@ -153,5 +156,5 @@ def summary_line(stats) -> str:
 
     rss = psutil.Process().memory_info().rss
     return (f"[{stats.tokens_per_second:.2f} tok/s | {stats.tokens_per_pass:.2f} tokens/pass | "
-            f"acceptance {stats.acceptance_rate:.0%} | {stats.bytes_read / 1e9:.2f} GB read | "
+            f"acceptance {stats.token_acceptance:.0%} | {stats.bytes_read / 1e9:.2f} GB read | "
             f"RAM {rss / 2**20:.0f} MB]")
