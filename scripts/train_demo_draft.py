@@ -416,10 +416,14 @@ class OutputVocab:
         self.ids = ids
         self.row = torch.full((vocab,), -1, dtype=torch.long)
         self.row[ids] = torch.arange(len(ids))
+        self._head = None
 
     def logits(self, draft, h: torch.Tensor) -> torch.Tensor:
-        # the frozen (borrowed) embedding rows of the listed ids, as the runtime scores them
-        return h @ draft.model.embed_tokens.weight[self.ids].t()
+        # The listed ids' rows of the frozen (borrowed) embedding table, as the runtime
+        # scores them: gathered once, not on every step.
+        if self._head is None:
+            self._head = draft.model.embed_tokens.weight[self.ids].detach()
+        return h @ self._head.t()
 
 
 def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float):
