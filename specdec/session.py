@@ -104,11 +104,11 @@ def check_store_matches(store, args: ModelArgs) -> None:
 def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_context: int):
     """The MemoryPlan for streaming `store` (config `args`) beside `draft` under `ram`: what
     load() runs under, and what benchmarks cap other tools at."""
-    draft_args = _draft_args(draft)
+    draft_args, output_rows = _draft_shape(draft)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     # A draft borrowing the target's embedding table shares it when no dtype change copies it.
     shared = draft is not None and store_dtype == dtype and wants_target_embeddings(Path(draft))
-    return plan_memory(store, ram, draft_bytes=_draft_bytes(draft, draft_args, dtype, shared),
+    return plan_memory(store, ram, draft_bytes=_draft_bytes(draft_args, output_rows, dtype, shared),
                        kv_bytes_per_token_target=_kv_per_token(args, dtype),
                        kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
                        max_context=max_context)
@@ -140,25 +140,22 @@ def _kv_per_token(args: ModelArgs, dtype: torch.dtype) -> int:
     return KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
 
 
-def _draft_args(draft) -> ModelArgs | None:
+def _draft_shape(draft) -> tuple[ModelArgs | None, int]:
+    """(the draft's config, rows of its output layer) from its config and safetensors
+    headers, one opening, no weights read; (None, 0) without a draft. The rows are a
+    partial output vocabulary's size if it has one, else the vocabulary's."""
     if draft is None:
-        return None
+        return None, 0
     from offload.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(draft)
-    return ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
+    args = ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
+    ids = ckpt.tensor_shape(OUTPUT_IDS)
+    return args, ids[0] if ids else args.vocab_size
 
 
-def _draft_output_rows(draft, args: ModelArgs) -> int:
-    """Rows of the draft's output layer: its partial output vocabulary's size, if it has one."""
-    from offload.checkpoint import open_checkpoint
-
-    shape = open_checkpoint(draft).tensor_shape(OUTPUT_IDS)
-    return shape[0] if shape else args.vocab_size
-
-
-def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype, shared_embeddings: bool = False
-                 ) -> int:
+def _draft_bytes(args: ModelArgs | None, output_rows: int, dtype: torch.dtype,
+                 shared_embeddings: bool = False) -> int:
     """RAM the draft's weights take in `dtype`, from its parameter count. A table borrowed
     from the target counts only when a dtype change copies it (not `shared_embeddings`).
     A partial output vocabulary's rows are a copy, tied or not."""
@@ -168,8 +165,7 @@ def _draft_bytes(draft, args: ModelArgs | None, dtype: torch.dtype, shared_embed
     per_layer = (a.hidden_size * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
                  + 3 * a.hidden_size * a.intermediate_size + 2 * a.hidden_size)
     embed = 0 if shared_embeddings else a.vocab_size * a.hidden_size
-    rows = _draft_output_rows(draft, a)
-    if not a.tie_word_embeddings or rows < a.vocab_size:
-        embed += rows * a.hidden_size
+    if not a.tie_word_embeddings or output_rows < a.vocab_size:
+        embed += output_rows * a.hidden_size
     itemsize = torch.empty((), dtype=dtype).element_size()
     return (a.num_layers * per_layer + embed + a.hidden_size) * itemsize
