@@ -257,16 +257,64 @@ def chat_ids(tok, prompt: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- gen
 
+def sample_user_turns(tok, model, n: int, batch: int, seed: int, exclude: set[str]) -> list[str]:
+    """n user messages written by the target itself (the Magpie idea): the chat template up to
+    the start of a user turn, sampled at temperature 1 until <|im_end|>. An instruct model's
+    idea of what users ask follows its chat tuning data, so these are closer to real chat than
+    the templates (which the target never saw). Unfinished, tiny and duplicate ones are dropped."""
+    probe = tok.decode(chat_ids(tok, "\x00"))
+    prefix = tok(probe[:probe.index("\x00")], return_tensors="pt").input_ids
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(seed)
+    out: list[str] = []
+    seen = {p.lower() for p in exclude}
+    start = time.time()
+    while len(out) < n:
+        inp = prefix.repeat(batch, 1)
+        with torch.no_grad():
+            gen = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True,
+                                 temperature=1.0, top_p=0.95, max_new_tokens=48, eos_token_id=end,
+                                 pad_token_id=end)
+        for row in gen[:, prefix.shape[1]:].tolist():
+            if end not in row:
+                continue  # ran past 48 tokens: a fragment, not a question
+            text = tok.decode(row[:row.index(end)]).strip()
+            if len(text.split()) >= 4 and text.lower() not in seen:
+                seen.add(text.lower())
+                out.append(text)
+        print(f"[prompts {(time.time() - start) / 60:5.1f} min] {min(len(out), n)}/{n} written by the target",
+              flush=True)
+    return out[:n]
+
+
+def job_prompts(args, tok, model, held: list[str]) -> list[str]:
+    """The generated prompts, fixed once per data directory (prompts.json) so that a resumed
+    gen continues the same list: --magpie of them written by the target, the rest templates."""
+    path = Path(args.data) / "prompts.json"
+    if path.exists():
+        return json.loads(path.read_text())["prompts"]
+    n_self = round(args.num_prompts * args.magpie)
+    own = sample_user_turns(tok, model, n_self, args.batch, args.seed, set(held))
+    prompts = own + build_prompts(args.num_prompts - n_self, args.seed, set(held) | set(own))
+    random.Random(args.seed).shuffle(prompts)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"magpie": args.magpie, "prompts": prompts}, indent=0))
+    with open(tmp) as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return prompts
+
+
 def cmd_gen(args) -> None:
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    torch.manual_seed(args.seed)
     out_dir = Path(args.data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _, tok, model = load_target()
     eos = tok.eos_token_id
     held = eval_prompts()
-    prompts = build_prompts(args.num_prompts, args.seed, set(held))
+    prompts = job_prompts(args, tok, model, held)
+    torch.manual_seed(args.seed)
     n_heldout = args.heldout
     # held-out split: the eval prompts (never trained on) + n_heldout generated prompts
     jobs = [(p, True) for p in held] + [(p, True) for p in prompts[:n_heldout]] + \
@@ -336,13 +384,20 @@ def cmd_gen(args) -> None:
 # ----------------------------------------------------------------------------- train
 
 def load_data(data_dir: Path):
-    train, held = [], []
+    """(train, held, evalset): held = replies to the held-out generated prompts (what picks
+    the checkpoint), evalset = replies to the 20 evaluation prompts (reported, never used to
+    choose: they are the test)."""
+    train, held, evalset = [], [], []
+    eval_set = set(eval_prompts())
     for f in sorted(Path(data_dir).glob("shard_*.pt")):
         rec = torch.load(f, weights_only=True)
         for j in range(len(rec["ids"])):
             ex = (rec["ids"][j].long(), rec["n_prompt"][j], rec["top_v"][j].float(), rec["top_i"][j].long())
-            (held if rec["held"][j] else train).append(ex)
-    return train, held
+            if not rec["held"][j]:
+                train.append(ex)
+            else:
+                (evalset if rec["prompt"][j] in eval_set else held).append(ex)
+    return train, held, evalset
 
 
 def make_batch(examples):
@@ -499,9 +554,10 @@ def _previous_run(init_from: Path | None) -> dict | None:
 def cmd_train(args) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    train, held = load_data(Path(args.data))
+    train, held, evalset = load_data(Path(args.data))
     n_train_tok = sum(len(e[0]) - e[1] for e in train)
-    print(f"train: {len(train)} replies, {n_train_tok} reply tokens; held-out: {len(held)} replies", flush=True)
+    print(f"train: {len(train)} replies, {n_train_tok} reply tokens; held-out: {len(held)} replies "
+          f"(+ {len(evalset)} to the evaluation prompts, reported only)", flush=True)
     _, _, target = load_target(torch.float32)
     layers = [int(x) for x in args.init_layers.split(",")]
     init_from = Path(args.init_from) if args.init_from else None
@@ -518,8 +574,10 @@ def cmd_train(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     curve = []
     a0 = agreement(draft, vocab, held)
-    curve.append({"minutes": 0.0, "step": 0, **a0})
-    print(f"[init] held-out top1 {a0['top1']:.3f} top4 {a0['top4']:.3f} ({a0['tokens']} tokens)", flush=True)
+    e0 = agreement(draft, vocab, evalset)["top1"]
+    curve.append({"minutes": 0.0, "step": 0, **a0, "eval_prompts_top1": e0})
+    print(f"[init] held-out top1 {a0['top1']:.3f} top4 {a0['top4']:.3f} ({a0['tokens']} tokens); "
+          f"evaluation prompts top1 {e0:.3f}", flush=True)
     best = a0["top1"]
     budget = args.minutes * 60
     start = time.time()
@@ -572,11 +630,12 @@ def cmd_train(args) -> None:
         if time.time() - last_eval > args.eval_every * 60 or time.time() - start >= budget:
             last_eval = time.time()
             a = agreement(draft, vocab, held)
+            e = agreement(draft, vocab, evalset)["top1"]
             m = (time.time() - start) / 60
-            curve.append({"minutes": round(m, 1), "step": step, "epoch": epoch, **a})
+            curve.append({"minutes": round(m, 1), "step": step, "epoch": epoch, **a, "eval_prompts_top1": e})
             print(f"[{m:5.1f} min] step {step} epoch {epoch} lr {lr:.2e} loss {sum(run_loss) / len(run_loss):.3f} "
                   f"train top1 {sum(run_top1) / len(run_top1):.3f} | held-out top1 {a['top1']:.3f} "
-                  f"top4 {a['top4']:.3f}", flush=True)
+                  f"top4 {a['top4']:.3f} | evaluation prompts top1 {e:.3f}", flush=True)
             run_top1, run_loss = [], []
             if a["top1"] > best:
                 best = a["top1"]
@@ -707,6 +766,8 @@ def main(argv=None) -> None:
     g.add_argument("--num-prompts", type=int, default=6000)
     g.add_argument("--heldout", type=int, default=60)
     g.add_argument("--batch", type=int, default=48)
+    g.add_argument("--magpie", type=float, default=0.75,
+                   help="share of the prompts written by the target itself (the rest from templates)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     t = sub.add_parser("train", help="distil the draft")
     t.add_argument("--minutes", type=float, default=50)
