@@ -8,10 +8,13 @@ Three steps, one subcommand each (all on CPU, one thread by default, fixed seed)
 
 Recipe
 ------
-* Data (the bottleneck, see DESIGN.md): a few thousand chat prompts built programmatically
-  (templates x topics: questions, how-tos, explanations, lists, comparisons, short code, math
-  word problems with random numbers, rewrite/summarise/translate tasks, casual chat), none of
-  them equal to the 20 evaluation prompts in configs/demo_prompts.toml. The target (GGUF
+* Data (the bottleneck, see DESIGN.md): a few thousand chat prompts, none equal to the 20
+  evaluation prompts in configs/demo_prompts.toml. Most (--magpie, default 65%) are written by
+  the target itself: its chat template up to the start of a user turn, sampled at temperature
+  1 (the Magpie idea), which follows what its chat tuning taught it users ask; the rest are
+  built from templates x topics (questions, how-tos, explanations, lists, comparisons, short
+  code, math word problems with random numbers, rewrite/summarise/translate tasks, casual
+  chat). The list is fixed once per data directory (prompts.json). The target (GGUF
   dequantised by transformers, run in bf16 like the runtime's default) answers them greedily,
   batched with left padding, up to 128 new tokens (the demo's reply length). Stored per reply:
   the token ids (chat template + reply, up to and including <|im_end|>) and the target's top-16
@@ -28,8 +31,9 @@ Recipe
 * Loss, teacher forced on reply positions only: soft cross-entropy to the target's top-16
   distribution + cross-entropy to the target's argmax (= the next greedy token, which is what
   temperature-0 acceptance needs); target ids outside the output vocabulary are left out. AdamW, linear warmup, cosine decay over the time box,
-  bf16 autocast. Held-out top-1 agreement (replies to held-out prompts) is measured as training
-  goes; the best checkpoint is what ships.
+  bf16 autocast. Held-out top-1 agreement (replies to held-out generated prompts) is measured
+  as training goes and the best checkpoint is what ships; the agreement on the 20 evaluation
+  prompts' replies is printed beside it but never used to choose.
 * Output: specdec/demo_draft/{config.json, model.safetensors (bf16, no embedding table),
   specdec_draft.json}, each written atomically (temp file + rename).
 
@@ -55,6 +59,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from specdec.demo import DEMO_DRAFT_DIR, SMOLLM2_GGUF, smollm2_gguf_path  # noqa: E402
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(tmp) then fsync and rename over path: a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_atomic(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))
 
 DATA_DIR = ROOT / "results" / "demo_draft_data"
 PROMPTS_TOML = ROOT / "configs" / "demo_prompts.toml"
@@ -297,11 +314,7 @@ def job_prompts(args, tok, model, held: list[str]) -> list[str]:
     own = sample_user_turns(tok, model, n_self, args.batch, args.seed, set(held))
     prompts = own + build_prompts(args.num_prompts - n_self, args.seed, set(held) | set(own))
     random.Random(args.seed).shuffle(prompts)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"magpie": args.magpie, "prompts": prompts}, indent=0))
-    with open(tmp) as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, {"magpie": args.magpie, "prompts": prompts})
     return prompts
 
 
@@ -370,9 +383,7 @@ def cmd_gen(args) -> None:
             rec["held"].append(h)
             rec["prompt"].append(p)
             total_tokens += n
-        tmp = out_dir / f".shard_{shard:04d}.tmp"
-        torch.save(rec, tmp)
-        os.replace(tmp, out_dir / f"shard_{shard:04d}.pt")
+        write_atomic(out_dir / f"shard_{shard:04d}.pt", lambda t: torch.save(rec, t))
         shard += 1
         pos += len(batch)
         el = time.time() - start
@@ -536,9 +547,7 @@ def save_draft(draft, vocab: OutputVocab, out_dir: Path, meta: dict) -> None:
              "model.safetensors": lambda p: save_file(state, str(p), metadata={"format": "pt"}),
              "specdec_draft.json": lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")}
     for name, write in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, out_dir / name)
+        write_atomic(out_dir / name, write)
 
 
 def _previous_run(init_from: Path | None) -> dict | None:
@@ -650,9 +659,7 @@ def cmd_train(args) -> None:
     if side.exists():
         meta = json.loads(side.read_text())
         meta["curve"] = curve
-        tmp = side.with_name(".specdec_draft.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, side)
+        write_json_atomic(side, meta)
     print(f"done: {step} steps, best held-out top1 {best:.3f}", flush=True)
 
 
@@ -749,9 +756,7 @@ def cmd_eval(args) -> None:
         side = Path(args.out) / "specdec_draft.json"
         meta = json.loads(side.read_text())
         meta["runtime_eval"] = summary
-        tmp = side.with_name(".specdec_draft.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, side)
+        write_json_atomic(side, meta)
 
 
 def main(argv=None) -> None:
@@ -766,7 +771,7 @@ def main(argv=None) -> None:
     g.add_argument("--num-prompts", type=int, default=6000)
     g.add_argument("--heldout", type=int, default=60)
     g.add_argument("--batch", type=int, default=48)
-    g.add_argument("--magpie", type=float, default=0.75,
+    g.add_argument("--magpie", type=float, default=0.65,
                    help="share of the prompts written by the target itself (the rest from templates)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     t = sub.add_parser("train", help="distil the draft")
