@@ -27,7 +27,7 @@ Recipe
   replies are scored (specdec.weights.OUTPUT_IDS, saved as lm_head.token_ids); the rest get
   probability 0. On this draft the full 49K-row head cost as much as its 8 layers.
 * --init-from DIR warm-starts from a previous draft's layers (the shipped draft was trained
-  in two runs: see specdec_draft.json, "warm_start").
+  in three runs, the third on the Magpie data: see specdec_draft.json, "warm_start").
 * Loss, teacher forced on reply positions only: soft cross-entropy to the target's top-16
   distribution + cross-entropy to the target's argmax (= the next greedy token, which is what
   temperature-0 acceptance needs); target ids outside the output vocabulary are left out. AdamW, linear warmup, cosine decay over the time box,
