@@ -35,7 +35,7 @@ Recipe
   as training goes and the best checkpoint is what ships; the agreement on the 20 evaluation
   prompts' replies is printed beside it but never used to choose.
 * Output: specdec/demo_draft/{config.json, model.safetensors (bf16, no embedding table),
-  specdec_draft.json}, each written atomically (temp file + rename).
+  specdec_draft.json}, each written atomically (temp file, fsync, rename).
 
 Run time and result of the shipped draft: see specdec/demo_draft/specdec_draft.json (it records
 the recipe numbers, the held-out agreement curve and the runtime evaluation) and the summary
@@ -60,6 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from specdec.demo import DEMO_DRAFT_DIR, SMOLLM2_GGUF, smollm2_gguf_path  # noqa: E402
 
+DATA_DIR = ROOT / "results" / "demo_draft_data"
+PROMPTS_TOML = ROOT / "configs" / "demo_prompts.toml"
+TOPK = 16
+
 
 def write_atomic(path: Path, write) -> None:
     """write(tmp) then fsync and rename over path: a crash leaves the old file or the new one."""
@@ -73,9 +77,6 @@ def write_atomic(path: Path, write) -> None:
 def write_json_atomic(path: Path, data) -> None:
     write_atomic(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))
 
-DATA_DIR = ROOT / "results" / "demo_draft_data"
-PROMPTS_TOML = ROOT / "configs" / "demo_prompts.toml"
-TOPK = 16
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -309,7 +310,10 @@ def job_prompts(args, tok, model, held: list[str]) -> list[str]:
     gen continues the same list: --magpie of them written by the target, the rest templates."""
     path = Path(args.data) / "prompts.json"
     if path.exists():
-        return json.loads(path.read_text())["prompts"]
+        prompts = json.loads(path.read_text())["prompts"]
+        print(f"{len(prompts)} prompts from {path} (--num-prompts/--magpie apply to a new data "
+              f"directory only)", flush=True)
+        return prompts
     n_self = round(args.num_prompts * args.magpie)
     own = sample_user_turns(tok, model, n_self, args.batch, args.seed, set(held))
     prompts = own + build_prompts(args.num_prompts - n_self, args.seed, set(held) | set(own))
