@@ -129,23 +129,6 @@ class Store:
     def tied(self) -> bool:
         return "lm_head.weight" not in self.resident_meta.tensors
 
-    def load_resident(self, reader=None) -> dict[str, torch.Tensor]:
-        """Full HF name -> tensor for the resident part, read uncached and checksum-checked.
-        The tensors share one page-aligned buffer that lives as long as they do."""
-        from .reader import DirectReader, aligned_buffer, tensor_views
-
-        meta = self.resident_meta
-        own = reader is None
-        reader = reader or DirectReader()
-        try:
-            buf = aligned_buffer(meta.size)
-            reader.read_file(self.resident_file, buf, meta.size)
-            check_first_read(self, RESIDENT_FILE, buf)
-            return tensor_views(buf, meta.tensors)
-        finally:
-            if own:
-                reader.close()
-
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, layers={self.num_layers}, dtype={self.dtype})"
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -33,8 +32,8 @@ import torch
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .format import (ALIGN, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE, TOKENIZER_DIR,
                      TensorMeta, align_up, file_sha256, is_store, layer_file_name)
+from .shapes import ModelShape, split_layer_name
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "f32": "float32",
                  "float32": "float32"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -208,10 +207,9 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
     bar = tqdm(total=estimate, unit="B", unit_scale=True, desc="pack", disable=not progress)
     try:
         for name, tensor in tensors:
-            m = _LAYER.match(name)
             if name == "lm_head.weight" and tied:
                 continue  # tied: the model reuses embed_tokens; storing it would waste RAM
-            key, rel = (int(m.group(1)), m.group(2)) if m else (None, name)
+            key, rel = split_layer_name(name) or (None, name)
             if key not in writers:
                 fname = RESIDENT_FILE if key is None else layer_file_name(key)
                 writers[key] = _FileWriter(tmp / fname)
@@ -312,7 +310,7 @@ def estimate_store_bytes(ckpt: Checkpoint, dtype: str) -> int:
         except (OSError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: cannot read safetensors headers ({e}); "
                                   "download the checkpoint again.") from e
-    return param_count(ckpt.config) * itemsize
+    return ModelShape.from_config(ckpt.config).params() * itemsize
 
 
 def _safetensors_numel(ckpt: Checkpoint) -> int:
@@ -324,18 +322,6 @@ def _safetensors_numel(ckpt: Checkpoint) -> int:
             for name in f.keys():
                 total += math.prod(f.get_slice(name).get_shape()) + ALIGN  # + alignment padding
     return total
-
-
-def param_count(cfg: dict) -> int:
-    """Parameters of a Llama-family model from its HF config (upper bound incl. biases)."""
-    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    hd = cfg.get("head_dim") or h // heads
-    attn = h * heads * hd * 2 + h * kv * hd * 2 + (heads + 2 * kv) * hd + 2 * hd
-    layer = attn + 3 * h * inter + 2 * h
-    heads_out = 1 if cfg.get("tie_word_embeddings") else 2
-    return cfg["num_hidden_layers"] * layer + heads_out * vocab * h + h
 
 
 # -- durability ------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .errors import InternalError
 from .format import Store, check_first_read, open_store
-from .reader import DirectReader, aligned_buffer, tensor_views
+from .reader import DirectReader, aligned_buffer, read_tensors, tensor_views
 
 
 @dataclass
@@ -88,13 +89,12 @@ class StreamedWeights:
         """Read the resident file (layer None) or a layer into its own buffer, checksummed."""
         s = self.store
         meta = s.resident_meta if layer is None else s.layer_meta(layer)
-        buf = aligned_buffer(meta.size)
         t0 = time.perf_counter()
-        self._reader.read_file(s.path / meta.name, buf, meta.size)
-        check_first_read(s, meta.name, buf)
+        views = read_tensors(s.path / meta.name, meta.tensors, meta.size, self._reader,
+                             check=lambda buf: check_first_read(s, meta.name, buf))
         self.stats.bytes_read += meta.size
         self.stats.read_seconds += time.perf_counter() - t0
-        return tensor_views(buf, meta.tensors)
+        return views
 
     def _convert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.dtype is None:
@@ -142,7 +142,7 @@ class StreamedWeights:
         layer, slot, epoch = self._ring.take(lambda: self._active == token)
         self.stats.compute_wait_seconds += time.perf_counter() - t0
         if layer != i:  # the ring is strictly ordered; anything else is a bug, not bad input
-            raise RuntimeError(f"prefetch out of order: expected layer {i}, got {layer}")
+            raise InternalError(f"prefetch out of order: expected layer {i}, got {layer}")
         views = tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i))
         if self.dtype is not None and any(v.dtype != self.dtype for v in views.values()
                                           if v.is_floating_point()):
@@ -250,7 +250,8 @@ class _Ring:
                     error = self.error
                     break
                 if self.thread is None or not self.thread.is_alive():
-                    error = RuntimeError("the prefetch thread stopped unexpectedly; call layers() again.")
+                    # It leaves only when stopped (not the case here) or with self.error set.
+                    error = InternalError("the prefetch thread stopped without an error")
                     break
                 self.cond.wait(timeout=0.5)
         self.stop()  # join the dead thread now so nothing outlives the error

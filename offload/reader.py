@@ -202,8 +202,10 @@ def _drop_cache(fd: int, offset: int, nbytes: int) -> None:
 
 
 def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
-                 reader: DirectReader | None = None) -> dict[str, torch.Tensor]:
-    """Read a whole store file into a fresh aligned buffer and view its tensors."""
+                 reader: DirectReader | None = None, check=None) -> dict[str, torch.Tensor]:
+    """Read a whole store file into a fresh page-aligned buffer and view its tensors (no
+    copy; the buffer lives as long as the views). `check(buf)`, if given, sees the bytes
+    before any view is made (the store's first-read checksum)."""
     buf = aligned_buffer(size)
     own = reader is None
     reader = reader or DirectReader()
@@ -212,4 +214,6 @@ def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
     finally:
         if own:
             reader.close()
+    if check is not None:
+        check(buf)
     return tensor_views(buf, tensors)

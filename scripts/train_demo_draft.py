@@ -1,15 +1,16 @@
 """Distil the demo draft (specdec/demo_draft) for SmolLM2-135M-Instruct, the offline demo target.
 
-Three steps, one subcommand each (all on CPU, one thread by default, fixed seed):
+Three steps, one subcommand each (all on CPU, one thread by default, fixed seed), run from the
+repository root as a module (so `specdec` is importable without an install or a sys.path edit):
 
-  python scripts/train_demo_draft.py gen   --minutes 35   # target greedy replies -> results/demo_draft_data
-  python scripts/train_demo_draft.py train --minutes 50   # distil -> specdec/demo_draft
-  python scripts/train_demo_draft.py eval                 # the real runtime on configs/demo_prompts.toml
+  python -m scripts.train_demo_draft gen   --minutes 35   # target greedy replies -> results/demo_draft_data
+  python -m scripts.train_demo_draft train --minutes 50   # distil -> specdec/demo_draft
+  python -m scripts.train_demo_draft eval                 # the real runtime on specdec/configs/demo_prompts.toml
 
 Recipe
 ------
 * Data (the bottleneck, see DESIGN.md): a few thousand chat prompts, none equal to the 20
-  evaluation prompts in configs/demo_prompts.toml. Most (--magpie, default 65%) are written by
+  evaluation prompts in specdec/configs/demo_prompts.toml. Most (--magpie, default 65%) are written by
   the target itself: its chat template up to the start of a user turn, sampled at temperature
   1 (the Magpie idea), which follows what its chat tuning taught it users ask; the rest are
   built from templates x topics (questions, how-tos, explanations, lists, comparisons, short
@@ -55,13 +56,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from specdec.configs import resource
+from specdec.demo import DEMO_DRAFT_DIR, SMOLLM2_GGUF, smollm2_gguf_path
 
-from specdec.demo import DEMO_DRAFT_DIR, SMOLLM2_GGUF, smollm2_gguf_path  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DATA_DIR = ROOT / "results" / "demo_draft_data"
-PROMPTS_TOML = ROOT / "configs" / "demo_prompts.toml"
+PROMPTS_TOML = resource("demo_prompts.toml")
 TOPK = 16
 
 
@@ -790,7 +791,7 @@ def main(argv=None) -> None:
     t.add_argument("--batch-tokens", type=int, default=4096)
     t.add_argument("--hard-weight", type=float, default=1.0)
     t.add_argument("--eval-every", type=float, default=4.0, help="minutes")
-    e = sub.add_parser("eval", help="acceptance with the real runtime on configs/demo_prompts.toml")
+    e = sub.add_parser("eval", help="acceptance with the real runtime on specdec/configs/demo_prompts.toml")
     e.add_argument("--speculation", default="chain,tree", help="modes to evaluate, comma-separated")
     e.add_argument("--prompts", type=int, default=0, help="only the first N prompts (0: all 20)")
     e.add_argument("--max-new-tokens", type=int, default=128)

@@ -7,7 +7,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +92,15 @@ def load_from_args(args):
 
 
 def read_preset(ref: str) -> dict:
+    """A preset by path, else by name among those shipped in specdec/configs (package data)."""
+    from .configs import preset, preset_names
+
     path = Path(ref)
     if not path.exists():
-        path = PRESET_DIR / f"{ref.removesuffix('.toml')}.toml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none"
-        raise FileNotFoundError(f"{ref}: no such preset file (presets in {PRESET_DIR}: {known}).")
+        path = preset(ref)
+    if not path.is_file():
+        known = ", ".join(preset_names()) or "none"
+        raise FileNotFoundError(f"{ref}: no such preset file or shipped preset (shipped: {known}).")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -1,4 +1,5 @@
-"""CLI commands for the offload side: pack, verify, bench io.
+"""CLI commands for the offload side: pack, verify, bench io, bench offload (the benchmarks
+themselves live in specdec/bench/; this module only parses and dispatches).
 
 `add_offload_commands(subparsers)` registers them on specdec's argparse subparsers; each
 parser's `handler` (also `func`) default is its handler, `handler(args) -> int` (the exit status). Handlers
@@ -51,7 +52,7 @@ def add_bench_commands(bench_subparsers) -> None:
 
 
 def cmd_bench_offload(args) -> int:
-    from .bench_offload import cmd_bench_offload as run  # torch etc. only when it runs
+    from .bench.runner import cmd_bench_offload as run  # torch etc. only when it runs
 
     return run(args)
 
@@ -72,7 +73,7 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--draft", help="draft dir for the demo pair (default specdec/demo_draft), "
                    "or for --target")
     o.add_argument("--target", help="benchmark this HF target dir with --draft instead of the "
-                   "built-in workloads (prompts from configs/bench/prompts.toml)")
+                   "built-in workloads (prompts from specdec/configs/bench/prompts.toml)")
     o.add_argument("--ram", help="RAM cap for --target (default 4GB)")
     o.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype for --target (float32: exact greedy equality)")
@@ -141,108 +142,14 @@ def cmd_bench_io(args) -> int:
             raise ValueError
     except ValueError:
         return _fail(ValueError(f"--tokens {args.tokens!r}: give positive integers like 1,8,32,64"))
+    from .bench.iobench import bench_io, format_bench_io  # torch etc. only when it runs
+
     try:
         result = bench_io(args.store, tokens, ram=args.ram, repeat=max(1, args.repeat))
     except _known_errors() as e:
         return _fail(e)
     print(json.dumps(result, indent=1) if args.json else format_bench_io(result))
     return 0
-
-
-def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
-             max_context: int | None = None) -> dict:
-    """Raw O_DIRECT read of one pass's streamed bytes vs streamed forward passes, same run.
-
-    Each token count runs `repeat` passes back to back (so the reader never gets a head
-    start from idle time) after one unmeasured warm-up pass, which also does the one-off
-    first-read checksums. `max_context` sizes the KV cache the plan reserves (default: the
-    largest token count), so the plan can match a generation run's under the same budget."""
-    import torch
-
-    from offload.format import open_store
-    from offload.iobench import peak_rss_bytes, proc_read_bytes, time_raw_read
-    from offload.prefetch import StreamedWeights
-
-    from .config import ModelArgs
-    from .model import Transformer
-    from .session import streaming_plan
-
-    io0 = proc_read_bytes()
-    store = open_store(store_path)
-    args = ModelArgs.from_hf(store.config, source=f"{store.path}/manifest.json")
-    dtype = getattr(torch, store.dtype)
-    pinned, ring, plan_text = None, 2, "no --ram: every layer streamed"
-    if ram is not None:
-        plan = streaming_plan(store, args, None, ram, dtype, max(max_context or 0, max(tokens)))
-        pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
-    with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
-        model = Transformer(args, weights, dtype)
-        cache = model.new_cache(max(tokens))
-        _pass(model, cache, 1)  # warm-up: first-read checksums, lazy allocations
-        weights.wait_prefetched()  # the ring refills, as it does while the draft runs
-        files = [store.layer_file(i) for i in weights.streamed_layers]
-        raw_seconds, raw_bytes, direct = time_raw_read(files)
-        stream_only = _stream_only_seconds(weights, repeat)
-        passes = [_timed_passes(model, cache, weights, n, repeat, raw_seconds) for n in tokens]
-    io1 = proc_read_bytes()
-    return {"store": str(store.path), "dtype": store.dtype, "layers": store.num_layers,
-            "streamed_layers": len(files), "plan": plan_text, "ring_size": ring,
-            "streamed_bytes": raw_bytes, "raw_seconds": raw_seconds,
-            "raw_gb_per_s": raw_bytes / raw_seconds / 1e9 if raw_seconds else None,
-            "o_direct": direct, "stream_only_seconds": stream_only,
-            "stream_only_ratio_to_raw": stream_only / raw_seconds if raw_seconds else None,
-            "passes": passes,
-            "bytes_read": None if io0 is None or io1 is None else io1 - io0,
-            "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads()}
-
-
-def _stream_only_seconds(weights, repeat: int) -> float:
-    """A pass over the layers with no compute: what the prefetch machinery costs over raw reads."""
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for _layer in weights.layers():
-            pass
-    return (time.perf_counter() - t0) / repeat
-
-
-def _pass(model, cache, n: int) -> None:
-    cache.crop(0)
-    model.forward(torch_tokens(n, model.args.vocab_size), cache, last_only=False)
-
-
-def torch_tokens(n: int, vocab: int):
-    import torch
-
-    return torch.arange(n) % vocab
-
-
-def _timed_passes(model, cache, weights, n: int, repeat: int, raw_seconds: float) -> dict:
-    weights.reset_stats()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        _pass(model, cache, n)
-    seconds = (time.perf_counter() - t0) / repeat
-    s = weights.stats
-    return {"tokens": n, "seconds": seconds,
-            "ratio_to_raw": seconds / raw_seconds if raw_seconds else None,
-            "compute_wait_seconds": s.compute_wait_seconds / repeat,
-            "read_seconds": s.read_seconds / repeat, "bytes_read": s.bytes_read // repeat}
-
-
-def format_bench_io(r: dict) -> str:
-    gbps = f"{r['raw_gb_per_s']:.2f} GB/s" if r["raw_gb_per_s"] else "n/a"
-    lines = [f"store {r['store']} ({r['dtype']}, {r['streamed_layers']}/{r['layers']} layers streamed)",
-             f"plan: {r['plan']}",
-             f"raw {'O_DIRECT' if r['o_direct'] else 'uncached (fallback)'} read of "
-             f"{r['streamed_bytes'] / 1e9:.3f} GB: {r['raw_seconds']:.3f} s ({gbps})",
-             f"stream only (no compute): {r['stream_only_seconds']:.3f} s",
-             f"{'tokens':>7} {'pass s':>9} {'x raw':>7} {'waited s':>9}"]
-    for p in r["passes"]:
-        ratio = f"{p['ratio_to_raw']:.2f}" if p["ratio_to_raw"] else "n/a"
-        lines.append(f"{p['tokens']:>7} {p['seconds']:>9.3f} {ratio:>7} {p['compute_wait_seconds']:>9.3f}")
-    read = "n/a" if r["bytes_read"] is None else f"{r['bytes_read'] / 1e9:.3f} GB"
-    lines.append(f"read from disk (/proc/self/io): {read}; peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

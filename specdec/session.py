@@ -17,7 +17,7 @@ from .cache import KVCache
 from .config import ModelArgs
 from .loading import LoadedModel, load_resident, parse_dtype, wants_target_embeddings
 from .model import Transformer
-from .weights import OUTPUT_IDS, WeightsError, check_complete, check_layer_count
+from .weights import OUTPUT_IDS, WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
@@ -161,11 +161,5 @@ def _draft_bytes(args: ModelArgs | None, output_rows: int, dtype: torch.dtype,
     A partial output vocabulary's rows are a copy, tied or not."""
     if args is None:
         return 0
-    a = args
-    per_layer = (a.hidden_size * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
-                 + 3 * a.hidden_size * a.intermediate_size + 2 * a.hidden_size)
-    embed = 0 if shared_embeddings else a.vocab_size * a.hidden_size
-    if not a.tie_word_embeddings or output_rows < a.vocab_size:
-        embed += output_rows * a.hidden_size
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return (a.num_layers * per_layer + embed + a.hidden_size) * itemsize
+    params = model_shape(args).params(output_rows, embeddings=not shared_embeddings)
+    return params * torch.empty((), dtype=dtype).element_size()

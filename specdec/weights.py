@@ -8,10 +8,11 @@ with the same interface, so one model implementation serves both.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterator
 
 import torch
+
+from offload.shapes import ModelShape, split_layer_name
 
 from .config import ModelArgs
 
@@ -23,57 +24,40 @@ from .config import ModelArgs
 # exactly (the target's residual covers them).
 OUTPUT_IDS = "lm_head.token_ids"
 RESIDENT_NAMES = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", OUTPUT_IDS)
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 class WeightsError(ValueError):
     """The checkpoint's tensors don't match its config."""
 
 
-def expected_layer_names(args: ModelArgs) -> list[str]:
-    names = [f"self_attn.{p}_proj.weight" for p in "qkvo"]
-    names += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
-    names += ["input_layernorm.weight", "post_attention_layernorm.weight"]
-    if args.attention_bias:
-        names += [f"self_attn.{p}_proj.bias" for p in "qkv"]
-    if args.mlp_bias:
-        names += [f"mlp.{p}_proj.bias" for p in ("gate", "up", "down")]
-    if args.qk_norm:
-        names += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
-    return names
+def model_shape(args: ModelArgs) -> ModelShape:
+    """The tensor names, shapes and parameter counts `args` implies (offload/shapes.py)."""
+    return ModelShape(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                      intermediate_size=args.intermediate_size, num_layers=args.num_layers,
+                      num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+                      head_dim=args.head_dim, tie_word_embeddings=args.tie_word_embeddings,
+                      attention_bias=args.attention_bias, mlp_bias=args.mlp_bias,
+                      qk_norm=args.qk_norm)
 
 
 def expected_shapes(args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """(resident HF name -> shape, layer-relative name -> shape) that `args` implies."""
-    a = args
-    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-    h, inter = a.hidden_size, a.intermediate_size
-    layer = {"self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
-             "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, q),
-             "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
-             "mlp.down_proj.weight": (h, inter),
-             "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-             "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
-             "self_attn.v_proj.bias": (kv,), "mlp.gate_proj.bias": (inter,),
-             "mlp.up_proj.bias": (inter,), "mlp.down_proj.bias": (h,),
-             "self_attn.q_norm.weight": (a.head_dim,), "self_attn.k_norm.weight": (a.head_dim,)}
-    layer = {n: layer[n] for n in expected_layer_names(args)}
-    resident = {"model.embed_tokens.weight": (a.vocab_size, h), "model.norm.weight": (h,),
-                "lm_head.weight": (a.vocab_size, h)}
-    return resident, layer
+    shape = model_shape(args)
+    return shape.resident_shapes(), shape.layer_shapes()
 
 
 def split_state_dict(state: dict[str, torch.Tensor], args: ModelArgs, source: str = "checkpoint"
                      ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """HF state dict -> (resident tensors, one dict per layer); checks nothing is missing."""
     resident = {k: v for k, v in state.items() if k in RESIDENT_NAMES}
-    found = {int(m.group(1)) for m in map(_LAYER.match, state) if m}
+    split = {name: split_layer_name(name) for name in state}
+    found = {where[0] for where in split.values() if where}
     check_layer_count(len(found) and max(found) + 1, args, source)
     layers: list[dict[str, torch.Tensor]] = [{} for _ in range(args.num_layers)]
     for name, tensor in state.items():
-        m = _LAYER.match(name)
-        if m:
-            layers[int(m.group(1))][m.group(2)] = tensor
+        if split[name]:
+            index, relative = split[name]
+            layers[index][relative] = tensor
     check_complete(resident, layers, args, source)
     return resident, layers
 
@@ -93,14 +77,14 @@ def check_complete(resident: dict, layers: list[dict], args: ModelArgs, source: 
     if not args.tie_word_embeddings:
         needed.append("lm_head.weight")
     missing = [n for n in needed if n not in resident]
+    res_shapes, layer_shapes = expected_shapes(args)
     for i, layer in enumerate(layers):
-        missing += [f"model.layers.{i}.{n}" for n in expected_layer_names(args) if n not in layer]
+        missing += [f"model.layers.{i}.{n}" for n in layer_shapes if n not in layer]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise WeightsError(f"{source}: tensors missing from the checkpoint: "
                            f"{', '.join(missing[:3])}{more}. The checkpoint does not match its "
                            "config.json or is incomplete; download it again.")
-    res_shapes, layer_shapes = expected_shapes(args)
     if OUTPUT_IDS in resident:
         res_shapes["lm_head.weight"] = (_output_ids_count(resident[OUTPUT_IDS], args, source), args.hidden_size)
     embed = resident["model.embed_tokens.weight"]
@@ -181,6 +165,3 @@ class ResidentWeights:
 
     def layers(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self._layers)
-
-    def close(self) -> None:
-        pass

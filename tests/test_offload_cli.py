@@ -70,17 +70,11 @@ def test_verify_of_a_non_store_is_one_line(tmp_path, capsys):
     assert "manifest.json: missing" in err and "Traceback" not in err
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "scripts" / "make_synthetic.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_make_synthetic_dir_and_store(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    mod = _load_script()
+    from specdec.bench import synthetic as mod
+
     assert mod.main(["tiny", str(tmp_path / "hf"), "--shard-size", "0.0001"]) == 0
     shards = sorted((tmp_path / "hf").glob("*.safetensors"))
     assert len(shards) > 1  # really sharded

@@ -38,7 +38,9 @@ def store32(model_dir, tmp_path):
 
 
 def _store_state(store) -> dict[str, torch.Tensor]:
-    out = dict(store.load_resident())
+    meta = store.resident_meta
+    out = dict(read_tensors(store.resident_file, meta.tensors, meta.size,
+                            check=lambda buf: fmt.check_first_read(store, fmt.RESIDENT_FILE, buf)))
     for i in range(store.num_layers):
         layer = read_tensors(store.layer_file(i), store.layer_tensors(i), store.layer_nbytes(i))
         out.update({f"model.layers.{i}.{k}": v for k, v in layer.items()})

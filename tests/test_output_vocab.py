@@ -147,7 +147,7 @@ def test_accelerate_baseline_export_keeps_the_draft_s_choices(tmp_path):
     the listed ids score as in specdec, and at temperature 0 it picks the same tokens."""
     from transformers import AutoModelForCausalLM
 
-    from specdec.bench_hf import export_assistant_hf
+    from specdec.bench.hf import export_assistant_hf
     from specdec.loading import DRAFT_SIDECAR
 
     make_tiny_model(tmp_path / "target", "llama", tie_word_embeddings=True)

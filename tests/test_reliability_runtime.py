@@ -5,7 +5,6 @@ Complements tests/test_api.py and tests/test_offload_stream.py."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import io
 import random
 import re
@@ -23,12 +22,10 @@ from offload.budget import BudgetError
 from offload.format import verify
 from offload.reader import DirectReader
 from specdec.api import DecoderBusy
+from specdec.bench import soak
 from specdec.engine import ContextLimitError
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("specdec_soak", ROOT / "scripts" / "soak.py")
-soak_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(soak_script)
 
 PROMPT = [5, 17, 3, 42, 8, 99, 250, 7]
 OTHER = [300, 1, 2, 3, 4]
@@ -42,9 +39,9 @@ def pair(tmp_path_factory):
     from offload.pack import pack
 
     root = tmp_path_factory.mktemp("rel_runtime")
-    target, draft = soak_script.make_tiny_pair(root)
+    target, draft = soak.make_tiny_pair(root)
     store = pack(target, root / "store", dtype="float32", progress=False)
-    ram = soak_script.streaming_budget(store, draft, dtype="float32", max_context=CTX)
+    ram = soak.streaming_budget(store, draft, dtype="float32", max_context=CTX)
     return target, draft, store, ram
 
 
@@ -281,10 +278,10 @@ def test_two_threads_on_one_decoder_are_refused_or_serialised_never_corrupted(pa
 # -- soak (short) ------------------------------------------------------------------------------------
 def test_short_soak_no_thread_or_fd_leak_and_flat_ram(pair):
     _, draft, store, _ = pair
-    ram = soak_script.streaming_budget(store, draft, dtype="float32", max_context=1024)
+    ram = soak.streaming_budget(store, draft, dtype="float32", max_context=1024)
     lm = specdec.load(store, draft=draft, ram=ram, dtype="float32", max_context=1024)
     assert lm.plan.streamed
-    summary = soak_script.soak(lm, turns=6, tokens_per_turn=50, temperature=0.8, log=lambda line: None)
+    summary = soak.soak(lm, turns=6, tokens_per_turn=50, temperature=0.8, log=lambda line: None)
     assert summary["tokens"] == 300
     assert summary["rejected_drafts"] > 50  # many rollbacks
     assert summary["threads"]["end"] <= summary["threads"]["after_turn_1"]

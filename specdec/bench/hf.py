@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .loading import DRAFT_SIDECAR
-from .weights import OUTPUT_IDS
+from ..loading import DRAFT_SIDECAR
+from ..weights import OUTPUT_IDS
 
 TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt")
 

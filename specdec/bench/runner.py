@@ -1,7 +1,7 @@
 """`specdec bench offload`: specdec against the physical floor and transformers + accelerate,
 every contender in its own process under the same RAM cap.
 
-Per workload (specdec/bench_workloads.py) the contenders run in this order:
+Per workload (specdec/bench/workloads.py) the contenders run in this order:
   floor       O_DIRECT read of the bytes one streamed pass reads (+ pass time vs tokens)
   plain       specdec, target streamed, no draft
   chain       specdec speculative, chain drafts
@@ -12,7 +12,7 @@ The accelerate contenders get, as max_memory for target weights, what specdec's 
 the same cap spent on target weights (resident part + pinned layers + stream buffers), so
 both keep the same share of the target in RAM.
 
-The cap: a memory cgroup (offload/memcap.py) with the workload's RAM as limit, covering the
+The cap: a memory cgroup (specdec/bench/memcap.py) with the workload's RAM as limit, covering the
 page cache too; without one, the page cache of the workload's files is evicted before each
 run and the report says the cap was not enforced.
 """
@@ -27,9 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.memcap import MemoryCap, evict_page_cache
-
-from .bench_workloads import Workload
+from .memcap import MemoryCap, evict_page_cache
+from .workloads import Workload
 
 JOB_TIMEOUT_S = 3600
 PASS_TOKENS = [1, 8, 32, 64]
@@ -57,7 +56,7 @@ CONTENDERS = (
 def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
               log=print, only: set[str] | None = None) -> dict:
     """Run every contender (or those named in `only`) on every workload; return the report
-    dict (see bench_report)."""
+    dict (see specdec/bench/report.py)."""
     contenders = [c for c in CONTENDERS if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
@@ -118,7 +117,7 @@ def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
     run when it ran (the plan load() really made), else computed the same way."""
     from offload.budget import BudgetError
 
-    from .bench_workloads import minimum_budget, specdec_plan
+    from .workloads import minimum_budget, specdec_plan
 
     plan = earlier.get("chain" if c.draft else "plain", {}).get("plan")
     if plan:
@@ -139,15 +138,17 @@ def _spawn(job: dict, cap: MemoryCap | None, log_path: Path) -> dict:
         job_file.write_text(json.dumps(job))
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(job["threads"]),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-        cmd = [sys.executable, "-m", "specdec.bench_worker", str(job_file), str(out_file)]
+        cmd = [sys.executable, "-m", "specdec.bench.worker", str(job_file), str(out_file)]
         # The child joins the cgroup before exec, so everything it loads is under the cap.
+        # cwd: the directory holding the `specdec` package, so `-m` finds this very copy
+        # when it runs from a source checkout (an installed copy is found anyway).
         pre = (lambda: cap.add(os.getpid())) if cap else None
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
             try:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=pre, timeout=JOB_TIMEOUT_S,
-                                    cwd=Path(__file__).resolve().parent.parent).returncode
+                                    cwd=Path(__file__).resolve().parents[2]).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         wall = time.perf_counter() - t0
@@ -197,8 +198,8 @@ SYNTHETIC_SIZES = {"llama2-7b": 13.5e9, "qwen2.5-7b": 15.2e9, "llama-1b": 2.2e9}
 
 def cmd_bench_offload(args) -> int:
     """`specdec bench offload`: build the workloads, run, write JSON + markdown + PNGs."""
-    from .bench_report import markdown_table, write_report
-    from .bench_workloads import bench_cache
+    from .report import markdown_table, write_report
+    from .workloads import bench_cache
 
     if args.rebuild:  # re-render a finished run's report (tables, goals, plots) from its JSON
         out = Path(args.rebuild)
@@ -232,7 +233,7 @@ def cmd_bench_offload(args) -> int:
 
 
 def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
-    from .bench_workloads import custom_workload, demo_workload, load_prompt_config, synthetic_workload
+    from .workloads import custom_workload, demo_workload, load_prompt_config, synthetic_workload
 
     if args.target:  # the user's own pair replaces the built-in workloads
         if not args.draft:

@@ -1,7 +1,7 @@
 """One contender of `specdec bench offload`, alone in its process (under the RAM cap the
 parent put it in):
 
-    python -m specdec.bench_worker JOB.json RESULT.json
+    python -m specdec.bench.worker JOB.json RESULT.json
 
 A job names the contender (floor | specdec | hf), the workload's files and budgets, and
 the runs (prompt ids, temperature, seed, max new tokens). Each run's wall time and the
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from offload.iobench import peak_rss_bytes
-from offload.memcap import proc_io
+from .iobench import peak_rss_bytes
+from .memcap import proc_io
 
 WARMUP_TOKENS = 1  # a prefill and one token: enough to touch every code path once
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 def run_floor(job: dict) -> dict:
     """The physical floor: O_DIRECT read of what one pass streams, plus streamed passes
     of 1..64 tokens (pass time vs tokens verified), from specdec's `bench io`."""
-    from .cli_offload import bench_io
+    from .iobench import bench_io
 
     w = job["workload"]
     ram = None if w["stream_all"] else w["ram_bytes"]  # None: bench io streams every layer
@@ -62,7 +62,8 @@ def floor_seconds(f: dict) -> float:
 def _raw_read(store_path: str, n_streamed: int) -> float:
     """One O_DIRECT read of the last `n_streamed` layer files (pinned layers come first)."""
     from offload.format import open_store
-    from offload.iobench import time_raw_read
+
+    from .iobench import time_raw_read
 
     store = open_store(store_path)
     files = [store.layer_file(i) for i in range(store.num_layers - n_streamed, store.num_layers)]
@@ -72,7 +73,7 @@ def _raw_read(store_path: str, n_streamed: int) -> float:
 def run_specdec(job: dict) -> dict:
     import specdec
 
-    from .bench_workloads import minimum_budget
+    from .workloads import minimum_budget
 
     w, c = job["workload"], job["contender"]
     draft = w["draft"] if c.get("draft") else None
@@ -96,7 +97,7 @@ def run_specdec(job: dict) -> dict:
 
 
 def run_hf(job: dict) -> dict:
-    from . import bench_hf
+    from . import hf as bench_hf
 
     w, c = job["workload"], job["contender"]
     dtype = getattr(torch, w["dtype"])

@@ -54,18 +54,10 @@ class MemoryCap:
         (self.path / "cgroup.procs").write_text(str(pid))
 
     def peak_bytes(self) -> int | None:
-        """Peak usage (process memory plus page cache) since the last reset_peak()."""
+        """Peak usage (process memory plus page cache) since the cgroup was made (each
+        contender gets a fresh one)."""
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         return _read_int(self.path / name)
-
-    def reset_peak(self) -> None:
-        try:
-            if self.version == 1:
-                (self.path / "memory.max_usage_in_bytes").write_text("0")
-            else:
-                (self.path / "memory.peak").write_text("0")  # kernels >= 6.12 allow this
-        except OSError:
-            pass  # an older kernel keeps the peak since creation: still an upper bound
 
     def oom_kills(self) -> int:
         if self.version == 1:

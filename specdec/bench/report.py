@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .bench_worker import floor_seconds
+from .worker import floor_seconds
 
 SPECULATIVE = {"chain": "plain", "tree": "plain", "hf_assisted": "hf"}
 GOALS = {"plain_vs_floor": 1.15, "speculative_vs_plain": 3.0, "speculative_vs_hf_assisted": 10.0}
@@ -162,7 +162,7 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
              "ms_per_token_png": out_dir / "ms_per_token.png", "pass_time_png": out_dir / "pass_time.png"}
     _write_atomic(paths["json"], json.dumps(report, indent=1))  # --rebuild rewrites it from itself
     _write_atomic(paths["markdown"], _markdown_doc(report))
-    from .bench_plots import plot_ms_per_token, plot_pass_time
+    from .plots import plot_ms_per_token, plot_pass_time
 
     plot_ms_per_token(rows, paths["ms_per_token_png"])
     plot_pass_time(report, paths["pass_time_png"])

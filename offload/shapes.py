@@ -1,0 +1,112 @@
+"""A Llama-family model's tensors: names, shapes and parameter counts, in one place.
+
+The weight checks (specdec/weights.py), the packer's size estimate (pack.py), the memory
+plan (specdec/session.py) and the synthetic model maker (specdec/bench/synthetic.py) all
+take them from here, so they cannot disagree. Plain integers in, no torch, no specdec:
+`ModelShape.from_config` reads a Hugging Face config dict leniently (the strict parse with
+clear errors is specdec.config.ModelArgs; specdec builds a ModelShape from that).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# "model.layers.12.self_attn.q_proj.weight" -> (12, "self_attn.q_proj.weight")
+LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+
+
+def split_layer_name(name: str) -> tuple[int, str] | None:
+    """(layer index, layer-relative name) of a decoder-layer tensor, else None."""
+    m = LAYER_NAME.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def layer_tensor_name(index: int, name: str) -> str:
+    return f"model.layers.{index}.{name}"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v biases (qwen2)
+    mlp_bias: bool = False
+    qk_norm: bool = False  # per-head RMSNorm on q and k (qwen3)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ModelShape":
+        """From an HF config dict, with the same defaults as specdec.config.ModelArgs.from_hf
+        (no validation: callers that need clear errors parse with ModelArgs first)."""
+        heads = cfg["num_attention_heads"]
+        model_type = cfg.get("model_type")
+        bias = cfg.get("attention_bias")
+        return cls(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                   intermediate_size=cfg["intermediate_size"],
+                   num_layers=cfg["num_hidden_layers"], num_heads=heads,
+                   num_kv_heads=cfg.get("num_key_value_heads") or heads,
+                   head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                   attention_bias=model_type == "qwen2" if bias is None else bool(bias),
+                   mlp_bias=bool(cfg.get("mlp_bias", False)), qk_norm=model_type == "qwen3")
+
+    # -- names and shapes ----------------------------------------------------------------
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Layer-relative name -> shape for one decoder layer, in checkpoint order."""
+        h, inter, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        out = {"input_layernorm.weight": (h,), "self_attn.q_proj.weight": (q, h),
+               "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+               "self_attn.o_proj.weight": (h, q), "post_attention_layernorm.weight": (h,),
+               "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
+               "mlp.down_proj.weight": (h, inter)}
+        if self.attention_bias:
+            out.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+                        "self_attn.v_proj.bias": (kv,)})
+        if self.mlp_bias:
+            out.update({"mlp.gate_proj.bias": (inter,), "mlp.up_proj.bias": (inter,),
+                        "mlp.down_proj.bias": (h,)})
+        if self.qk_norm:
+            out.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)})
+        return out
+
+    def resident_shapes(self, output_rows: int | None = None) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape of the tensors outside the layers. lm_head is listed even when
+        tied (a checkpoint may carry it); `output_rows` sizes a partial output vocabulary."""
+        h, v = self.hidden_size, self.vocab_size
+        return {EMBED: (v, h), FINAL_NORM: (h,), LM_HEAD: (output_rows or v, h)}
+
+    def checkpoint_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(HF name, shape) of a full untied-or-tied checkpoint in file order: embeddings,
+        layers, final norm, then lm_head unless tied."""
+        out = [(EMBED, (self.vocab_size, self.hidden_size))]
+        layer = self.layer_shapes()
+        for i in range(self.num_layers):
+            out += [(layer_tensor_name(i, n), s) for n, s in layer.items()]
+        out.append((FINAL_NORM, (self.hidden_size,)))
+        if not self.tie_word_embeddings:
+            out.append((LM_HEAD, (self.vocab_size, self.hidden_size)))
+        return out
+
+    # -- parameter counts ----------------------------------------------------------------
+    def layer_params(self) -> int:
+        return sum(math.prod(s) for s in self.layer_shapes().values())
+
+    def params(self, output_rows: int | None = None, embeddings: bool = True) -> int:
+        """Parameters held in memory: the layers, the final norm, the embedding table (unless
+        `embeddings` is False: borrowed from elsewhere) and the output layer: its own rows
+        when untied or partial (`output_rows` < vocab_size), none when tied to the table."""
+        h, v = self.hidden_size, self.vocab_size
+        rows = output_rows if output_rows is not None else v
+        total = self.num_layers * self.layer_params() + h
+        total += v * h if embeddings else 0
+        if not self.tie_word_embeddings or rows < v:
+            total += rows * h
+        return total
