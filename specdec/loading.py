@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from offload.checkpoint import CheckpointError, open_checkpoint
+from offload.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 
 from .config import ModelArgs
 from .model import Transformer
@@ -57,13 +57,38 @@ class LoadedModel:
         return ids
 
 
-def load_resident(path: str | Path, dtype: torch.dtype, embeddings_from: LoadedModel | None = None
-                  ) -> LoadedModel:
-    """A checkpoint fully in RAM."""
+@dataclass(frozen=True)
+class OpenedModel:
+    """A checkpoint opened once: its config parsed, its draft sidecar read, no weights read.
+    The memory plan and the loader both work from it (the draft is never opened twice)."""
+    ckpt: Checkpoint
+    args: ModelArgs
+    borrows_embeddings: bool  # DRAFT_SIDECAR: the embedding table comes from the target
+
+    @property
+    def path(self) -> Path:
+        return self.ckpt.path
+
+    def output_rows(self) -> int:
+        """Rows of the output layer: a partial output vocabulary's size (from the safetensors
+        header, no data read) if it has one, else the vocabulary's."""
+        ids = self.ckpt.tensor_shape(OUTPUT_IDS)
+        return ids[0] if ids else self.args.vocab_size
+
+
+def open_model(path: str | Path) -> OpenedModel:
     ckpt = open_checkpoint(path)
     args = ModelArgs.from_hf(ckpt.config, source=str(_config_file(ckpt.path, ckpt.kind)))
+    return OpenedModel(ckpt, args, wants_target_embeddings(ckpt.path))
+
+
+def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
+                  embeddings_from: LoadedModel | None = None) -> LoadedModel:
+    """A checkpoint fully in RAM (`source`: a path, or a checkpoint already opened)."""
+    opened = source if isinstance(source, OpenedModel) else open_model(source)
+    ckpt, args = opened.ckpt, opened.args
     state = ckpt.state_dict()
-    if wants_target_embeddings(ckpt.path):
+    if opened.borrows_embeddings:
         state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
     weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
     del state
@@ -150,5 +175,5 @@ def _mb(n: int) -> int:
     return round(n / 2**20)
 
 
-__all__ = ["LoadedModel", "load_resident", "load_tokenizer", "parse_dtype", "split_state_dict",
+__all__ = ["LoadedModel", "OpenedModel", "open_model", "load_resident", "load_tokenizer", "parse_dtype", "split_state_dict",
            "DRAFT_SIDECAR"]

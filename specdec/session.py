@@ -15,9 +15,10 @@ from offload.prefetch import StreamedWeights
 from .api import SpecDecoder
 from .cache import KVCache
 from .config import ModelArgs
-from .loading import LoadedModel, load_resident, parse_dtype, wants_target_embeddings
+from .demo import demo_pair
+from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .model import Transformer
-from .weights import OUTPUT_IDS, WeightsError, check_complete, check_layer_count, model_shape
+from .weights import WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
@@ -32,7 +33,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
-        No target at all: the offline demo pair (see specdec.demo).
+        No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
     ram: RAM budget ("4GB", "800MB", bytes). For a store without one, a budget is derived
         from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
@@ -45,35 +46,37 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     """
-    if speculation is None:
-        speculation = "chain" if k is not None else DEFAULT_SPECULATION
-    spec = dict(speculation=speculation, tree_nodes=tree_nodes, tree_width=tree_width)
-    if target is None:
-        from .demo import load_demo
-
-        return load_demo(ram=ram, draft=draft, dtype=dtype, max_context=max_context, k=k,
-                         cache_dir=cache_dir, progress=progress, **spec)
+    # Chain unless asked otherwise, whether or not `k` is given (`k` sizes chain drafts only).
+    spec = dict(speculation=DEFAULT_SPECULATION if speculation is None else speculation,
+                tree_nodes=tree_nodes, tree_width=tree_width)
     torch_dtype = parse_dtype(dtype)
+    pack_dtype = dtype
+    if target is None:  # the offline demo pair: its defaults, then the same steps as any target
+        demo = demo_pair(draft, ram, max_context)
+        target, draft, ram, max_context = demo.target, demo.draft, demo.ram, demo.max_context
+        pack_dtype = demo.pack_dtype
+    # 1. resolve the sources; each config (and the draft's sidecar) is read once, here
     target = Path(target).expanduser()
     if not is_store(target) and looks_like_store(target):
         open_store(target)  # a damaged store: raises the store's own error, naming the fix
-    if not is_store(target) and ram is None:
+    drf = open_model(draft) if draft is not None else None
+    if not is_store(target) and ram is None:  # 2. no budget: everything in RAM
         tgt = load_resident(target, torch_dtype)
-        drf = load_resident(draft, torch_dtype, embeddings_from=tgt) if draft is not None else None
-        ctx = _context(max_context, tgt.args)
-        return SpecDecoder(tgt, drf, ctx, k=k, **spec)
-    store_path = target if is_store(target) else packed_store(target, dtype, cache_dir, progress)
-    return _load_streamed(store_path, draft, ram, torch_dtype, max_context, k, spec)
+        drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
+        return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
+    store_path = target if is_store(target) else packed_store(target, pack_dtype, cache_dir, progress)
+    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec)
 
 
-def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context, k, spec
-                   ) -> SpecDecoder:
+def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.dtype,
+                   max_context, k, spec) -> SpecDecoder:
+    """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
                              fix=f"The store is damaged. {REPACK}")
     check_store_matches(store, args)
     ctx = _context(max_context, args)
-    plan = streaming_plan(store, args, draft, ram, dtype, ctx)
+    plan = streaming_plan(store, args, drf, ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None)
@@ -81,8 +84,8 @@ def _load_streamed(store_path: Path, draft, ram, dtype: torch.dtype, max_context
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
                           store.generation_config, tok, f"{store_path.name} streamed from disk")
-        drf = load_resident(draft, dtype, embeddings_from=tgt) if draft is not None else None
-        return SpecDecoder(tgt, drf, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
+        drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
+        return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
     except BaseException:
         weights.close()
@@ -102,15 +105,16 @@ def check_store_matches(store, args: ModelArgs) -> None:
 
 
 def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_context: int):
-    """The MemoryPlan for streaming `store` (config `args`) beside `draft` under `ram`: what
-    load() runs under, and what benchmarks cap other tools at."""
-    draft_args, output_rows = _draft_shape(draft)
+    """The MemoryPlan for streaming `store` (config `args`) beside `draft` (a path, an
+    OpenedModel, or None) under `ram`: what load() runs under, and what benchmarks cap other
+    tools at."""
+    drf = open_model(draft) if draft is not None and not isinstance(draft, OpenedModel) else draft
     store_dtype = store.dtype and parse_dtype(store.dtype)
     # A draft borrowing the target's embedding table shares it when no dtype change copies it.
-    shared = draft is not None and store_dtype == dtype and wants_target_embeddings(Path(draft))
-    return plan_memory(store, ram, draft_bytes=_draft_bytes(draft_args, output_rows, dtype, shared),
+    shared = drf is not None and store_dtype == dtype and drf.borrows_embeddings
+    return plan_memory(store, ram, draft_bytes=_draft_bytes(drf, dtype, shared),
                        kv_bytes_per_token_target=_kv_per_token(args, dtype),
-                       kv_bytes_per_token_draft=_kv_per_token(draft_args, dtype) if draft_args else 0,
+                       kv_bytes_per_token_draft=_kv_per_token(drf.args, dtype) if drf else 0,
                        max_context=max_context)
 
 
@@ -140,26 +144,12 @@ def _kv_per_token(args: ModelArgs, dtype: torch.dtype) -> int:
     return KVCache.nbytes_for(args.num_layers, args.num_kv_heads, args.head_dim, 1, dtype)
 
 
-def _draft_shape(draft) -> tuple[ModelArgs | None, int]:
-    """(the draft's config, rows of its output layer) from its config and safetensors
-    headers, one opening, no weights read; (None, 0) without a draft. The rows are a
-    partial output vocabulary's size if it has one, else the vocabulary's."""
-    if draft is None:
-        return None, 0
-    from offload.checkpoint import open_checkpoint
-
-    ckpt = open_checkpoint(draft)
-    args = ModelArgs.from_hf(ckpt.config, source=str(ckpt.path))
-    ids = ckpt.tensor_shape(OUTPUT_IDS)
-    return args, ids[0] if ids else args.vocab_size
-
-
-def _draft_bytes(args: ModelArgs | None, output_rows: int, dtype: torch.dtype,
-                 shared_embeddings: bool = False) -> int:
-    """RAM the draft's weights take in `dtype`, from its parameter count. A table borrowed
-    from the target counts only when a dtype change copies it (not `shared_embeddings`).
-    A partial output vocabulary's rows are a copy, tied or not."""
-    if args is None:
+def _draft_bytes(drf: OpenedModel | None, dtype: torch.dtype, shared_embeddings: bool = False
+                 ) -> int:
+    """RAM the draft's weights take in `dtype`, from its parameter count (offload/shapes.py).
+    A table borrowed from the target counts only when a dtype change copies it (not
+    `shared_embeddings`). A partial output vocabulary's rows are a copy, tied or not."""
+    if drf is None:
         return 0
-    params = model_shape(args).params(output_rows, embeddings=not shared_embeddings)
+    params = model_shape(drf.args).params(drf.output_rows(), embeddings=not shared_embeddings)
     return params * torch.empty((), dtype=dtype).element_size()

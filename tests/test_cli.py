@@ -78,11 +78,11 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
 
 
 def test_presets_parse_and_name_target_and_draft():
-    from specdec.cli import PRESET_DIR, read_preset
+    from specdec.cli import read_preset
+    from specdec.configs import preset_names
 
-    presets = sorted(PRESET_DIR.glob("*.toml"))
-    pairs = [read_preset(str(p)) for p in presets if p.stem != "demo_prompts"]
-    assert len(pairs) >= 4
+    pairs = [read_preset(name) for name in preset_names()]  # by name: shipped package data
+    assert len(pairs) >= 4 and "demo_prompts" not in preset_names()
     assert all(p["target"] and p["draft"] and p["ram"] for p in pairs)
 
 

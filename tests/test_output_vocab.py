@@ -126,7 +126,8 @@ def test_output_rows_that_disagree_with_the_ids_are_refused(tmp_path):
 
 
 def test_memory_plan_counts_the_copied_output_rows(tmp_path):
-    from specdec.session import _draft_bytes, _draft_shape
+    from specdec.loading import open_model
+    from specdec.session import _draft_bytes
 
     make_tiny_model(tmp_path / "full", "llama")
     restrict_output(tmp_path / "full", tmp_path / "tied", range(10), tie=True)
@@ -139,7 +140,7 @@ def test_memory_plan_counts_the_copied_output_rows(tmp_path):
         real += sum(t.nbytes for layer in model.weights.layers() for t in layer.values())
         if name == "tied":
             real += model.head.nbytes  # the rows copied out of the table
-        assert _draft_bytes(*_draft_shape(path), torch.float32) == real, name
+        assert _draft_bytes(open_model(path), torch.float32) == real, name
 
 
 def test_accelerate_baseline_export_keeps_the_draft_s_choices(tmp_path):
