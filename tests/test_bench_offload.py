@@ -94,13 +94,34 @@ def test_cli_registers_bench_offload():
     assert args.quick and args.threads == 1 and callable(args.handler)
 
 
-def test_evict_and_proc_io(tmp_path):
-    from offload.memcap import evict_page_cache, proc_io
+def test_evict_page_cache_advises_every_file(tmp_path):
+    from specdec.bench.memcap import evict_page_cache
 
-    f = tmp_path / "x.bin"
-    f.write_bytes(b"x" * 8192)
-    assert any("posix_fadvise" in d for d in evict_page_cache([tmp_path]))
-    assert proc_io().get("read_bytes", 0) >= 0
+    (tmp_path / "x.bin").write_bytes(b"x" * 8192)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "y.bin").write_bytes(b"y" * 8192)
+    assert "posix_fadvise(DONTNEED) on 2 files" in evict_page_cache([tmp_path])
+
+
+def test_proc_io_counts_an_uncached_read(tmp_path):
+    """Reading a file of known size with O_DIRECT (the device, not the page cache) raises
+    this process's read_bytes by at least that many bytes: the bench's MB-read column."""
+    from offload.reader import DirectReader, aligned_buffer
+    from specdec.bench.memcap import proc_io
+
+    if "read_bytes" not in proc_io():
+        pytest.skip("/proc/self/io is not readable here (not Linux, or restricted)")
+    size = 4 << 20
+    f = tmp_path / "known.bin"
+    f.write_bytes(bytes(range(256)) * (size // 256))
+    buf = aligned_buffer(size)
+    with DirectReader() as reader:
+        before = proc_io()["read_bytes"]
+        assert reader.read_file(f, buf, size) == size
+        grown = proc_io()["read_bytes"] - before
+        if reader.fallback_files:
+            pytest.skip(f"O_DIRECT refused on {tmp_path}'s filesystem: reads may hit the page cache")
+    assert grown >= size, f"read {size} bytes uncached, /proc/self/io counted {grown}"
 
 
 def test_memory_cap_kills_a_process_over_its_limit():
@@ -109,7 +130,7 @@ def test_memory_cap_kills_a_process_over_its_limit():
     import subprocess
     import sys
 
-    from offload.memcap import MemoryCap
+    from specdec.bench.memcap import MemoryCap
 
     cap = MemoryCap.create(150 * 10**6)
     if cap is None:
