@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..loading import DRAFT_SIDECAR
+from ..loading import wants_target_embeddings
 from ..weights import OUTPUT_IDS
 
 TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt")
@@ -65,7 +65,7 @@ def export_assistant_hf(draft: Path, target_hf: Path, out: Path) -> Path:
     embeddings from the target gets the target's table written into it; a complete HF
     draft is used as it is."""
     draft = Path(draft)
-    if not _borrows_embeddings(draft):
+    if not wants_target_embeddings(draft):
         return draft
     if out.exists() and out.stat().st_mtime >= (draft / "model.safetensors").stat().st_mtime:
         return out
@@ -100,11 +100,6 @@ def _partial_head(full: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | No
     head = torch.zeros_like(full)
     head[ids] = rows if rows is not None else full[ids]
     return head
-
-
-def _borrows_embeddings(draft: Path) -> bool:
-    sidecar = draft / DRAFT_SIDECAR
-    return sidecar.exists() and bool(json.loads(sidecar.read_text()).get("embeddings_from_target"))
 
 
 def _target_tensor(hf_dir: Path, name: str, default=None) -> torch.Tensor:
