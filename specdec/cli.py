@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
