@@ -81,14 +81,14 @@ def _exact_two_token_distribution(path, params):
     lm = specdec.load(path, dtype="float32")
     model = lm.target.model
     cache = model.new_cache(32)
-    p1 = probs_from_logits(model.forward(torch.tensor(PROMPT16), cache)[-1], params)
+    p1 = probs_from_logits(model.forward(torch.tensor(PROMPT16), cache.next_positions(len(PROMPT16)), cache)[-1], params)
     vocab = p1.numel()
     joint = torch.zeros(vocab, vocab)
     for t1 in range(vocab):
         if p1[t1] == 0:
             continue
         cache.crop(len(PROMPT16))
-        p2 = probs_from_logits(model.forward(torch.tensor([t1]), cache)[-1], params)
+        p2 = probs_from_logits(model.forward(torch.tensor([t1]), cache.next_positions(1), cache)[-1], params)
         joint[t1] = p1[t1] * p2
     return joint.flatten()
 
@@ -164,7 +164,7 @@ def test_eos_stops_and_context_limit_is_clear(tmp_path):
 
 
 def test_draft_length_policy_prefers_long_drafts_when_accepted_and_cheap():
-    from specdec.draft import DraftLengthPolicy
+    from specdec.speculate.chain import DraftLengthPolicy
 
     policy = DraftLengthPolicy()
     assert policy.best_k(0.9, t_target=1.0, t_draft=0.01) >= 10
