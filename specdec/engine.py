@@ -139,8 +139,8 @@ class Engine:
         stats.drafted += out.drafted
         stats.accepted += out.accepted
         stats.rejected += out.rejected
-        if out.drafted:
-            stats.k_used.append(out.drafted)
+        if out.size is not None:
+            stats.k_used.append(out.size)
         return out.tokens
 
     def _accept(self, new: list[int]) -> None:

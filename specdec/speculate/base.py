@@ -67,6 +67,7 @@ class Outcome:
     drafted: int = 0           # tokens offered to the target for checking
     accepted: int = 0          # of those, taken
     rejected: bool = False     # the pass ended on a draft the target did not take
+    size: int | None = None    # the draft size this pass chose, for stats.k_used (None: none chosen)
 
 
 class Strategy:

@@ -40,7 +40,8 @@ class Chain(Strategy):
             n, nxt = accept_sampled(drafts, q, probs_from_logits(logits, step.params), step.generator)
         if k > 0 and n_uncached == 1:  # a prefill pass would distort the pass-time estimate
             self.policy.update(k, n, pass_seconds, self.draft_seconds.value)
-        return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k)
+        return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k,
+                       size=k if k > 0 else None)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)

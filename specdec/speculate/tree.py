@@ -79,7 +79,7 @@ class Tree(Strategy):
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
                                                 dtype=torch.long))
         return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
-                       rejected=bool(tree.children(path[-1] if path else -1)))
+                       rejected=bool(tree.children(path[-1] if path else -1)), size=len(tree))
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)
