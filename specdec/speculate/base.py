@@ -23,6 +23,11 @@ works while the target's weights stream (a tree that keeps growing during the pa
 reads and the bf16 matmuls release the GIL) starts that work in `pass_started` and
 collects it in `pass_ended`; the next `plan` uses what it made. No strategy here does
 yet; the defaults do nothing.
+
+Adding a mode: a new module here with a Strategy subclass, and the line in
+api._strategy that builds it from the load settings; the loop does not change. A draft
+that is a quantized copy of the target is a Drafter over that model, so chain or tree
+serve it as they are.
 """
 from __future__ import annotations
 
