@@ -128,12 +128,14 @@ class Engine:
     def _pass(self, step: Step, stats: GenerationStats) -> list[int]:
         plan = self.strategy.plan(step)
         self.strategy.pass_started(step, plan)
-        started, read_before = time.perf_counter(), self.bytes_read()
-        logits = self.target.forward(plan.tokens, plan.positions, self.cache, mask=plan.mask,
-                                     num_logits=plan.num_logits)
-        pass_seconds = time.perf_counter() - started
-        stats.bytes_read += self.bytes_read() - read_before
-        self.strategy.pass_ended(step, plan)
+        try:
+            started, read_before = time.perf_counter(), self.bytes_read()
+            logits = self.target.forward(plan.tokens, plan.positions, self.cache, mask=plan.mask,
+                                         num_logits=plan.num_logits)
+            pass_seconds = time.perf_counter() - started
+            stats.bytes_read += self.bytes_read() - read_before
+        finally:  # work started beside the pass is collected even when the pass fails
+            self.strategy.pass_ended(step, plan)
         out = self.strategy.commit(step, plan, logits, pass_seconds)
         stats.target_passes += 1
         stats.drafted += out.drafted

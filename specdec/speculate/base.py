@@ -95,7 +95,7 @@ class Strategy:
         """The target's forward over `plan` begins (see the module's overlap hook)."""
 
     def pass_ended(self, step: Step, plan: Plan) -> None:
-        """The target's forward over `plan` has returned."""
+        """The target's forward over `plan` has returned, or raised (also called then)."""
 
     def describe(self) -> str:
         """One line for banners: the mode and its settings."""
