@@ -689,10 +689,9 @@ def cmd_eval(args) -> None:
                 lm.reset()
                 out = lm.chat([{"role": "user", "content": p}], max_new_tokens=args.max_new_tokens)
                 s = out.stats
-                eng = lm.engine
                 rows.append({"prompt": p, "ids": out.token_ids, "text": out.text, **s.to_dict(),
-                             "draft_ms_per_token": eng.drafter.seconds_per_token * 1e3 if eng.drafter else 0.0,
-                             "draft_ms_per_tree_forward": eng.tree_cost.draft_forward_seconds * 1e3})
+                             "draft_ms_per_token": 0.0, "draft_ms_per_tree_forward": 0.0,
+                             **lm.engine.strategy.timings()})
                 print(f"[{label} {dtype}] acc {s.acceptance_rate:.2f} (per token {s.token_acceptance:.2f}) "
                       f"tok/pass {s.tokens_per_pass:.2f} "
                       f"passes {s.target_passes} {s.tokens_per_second:.1f} tok/s {p!r}", flush=True)

@@ -7,11 +7,14 @@ from typing import Iterator
 
 import torch
 
-from .draft import Drafter, DraftLengthPolicy
-from .engine import Engine, GenerationStats, TreeSettings
+from .draft import Drafter
+from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
 from .sampling import SamplingParams
+from .speculate import Chain, DraftLengthPolicy, Plain, Strategy, Tree, TreeSettings
 from .text import TextAssembler
+
+SPECULATION_MODES = ("chain", "tree")
 
 
 class VocabularyMismatch(ValueError):
@@ -39,11 +42,9 @@ class SpecDecoder:
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
-        drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
-        self.policy = DraftLengthPolicy(k)
-        tree = _tree_settings(tree_nodes, tree_width)
-        self.engine = Engine(target.model, drafter, max_context, self.policy, bytes_read,
-                             speculation, tree)
+        strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
+                             tree_nodes, tree_width)
+        self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
@@ -185,6 +186,19 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
             f"draft {draft.path} and target {target.path} have different vocabularies "
             f"({len(d)} vs {len(t)} tokens, {differing} entries differ). Speculative decoding "
             "needs a draft from the same model family with the same tokenizer.")
+
+
+def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k: int | None,
+              speculation: str, tree_nodes: int | None, tree_width: int) -> Strategy:
+    """The speculation strategy for these settings (validated even when there is no draft)."""
+    if speculation not in SPECULATION_MODES:
+        raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
+    policy = DraftLengthPolicy(k)
+    tree = _tree_settings(tree_nodes, tree_width)
+    if draft is None:
+        return Plain()
+    drafter = Drafter(draft.model, max_context, target_vocab)
+    return Tree(drafter, tree) if speculation == "tree" else Chain(drafter, policy)
 
 
 def _tree_settings(nodes: int | None, width: int) -> TreeSettings:

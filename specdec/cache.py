@@ -4,7 +4,8 @@ Slots are storage positions 0..length-1; each slot also records the rope positio
 its token, which equals the slot for chain decoding and the depth for tree nodes. The
 model writes a forward's keys/values at slots [length, length+T) and attends to
 [0, length+T); `commit(T)` then makes them part of the context. Rollback is `crop(n)`;
-tree verification keeps an arbitrary subset of the new slots with `keep(slots)`.
+tree verification keeps an arbitrary subset of the new slots with `keep(start, slots)`.
+New tokens continue at `next_positions(n)`; `causal_mask(n)` is their default visibility.
 """
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.positions.nbytes
 
+    def next_positions(self, n: int) -> torch.Tensor:
+        """Rope positions for n tokens that continue the cached context in order: the one
+        place positions are derived from the cache (a tree offsets its nodes from these)."""
+        first = int(self.positions[self.length - 1]) + 1 if self.length else 0
+        return torch.arange(first, first + n)
+
+    def causal_mask(self, n: int) -> torch.Tensor:
+        """[n, length + n] bool: n new tokens in order, each seeing every cached entry, itself
+        and the new tokens before it (the mask `forward` uses when given none)."""
+        mask = torch.ones(n, self.length + n, dtype=torch.bool)
+        mask[:, self.length:] = torch.ones(n, n, dtype=torch.bool).tril()
+        return mask
+
     def reserve(self, positions: torch.Tensor) -> None:
         """Record rope positions for the next T slots (before a forward writes them)."""
         end = self.length + positions.numel()
@@ -61,8 +75,13 @@ class KVCache:
 
     def keep(self, start: int, slots: torch.Tensor) -> None:
         """Keep only `slots` (absolute, ascending, all >= start) of the entries past `start`,
-        moved to consecutive slots from `start`: compaction after tree verification."""
+        moved to consecutive slots from `start`: compaction after tree verification. With no
+        slots this is crop(start)."""
+        if not 0 <= start <= self.length:
+            raise ValueError(f"keep({start}, ...) outside the cache's 0..{self.length}")
         n = slots.numel()
+        if n and (int(slots.min()) < start or int(slots.max()) >= self.length):
+            raise ValueError(f"keep: slots must lie in [{start}, {self.length}), got {slots.tolist()}")
         self.k[:, :, start:start + n] = self.k[:, :, slots]
         self.v[:, :, start:start + n] = self.v[:, :, slots]
         self.positions[start:start + n] = self.positions[slots]

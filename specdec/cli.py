@@ -127,11 +127,7 @@ def banner(lm) -> str:
 
 
 def _speculation_text(lm) -> str:
-    engine = lm.engine
-    if engine.speculation == "tree":
-        size = engine.tree.max_nodes if engine.tree.fixed else f"<= {engine.tree.max_nodes} (cost model)"
-        return f"tree speculation, {size} nodes, width {engine.tree.width}"
-    return f"chain speculation, k {'adaptive' if lm.policy.fixed is None else lm.policy.fixed}"
+    return lm.engine.strategy.describe()
 
 
 def cmd_chat(args) -> int:

@@ -1,11 +1,11 @@
-"""The decoding loop: draft -> verify in one target pass -> roll back -> emit.
+"""The decoding loop: plan -> one target pass -> commit -> emit.
 
-State is the token context plus the two caches. The target cache always holds the
-context minus its last token (the "pending" token, fed at the start of the next pass),
-so a pass feeds [uncached context..., drafts...] and its last k+1 logits score the
-drafts and give the next token. A new prompt that shares a prefix with the context
-(the next chat turn) reuses both caches up to the shared prefix. With no drafter (or
-k = 0) this is plain decoding on the same runtime.
+State is the token context plus the target's KV cache. The target cache always holds the
+context minus its last token (the "pending" token, fed at the start of the next pass).
+What a pass feeds beyond the uncached context, and how its logits turn into accepted
+tokens, is the strategy's business (specdec.speculate: plain, chain, tree); the engine
+keeps the loop, the stop rules and the stats. A new prompt that shares a prefix with the
+context (the next chat turn) reuses the caches up to the shared prefix.
 """
 from __future__ import annotations
 
@@ -15,22 +15,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from .draft import Drafter, DraftLengthPolicy
 from .model import Transformer
-from .sampling import SamplingParams, probs_from_logits
-from .tree import TreeCostModel
-from .verify import accept_greedy, accept_sampled, accept_tree
-
-SPECULATION_MODES = ("chain", "tree")
-
-
-@dataclass
-class TreeSettings:
-    """Tree speculation: up to `max_nodes` drafted tokens per pass (exactly that many when
-    `fixed`), each node offering its `width` most probable children."""
-    max_nodes: int = 64
-    width: int = 4
-    fixed: bool = False
+from .sampling import SamplingParams
+from .speculate.base import Step, Strategy
 
 
 class ContextLimitError(ValueError):
@@ -84,19 +71,12 @@ class GenerationStats:
 
 
 class Engine:
-    def __init__(self, target: Transformer, drafter: Drafter | None, max_context: int,
-                 policy: DraftLengthPolicy, bytes_read: Callable[[], int] = lambda: 0,
-                 speculation: str = "chain", tree: TreeSettings | None = None):
-        if speculation not in SPECULATION_MODES:
-            raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
-        self.speculation = speculation
-        self.tree = tree or TreeSettings()
-        self.tree_cost = TreeCostModel()
+    def __init__(self, target: Transformer, strategy: Strategy, max_context: int,
+                 bytes_read: Callable[[], int] = lambda: 0):
         self.target = target
-        self.drafter = drafter
+        self.strategy = strategy
         self.cache = target.new_cache(max_context)
         self.max_context = max_context
-        self.policy = policy
         self.bytes_read = bytes_read
         self.context: list[int] = []
 
@@ -117,10 +97,7 @@ class Engine:
                 if room <= 0:
                     stats.stop_reason = "context_full"
                     break
-                if self.drafter is not None and self.speculation == "tree":
-                    new = self._step_tree(room - 1, params, generator, stats)
-                else:
-                    new = self._step(min(self._k(), room - 1), params, generator, stats)
+                new = self._pass(Step(self.context, self.cache, room, params, generator), stats)
                 new, stopped = _cut_at_stop(new, stop_ids)
                 new = new[:budget_end - len(self.context)]
                 self._accept(new)
@@ -148,68 +125,25 @@ class Engine:
         self._rollback(min(shared, len(prompt) - 1))
         return len(prompt) - self.cache.length
 
-    def _k(self) -> int:
-        return self.policy.k if self.drafter is not None else 0
-
-    def _step(self, k: int, params, generator, stats: GenerationStats) -> list[int]:
-        drafts, q = torch.zeros(0, dtype=torch.long), None
-        draft_seconds = 0.0
-        if k > 0:
-            drafts, q = self.drafter.propose(self.context, k, params, generator)
-            draft_seconds = self.drafter.seconds_per_token
-        uncached = self.context[self.cache.length:]
-        feed = torch.cat([torch.tensor(uncached, dtype=torch.long), drafts])
-        started, read_before = time.perf_counter(), self.bytes_read()
-        logits = self.target.forward(feed, self.cache, num_logits=k + 1)
-        pass_seconds = time.perf_counter() - started
-        stats.bytes_read += self.bytes_read() - read_before
-        if params.greedy:
-            n, nxt = accept_greedy(drafts, logits)
-        else:
-            n, nxt = accept_sampled(drafts, q, probs_from_logits(logits, params), generator)
+    def _pass(self, step: Step, stats: GenerationStats) -> list[int]:
+        plan = self.strategy.plan(step)
+        self.strategy.pass_started(step, plan)
+        try:
+            started, read_before = time.perf_counter(), self.bytes_read()
+            logits = self.target.forward(plan.tokens, plan.positions, self.cache, mask=plan.mask,
+                                         num_logits=plan.num_logits)
+            pass_seconds = time.perf_counter() - started
+            stats.bytes_read += self.bytes_read() - read_before
+        finally:  # work started beside the pass is collected even when the pass fails
+            self.strategy.pass_ended(step, plan)
+        out = self.strategy.commit(step, plan, logits, pass_seconds)
         stats.target_passes += 1
-        stats.drafted += k
-        stats.accepted += n
-        stats.rejected += n < k
-        if k > 0:
-            stats.k_used.append(k)
-            if len(uncached) == 1:  # a prefill pass would distort the pass-time estimate
-                self.policy.update(k, n, pass_seconds, draft_seconds)
-        return drafts[:n].tolist() + [nxt]
-
-    def _step_tree(self, room: int, params, generator, stats: GenerationStats) -> list[int]:
-        uncached = self.context[self.cache.length:]
-        settings = self.tree
-        tree = self.drafter.build_tree(self.context, min(settings.max_nodes, room), settings.width,
-                                       params, self.tree_cost, len(uncached), settings.fixed)
-        start, n_ctx, n_tree = self.cache.length, len(uncached), len(tree)
-        first_pos = int(self.cache.positions[start - 1]) + 1 if start else 0
-        root_pos = first_pos + n_ctx - 1
-        positions = torch.tensor(list(range(first_pos, root_pos + 1)) + [root_pos + d for d in tree.depths])
-        mask = torch.ones(n_ctx + n_tree, start + n_ctx + n_tree, dtype=torch.bool)
-        mask[:n_ctx, start:] = torch.ones(n_ctx, n_ctx + n_tree, dtype=torch.bool).tril()
-        mask[n_ctx:] = tree.attention_mask(start + n_ctx, 0, n_tree)
-        feed = torch.tensor(uncached + tree.tokens, dtype=torch.long)
-        started, read_before = time.perf_counter(), self.bytes_read()
-        logits = self.target.forward(feed, self.cache, positions=positions, tree_mask=mask,
-                                     num_logits=n_tree + 1)
-        self.tree_cost.observe_pass(len(feed), time.perf_counter() - started)
-        stats.bytes_read += self.bytes_read() - read_before
-        path, nxt = accept_tree(tree, logits, params, generator)
-        self.tree_cost.observe_walk(tree, path, nxt)
-        # Compaction: the accepted path's entries move to consecutive slots after the
-        # context in both caches; the other branches are dropped.
-        ctx_end = start + n_ctx
-        self.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
-        base = len(self.context)
-        in_draft = [base + i for i in path if i < tree.forwarded]
-        self.drafter.cache.keep(base, torch.tensor(in_draft, dtype=torch.long))
-        stats.target_passes += 1
-        stats.drafted += n_tree
-        stats.accepted += len(path)
-        stats.rejected += bool(tree.children(path[-1] if path else -1))
-        stats.k_used.append(n_tree)
-        return [tree.tokens[i] for i in path] + [nxt]
+        stats.drafted += out.drafted
+        stats.accepted += out.accepted
+        stats.rejected += out.rejected
+        if out.size is not None:
+            stats.k_used.append(out.size)
+        return out.tokens
 
     def _accept(self, new: list[int]) -> None:
         self.context.extend(new)
@@ -219,8 +153,7 @@ class Engine:
         """Caches keep at most the first `valid` context tokens (rejected drafts go)."""
         valid = max(valid, 0)
         self.cache.crop(min(self.cache.length, valid))
-        if self.drafter is not None:
-            self.drafter.rollback(valid)
+        self.strategy.rollback(valid)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -20,6 +20,14 @@ from .config import ModelArgs
 from .weights import output_layer
 
 
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Every weight matmul goes through here. A weight that is not a plain tensor (a
+    quantized encoding) brings its own kernel: `weight.linear(x, bias)`."""
+    if not isinstance(weight, torch.Tensor):
+        return weight.linear(x, bias)
+    return F.linear(x, weight, bias)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise in float32, scale in the weight's dtype (the dtype the matmuls run in)."""
     x32 = x.float()
@@ -67,35 +75,34 @@ class Transformer:
         return KVCache(a.num_layers, a.num_kv_heads, a.head_dim, max_len, self.dtype)
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
-                tree_mask: torch.Tensor | None = None, last_only: bool = False,
-                num_logits: int | None = None) -> torch.Tensor:
-        """Run T new tokens after the cache's context; return float32 logits [T, vocab]
-        (only the last `num_logits` rows if given; last_only means 1). `positions` defaults
-        to consecutive after the context. `tree_mask` (bool, True = may attend) is either
-        [T, T], replacing causal order among the new tokens, or [T, context+T], replacing
-        all visibility (a draft tree whose cached branches must not see each other). The
-        new keys/values are committed to the cache."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                mask: torch.Tensor | None = None, num_logits: int | None = None) -> torch.Tensor:
+        """Run T new tokens after the cache's entries; return float32 logits [T, vocab]
+        (only the last `num_logits` rows if given). `positions` [T] are the tokens' rope
+        positions (`cache.next_positions` for the usual consecutive case). `mask` (bool
+        [T, cache.length + T], True = may attend) is the full visibility over the cached
+        entries and the new tokens; None means causal (`cache.causal_mask`). Mistral's
+        sliding window applies on top of either. The new keys/values are committed."""
         tokens = tokens.reshape(-1)
         n = tokens.numel()
-        start = cache.length
-        if positions is None:
-            first = int(cache.positions[start - 1]) + 1 if start else 0
-            positions = torch.arange(first, first + n)
+        positions = positions.reshape(-1)
+        if positions.numel() != n:
+            raise ValueError(f"forward got {n} tokens but {positions.numel()} positions")
+        if mask is not None and tuple(mask.shape) != (n, cache.length + n):
+            raise ValueError(f"mask must be [{n}, {cache.length + n}] (new tokens x cached + new), "
+                             f"got {list(mask.shape)}")
         cache.reserve(positions)
         cos, sin = self._rope(positions)
-        mask = self._mask(cache, n, tree_mask)
+        mask = self._mask(cache, n, mask)
         res = self.weights.resident
         h = F.embedding(tokens, res["model.embed_tokens.weight"]).float()  # residual in float32
         for i, w in enumerate(self.weights.layers()):
             h = self._layer(h, w, i, cache, cos, sin, mask)
         cache.commit(n)
-        if last_only:
-            num_logits = 1
         if num_logits is not None:
             h = h[n - num_logits:]
         h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)  # back to compute dtype
-        logits = F.linear(h, self.head).float()
+        logits = linear(h, self.head).float()
         if self.output_ids is None:
             return logits
         # A partial output vocabulary: ids outside it get probability 0 (logit -inf).
@@ -107,16 +114,12 @@ class Transformer:
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
-    def _mask(self, cache: KVCache, n: int, tree_mask: torch.Tensor | None) -> torch.Tensor | None:
+    def _mask(self, cache: KVCache, n: int, mask: torch.Tensor | None) -> torch.Tensor | None:
         start = cache.length
         window = self.args.sliding_window
-        if n == 1 and tree_mask is None and (window is None or start < window):
+        if n == 1 and mask is None and (window is None or start < window):
             return None  # one token seeing its whole context: no mask needed
-        if tree_mask is not None and tree_mask.shape[1] == start + n:
-            mask = tree_mask.clone()
-        else:
-            mask = torch.ones(n, start + n, dtype=torch.bool)
-            mask[:, start:] = tree_mask if tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
+        mask = cache.causal_mask(n) if mask is None else mask.clone()
         if window is not None:
             pos = cache.positions[:start + n]
             mask &= (pos[start:, None] - pos[None, :]) < window
@@ -126,16 +129,16 @@ class Transformer:
         eps = self.args.rms_norm_eps
         h = h + self._attention(rms_norm(h, w["input_layernorm.weight"], eps), w, i, cache, cos, sin, mask)
         x = rms_norm(h, w["post_attention_layernorm.weight"], eps)
-        gate = F.linear(x, w["mlp.gate_proj.weight"], w.get("mlp.gate_proj.bias"))
-        up = F.linear(x, w["mlp.up_proj.weight"], w.get("mlp.up_proj.bias"))
-        return h + F.linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias")).float()
+        gate = linear(x, w["mlp.gate_proj.weight"], w.get("mlp.gate_proj.bias"))
+        up = linear(x, w["mlp.up_proj.weight"], w.get("mlp.up_proj.bias"))
+        return h + linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias")).float()
 
     def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
         a = self.args
         n = x.shape[0]
-        q = F.linear(x, w["self_attn.q_proj.weight"], w.get("self_attn.q_proj.bias")).view(n, a.num_heads, a.head_dim)
-        k = F.linear(x, w["self_attn.k_proj.weight"], w.get("self_attn.k_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
-        v = F.linear(x, w["self_attn.v_proj.weight"], w.get("self_attn.v_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
+        q = linear(x, w["self_attn.q_proj.weight"], w.get("self_attn.q_proj.bias")).view(n, a.num_heads, a.head_dim)
+        k = linear(x, w["self_attn.k_proj.weight"], w.get("self_attn.k_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
+        v = linear(x, w["self_attn.v_proj.weight"], w.get("self_attn.v_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
         if a.qk_norm:
             q = rms_norm(q, w["self_attn.q_norm.weight"], a.rms_norm_eps)
             k = rms_norm(k, w["self_attn.k_norm.weight"], a.rms_norm_eps)
@@ -145,6 +148,6 @@ class Transformer:
         keys, values = cache.write(i, k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              enable_gqa=a.num_heads != a.num_kv_heads)
-        out = F.linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"],
+        out = linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"],
                        w.get("self_attn.o_proj.bias"))
         return out.float()

@@ -41,7 +41,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
     speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
         or faster on the demo pair, README Benchmarks) or "tree" (a best-first draft tree
-        verified in one pass; see specdec/tree.py; `k` does not apply to it).
+        verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it).
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).

@@ -28,8 +28,8 @@ def test_logits_match_transformers_prompt_and_incremental(tmp_path, family):
     with torch.no_grad():
         expected = ref(ids[None]).logits[0]
     cache = model.new_cache(64)
-    prompt = model.forward(ids[:16], cache)
-    steps = torch.cat([model.forward(ids[i:i + 1], cache) for i in range(16, 24)])
+    prompt = model.forward(ids[:16], cache.next_positions(16), cache)
+    steps = torch.cat([model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(16, 24)])
     assert (prompt - expected[:16]).abs().max() <= 1e-4
     assert (steps - expected[16:]).abs().max() <= 1e-4
 
@@ -41,7 +41,7 @@ def test_bf16_logits_within_documented_tolerance(tmp_path, family):
     ids = torch.randint(0, 96, (12,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = ref(ids[None]).logits[0]
-    got = model.forward(ids, model.new_cache(32))
+    got = model.forward(ids, torch.arange(12), model.new_cache(32))
     assert got.dtype == torch.float32
     assert (got - expected).abs().max() <= BF16_TOL
 
@@ -55,13 +55,13 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
     with torch.no_grad():
         expected = ref(ids[None]).logits[0]
     cache = model.new_cache(64)
-    got = torch.cat([model.forward(ids[:20], cache)] +
-                    [model.forward(ids[i:i + 1], cache) for i in range(20, 30)])
+    got = torch.cat([model.forward(ids[:20], cache.next_positions(20), cache)] +
+                    [model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(20, 30)])
     assert (got - expected).abs().max() <= 1e-4
     # The window matters: without it the logits would differ.
     full = our_model(tmp_path, torch.float32)
     full.args = ModelArgs(**{**full.args.__dict__, "sliding_window": None})
-    assert (full.forward(ids, full.new_cache(64)) - expected).abs().max() > 1e-3
+    assert (full.forward(ids, torch.arange(len(ids)), full.new_cache(64)) - expected).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,14 +85,14 @@ def test_cache_crop_then_reforward_equals_fresh(tmp_path):
     model = our_model(tmp_path, torch.float32)
     ids = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
     cache = model.new_cache(32)
-    model.forward(ids[:10], cache)
-    model.forward(torch.tensor([5, 6, 7, 8]), cache)  # rejected drafts
+    model.forward(ids[:10], cache.next_positions(10), cache)
+    model.forward(torch.tensor([5, 6, 7, 8]), cache.next_positions(4), cache)  # rejected drafts
     cache.crop(10)
-    rolled = model.forward(ids[10:], cache)
+    rolled = model.forward(ids[10:], cache.next_positions(10), cache)
     # A fresh cache fed the same chunks: the rejected drafts must leave no trace at all.
     fresh_cache = model.new_cache(32)
-    model.forward(ids[:10], fresh_cache)
-    fresh = model.forward(ids[10:], fresh_cache)
+    model.forward(ids[:10], fresh_cache.next_positions(10), fresh_cache)
+    fresh = model.forward(ids[10:], fresh_cache.next_positions(10), fresh_cache)
     assert torch.equal(rolled, fresh)
     assert torch.equal(cache.k[:, :, :20], fresh_cache.k[:, :, :20])
     assert torch.equal(cache.v[:, :, :20], fresh_cache.v[:, :, :20])

@@ -55,7 +55,8 @@ def test_streamed_logits_equal_resident_exactly(packed, pinned, ring):
         c_res, c_str = m_res.new_cache(64), m_str.new_cache(64)
         for tokens in ([3, 1, 4, 1, 5, 9], [2], [6, 5, 3]):  # prefill, then decode steps
             t = torch.tensor(tokens)
-            assert torch.equal(m_res.forward(t, c_res), m_str.forward(t, c_str))
+            assert torch.equal(m_res.forward(t, c_res.next_positions(len(t)), c_res),
+                               m_str.forward(t, c_str.next_positions(len(t)), c_str))
         assert streamed.stats.passes == 3
         per_pass = streamed.streamed_bytes_per_pass
         assert streamed.stats.bytes_read >= 2 * per_pass  # each pass re-reads the streamed layers

@@ -36,7 +36,7 @@ def restrict_output(src, dst, ids, tie: bool = False):
 
 def _logits(path, tokens):
     model = specdec.load(path, dtype="float32").target.model
-    return model.forward(torch.tensor(tokens), model.new_cache(32))
+    return model.forward(torch.tensor(tokens), torch.arange(len(tokens)), model.new_cache(32))
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -164,7 +164,7 @@ def test_accelerate_baseline_export_keeps_the_draft_s_choices(tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor([PROMPT])).logits[0]
     lm = specdec.load(tmp_path / "target", draft=draft, dtype="float32")
-    ours = lm.draft.model.forward(torch.tensor(PROMPT), lm.draft.model.new_cache(32))
+    ours = lm.draft.model.forward(torch.tensor(PROMPT), torch.arange(len(PROMPT)), lm.draft.model.new_cache(32))
     # bf16 export: close, not equal
     torch.testing.assert_close(theirs[:, ids], ours[:, ids], atol=0.05, rtol=0.05)
     assert (theirs[:, :40] == 0).all()
@@ -191,8 +191,8 @@ def test_borrowed_untied_head_keeps_only_the_listed_rows(tmp_path):
     ids = [0, 7, 8, 50, 95]
     target, draft = _borrowing_draft(tmp_path, ids)
     lm = specdec.load(target, draft=draft, dtype="float32")
-    want = lm.target.model.forward(torch.tensor(PROMPT), lm.target.model.new_cache(32))
-    got = lm.draft.model.forward(torch.tensor(PROMPT), lm.draft.model.new_cache(32))
+    want = lm.target.model.forward(torch.tensor(PROMPT), torch.arange(len(PROMPT)), lm.target.model.new_cache(32))
+    got = lm.draft.model.forward(torch.tensor(PROMPT), torch.arange(len(PROMPT)), lm.draft.model.new_cache(32))
     torch.testing.assert_close(got[:, ids], want[:, ids])
     assert torch.isneginf(got).sum() == got.shape[0] * (96 - len(ids))
 

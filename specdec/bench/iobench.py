@@ -103,7 +103,7 @@ def _stream_only_seconds(weights, repeat: int) -> float:
 
 def _pass(model, cache, n: int) -> None:
     cache.crop(0)
-    model.forward(torch_tokens(n, model.args.vocab_size), cache, last_only=False)
+    model.forward(torch_tokens(n, model.args.vocab_size), cache.next_positions(n), cache)
 
 
 def torch_tokens(n: int, vocab: int):

@@ -1,4 +1,5 @@
 """Draft trees and the cost model that sizes them. Pure tensor code: imports no model.
+The tree strategy (speculate/tree.py) builds, feeds and verifies them.
 
 A tree hangs below the root (the last context token). Node i has a token, a parent
 (-1 = the root), a depth (1 for the root's children), its rank among the draft's
@@ -18,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
+from .ema import Ema
 
 
 @dataclass
@@ -87,12 +90,19 @@ class TreeCostModel:
     streamed target b is small (the read dominates), which is why big trees pay.
     """
 
-    def __init__(self, history: int = 32, max_rank: int = 64):
+    def __init__(self, width: int, history: int = 32):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"tree width must be a positive integer, got {width!r}")
         self.samples: list[tuple[int, float]] = []
         self.history = history
-        self.draft_forward_seconds = 0.0  # EMA of one batched draft forward
-        self.hits = [0.0] * max_rank
-        self.visits = [0.0] * max_rank
+        self._draft_forward = Ema()  # one batched draft forward
+        # One slot per rank a node's children can have (ranks 0..width-1).
+        self.hits = [0.0] * width
+        self.visits = [0.0] * width
+
+    @property
+    def draft_forward_seconds(self) -> float:
+        return self._draft_forward.value
 
     def rank_logp(self, rank: int) -> float:
         """log P(the target's token at a node is the draft's rank-`rank` proposal)."""
@@ -113,8 +123,7 @@ class TreeCostModel:
         self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
 
     def observe_draft(self, seconds: float) -> None:
-        d = self.draft_forward_seconds
-        self.draft_forward_seconds = seconds if d == 0 else 0.8 * d + 0.2 * seconds
+        self._draft_forward.update(seconds)
 
     def pass_seconds(self, tokens: int) -> float:
         a, b = self._fit()

@@ -1,0 +1,125 @@
+"""Chain speculation: the draft proposes k tokens in a row, the target checks them in one
+pass (rejection sampling, specdec.verify), and k is chosen per pass by DraftLengthPolicy."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..draft import Drafter
+from ..sampling import SamplingParams, probs_from_logits, sample
+from ..verify import accept_greedy, accept_sampled
+from .base import Outcome, Plan, Step, Strategy
+from .ema import Ema
+
+
+class Chain(Strategy):
+    name = "chain"
+
+    def __init__(self, drafter: Drafter, policy: "DraftLengthPolicy"):
+        self.drafter = drafter
+        self.policy = policy
+        self.draft_seconds = Ema()  # one draft token: a one-token forward + the pick
+
+    def plan(self, step: Step) -> Plan:
+        k = min(self.policy.k, step.room - 1)
+        drafts, q = torch.zeros(0, dtype=torch.long), None
+        if k > 0:
+            drafts, q = self.propose(step.context, k, step.params, step.generator)
+        uncached = step.uncached
+        feed = torch.cat([torch.tensor(uncached, dtype=torch.long), drafts])
+        return Plan(feed, step.cache.next_positions(feed.numel()), num_logits=k + 1,
+                    state=(drafts, q, len(uncached)))
+
+    def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
+        drafts, q, n_uncached = plan.state
+        k = drafts.numel()
+        if step.params.greedy:
+            n, nxt = accept_greedy(drafts, logits)
+        else:
+            n, nxt = accept_sampled(drafts, q, probs_from_logits(logits, step.params), step.generator)
+        if k > 0 and n_uncached == 1:  # a prefill pass would distort the pass-time estimate
+            self.policy.update(k, n, pass_seconds, self.draft_seconds.value)
+        return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k,
+                       size=k if k > 0 else None)
+
+    def rollback(self, valid: int) -> None:
+        self.drafter.keep(valid)
+
+    def propose(self, context: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft k tokens after `context`: (tokens [k], q [k, target vocab] or None if greedy).
+        The draft first catches up on context tokens it has not seen (a new prompt, or the
+        target's token after a pass), so its cache always ends one behind the drafts."""
+        fed = len(context) - self.drafter.cache.length
+        started = time.perf_counter()
+        logits = self.drafter.catch_up(context)
+        # A draft token costs one forward plus picking from its logits. The catch-up
+        # forward counts when it is a decode step (1-2 tokens), not a prompt prefill.
+        timed = fed <= 2
+        tokens, dists = [], []
+        for i in range(k):
+            logits = self.drafter.align(logits)
+            if params.greedy:
+                tokens.append(int(logits.argmax()))
+            else:
+                dist = probs_from_logits(logits, params)
+                dists.append(dist)
+                tokens.append(int(sample(dist, generator)))
+            if timed:
+                self.draft_seconds.update(time.perf_counter() - started)
+            if i < k - 1:
+                started, timed = time.perf_counter(), True
+                logits = self.drafter.forward(torch.tensor(tokens[-1:]))[-1]
+        q = torch.stack(dists) if dists else None
+        return torch.tensor(tokens, dtype=torch.long), q
+
+    def describe(self) -> str:
+        return f"chain speculation, k {'adaptive' if self.policy.fixed is None else self.policy.fixed}"
+
+    def timings(self) -> dict[str, float]:
+        return {"draft_ms_per_token": self.draft_seconds.value * 1e3}
+
+
+class DraftLengthPolicy:
+    """Chooses k to maximise expected tokens per second.
+
+    With per-token acceptance a, a pass with k drafts yields E(k) = (1 - a^(k+1)) / (1 - a)
+    tokens and costs T_target + k * T_draft. We estimate a from (accepted, rejected)
+    counts with exponential forgetting, T_target and T_draft from measured times (EMA),
+    and pick the k in [1, k_max] with the best E(k) / cost. A fixed k skips all this.
+    """
+
+    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9):
+        if k is not None and not (isinstance(k, int) and k >= 0):
+            raise ValueError(f"k must be an integer >= 0 (0 = plain decoding), got {k!r}")
+        self.fixed = k
+        self.k_max = k_max
+        self.k = k if k is not None else k_start
+        self.decay = decay
+        self.accepted = 1.0  # weak prior: a = 0.5
+        self.rejected = 1.0
+        self._target_seconds = Ema()
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    @property
+    def target_seconds(self) -> float:
+        return self._target_seconds.value
+
+    def update(self, drafted: int, accepted: int, target_seconds: float, draft_seconds: float) -> int:
+        if drafted:
+            self.accepted = self.decay * self.accepted + accepted
+            self.rejected = self.decay * self.rejected + (1 if accepted < drafted else 0)
+        self._target_seconds.update(target_seconds)
+        if self.fixed is None:
+            self.k = self.best_k(self.acceptance, self.target_seconds, draft_seconds)
+        return self.k
+
+    def best_k(self, a: float, t_target: float, t_draft: float) -> int:
+        a = min(a, 0.999)
+        def rate(k):
+            return (1 - a ** (k + 1)) / (1 - a) / (t_target + k * t_draft + 1e-9)
+        return max(range(1, self.k_max + 1), key=rate)

@@ -1,0 +1,159 @@
+"""Tree speculation (SpecExec-style): the draft grows a best-first tree of candidate
+continuations, the target scores every node in one pass (tree attention), and the
+target's own draws walk down it (verify.accept_tree). The tree and its cost model live
+in tree_model.py; this module builds the tree, lays it out for the target and compacts
+both caches to the accepted path."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..draft import Drafter
+from ..sampling import SamplingParams, probs_from_logits
+from ..verify import accept_tree
+from .base import Outcome, Plan, Step, Strategy
+from .tree_model import DraftTree, TreeCostModel
+
+
+@dataclass
+class TreeSettings:
+    """Tree speculation: up to `max_nodes` drafted tokens per pass (exactly that many when
+    `fixed`), each node offering its `width` most probable children."""
+    max_nodes: int = 64
+    width: int = 4
+    fixed: bool = False
+
+    def __post_init__(self):
+        for name in ("max_nodes", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tree {name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class _Pass:
+    tree: DraftTree
+    n_context: int   # uncached context tokens fed before the tree
+
+
+class Tree(Strategy):
+    name = "tree"
+
+    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, batch: int = 8):
+        self.drafter = drafter
+        self.settings = settings or TreeSettings()
+        self.cost = TreeCostModel(self.settings.width)
+        self.batch = batch
+
+    def plan(self, step: Step) -> Plan:
+        s = self.settings
+        uncached = step.uncached
+        n_ctx = len(uncached)
+        tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
+                          step.params, self.cost, n_ctx, s.fixed, self.batch)
+        n_tree = len(tree)
+        cache = step.cache
+        ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
+        positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), tree.depths)])
+        # Context tokens see in order and never see the tree; a node sees the whole context
+        # and its own ancestors.
+        mask = cache.causal_mask(n_ctx + n_tree)
+        mask[n_ctx:] = tree.attention_mask(cache.length + n_ctx, 0, n_tree)
+        feed = torch.tensor(uncached + tree.tokens, dtype=torch.long)
+        return Plan(feed, positions, mask, num_logits=n_tree + 1, state=_Pass(tree, n_ctx))
+
+    def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
+        tree = plan.state.tree
+        self.cost.observe_pass(plan.tokens.numel(), pass_seconds)
+        path, nxt = accept_tree(tree, logits, step.params, step.generator)
+        self.cost.observe_walk(tree, path, nxt)
+        # Compaction: the accepted path's entries move to consecutive slots after the
+        # context in both caches; the other branches are dropped.
+        ctx_end = len(step.context)
+        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
+        self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
+                                                dtype=torch.long))
+        return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
+                       rejected=bool(tree.children(path[-1] if path else -1)), size=len(tree))
+
+    def rollback(self, valid: int) -> None:
+        self.drafter.keep(valid)
+
+    def describe(self) -> str:
+        s = self.settings
+        size = s.max_nodes if s.fixed else f"<= {s.max_nodes} (cost model)"
+        return f"tree speculation, {size} nodes, width {s.width}"
+
+    def timings(self) -> dict[str, float]:
+        return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3}
+
+
+def node_positions(first_child: int, depths: list[int]) -> torch.Tensor:
+    """Rope positions of tree nodes: the root's children sit at `first_child`, and each
+    level one further (siblings share a position)."""
+    return first_child - 1 + torch.tensor(depths, dtype=torch.long)
+
+
+def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
+               params: SamplingParams, cost: TreeCostModel, fed_before_tree: int,
+               fixed_size: bool, batch: int = 8) -> DraftTree:
+    """Grow a draft tree best-first by cumulative draft probability (SpecExec): take the
+    `batch` most probable candidates, run the draft on them in one forward (tree
+    attention), and offer each one's `width` most probable children as candidates.
+    Stops at `max_nodes`, or, unless `fixed_size`, when the cost model says another
+    batch would lower the expected tokens per second. The draft cache ends holding
+    the context and the forwarded nodes, in node order."""
+    root_logits = drafter.catch_up(context)
+    base = drafter.cache.length
+    first_child = int(drafter.cache.next_positions(1)[0])
+    tree, heap, order = DraftTree(), [], itertools.count()
+    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost)
+    forwards = 1
+    while heap and len(tree) < max_nodes:
+        picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
+        if not fixed_size and not _worth_it(tree, picked, cost, fed_before_tree, forwards):
+            break
+        first = len(tree)
+        for neg_logp, _, parent, token, rank in picked:
+            tree.add(token, parent, -neg_logp, rank)
+        if len(tree) >= max_nodes:
+            break  # their children could not be used: skip the forward
+        started = time.perf_counter()
+        logits = drafter.forward(torch.tensor(tree.tokens[first:]),
+                                 node_positions(first_child, tree.depths[first:]),
+                                 mask=tree.attention_mask(base, first, len(tree) - first))
+        cost.observe_draft(time.perf_counter() - started)
+        forwards += 1
+        tree.forwarded = len(tree)
+        for j, row in enumerate(logits):
+            node = first + j
+            _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost)
+    return tree
+
+
+def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: int) -> bool:
+    n = len(tree)
+    now = cost.rate(tree, n, fed, forwards)
+    gain = sum(math.exp(-neg_logp) for neg_logp, *_ in picked)
+    tokens = 1 + tree.expected_accepted(n) + gain
+    seconds = cost.pass_seconds(fed + n + len(picked)) + (forwards + 1) * cost.draft_forward_seconds
+    return tokens / max(seconds, 1e-9) > now
+
+
+def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
+                    width: int, params: SamplingParams, cost: TreeCostModel) -> None:
+    # The draft's `width` favourites (under the same sampling settings; plain softmax
+    # when greedy, as a one-hot would not order the runners-up), scored by how often
+    # the target takes a proposal of that rank.
+    logits = drafter.align(logits)
+    probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
+    top = torch.topk(probs, min(width, probs.numel()))
+    for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+        if p > 0:
+            score = cum_logp + cost.rank_logp(rank)
+            heapq.heappush(heap, (-score, next(order), node, token, rank))

@@ -1,0 +1,156 @@
+"""The tree strategy's parts: ancestry and masks, node positions, the cost model (pass-time
+fit, per-rank rates) and the builder's stopping rules; a tree's one-pass logits equal
+feeding each node's path on its own."""
+import math
+
+import pytest
+import torch
+
+import specdec
+from conftest import make_tiny_model
+from specdec.draft import Drafter
+from specdec.sampling import SamplingParams
+from specdec.speculate.base import Step
+from specdec.speculate.tree import Tree, TreeSettings, build_tree, node_positions
+from specdec.speculate.tree_model import PRIOR_HIT_RATES, DraftTree, TreeCostModel
+
+GREEDY = SamplingParams(0.0, 0, 1.0)
+
+
+def small_tree() -> DraftTree:
+    # root -> 0 (token 5) -> 1 (token 7) -> 3 (token 9); root -> 2 (token 6)
+    t = DraftTree()
+    t.add(5, -1, math.log(0.5), 0)
+    t.add(7, 0, math.log(0.25), 0)
+    t.add(6, -1, math.log(0.1), 1)
+    t.add(9, 1, math.log(0.125), 0)
+    return t
+
+
+def test_ancestry_depths_and_children():
+    t = small_tree()
+    assert t.depths == [1, 2, 1, 3]
+    assert t.ancestry().int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 1]]
+    assert t.ancestry(2).int().tolist() == [[1, 0], [1, 1]]
+    assert t.child(-1, 6) == 2 and t.child(0, 6) is None
+    assert sorted(t.children(-1)) == [0, 2] and t.children(3) == []
+    assert t.expected_accepted() == pytest.approx(0.5 + 0.25 + 0.1 + 0.125)
+    assert t.expected_accepted(2) == pytest.approx(0.75)
+
+
+def test_attention_mask_sees_context_and_own_ancestors_only():
+    t = small_tree()
+    m = t.attention_mask(context=3, first=1, count=3)  # nodes 0 cached, 1..3 fed now
+    assert m.shape == (3, 3 + 4)
+    assert m[:, :3].all()  # every node sees the whole context
+    assert m[:, 3:].int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 1]]
+
+
+def test_node_positions_put_siblings_at_the_same_depth():
+    assert node_positions(10, [1, 2, 1, 3]).tolist() == [10, 11, 10, 12]
+
+
+def test_pass_time_fit_is_linear_in_tokens():
+    cost = TreeCostModel(width=4)
+    assert cost.pass_seconds(0) == 1.0 and cost.pass_seconds(256) == pytest.approx(2.0)  # prior
+    cost.observe_pass(10, 2.0)
+    # one size seen: a 256-token pass assumed to cost twice a 1-token one
+    a = 2.0 / (1 + 10 / 256)
+    assert cost.pass_seconds(0) == pytest.approx(a) and cost.pass_seconds(256) == pytest.approx(2 * a)
+    cost = TreeCostModel(width=4)
+    for n in (1, 21, 41, 61, 81, 101):
+        cost.observe_pass(n, 1.0 + 0.01 * n)
+    assert cost.pass_seconds(51) == pytest.approx(1.51)
+    assert cost.pass_seconds(1001) == pytest.approx(11.01)
+    falling = TreeCostModel(width=4)
+    for n, s in ((1, 2.0), (100, 1.0)):
+        falling.observe_pass(n, s)
+    assert falling.pass_seconds(1) == falling.pass_seconds(100)  # slope clamped at 0
+    window = TreeCostModel(width=4, history=2)
+    for n, s in ((1, 100.0), (10, 1.0), (20, 1.0)):
+        window.observe_pass(n, s)
+    assert window.pass_seconds(5) == pytest.approx(1.0)  # only the last `history` passes
+
+
+def test_per_rank_rates_follow_the_walks():
+    cost = TreeCostModel(width=2)
+    assert math.exp(cost.rank_logp(0)) == pytest.approx(PRIOR_HIT_RATES[0])
+    t = DraftTree()
+    t.add(5, -1, 0.0, 0)
+    t.add(6, -1, 0.0, 1)
+    t.add(7, 0, 0.0, 0)
+    cost.observe_walk(t, [0], next_token=9)  # took rank 0 at the root, missed below
+    assert cost.hits == [1.0, 0.0] and cost.visits == [2.0, 1.0]
+    for _ in range(200):
+        cost.observe_walk(t, [], next_token=6)  # the target always takes the runner-up
+    assert math.exp(cost.rank_logp(1)) > 0.95
+    assert math.exp(cost.rank_logp(0)) < 0.05
+
+
+@pytest.fixture(scope="module")
+def drafter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tree_draft")
+    make_tiny_model(path, "llama", eos_token_id=None)
+    model = specdec.load(path, dtype="float32").target.model
+    return Drafter(model, 128, model.args.vocab_size)
+
+
+CONTEXT = [3, 17, 42, 8, 61, 5]
+
+
+def test_builder_fixed_size_stops_at_max_nodes_and_skips_the_useless_forward(drafter):
+    drafter.keep(0)
+    tree = build_tree(drafter, CONTEXT, 12, 3, GREEDY, TreeCostModel(3), 1, True, batch=4)
+    assert len(tree) == 12
+    # batches of 3 (the root's children), 4, 4, then 1: the last one's children could
+    # not be used, so it is never forwarded
+    assert tree.forwarded == 11
+    assert drafter.cache.length == len(CONTEXT) + 11
+    assert all(len(tree.children(n)) <= 3 for n in range(-1, 12))
+    for i, p in enumerate(tree.parents):  # best first: a parent is never less likely
+        assert p < i and (p < 0 or tree.cum_logp[p] >= tree.cum_logp[i])
+
+
+def test_builder_stops_when_the_cost_model_says_a_batch_does_not_pay(drafter):
+    expensive = TreeCostModel(3)
+    expensive.observe_draft(100.0)  # a draft forward far dearer than a target pass
+    drafter.keep(0)
+    assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, expensive, 1, False, batch=4)) == 0
+    cheap = TreeCostModel(3)  # draft forwards cost nothing measured yet
+    for n in (1, 64):
+        cheap.observe_pass(n, 1.0)  # and a flat pass cost: every node pays
+    drafter.keep(0)
+    assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, cheap, 1, False, batch=4)) == 32
+
+
+def test_tree_pass_logits_equal_each_path_fed_alone(drafter):
+    """The positions and mask the tree strategy builds make one pass over context + tree
+    score every node exactly as feeding its own path after the context would."""
+    model = drafter.model
+    drafter.keep(0)
+    strategy = Tree(Drafter(model, 128, model.args.vocab_size), TreeSettings(max_nodes=10, fixed=True))
+    cache = model.new_cache(128)
+    model.forward(torch.tensor(CONTEXT[:4]), cache.next_positions(4), cache)  # 2 uncached tokens
+    plan = strategy.plan(Step(CONTEXT, cache, 32, GREEDY, None))
+    tree = plan.state.tree
+    assert len(tree) == 10 and plan.num_logits == 11
+    logits = model.forward(plan.tokens, plan.positions, cache, mask=plan.mask, num_logits=plan.num_logits)
+    for node in range(-1, len(tree)):
+        path, n = [], node
+        while n >= 0:
+            path.insert(0, tree.tokens[n])
+            n = tree.parents[n]
+        alone = model.new_cache(128)
+        ids = CONTEXT + path
+        want = model.forward(torch.tensor(ids), torch.arange(len(ids)), alone)[-1]
+        torch.testing.assert_close(logits[node + 1], want, atol=1e-4, rtol=1e-4)
+
+
+def test_tree_width_beyond_64_works(tmp_path):
+    make_tiny_model(tmp_path, "llama", eos_token_id=None)
+    plain = specdec.load(tmp_path, dtype="float32").generate(CONTEXT, max_new_tokens=6).token_ids
+    lm = specdec.load(tmp_path, draft=tmp_path, dtype="float32", speculation="tree", tree_width=65,
+                      tree_nodes=80)
+    assert lm.generate(CONTEXT, max_new_tokens=6).token_ids == plain
+    with pytest.raises(ValueError, match="tree_width must be a positive integer"):
+        specdec.load(tmp_path, draft=tmp_path, speculation="tree", tree_width=0)
