@@ -290,9 +290,12 @@ class ChatSession:
             interrupted = True
         stats = self.lm.last_stats
         reason = "interrupted" if interrupted else (stats.stop_reason if stats else "")
-        if reason in MARKERS:
-            self.out.flush()
-            self.err.write((" " if pieces else "") + MARKERS[reason])
+        marker = MARKERS.get(reason, "")
+        # On a terminal the marker ends the reply's line; with redirected output it starts the
+        # summary line instead, so stdout keeps just the text and stderr whole lines.
+        inline = marker and _isatty(self.out) and _isatty(self.err)
+        if inline:
+            self.err.write((" " if pieces else "") + marker)
             self.err.flush()
         self.out.write("\n")
         self.out.flush()
@@ -300,7 +303,8 @@ class ChatSession:
         self.last_timing = timing
         if stats is not None:
             self.totals.add(stats)
-            self._say(summary_line(stats, timing, (self.lm.context_used, self.lm.max_context)))
+            line = summary_line(stats, timing, (self.lm.context_used, self.lm.max_context))
+            self._say(line if inline or not marker else f"{marker} {line}")
 
     def fit_context(self) -> list[int] | None:
         """The conversation's token ids, after dropping the oldest turns (never the system
@@ -338,6 +342,10 @@ class ChatSession:
 
     def _say(self, text: str) -> None:
         print(text, file=self.err, flush=True)
+
+
+def _isatty(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -177,24 +177,52 @@ def load_from_args(args):
                   speculation=args.speculation or preset.get("speculation"),
                   tree_nodes=args.tree_nodes, tree_width=args.tree_width)
     if target is None:
-        lm = specdec.load(draft=resolve(draft), **kwargs)
-    else:
-        lm = specdec.load(resolve(target), draft=resolve(draft), **kwargs)
-    _release_freed_memory()
-    return lm
+        from .demo_model import ensure_demo_gguf
+
+        _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
+        return specdec.load(draft=resolve(draft), **kwargs)
+    target = resolve(target)
+    if kwargs["ram"] is not None:
+        _pack_in_child(target, args.dtype, args.cache_dir)
+    return specdec.load(target, draft=resolve(draft), **kwargs)
 
 
-def _release_freed_memory() -> None:
-    """Packing a store on first use leaves freed heap the allocator keeps; hand it back so the
-    RSS the stats line shows is the decoder's, not the packer's leftovers."""
-    import ctypes
-    import gc
+def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
+    """Pack a checkpoint that is about to stream into its store in a child process, when the
+    store is not there yet: packing dequantizes the whole model, and memory it frees stays in
+    this process's RSS, so the first session would report RAM above the budget it keeps to."""
+    import multiprocessing
 
-    gc.collect()
+    from offload.format import is_store
+
+    from .session import packed_store
+
+    if not src.is_file() and not (src.is_dir() and not is_store(src)):
+        return  # a store already, or not there (load() reports that)
+    if is_store(_expected_store(src, dtype, cache_dir)):
+        return
+    child = multiprocessing.get_context("spawn").Process(
+        target=packed_store, args=(src, dtype, cache_dir, True), name="specdec-pack")
+    child.start()
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: RSS may include the packer's freed memory until the OS takes it back
+        child.join()
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    # A failed child leaves no store; load() then packs in-process and reports the error.
+
+
+def _expected_store(src: Path, dtype: str, cache_dir) -> Path:
+    """Where session.packed_store keeps src's store (same key). Only a shortcut: if the two
+    ever disagree, the child runs packed_store, which finds its store and returns."""
+    import hashlib
+    import os
+
+    root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+    src = src.resolve()
+    stat = src.stat()
+    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
+    return root / "stores" / f"{src.stem}-{key}"
 
 
 def read_preset(ref: str) -> dict:
