@@ -193,16 +193,14 @@ def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
     this process's RSS, so the first session would report RAM above the budget it keeps to."""
     import multiprocessing
 
-    from offload.format import is_store
+    from offload.format import is_store, looks_like_store
 
-    from .session import packed_store
-
-    if not src.is_file() and not (src.is_dir() and not is_store(src)):
-        return  # a store already, or not there (load() reports that)
+    if not src.is_file() and not (src.is_dir() and not looks_like_store(src)):
+        return  # a store already (maybe a damaged one), or not there: load() reports that
     if is_store(_expected_store(src, dtype, cache_dir)):
         return
     child = multiprocessing.get_context("spawn").Process(
-        target=packed_store, args=(src, dtype, cache_dir, True), name="specdec-pack")
+        target=_pack_quietly, args=(src, dtype, cache_dir), name="specdec-pack")
     child.start()
     try:
         child.join()
@@ -210,6 +208,17 @@ def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
         child.terminate()
         raise
     # A failed child leaves no store; load() then packs in-process and reports the error.
+
+
+def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
+    """The child's work. A bad checkpoint exits quietly: load() then meets the same problem
+    in this process and reports it as one line, instead of a child's traceback."""
+    from .session import packed_store
+
+    try:
+        packed_store(src, dtype, cache_dir, True)
+    except (ValueError, OSError):
+        sys.exit(EXIT_PROBLEM)
 
 
 def _expected_store(src: Path, dtype: str, cache_dir) -> Path:
