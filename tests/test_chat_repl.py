@@ -137,9 +137,12 @@ def test_in_a_terminal_readline_history_multi_line_and_ctrl_d(chat_pair, tmp_pat
         read_until(fd, b"/help for commands", seen)
         os.write(fd, b"Hello there\r")
         read_until(fd, SUMMARY.encode(), seen, count=1)
+        # Wait for the prompt: keys typed before input() runs meet the bare terminal, not readline.
+        read_until(fd, b"> ", seen, after=seen.rfind(SUMMARY.encode()))
         os.write(fd, b"\x1b[A\r")  # up arrow: readline recalls "Hello there"
         read_until(fd, SUMMARY.encode(), seen, count=2)
         assert b"^[[A" not in seen
+        read_until(fd, b"> ", seen, after=seen.rfind(SUMMARY.encode()))
         os.write(fd, b'"""\r')
         read_until(fd, b"... ", seen)
         os.write(fd, b'line one\rline two\r"""\r')
