@@ -79,6 +79,36 @@ class SpecDecoder:
             return (d for d, _ in self._run(ids, max_new_tokens, params, seed, stop) if d)
         return self._collect(ids, max_new_tokens, params, seed, stop)
 
+    # -- for front ends that manage the context themselves (the chat REPL, `generate`) -----
+    @property
+    def max_context(self) -> int:
+        """Tokens the KV caches hold: prompt plus reply must fit."""
+        return self.engine.max_context
+
+    @property
+    def context_used(self) -> int:
+        """Tokens of the conversation the caches hold now."""
+        return len(self.engine.context)
+
+    def encode(self, prompt) -> list[int]:
+        """A plain prompt's token ids (text, or ids checked against the vocabulary)."""
+        return self._encode(prompt)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A conversation's token ids under the chat template, generation prompt included."""
+        return self._chat_ids(messages)
+
+    def has_chat_template(self) -> bool:
+        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
+                   top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+                   stop: list[str] | None = None) -> Iterator[tuple[str, list[int]]]:
+        """(text delta, new token ids) as tokens are accepted, for prompt `ids`; stats of
+        the run in `last_stats`. The caches are reused for a shared prefix, as in chat()."""
+        return self._run(list(ids), max_new_tokens, SamplingParams(temperature, top_k, top_p),
+                         seed, stop)
+
     def reset(self) -> None:
         """Forget the cached conversation."""
         with self._guard():

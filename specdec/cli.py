@@ -5,71 +5,160 @@ import argparse
 import json
 import sys
 import tomllib
+import traceback
 from pathlib import Path
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = """exit status (every command):
+  0    done
+  1    a problem with the input or the environment (a missing file, a model that does not
+       fit, a prompt longer than the context ...): one line says what, and how to fix it
+  2    command-line usage error (unknown option, a value out of range), before any loading
+  3    an internal error, i.e. a bug in specdec: the traceback is printed; please report it
+  130  interrupted (Ctrl-C); `generate` has printed the text it had"""
+BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
+
+
+class UsageError(ValueError):
+    """A flag value argparse's types could not check."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit 2 here, before anything loads
     if not hasattr(args, "handler"):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
-        return args.handler(args) or 0
+        check_args(args)
+        return args.handler(args) or EXIT_OK
+    except UsageError as e:
+        print(f"specdec: usage error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        return EXIT_INTERRUPTED
+    except BUG_TYPES as e:
+        return _bug(e)
+    except (ValueError, OSError, MemoryError) as e:
         # Our errors name the file and the fix; a traceback would bury that.
-        print(f"specdec: error: {e}", file=sys.stderr)
-        return 1
+        print(f"specdec: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except Exception as e:  # anything else is a bug too: say so, with the traceback
+        return _bug(e)
+
+
+def _bug(e: BaseException) -> int:
+    traceback.print_exception(e, file=sys.stderr)
+    print(f"specdec: internal error ({type(e).__name__}); this is a bug in specdec, please report "
+          "it with the traceback above and the command you ran.", file=sys.stderr)
+    return EXIT_BUG
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli_offload import add_offload_commands
 
-    parser = argparse.ArgumentParser(prog="specdec", description=__doc__)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="specdec", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=formatter)
     sub = parser.add_subparsers(metavar="COMMAND")
-    chat = sub.add_parser("chat", help="chat in the terminal (no arguments: the offline demo pair)")
+    chat = sub.add_parser("chat", help="chat in the terminal (no arguments: the offline demo pair)",
+                          epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(chat)
-    _sampling_args(chat, max_new_tokens=512)
+    # Sampled by default: greedy decoding of small instruct models (the demo's) loops.
+    _sampling_args(chat, max_new_tokens=512, temperature=0.7, top_p=0.9)
     chat.add_argument("--system", help="system prompt")
     chat.set_defaults(handler=cmd_chat)
-    gen = sub.add_parser("generate", help="one prompt in, text out")
+    gen = sub.add_parser("generate", help="one prompt in, text out (streamed)",
+                         description="Stream the reply to stdout as tokens are accepted; statistics "
+                                     "go to stderr. The prompt is wrapped in the model's chat "
+                                     "template when it has one (--raw: plain completion).",
+                         epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(gen)
-    _sampling_args(gen, max_new_tokens=128)
+    _sampling_args(gen, max_new_tokens=128, temperature=0.0, top_p=1.0)
     gen.add_argument("--prompt", help="the prompt (default: read stdin)")
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    gen.add_argument("--json", action="store_true", help="print text and stats as JSON")
+    gen.add_argument("--raw", action="store_true",
+                     help="plain completion of the prompt, without the chat template")
+    gen.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # now the default
+    gen.add_argument("--json", action="store_true",
+                     help="print text, token ids and stats as one JSON object at the end")
     gen.set_defaults(handler=cmd_generate)
-    info = sub.add_parser("info", help="what a model, store or preset is, and the RAM plan")
+    info = sub.add_parser("info", help="what a model, store or preset is, and the RAM plan",
+                          epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(info)
+    info.add_argument("--json", action="store_true", help="the plan as JSON")
     info.set_defaults(handler=cmd_info)
     add_offload_commands(sub)
     return parser
+
+
+def _at_least(low, kind=int, what=None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what or f'must be >= {low}'}")
+        return value
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: top-p must be in (0, 1]")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target: HF directory, .gguf, store, or hub id")
     p.add_argument("--draft", help="draft model (omit for plain decoding unless a preset names one)")
     p.add_argument("--config", help="a preset TOML (configs/*.toml, by path or name)")
-    p.add_argument("--ram", help="RAM budget, e.g. 4GB (the target streams from disk)")
+    p.add_argument("--ram", help="RAM budget, e.g. 4GB or 800MB (decimal; the target streams from disk)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--max-context", type=int, help="KV cache length in tokens")
-    p.add_argument("--k", type=int, help="chain mode: drafted tokens per pass (default: adaptive)")
+    p.add_argument("--max-context", type=_at_least(2, what="the context must hold >= 2 tokens"),
+                   help="KV cache length in tokens (default: the model's, at most 4096; demo 2048)")
+    p.add_argument("--k", type=_at_least(1, what="drafted tokens per pass must be >= 1 (omit --draft "
+                                                 "for plain decoding, omit --k for adaptive)"),
+                   help="chain mode: drafted tokens per pass, >= 1 (default: adaptive)")
     p.add_argument("--speculation", choices=["chain", "tree"], default=None,
                    help="chain (default): k drafts in a row; tree: a draft tree verified in one pass")
-    p.add_argument("--tree-nodes", type=int, help="tree mode: fixed tree size (default: cost model)")
-    p.add_argument("--tree-width", type=int, default=4, help="tree mode: children per node")
+    p.add_argument("--tree-nodes", type=_at_least(1), help="tree mode: fixed tree size (default: cost model)")
+    p.add_argument("--tree-width", type=_at_least(1), default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
 
 
-def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
+                   top_p: float) -> None:
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=max_new_tokens,
+                   help=f"reply length cap (default {max_new_tokens})")
+    p.add_argument("--temperature", type=_at_least(0.0, float, "temperature must be >= 0"),
+                   default=temperature, help=f"0 = greedy (default {temperature:g})")
+    p.add_argument("--top-p", type=_probability, default=top_p, help=f"in (0, 1] (default {top_p:g})")
+    p.add_argument("--top-k", type=_at_least(0), default=0, help="0 = off (default)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def check_args(args) -> None:
+    """What argparse types cannot check, before any model loads: the RAM size and the preset."""
+    from offload.budget import parse_size
+
+    if getattr(args, "ram", None) is not None:
+        try:
+            parse_size(args.ram)
+        except ValueError as e:
+            raise UsageError(f"--ram: {e}") from e
+    if getattr(args, "config", None):
+        args.preset = read_preset(args.config)
 
 
 def load_from_args(args):
@@ -77,7 +166,7 @@ def load_from_args(args):
 
     from .hub import resolve
 
-    preset = read_preset(args.config) if args.config else {}
+    preset = getattr(args, "preset", None) or {}
     target = args.target or preset.get("target")
     draft = args.draft or preset.get("draft")
     kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
@@ -86,8 +175,50 @@ def load_from_args(args):
                   speculation=args.speculation or preset.get("speculation"),
                   tree_nodes=args.tree_nodes, tree_width=args.tree_width)
     if target is None:
+        from .demo_model import ensure_demo_gguf
+
+        _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
         return specdec.load(draft=resolve(draft), **kwargs)
-    return specdec.load(resolve(target), draft=resolve(draft), **kwargs)
+    target = resolve(target)
+    if kwargs["ram"] is not None:
+        _pack_in_child(target, args.dtype, args.cache_dir)
+    return specdec.load(target, draft=resolve(draft), **kwargs)
+
+
+def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
+    """Pack a checkpoint that is about to stream into its store in a child process, when the
+    store is not there yet: packing dequantizes the whole model, and memory it frees stays in
+    this process's RSS, so the first session would report RAM above the budget it keeps to."""
+    import multiprocessing
+
+    from offload.format import is_store, looks_like_store
+
+    from .session import packed_store_path
+
+    if not src.is_file() and not (src.is_dir() and not looks_like_store(src)):
+        return  # a store already (maybe a damaged one), or not there: load() reports that
+    if is_store(packed_store_path(src, dtype, cache_dir)):
+        return
+    child = multiprocessing.get_context("spawn").Process(
+        target=_pack_quietly, args=(src, dtype, cache_dir), name="specdec-pack")
+    child.start()
+    try:
+        child.join()
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    # A failed child leaves no store; load() then packs in-process and reports the error.
+
+
+def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
+    """The child's work. A bad checkpoint exits quietly: load() then meets the same problem
+    in this process and reports it as one line, instead of a child's traceback."""
+    from .session import packed_store
+
+    try:
+        packed_store(src, dtype, cache_dir, True)
+    except (ValueError, OSError):
+        sys.exit(EXIT_PROBLEM)
 
 
 def read_preset(ref: str) -> dict:
@@ -111,14 +242,23 @@ def read_preset(ref: str) -> dict:
     return data
 
 
-def banner(lm) -> str:
+# -- what was loaded --------------------------------------------------------------------------
+def banner(lm, args=None) -> str:
+    from offload.budget import format_size
+
     t = lm.target
     lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
-    if lm.plan is not None:
-        streamed = len(lm.plan.streamed)
-        how = (f"target streamed from disk, {lm.plan.budget_bytes / 1e6:.0f} MB RAM budget"
-               if streamed else "target fully in RAM")
-        lines.append(f"  {how}; {lm.plan.summary}")
+    plan = lm.plan
+    if plan is not None:
+        n = len(plan.pinned) + len(plan.streamed)
+        where = (f"{len(plan.pinned)}/{n} layers pinned in RAM, {len(plan.streamed)} streamed from "
+                 f"disk ({format_size(plan.streamed_bytes_per_pass)} read per pass, ring of "
+                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
+        lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
+                     f"{where}")
+        lines.append(f"  planned: resident {format_size(plan.resident_bytes)}, draft "
+                     f"{format_size(plan.draft_bytes)}, KV {format_size(plan.kv_target_bytes + plan.kv_draft_bytes)}"
+                     f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
     else:
         lines.append("  target fully in RAM (no --ram given)")
     lines.append(f"  draft: {lm.draft.path if lm.draft else 'none (plain decoding)'}"
@@ -126,51 +266,131 @@ def banner(lm) -> str:
     return "\n".join(lines)
 
 
+def _budget_source(plan, args) -> str:
+    if args is not None and args.ram:
+        return "--ram"
+    preset = getattr(args, "preset", None) or {}
+    if preset.get("ram"):
+        return f"preset {args.config}"
+    if args is not None and not (args.target or preset.get("target")):
+        return "the demo's default; change it with --ram"
+    return plan.budget_reason
+
+
 def _speculation_text(lm) -> str:
     return lm.engine.strategy.describe()
 
 
+# -- commands ---------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
-    from .chat_repl import ChatSession, ChatSettings
+    from .chat_repl import ChatSession, ChatSettings, LineReader
+    from .demo_model import cache_root
 
     lm = load_from_args(args)
-    print(banner(lm), file=sys.stderr)
-    interactive = sys.stdin.isatty()
-    if interactive:
-        print("type /help for commands", file=sys.stderr)
-    settings = ChatSettings(args.system, args.max_new_tokens, args.temperature, args.top_p,
-                            args.top_k, args.seed)
     with lm:
-        ChatSession(lm, settings).run(interactive)
-    return 0
+        print(banner(lm, args), file=sys.stderr)
+        if not lm.has_chat_template():
+            raise ValueError(f"{lm.target.path}: this model has no chat template; use "
+                             "`specdec generate --raw` for plain completion.")
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print("type /help for commands, \"\"\" for a multi-line message; "
+                  f"RAM on the stats line is this process's RSS in MB (10^6 bytes)", file=sys.stderr)
+        settings = ChatSettings(args.system, args.max_new_tokens, args.temperature, args.top_p,
+                                args.top_k, args.seed)
+        reader = LineReader(interactive, cache_root(args.cache_dir) / "chat_history")
+        ChatSession(lm, settings).run(reader)
+    return EXIT_OK
 
 
 def cmd_generate(args) -> int:
+    from .reply_stats import MARKERS, ReplyTiming, summary_line
+
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         raise ValueError("empty prompt: pass --prompt TEXT or pipe text on stdin")
     lm = load_from_args(args)
-    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     with lm:
-        if args.chat:
-            out = lm.chat([{"role": "user", "content": prompt}], **sampling)
+        if not args.raw and lm.has_chat_template():
+            ids = lm.encode_chat([{"role": "user", "content": prompt}])
         else:
-            out = lm.generate(prompt, **sampling)
-    if args.json:
-        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.to_dict()}))
-    else:
-        print(out.text)
-    return 0
+            ids = lm.encode(prompt)
+        text, token_ids, timing = [], [], ReplyTiming.start()
+        interrupted = False
+        try:
+            for piece, new in lm.stream_ids(ids, max_new_tokens=args.max_new_tokens,
+                                            temperature=args.temperature, top_p=args.top_p,
+                                            top_k=args.top_k, seed=args.seed):
+                if new:
+                    timing.saw_tokens()
+                token_ids.extend(new)
+                text.append(piece)
+                if piece and not args.json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            interrupted = True  # keep what was generated: print it and the stats, exit 130
+        stats = lm.last_stats
+        reason = "interrupted" if interrupted else stats.stop_reason
+        if args.json:
+            print(json.dumps({"text": "".join(text), "token_ids": token_ids,
+                              "stats": {**stats.to_dict(), "stop_reason": reason,
+                                        "time_to_first_token": timing.ttft}}))
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            marker = MARKERS.get(reason, "")
+            print((marker + " " if marker else "")
+                  + summary_line(stats, timing, (lm.context_used, lm.max_context)), file=sys.stderr)
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
 
 def cmd_info(args) -> int:
     lm = load_from_args(args)
     with lm:
-        print(banner(lm))
+        if args.json:
+            print(json.dumps({"target": str(lm.target.path),
+                              "draft": str(lm.draft.path) if lm.draft else None,
+                              "max_context": lm.max_context,
+                              "plan": lm.plan.as_dict() if lm.plan is not None else None}, indent=2))
+            return EXIT_OK
+        print(banner(lm, args))
         if lm.plan is not None:
-            print(json.dumps(lm.plan.as_dict(), indent=2))
-    return 0
+            print(plan_text(lm.plan))
+    return EXIT_OK
+
+
+def plan_text(plan) -> str:
+    from offload.budget import format_size
+
+    rows = [("pinned layers", _ranges(plan.pinned), format_size(plan.pinned_bytes)),
+            ("streamed layers", _ranges(plan.streamed),
+             f"{format_size(plan.streamed_bytes_per_pass)} per pass"),
+            ("ring buffers", str(plan.ring_size), format_size(plan.ring_bytes)),
+            ("resident (embeddings, norms, head)", "", format_size(plan.resident_bytes)),
+            ("draft", "", format_size(plan.draft_bytes)),
+            ("KV caches", f"{plan.max_context} tokens", format_size(plan.kv_target_bytes + plan.kv_draft_bytes)),
+            ("overhead allowance", "", format_size(plan.overhead_bytes)),
+            ("total planned", "", format_size(plan.total_bytes)),
+            ("budget", "", format_size(plan.budget_bytes)),
+            ("smallest budget that works", "", format_size(plan.minimum_bytes))]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "RAM plan (MB = 10^6 bytes):\n" + "\n".join(
+        f"  {a:<{w0}}  {b:<{w1}}  {c:>10}" for a, b, c in rows)
+
+
+def _ranges(ids) -> str:
+    """(0, 1, 2, 5, 6) -> '0-2, 5-6'; () -> 'none'."""
+    ids = sorted(ids)
+    if not ids:
+        return "none"
+    spans, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1 if cur is not None else True:
+            spans.append(f"{start}-{prev}" if prev != start else str(start))
+            start = cur
+    return ", ".join(spans)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ themselves live in specdec/bench/; this module only parses and dispatches).
 
 `add_offload_commands(subparsers)` registers them on specdec's argparse subparsers; each
 parser's `handler` (also `func`) default is its handler, `handler(args) -> int` (the exit status). Handlers
-print known errors (bad store, bad checkpoint, impossible budget) as one line and return 2,
-never a traceback.
+print known errors (bad store, bad checkpoint, impossible budget) as one line and return 1,
+never a traceback; a bad flag value returns 2 (specdec's exit-code convention, see cli.py).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-EXIT_ERROR = 2
+EXIT_ERROR, EXIT_USAGE = 1, 2  # cli.py's convention: 1 bad input, 2 usage
 
 
 def add_offload_commands(subparsers) -> None:
@@ -141,7 +141,9 @@ def cmd_bench_io(args) -> int:
         if not tokens or min(tokens) < 1:
             raise ValueError
     except ValueError:
-        return _fail(ValueError(f"--tokens {args.tokens!r}: give positive integers like 1,8,32,64"))
+        print(f"specdec: usage error: --tokens {args.tokens!r}: give positive integers like 1,8,32,64",
+              file=sys.stderr)
+        return EXIT_USAGE
     from .bench.iobench import bench_io, format_bench_io  # torch etc. only when it runs
 
     try:

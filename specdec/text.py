@@ -32,11 +32,6 @@ class TextAssembler:
         self.emitted = max(self.emitted, len(text))
         return delta
 
-    def final_text(self) -> str:
-        text = self.text()
-        cut = self._stop_at(text)
-        return text if cut is None else text[:cut]
-
     def _stop_at(self, text: str) -> int | None:
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return min(hits) if hits else None

