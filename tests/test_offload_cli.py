@@ -36,7 +36,7 @@ def test_pack_verify_bench(tmp_path, capsys):
     make_tiny_model(tmp_path / "m", "llama")
     store = tmp_path / "store"
     assert run(["pack", tmp_path / "m", store, "--dtype", "float32", "--quiet"]) == 0
-    assert run(["pack", tmp_path / "m", store, "--quiet"]) == 2  # exists: one-line error
+    assert run(["pack", tmp_path / "m", store, "--quiet"]) == 1  # exists: one-line error
     assert "--overwrite" in capsys.readouterr().err
     assert run(["verify", store]) == 0
     assert "OK" in capsys.readouterr().out
