@@ -194,3 +194,15 @@ def test_gguf_real_part_is_the_source(tmp_path):
         np.testing.assert_allclose(norm[hid], np.asarray(s[f"blk.{src_layer}.attn_norm.weight"].data)
                                    * np.sqrt(96 / 256), rtol=1e-6)
     assert len(big.tensors) == 2 + 9 * BIG.layers + 1
+
+
+def test_layer_by_layer_check_matches_the_model():
+    """The builder's real-size check (teacher forcing, one layer at a time) on a tiny model."""
+    from specdec.bench.inflate import inflate_tensors, inflated_config
+    from specdec.bench.inflate_check import teacher_forced_logits
+
+    model, src = tiny_source()
+    seq = PROMPT[0]
+    got = teacher_forced_logits(inflate_tensors(src, BIG), inflated_config(src.config, BIG, torch.float32, ""), [seq])
+    with torch.no_grad():
+        torch.testing.assert_close(got[0], model(PROMPT).logits[0], rtol=1e-5, atol=1e-5)

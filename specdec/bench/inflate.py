@@ -435,14 +435,15 @@ def _fsync(path: Path) -> None:
 
 # ---- sources -------------------------------------------------------------------------------
 
-def target_source(gguf_path: str | Path | None = None) -> Source:
+def target_source(gguf_path: str | Path | None = None, model=None) -> Source:
     """SmolLM2-135M-Instruct (or another Llama GGUF) dequantized to float32 by transformers,
-    with its tokenizer."""
+    with its tokenizer (`model`: that GGUF already loaded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(gguf_path) if gguf_path else _smollm2()
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 torch_dtype=torch.float32)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     torch_dtype=torch.float32)
     state = model.state_dict()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     cfg = model.config.to_dict()
