@@ -661,3 +661,42 @@ def _copy_metadata(reader, writer, layout: Layout) -> None:
     writer.add_string("general.inflated_from", (
         f"INFLATED MODEL: {src.get('_name', 'the source')} embedded exactly into this shape by "
         "specdec.bench.inflate; real I/O and compute of this shape, answers of the small model."))
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    """python -m specdec.bench.inflate {hf,gguf} --shape NAME --out PATH [--draft]"""
+    ap = argparse.ArgumentParser(description="Write an INFLATED model: SmolLM2-135M-Instruct (or the "
+                                 "demo draft) embedded exactly into a bigger Llama shape.")
+    ap.add_argument("format", choices=["hf", "gguf"], help="hf: safetensors directory; gguf: llama.cpp "
+                    "file in the source's quantization (Q4_1 + Q8_0 embeddings for SmolLM2)")
+    ap.add_argument("--shape", default="inflated-7b", choices=sorted(SHAPES))
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--draft", type=Path, help="inflate this draft directory (e.g. specdec/demo_draft) "
+                    "instead of SmolLM2 (hf only)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--noise", type=float, default=NOISE_STD, help="std of the padding noise (exact at any value)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-free-gb", type=float, default=25.0, help="refuse if less would stay free")
+    a = ap.parse_args(argv)
+    keep = int(a.keep_free_gb * 1e9)
+    t0 = time.time()
+    try:
+        if a.format == "gguf":
+            if a.draft:
+                raise InflateError("--draft: the GGUF writer inflates SmolLM2's GGUF only.")
+            out = write_gguf(None, SHAPES[a.shape], a.out, a.noise, a.seed, keep)
+        else:
+            source = target_source()
+            if a.draft:
+                source = draft_source(a.draft, source)
+            out = write_hf(source, SHAPES[a.shape], a.out, getattr(torch, a.dtype), a.noise, a.seed, keep)
+    except (InflateError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    size = sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir()))
+    print(json.dumps({"out": str(out), "bytes": size, "seconds": round(time.time() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()
