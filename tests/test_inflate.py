@@ -206,3 +206,28 @@ def test_layer_by_layer_check_matches_the_model():
     got = teacher_forced_logits(inflate_tensors(src, BIG), inflated_config(src.config, BIG, torch.float32, ""), [seq])
     with torch.no_grad():
         torch.testing.assert_close(got[0], model(PROMPT).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_inflated_partial_vocabulary_draft_drafts_the_same(tmp_path):
+    """A draft with a partial output vocabulary (lm_head.token_ids, as the demo draft) inflated:
+    speculation with it accepts exactly what the original draft got accepted."""
+    import specdec
+    from safetensors.torch import save_file
+
+    target, _ = tiny_source(seed=2)
+    target.save_pretrained(tmp_path / "target", safe_serialization=True)
+    draft_model, _ = tiny_source(seed=2)  # the target itself, scoring half the vocabulary
+    state = {k: v.clone() for k, v in draft_model.state_dict().items() if k != "lm_head.weight"}
+    state["lm_head.token_ids"] = torch.arange(0, 160, 2, dtype=torch.int32)
+    (tmp_path / "draft").mkdir()
+    save_file(state, str(tmp_path / "draft" / "model.safetensors"))
+    (tmp_path / "draft" / "config.json").write_text(json.dumps({**draft_model.config.to_dict(), "model_type": "llama"}))
+    src = Source(draft_model.config.to_dict(), state.__getitem__, output_ids=state["lm_head.token_ids"])
+    big = write_hf(src, BIG, tmp_path / "draft-big", dtype=torch.float32, progress=False)
+    runs = []
+    for draft in (tmp_path / "draft", big):
+        lm = specdec.load(target=str(tmp_path / "target"), draft=str(draft), dtype="float32", k=3)
+        out = lm.generate(PROMPT[0].tolist(), max_new_tokens=16, temperature=0.0)
+        runs.append((out.token_ids, out.stats.drafted, out.stats.accepted))
+    assert runs[0] == runs[1]
+    assert runs[0][2] > 0  # some drafts were accepted: the comparison means something
