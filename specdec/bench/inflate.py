@@ -48,7 +48,16 @@ exact 0), so the noise never reaches the real computation, whatever its size. In
 point the results differ only by rounding: the norm's mean over H and the sqrt(d/H) scale,
 and the summation order of longer dot products (adding exact zeros changes nothing, but
 BLAS may block the sum differently). tests/test_inflate.py and `python -m
-specdec.bench.inflate check` measure it (greedy tokens equal, logits to ~1e-5).
+specdec.bench.inflate_check` measure it (greedy tokens equal, logits to ~1e-5).
+
+llama.cpp (the GGUF writer): the real part is SmolLM2's own Q4_1/Q8_0 blocks, byte for byte,
+and zero/noise blocks contribute exact zeros (the Q8 activation blocks there are all 0).
+But llama.cpp quantizes activations to 8 bits per block before each q4 matmul, so the
+rounding-level difference of the norm (mean over H, eps * d / H) can flip an activation's
+8-bit rounding and, rarely, a greedy token. Measured (llama.cpp 0c1e570, 5 demo prompts, 32
+greedy tokens): H = 4 * 576 (norm scale 1/2, eps / 4: bit-exact norm) 5/5 replies identical;
+H = 1024 2/5 identical (with noise or without: the noise plays no part). Compare llama.cpp
+on the inflated GGUF with llama.cpp on the inflated GGUF, not with SmolLM2's own answers.
 
 API: `inflate_tensors` yields the inflated float tensors (HF names) one at a time;
 `write_hf` writes them as a safetensors directory, layer by layer, atomically;
@@ -642,7 +651,8 @@ def _copy_metadata(reader, writer, layout: Layout) -> None:
 
     s, src = layout.shape, layout.src
     for key, f in reader.fields.items():
-        if key.startswith(("GGUF.", "llama.")) or key == "general.architecture":
+        if key.startswith(("GGUF.", "llama.")) or key in ("general.architecture", "general.name",
+                                                           "general.size_label"):
             continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -658,6 +668,7 @@ def _copy_metadata(reader, writer, layout: Layout) -> None:
     writer.add_rope_freq_base(reader.fields["llama.rope.freq_base"].contents())
     writer.add_layer_norm_rms_eps(src["rms_norm_eps"] * src["hidden_size"] / s.hidden)
     writer.add_vocab_size(reader.fields["llama.vocab_size"].contents())
+    writer.add_name(f"INFLATED {s.hidden}x{s.layers} (answers of {reader.fields['general.name'].contents()})")
     writer.add_string("general.inflated_from", (
         f"INFLATED MODEL: {src.get('_name', 'the source')} embedded exactly into this shape by "
         "specdec.bench.inflate; real I/O and compute of this shape, answers of the small model."))
