@@ -668,7 +668,8 @@ def _copy_metadata(reader, writer, layout: Layout) -> None:
     writer.add_rope_freq_base(reader.fields["llama.rope.freq_base"].contents())
     writer.add_layer_norm_rms_eps(src["rms_norm_eps"] * src["hidden_size"] / s.hidden)
     writer.add_vocab_size(reader.fields["llama.vocab_size"].contents())
-    writer.add_name(f"INFLATED {s.hidden}x{s.layers} (answers of {reader.fields['general.name'].contents()})")
+    name = reader.fields["general.name"].contents() if "general.name" in reader.fields else "the source"
+    writer.add_name(f"INFLATED {s.hidden}x{s.layers} (answers of {name})")
     writer.add_string("general.inflated_from", (
         f"INFLATED MODEL: {src.get('_name', 'the source')} embedded exactly into this shape by "
         "specdec.bench.inflate; real I/O and compute of this shape, answers of the small model."))
