@@ -10,6 +10,13 @@ exactly SmolLM2's tokens (by induction over positions: same prefix, same next to
 
     python -m specdec.bench.inflate_check --shape inflated-7b [--layers 32] [--max-new-tokens 32]
     python -m specdec.bench.inflate_check --shape inflated-draft --draft
+
+Measured (2026-11-25, noise std 0.02, float32): inflated-7b (hidden 4096, 64 heads of 64,
+intermediate 11008, 32 layers = SmolLM2's 30 + 2 identity layers), 20 demo prompts x 32
+greedy tokens (614 positions): 0 prompts differ, max |logit diff| 7.1e-5, smallest top-1
+margin of SmolLM2 0.00056 (kept); 36 min on a busy 2-core machine, peak RSS 3.8 GB.
+The demo draft into inflated-draft (896, 24 layers), 3 prompts x 8 tokens: 0 differ,
+max |logit diff| 4.0e-5.
 """
 from __future__ import annotations
 
