@@ -452,7 +452,7 @@ def target_source(gguf_path: str | Path | None = None, model=None) -> Source:
     path = Path(gguf_path) if gguf_path else _smollm2()
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     torch_dtype=torch.float32)
+                                                     dtype=torch.float32)
     state = model.state_dict()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     cfg = model.config.to_dict()

@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     gguf = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 torch_dtype=torch.float32).eval()
+                                                 dtype=torch.float32).eval()
     target = target_source(gguf, model=model)
     prompts = tomllib.loads(PROMPTS.read_text())["prompts"][:a.prompts]
     seqs = demo_sequences(model, target.tokenizer, a.max_new_tokens, prompts)
