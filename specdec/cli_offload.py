@@ -65,7 +65,20 @@ def _add_bench_offload(bench_subparsers) -> None:
                     "page-cache eviction); write report.json, report.md and PNG plots.")
     o.add_argument("--quick", action="store_true", help="small run (~2 min): CI's smoke test")
     o.add_argument("--out", help="results directory (default results/bench-<timestamp>)")
-    o.add_argument("--workloads", default="demo,synthetic", help="demo,synthetic (default both)")
+    o.add_argument("--workloads", default="demo,synthetic",
+                   help="comma list of demo, synthetic, inflated-7b (= inflated-7b-bf16,inflated-7b-q4), "
+                        "inflated-7b-bf16, inflated-7b-q4, seed-13b (default demo,synthetic). The "
+                        "inflated ones are INFLATED models: the I/O and compute of a 7B/13B shape, "
+                        "the answers of SmolLM2-135M (built once into the cache, ~40 GB of disk)")
+    o.add_argument("--prompts", type=int, default=2, help="bench prompts per inflated workload (default 2)")
+    o.add_argument("--with-hf", action="store_true", help="also run transformers + accelerate on the "
+                   "inflated workloads (skipped by default: minutes per token)")
+    o.add_argument("--llama-python", metavar="PATH", help="interpreter with llama-cpp-python for the "
+                   "llama.cpp contenders (default: this one, if it can import llama_cpp)")
+    o.add_argument("--draft-tokens", type=int, default=8, help="greedy draft tokens per pass of "
+                   "llama.cpp's speculative contender (default 8)")
+    for name, ram in (("inflated-7b-bf16", "4GB"), ("inflated-7b-q4", "2GB"), ("seed-13b", "3.5GB")):
+        o.add_argument(f"--{name}-ram", help=f"RAM cap of {name} (default {ram})")
     o.add_argument("--synthetic", help="synthetic target shape: llama2-7b (default), qwen2.5-7b, "
                    "llama-1b (default under --quick)")
     o.add_argument("--synthetic-ram", help="RAM cap for the synthetic target (default 4GB; 1GB quick)")
@@ -79,7 +92,8 @@ def _add_bench_offload(bench_subparsers) -> None:
                    help="compute dtype for --target (float32: exact greedy equality)")
     o.add_argument("--stream-all", action="store_true",
                    help="--target: give specdec the least budget it runs in, so every layer streams")
-    o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,hf,hf_assisted")
+    o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,overlap,"
+                   "self_draft,llamacpp,llamacpp_spec,hf,hf_assisted")
     o.add_argument("--max-new-tokens", type=int, help="override the workloads' new tokens per prompt")
     o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")
     o.add_argument("--no-cgroup", action="store_true",

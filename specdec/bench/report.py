@@ -15,8 +15,13 @@ from pathlib import Path
 
 from .worker import floor_seconds
 
-SPECULATIVE = {"chain": "plain", "tree": "plain", "hf_assisted": "hf"}
-GOALS = {"plain_vs_floor": 1.15, "speculative_vs_plain": 3.0, "speculative_vs_hf_assisted": 10.0}
+# each speculative contender -> its own runtime's plain decoding (greedy output must match)
+SPECULATIVE = {"chain": "plain", "tree": "plain", "overlap": "plain", "self_draft": "plain",
+               "hf_assisted": "hf", "llamacpp_spec": "llamacpp"}
+SPECDEC_SPECULATIVE = ("chain", "tree", "overlap", "self_draft")
+LLAMACPP = ("llamacpp", "llamacpp_spec")
+GOALS = {"plain_vs_floor": 1.15, "speculative_vs_plain": 3.0, "speculative_vs_hf_assisted": 10.0,
+         "speculative_vs_floor": 3.0, "speculative_vs_llamacpp": 3.0}
 
 
 def build_rows(report: dict) -> list[dict]:
@@ -27,15 +32,29 @@ def build_rows(report: dict) -> list[dict]:
         rows.append(floor)
         for t in w["temperatures"]:
             for name, r in results.items():
-                if name != "floor":
-                    rows.append(_run_row(w["name"], name, t, r, results, floor))
+                if name == "floor":
+                    continue
+                if r.get("ok") and not any(x["temperature"] == t for x in r["runs"]):
+                    continue  # a greedy-only contender (llama.cpp) at T > 0
+                rows.append(_run_row(w["name"], name, t, r, results, floor))
+        _add_llamacpp_ratio(rows, w["name"])
     return rows
+
+
+def _add_llamacpp_ratio(rows: list[dict], workload: str) -> None:
+    """x llama.cpp: ms/token over llama.cpp's best (plain or speculative) at T=0, same run."""
+    best = min((r["ms_per_token"] for r in rows if r["workload"] == workload and r["ok"]
+                and r["contender"] in LLAMACPP and r["temperature"] == 0 and r.get("ms_per_token")),
+               default=None)
+    for r in rows:
+        if r["workload"] == workload and r["ok"] and r.get("ms_per_token"):
+            r["x_llamacpp"] = r["ms_per_token"] / best if best else None
 
 
 def _floor_row(workload: str, r: dict) -> dict:
     row = {"workload": workload, "contender": "floor", "temperature": None, "ok": r.get("ok", False)}
     if not row["ok"]:
-        return {**row, "error": r.get("error", "not run")}
+        return {**row, "error": r.get("error", "not run"), "skipped": r.get("skipped", False)}
     f = r["floor"]
     s = floor_seconds(f)
     return {**row, "ms_per_token": s * 1e3, "tokens_per_second": 1 / s if s else None,
@@ -47,7 +66,7 @@ def _floor_row(workload: str, r: dict) -> dict:
 def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: dict) -> dict:
     row = {"workload": workload, "contender": name, "temperature": t, "ok": r.get("ok", False)}
     if not row["ok"]:
-        return {**row, "error": r.get("error", "not run")}
+        return {**row, "error": r.get("error", "not run"), "skipped": r.get("skipped", False)}
     runs = [x for x in r["runs"] if x["temperature"] == t]
     tokens = sum(x["new_tokens"] for x in runs)
     seconds = sum(x["seconds"] for x in runs)
@@ -78,29 +97,50 @@ def _same_tokens(runs: list[dict], results: dict, reference: str) -> bool | None
     return all(want.get(x["prompt_index"]) == x["token_ids"] for x in runs)
 
 
-def goals(rows: list[dict], real_draft: dict[str, bool] | None = None) -> list[dict]:
+def goals(rows: list[dict], real_draft: dict[str, bool] | None = None,
+          kinds: dict[str, str] | None = None) -> list[dict]:
     """The issue's targets, measured (reported, never asserted). Speculative goals only for
-    workloads with a real draft (`real_draft` by workload name; default: all)."""
+    workloads with a real draft (`real_draft` by workload name; default: all). `kinds`
+    (workload -> "inflated-7b" | "seed-13b" | ""): issue 19's goals for the inflated ones."""
     def ms(workload, contender, t):
         for r in rows:
             if (r["workload"], r["contender"], r["temperature"]) == (workload, contender, t):
                 return r.get("ms_per_token")
         return None
 
+    def best(workload, names):
+        return min((v for v in (ms(workload, n, 0.0) for n in names) if v), default=None)
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
     out = []
     for wl in dict.fromkeys(r["workload"] for r in rows):
         plain, floor = ms(wl, "plain", 0.0), ms(wl, "floor", None)
-        spec = min((v for v in (ms(wl, "chain", 0.0), ms(wl, "tree", 0.0)) if v), default=None)
-        hfa = ms(wl, "hf_assisted", 0.0)
-        out.append(_goal(wl, "plain_vs_floor", "plain streamed ms/token / floor ms/token",
-                         plain / floor if plain and floor else None, lower_is_better=True))
+        spec, llama = best(wl, SPECDEC_SPECULATIVE), best(wl, LLAMACPP)
+        kind = (kinds or {}).get(wl, "")
+        if kind != "seed-13b":
+            out.append(_goal(wl, "plain_vs_floor", "plain streamed ms/token / floor ms/token",
+                             ratio(plain, floor), lower_is_better=True))
         if real_draft is not None and not real_draft.get(wl, True):
             continue
+        if kind == "seed-13b":
+            out.append(_goal(wl, "speculative_vs_floor", "floor ms/token / best speculative ms/token (T=0)",
+                             ratio(floor, spec)))
+            out.append(_goal(wl, "speculative_vs_llamacpp",
+                             "llama.cpp's best ms/token / best speculative ms/token (T=0)",
+                             ratio(llama, spec)))
+            continue
         out.append(_goal(wl, "speculative_vs_plain", "plain ms/token / best speculative ms/token (T=0)",
-                         plain / spec if plain and spec else None))
+                         ratio(plain, spec)))
+        if kind:
+            out.append(_goal(wl, "speculative_vs_llamacpp",
+                             "llama.cpp's best ms/token / best speculative ms/token (T=0; not an "
+                             "issue-19 goal here, shown for reference)", ratio(llama, spec)))
+            continue
         out.append(_goal(wl, "speculative_vs_hf_assisted",
                          "accelerate assisted ms/token / best speculative ms/token (T=0)",
-                         hfa / spec if hfa and spec else None))
+                         ratio(ms(wl, "hf_assisted", 0.0), spec)))
     return out
 
 
@@ -115,7 +155,7 @@ COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "conten
            ("ms/token", "ms_per_token"), ("tokens/s", "tokens_per_second"),
            ("MB read/token", "bytes_read_per_token"), ("peak RSS MB", "peak_rss_bytes"),
            ("accept", "acceptance_rate"), ("a/token", "token_acceptance"), ("tokens/pass", "tokens_per_pass"),
-           ("x floor", "x_floor"), ("= plain (T=0)", "matches_plain")]
+           ("x floor", "x_floor"), ("x llama.cpp", "x_llamacpp"), ("= plain (T=0)", "matches_plain")]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -123,9 +163,9 @@ def markdown_table(rows: list[dict]) -> str:
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
         if not r["ok"]:
-            why = r["error"].split(";")[0]
+            why = r["error"] if r.get("skipped") else "failed: " + r["error"].split(";")[0]
             lines.append(f"| {r['workload']} | {_fmt('temperature', r['temperature'])} | "
-                         f"{r['contender']} | failed: {why} |" + " |" * (len(COLUMNS) - 4))
+                         f"{r['contender']} | {why} |" + " |" * (len(COLUMNS) - 4))
             continue
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in COLUMNS) + " |")
     return "\n".join(lines)
@@ -157,7 +197,8 @@ def goals_markdown(gs: list[dict]) -> str:
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     rows = build_rows(report)
     real = {e["workload"]["name"]: e["workload"].get("real_draft", True) for e in report["workloads"]}
-    report["rows"], report["goals"] = rows, goals(rows, real)
+    kinds = {e["workload"]["name"]: e["workload"].get("goals", "") for e in report["workloads"]}
+    report["rows"], report["goals"] = rows, goals(rows, real, kinds)
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md",
              "ms_per_token_png": out_dir / "ms_per_token.png", "pass_time_png": out_dir / "pass_time.png"}
     _write_atomic(paths["json"], json.dumps(report, indent=1))  # --rebuild rewrites it from itself
@@ -220,6 +261,15 @@ def details(report: dict) -> list[str]:
                        f"{fl['streamed_bytes'] / floor_seconds(fl) / 1e9:.2f} GB/s); prefetcher "
                        f"alone {fl['stream_only_seconds'] * 1e3:.0f} ms; streamed pass ms by tokens "
                        f"verified {passes}")
+        for c in ("llamacpp", "llamacpp_spec"):
+            r = res.get(c, {})
+            if r.get("ok"):
+                out.append(f"- {name} {c}: llama-cpp-python {r.get('llama_cpp_version')}, GGUF "
+                           f"memory-mapped, {r['threads']} threads, greedy"
+                           + (f", {r['draft_tokens']} draft tokens per pass (the draft's GGUF has a "
+                              "full output layer: ids outside its partial vocabulary score 0, not "
+                              "-inf: the same greedy proposals whenever its best logit is > 0)"
+                              if r.get("draft_tokens") else ""))
         peaks = {c: r.get("cap_peak_bytes") for c, r in res.items() if r.get("cap_peak_bytes")}
         if peaks:
             out.append(f"- {name} cgroup peak (process + page cache), MB: "

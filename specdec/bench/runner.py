@@ -6,8 +6,15 @@ Per workload (specdec/bench/workloads.py) the contenders run in this order:
   plain       specdec, target streamed, no draft
   chain       specdec speculative, chain drafts
   tree        specdec speculative, draft tree
+  overlap     specdec speculative, overlapped tree (when this specdec has it)
+  self_draft  specdec self-speculation (when this specdec has it)
+  llamacpp    llama.cpp (llama-cpp-python) on the GGUF of the same target, mmap, greedy
+  llamacpp_spec the same with the draft's GGUF proposing greedy tokens (llama_worker.py)
   hf          transformers generate, accelerate disk offload (device_map="auto")
   hf_assisted the same with assisted generation (the same draft, in RAM)
+The llama.cpp contenders run specdec/bench/llama_worker.py with `--llama-python` (default:
+this interpreter when it can import llama_cpp; else they are skipped, with one line saying so).
+A workload may skip contenders (Workload.skip): the report says why.
 The accelerate contenders get, as max_memory for target weights, what specdec's plan under
 the same cap spent on target weights (resident part + pinned layers + stream buffers), so
 both keep the same share of the target in RAM.
@@ -37,7 +44,7 @@ PASS_TOKENS = [1, 8, 32, 64]
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # floor | specdec | hf
+    kind: str  # floor | specdec | llama | hf
     draft: bool = False
     speculation: str = "chain"
     label: str = ""
@@ -48,16 +55,48 @@ CONTENDERS = (
     Contender("plain", "specdec", label="specdec plain streamed"),
     Contender("chain", "specdec", True, "chain", label="specdec speculative (chain)"),
     Contender("tree", "specdec", True, "tree", label="specdec speculative (tree)"),
+    Contender("overlap", "specdec", True, "overlap", label="specdec speculative (overlapped tree)"),
+    Contender("self_draft", "specdec", False, "self_draft", label="specdec self-speculation"),
+    Contender("llamacpp", "llama", label="llama.cpp (mmap, greedy)"),
+    Contender("llamacpp_spec", "llama", True, label="llama.cpp speculative (draft GGUF, greedy)"),
     Contender("hf", "hf", label="transformers + accelerate offload"),
     Contender("hf_assisted", "hf", True, label="transformers + accelerate, assisted generation"),
 )
 
 
+LLAMA_MISSING = ("llama.cpp contender skipped: llama-cpp-python not importable "
+                 "(pip install 'specdec[bench]')")
+
+
+def available_contenders() -> tuple[Contender, ...]:
+    """The contenders this specdec has: speculation modes that exist (overlap, self_draft
+    land in other branches)."""
+    from ..api import SPECULATION_MODES
+
+    return tuple(c for c in CONTENDERS if c.kind != "specdec" or c.speculation in SPECULATION_MODES
+                 or c.name == "plain")
+
+
+def llama_python(requested: str | None) -> tuple[str | None, str]:
+    """The interpreter for llama_worker.py, or (None, why) when none can import llama_cpp."""
+    py = requested or sys.executable
+    try:
+        ok = subprocess.run([py, "-c", "import llama_cpp"], capture_output=True,
+                            timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"{LLAMA_MISSING}; {py}: {e}"
+    if ok:
+        return py, ""
+    return None, LLAMA_MISSING + (f" by {py}" if requested else "")
+
+
 def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
-              log=print, only: set[str] | None = None) -> dict:
+              log=print, only: set[str] | None = None, llama_py: str | None = None,
+              llama_why: str = LLAMA_MISSING, draft_tokens: int = 8) -> dict:
     """Run every contender (or those named in `only`) on every workload; return the report
-    dict (see specdec/bench/report.py)."""
-    contenders = [c for c in CONTENDERS if not only or c.name in only]
+    dict (see specdec/bench/report.py). `llama_py`: the interpreter of the llama.cpp
+    contenders (None: they are skipped with `llama_why`)."""
+    contenders = [c for c in available_contenders() if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
               "machine": machine_info(), "workloads": [], "contenders": [c.__dict__ for c in contenders]}
@@ -65,8 +104,14 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     for w in workloads:
         results = {}
         for c in contenders:
+            why = skip_reason(w, c, llama_py, llama_why)
+            if why:
+                results[c.name] = {"ok": False, "skipped": True, "error": f"skipped: {why}"}
+                log(f"[{w.name}] {c.name}: skipped: {why}")
+                continue
             log(f"[{w.name}] {c.name} ...")
-            results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir, results)
+            results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir, results,
+                                            llama_py, draft_tokens)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
         add_texts(w, results)
@@ -75,17 +120,36 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     return report
 
 
+def skip_reason(w: Workload, c: Contender, llama_py: str | None, llama_why: str) -> str:
+    if c.name in w.skip:
+        return w.skip[c.name]
+    if c.kind == "llama":
+        if llama_py is None:
+            return llama_why
+        if not w.gguf or (c.draft and not w.draft_gguf):
+            return "no GGUF of this workload's target (or draft) for llama.cpp"
+    if c.draft and not w.draft:
+        return "no draft"
+    return ""
+
+
 def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path,
-                  earlier: dict | None = None) -> dict:
+                  earlier: dict | None = None, llama_py: str | None = None,
+                  draft_tokens: int = 8) -> dict:
+    cpu = hf_cpu_bytes(w, c, earlier or {}) if c.kind == "hf" else None
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
-           "workload": {**w.as_dict(), "hf_cpu_bytes": hf_cpu_bytes(w, c, earlier or {})},
+           "draft_tokens": draft_tokens, "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
            "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
                      "max_new_tokens": w.max_new_tokens}
                     for t in w.temperatures for i, p in enumerate(w.prompts)]}
     evicted = evict_page_cache(w.data_paths())
     cap = MemoryCap.create(w.ram_bytes) if use_cgroup else None
     try:
-        result = _spawn(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log")
+        if c.kind == "llama":  # by path: the llama venv may have no torch (nor specdec)
+            cmd = [llama_py, str(Path(__file__).with_name("llama_worker.py"))]
+        else:
+            cmd = [sys.executable, "-m", "specdec.bench.worker"]
+        result = _spawn(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log", cmd)
         result["cap_peak_bytes"] = cap.peak_bytes() if cap else None
         result["oom_kills"] = cap.oom_kills() if cap else 0
     finally:
@@ -131,14 +195,14 @@ def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
     return p.resident_bytes + p.pinned_bytes + p.ring_bytes
 
 
-def _spawn(job: dict, cap: MemoryCap | None, log_path: Path) -> dict:
+def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> dict:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="specdec-bench-") as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps(job))
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(job["threads"]),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-        cmd = [sys.executable, "-m", "specdec.bench.worker", str(job_file), str(out_file)]
+        cmd = [*cmd, str(job_file), str(out_file)]
         # The child joins the cgroup before exec, so everything it loads is under the cap.
         # cwd: the directory holding the `specdec` package, so `-m` finds this very copy
         # when it runs from a source checkout (an installed copy is found anyway).
@@ -207,7 +271,17 @@ def cmd_bench_offload(args) -> int:
         print(markdown_table(write_report(report, out) and report["rows"]))
         return 0
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    workloads, notes = build_workloads(args, bench_cache(args.cache_dir))
+    only = {c.strip() for c in (args.contenders or "").split(",") if c.strip()} or None
+    unknown = (only or set()) - {c.name for c in CONTENDERS}
+    if unknown:
+        print(f"specdec: error: unknown contender(s) {sorted(unknown)}; choose from "
+              f"{[c.name for c in CONTENDERS]}", file=sys.stderr)
+        return 2
+    wants_llama = not only or bool(only & {"llamacpp", "llamacpp_spec"})
+    llama_py, llama_why = llama_python(args.llama_python) if wants_llama else (None, "not asked for")
+    if wants_llama and llama_py is None:
+        print(llama_why, file=sys.stderr)
+    workloads, notes = build_workloads(args, bench_cache(args.cache_dir), llama=llama_py is not None)
     for w in workloads:
         w.max_new_tokens = args.max_new_tokens or w.max_new_tokens
     for n in notes:
@@ -215,15 +289,10 @@ def cmd_bench_offload(args) -> int:
     if not workloads:
         print("specdec: error: no workload could be prepared (see the notes above)", file=sys.stderr)
         return 2
-    only = {c.strip() for c in (args.contenders or "").split(",") if c.strip()} or None
-    unknown = (only or set()) - {c.name for c in CONTENDERS}
-    if unknown:
-        print(f"specdec: error: unknown contender(s) {sorted(unknown)}; choose from "
-              f"{[c.name for c in CONTENDERS]}", file=sys.stderr)
-        return 2
     report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
                        use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr),
-                       only=only)
+                       only=only, llama_py=llama_py, llama_why=llama_why,
+                       draft_tokens=args.draft_tokens)
     report["notes"] = notes
     report["command"] = " ".join(sys.argv)
     paths = write_report(report, out)
@@ -232,7 +301,10 @@ def cmd_bench_offload(args) -> int:
     return 0
 
 
-def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
+def build_workloads(args, cache: Path, llama: bool = False) -> tuple[list[Workload], list[str]]:
+    """The workloads asked for; `llama`: also write the GGUFs llama.cpp needs where they are
+    cheap (the demo draft, a --target pair)."""
+    from . import inflated
     from .workloads import custom_workload, demo_workload, load_prompt_config, synthetic_workload
 
     if args.target:  # the user's own pair replaces the built-in workloads
@@ -241,13 +313,14 @@ def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
         prompts = load_prompt_config()["demo"]["prompts"][:1 if args.quick else None]
         w = custom_workload(Path(args.target).name, Path(args.target), Path(args.draft), cache,
                             args.ram or "4GB", prompts, max_new_tokens=16 if args.quick else 64,
-                            dtype=args.dtype, stream_all=args.stream_all)
+                            dtype=args.dtype, stream_all=args.stream_all, gguf=llama)
         return [w], []
     wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
     workloads, notes = [], []
     if "demo" in wanted:
         try:
-            workloads.append(demo_workload(cache, args.quick, draft=args.draft, ram=args.demo_ram))
+            workloads.append(demo_workload(cache, args.quick, draft=args.draft, ram=args.demo_ram,
+                                           gguf=llama))
         except FileNotFoundError as e:
             notes.append(f"demo workload skipped: {e}")
     if "synthetic" in wanted:
@@ -256,6 +329,14 @@ def build_workloads(args, cache: Path) -> tuple[list[Workload], list[str]]:
             notes.append(why)
         ram = args.synthetic_ram or ("1GB" if args.quick else "4GB")
         workloads.append(synthetic_workload(cache, preset, args.quick, ram))
+    for name in inflated.names(wanted):
+        workloads.append(inflated.big_workload(
+            name, cache, n_prompts=args.prompts, max_new_tokens=args.max_new_tokens or 16,
+            with_hf=args.with_hf, ram=getattr(args, name.replace("-", "_") + "_ram", None)))
+    unknown = [n for n in wanted if n not in ("demo", "synthetic") and not inflated.names([n])]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}: choose from demo, synthetic, "
+                         f"inflated-7b, {', '.join(inflated.BIG)}")
     return workloads, notes
 
 

