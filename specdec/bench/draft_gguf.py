@@ -61,6 +61,10 @@ def load_state(draft_dir: Path) -> tuple[dict, dict]:
     if cfg.get("model_type") != "llama":
         raise DraftGGUFError(f"{draft_dir}: model_type {cfg.get('model_type')!r}; only llama drafts "
                              "are written to GGUF here")
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
+        raise DraftGGUFError(f"{draft_dir}: rope scaling {scaling.get('rope_type')!r} is not written "
+                             "to GGUF here (llama.cpp would need its rope_freqs tensor)")
     state = {}
     for f in sorted(draft_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))

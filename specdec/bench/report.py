@@ -36,6 +36,9 @@ def build_rows(report: dict) -> list[dict]:
                     continue
                 if r.get("ok") and not any(x["temperature"] == t for x in r["runs"]):
                     continue  # a greedy-only contender (llama.cpp) at T > 0
+                if r.get("skipped") and t != w["temperatures"][0]:
+                    continue  # one line says why
+
                 rows.append(_run_row(w["name"], name, t, r, results, floor))
         _add_llamacpp_ratio(rows, w["name"])
     return rows
