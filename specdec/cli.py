@@ -57,8 +57,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--max-context", type=int, help="KV cache length in tokens")
     p.add_argument("--k", type=int, help="chain mode: drafted tokens per pass (default: adaptive)")
-    p.add_argument("--speculation", choices=["chain", "tree"], default=None,
-                   help="chain (default): k drafts in a row; tree: a draft tree verified in one pass")
+    p.add_argument("--speculation", choices=["chain", "tree", "overlap"], default=None,
+                   help="chain (default): k drafts in a row; tree: a draft tree verified in one pass; "
+                        "overlap: a tree that keeps growing while the target streams")
     p.add_argument("--tree-nodes", type=int, help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=int, default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
