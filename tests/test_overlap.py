@@ -178,8 +178,8 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
                       speculation="overlap", tree_nodes=6)
     assert lm.plan.streamed
     weights = lm.target.model.weights
-    slow_layer_reads(monkeypatch, 0.002)
-    n = 1000
+    slow_layer_reads(monkeypatch, 0.001)
+    n = 500
     counts = torch.zeros(16 * 16)
     totals = {"accepted": 0, "drafted": 0, "carried": 0}
     for seed in range(n):
@@ -191,9 +191,12 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
     lm.close()
     assert weights.stats.idle_seconds > 0
     assert 0 < totals["accepted"] < totals["drafted"]
-    assert totals["carried"] > 30  # second passes really verified carried-over trees
+    assert totals["carried"] > 20  # second passes really verified carried-over trees
     observed, expected_counts = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected_counts, sum_check=False).pvalue > 1e-3
+    pvalue = chisquare(observed, expected_counts, sum_check=False).pvalue
+    print(f"p-value {pvalue:.3g} against the target, {_pvalue_against(counts, draft_exact * n):.3g} "
+          f"against the draft; {totals}")
+    assert pvalue > 1e-3
     assert _pvalue_against(counts, draft_exact * n) < 1e-6
 
 
@@ -281,11 +284,14 @@ def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expect
 
 
 def test_soak_2000_tokens_flat_threads_and_ram(pair):
-    lm = streamed(pair, max_context=4096)
+    # Draft == target, sampled: long accepted paths, trees carried over and re-rooted on most
+    # passes, and still a rollback now and then (a sample outside the draft's proposals).
+    lm = streamed(pair, draft=pair[0], max_context=4096)
     started = time.perf_counter()
     summary = soak.soak(lm, turns=20, tokens_per_turn=100, temperature=0.8, log=lambda line: None)
     lm.close()
     assert summary["tokens"] == 2000
+    assert summary["rejected_drafts"] > 100
     assert summary["threads"]["end"] <= summary["threads"]["after_turn_1"]
     assert summary["threads"]["max"] <= summary["threads"]["after_turn_1"] + 1  # + a read pool mid-pass
     assert summary["rss_mb"]["growth_after_turn_1"] < 16, summary["rss_mb"]
