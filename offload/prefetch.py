@@ -12,10 +12,11 @@ reader when the consumer takes the next layer; don't keep them past that. Pinned
 are read once at construction and kept in RAM for good.
 
 Idle work: `layers(idle=f)` hands the consumer's waits to `f`. When the next layer is not
-read yet, the consumer calls `f()` (without holding the ring's lock) instead of sleeping,
-again and again until the layer is there or `f()` returns False (nothing useful left), then
-waits as usual. One call should be short (the layer may arrive during it and then waits for
-it to end): a speculation strategy grows its draft tree there, one draft forward per call,
+read yet, the consumer calls `f(eta)` (without holding the ring's lock) instead of sleeping,
+again and again until the layer is there or `f` returns False (nothing useful left, or not
+worth starting), then waits as usual. `eta` estimates the seconds until the read under way
+ends (from the reader's recent bytes per second; None before there is one). One call should
+be short (the layer may arrive during it and then waits for it to end): a speculation strategy grows its draft tree there, one draft forward per call,
 on the same thread, so the draft and the target's matmuls never compete for the cores.
 
 Failure: an exception in the reader thread (an I/O error, a checksum mismatch) ends the
@@ -118,7 +119,7 @@ class StreamedWeights:
             self.stats.idle_seconds = self.stats.idle_delay_seconds = 0.0
 
     # -- the pass -------------------------------------------------------------------------
-    def layers(self, idle: Callable[[], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    def layers(self, idle: Callable[[float | None], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over layers 0..L-1. A previous pass left unfinished (its generator kept
         alive by a traceback) is abandoned: its reader is stopped and a fresh one started.
         `idle`: work to do while a layer is not read yet (see the module's idle work)."""
@@ -218,6 +219,8 @@ class _Ring:
         self.buffers = [aligned_buffer(largest) for _ in range(size)] if order else []
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.current: tuple[int, float] | None = None  # (bytes, start time) of the read under way
+        self.seconds_per_byte: float | None = None  # recent reads' speed (moving average)
         self.epoch = 0
         self._reset()
 
@@ -251,10 +254,10 @@ class _Ring:
         with self.cond:
             self._reset()
 
-    def take(self, still_wanted, idle: Callable[[], bool] | None = None
+    def take(self, still_wanted, idle: Callable[[float | None], bool] | None = None
              ) -> tuple[int, int, int, float]:
         """Wait for the next filled slot: (layer index, slot, epoch, delay). While it is not
-        there, call `idle()` instead of sleeping until it returns False; `delay` is how long
+        there, call `idle(eta)` instead of sleeping until it returns False; `delay` is how long
         the layer sat ready until the idle call running when it arrived ended. Re-raises the
         thread's error."""
         delay = 0.0
@@ -270,7 +273,7 @@ class _Ring:
                 self.stop()  # join the dead thread now so nothing outlives the error
                 raise error
             started = time.perf_counter()
-            more = idle()  # outside the lock: the reader keeps filling slots meanwhile
+            more = idle(self.eta())  # outside the lock: the reader keeps filling slots meanwhile
             ended = time.perf_counter()
             self.stats.idle_seconds += ended - started
             with self.cond:
@@ -279,6 +282,15 @@ class _Ring:
                     delay = ended - max(arrived, started)
             if not more:
                 idle = None
+
+    def eta(self) -> float | None:
+        """Seconds until the read under way ends, estimated from the reader's recent speed;
+        None when nothing is being read or no read has been timed yet."""
+        current, per_byte = self.current, self.seconds_per_byte
+        if current is None or per_byte is None:
+            return None
+        nbytes, started = current
+        return max(0.0, started + nbytes * per_byte - time.perf_counter())
 
     def _poll(self, still_wanted) -> tuple[tuple[int, int] | None, BaseException | None]:
         """(the next filled (layer, slot), None), (None, the error to raise) or (None, None)
@@ -338,8 +350,16 @@ class _Ring:
     def _read(self, layer: int, slot: int) -> None:
         meta = self.store.layer_meta(layer)
         t0 = time.perf_counter()
-        self.reader.read_file(self.store.path / meta.name, self.buffers[slot], meta.size)
-        check_first_read(self.store, meta.name, self.buffers[slot])
+        self.current = (meta.size, t0)
+        try:
+            self.reader.read_file(self.store.path / meta.name, self.buffers[slot], meta.size)
+            check_first_read(self.store, meta.name, self.buffers[slot])
+        finally:
+            self.current = None
+        seconds = time.perf_counter() - t0
+        per_byte = seconds / max(meta.size, 1)
+        old = self.seconds_per_byte
+        self.seconds_per_byte = per_byte if old is None else 0.8 * old + 0.2 * per_byte
         with self.cond:
             self.stats.bytes_read += meta.size
-            self.stats.read_seconds += time.perf_counter() - t0
+            self.stats.read_seconds += seconds

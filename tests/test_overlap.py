@@ -108,14 +108,15 @@ def test_idle_work_runs_in_the_waits_and_changes_no_layer(pair, monkeypatch):
     with StreamedWeights(pair[2], ring_size=2) as w:
         reference = [{k: v.clone() for k, v in layer.items()} for layer in w.layers()]
     slow_layer_reads(monkeypatch, 0.02)
-    calls = {"n": 0}
+    calls = {"n": 0, "etas": []}
 
-    def busy():
+    def busy(eta):
         calls["n"] += 1
+        calls["etas"].append(eta)
         time.sleep(0.002)
         return True
 
-    def nothing_to_do():
+    def nothing_to_do(eta):
         calls["n"] += 1
         return False
 
@@ -123,6 +124,8 @@ def test_idle_work_runs_in_the_waits_and_changes_no_layer(pair, monkeypatch):
         for layer, ref in zip(w.layers(idle=busy), reference):
             assert all(torch.equal(layer[k], ref[k]) for k in ref)
         assert calls["n"] >= 10  # ~20 ms waits filled with 2 ms calls
+        # once a read is timed, the source says how long the next one has left
+        assert all(e is None or 0 <= e < 1 for e in calls["etas"]) and any(calls["etas"])
         assert w.stats.idle_seconds > 0 and w.stats.compute_wait_seconds > 0
         assert w.stats.idle_delay_seconds < 0.05
         calls["n"] = 0

@@ -5,7 +5,7 @@ Where the draft runs. On the loop's own thread, inside the target's waits: the p
 `Plan.idle`, which the weights source calls whenever the next layer is not read yet
 (offload/prefetch.py, idle work). One call is one batched draft forward (tree attention over
 the best `batch` frontier nodes), so a layer that arrives meanwhile waits for at most one
-draft forward. No second compute thread: torch's intra-op pool already uses both cores of
+draft forward; none is started when the layer is due within half a forward. No second compute thread: torch's intra-op pool already uses both cores of
 this machine class, and two compute threads would halve each other; the reader thread
 spends its time in preadv with the GIL released.
 
@@ -250,9 +250,13 @@ class Overlap(Strategy):
                 and self.tree.forwarded + self.batch <= self.grow_limit
                 and cache.length + self.batch <= cache.max_len)
 
-    def _idle(self) -> bool:
+    def _idle(self, eta: float | None = None) -> bool:
         """The target waits for the disk: grow the tree by one draft forward. False when
-        there is nothing worth growing (the weights source then just waits)."""
+        there is nothing worth growing, or when the layer is due in less than half a draft
+        forward (`eta`, the source's estimate): the forward would hold the pass up for longer
+        than it is worth, the weights source then just waits."""
+        if eta is not None and eta < 0.5 * self.cost.draft_forward_seconds:
+            return False
         if not self._can_grow():
             return False
         self._forward_batch("hidden")
