@@ -4,7 +4,8 @@ State is the token context plus the target's KV cache. The target cache always h
 context minus its last token (the "pending" token, fed at the start of the next pass).
 What a pass feeds beyond the uncached context, and how its logits turn into accepted
 tokens, is the strategy's business (specdec.speculate: plain, chain, tree); the engine
-keeps the loop, the stop rules and the stats. A new prompt that shares a prefix with the
+keeps the loop, the stop rules and the stats. Work a plan wants done while the target waits
+for its weights (Plan.idle) goes to the target's forward as it is. A new prompt that shares a prefix with the
 context (the next chat turn) reuses the caches up to the shared prefix.
 """
 from __future__ import annotations

@@ -264,21 +264,31 @@ def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expect
     lm = streamed(pair)
     strategy = lm.engine.strategy
     drafter = strategy.drafter
-    real_forward = drafter.forward
-    calls = {"n": 0}
+    real_forward, real_idle = drafter.forward, strategy._idle
+    calls = {"n": 0, "in_idle": False}
+
+    def idle(*args):  # the plan hands this to the target's forward as Plan.idle
+        calls["in_idle"] = True
+        try:
+            return real_idle(*args)
+        finally:
+            calls["in_idle"] = False
 
     def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            if when == "after":
-                real_forward(*args, **kwargs)
-            raise KeyboardInterrupt
+        if calls["in_idle"]:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                if when == "after":
+                    real_forward(*args, **kwargs)
+                raise KeyboardInterrupt
         return real_forward(*args, **kwargs)
 
+    monkeypatch.setattr(strategy, "_idle", idle)
     monkeypatch.setattr(drafter, "forward", interrupted)
     with pytest.raises(KeyboardInterrupt):
         lm.generate(PROMPT, max_new_tokens=NEW)
-    assert calls["n"] == 12
+    assert calls["n"] == 5
+    assert _reader_threads() == []  # the pass was abandoned: its reader stopped
     monkeypatch.setattr(drafter, "forward", real_forward)
     for prompt in (PROMPT, OTHER, PROMPT):
         assert lm.generate(prompt, max_new_tokens=NEW).token_ids == expected[tuple(prompt)]
@@ -315,3 +325,36 @@ def test_overlap_is_a_speculation_mode_with_its_stats_in_the_dict(pair):
     assert args.speculation == "overlap"
     with pytest.raises(ValueError, match="speculation must be one of"):
         specdec.load(pair[0], draft=pair[1], dtype="float32", speculation="overlapped")
+
+
+def test_real_ctrl_c_at_random_moments_leaves_a_correct_decoder(pair, expected, monkeypatch):
+    """SIGINT lands wherever the main thread is: in a draft forward inside a layer wait, in
+    the re-rooting, in a pass. After each, the decoder still gives the reference output."""
+    import random
+    import signal
+
+    slow_layer_reads(monkeypatch, 0.005)
+    lm = streamed(pair)
+    started = time.perf_counter()
+    assert lm.generate(PROMPT, max_new_tokens=16).token_ids == expected[tuple(PROMPT)][:16]
+    duration = time.perf_counter() - started
+    rng = random.Random(0)
+    interrupted = 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for i in range(8):
+        prompt = OTHER if i % 2 else PROMPT
+        timer = threading.Timer(rng.uniform(0.05, 0.9) * duration,
+                                lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+        try:
+            timer.start()
+            lm.generate(prompt, max_new_tokens=16)
+            timer.join()
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            timer.cancel()
+            timer.join()
+        assert lm.generate(prompt, max_new_tokens=16).token_ids == expected[tuple(prompt)][:16], i
+    assert interrupted >= 3
+    lm.close()
+    assert _reader_threads() == []
