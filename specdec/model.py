@@ -84,7 +84,7 @@ class Transformer:
         [T, cache.length + T], True = may attend) is the full visibility over the cached
         entries and the new tokens; None means causal (`cache.causal_mask`). Mistral's
         sliding window applies on top of either. The new keys/values are committed.
-        `idle` (a callable -> bool) goes to the weights source, which runs it while it waits
+        `idle` (a callable(eta) -> bool) goes to the weights source, which runs it while it waits
         for a layer from disk (offload/prefetch.py, idle work)."""
         tokens = tokens.reshape(-1)
         n = tokens.numel()

@@ -64,7 +64,9 @@ class Plan:
     mask: torch.Tensor | None = None    # [T, cache.length + T] bool, None = causal
     num_logits: int = 1                 # rows of logits commit needs (the last ones)
     state: Any = None                   # the strategy's own, handed back to commit
-    idle: Callable[[], bool] | None = None  # work for the pass's waits on disk; False: done
+    # Work for the pass's waits on disk: called with the source's estimate of the seconds
+    # until the awaited layer is read (or None); returns False when it has nothing worth doing.
+    idle: Callable[[float | None], bool] | None = None
 
 
 @dataclass

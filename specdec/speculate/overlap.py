@@ -102,8 +102,9 @@ class Overlap(Strategy):
     def pass_ended(self, step: Step, plan: Plan) -> None:
         s = self.source_stats
         if s is not None:
-            plan.state.wait = s.compute_wait_seconds - self._source_before[0]
-            plan.state.delay = s.idle_delay_seconds - self._source_before[1]
+            # (max: the stats may have been reset meanwhile)
+            plan.state.wait = max(0.0, s.compute_wait_seconds - self._source_before[0])
+            plan.state.delay = max(0.0, s.idle_delay_seconds - self._source_before[1])
         self._counters["tree_nodes_grown"] += len(self.tree)
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
