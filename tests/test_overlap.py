@@ -101,6 +101,20 @@ def test_growing_tree_best_nodes_form_a_tree_and_a_subtree_is_renumbered():
     assert sub.take_frontier(5) == [1, 2]  # d and e wait to be forwarded; c is
 
 
+def test_pass_model_floors_the_compute_fit_at_the_disk_time():
+    from specdec.speculate.overlap import PassModel
+    from specdec.speculate.tree_model import TreeCostModel
+
+    m = PassModel(TreeCostModel(4))
+    m.observe(10, wall=1.0, wait=0.8, delay=0.0)   # compute 0.2 s, the rest waiting for the disk
+    m.observe(50, wall=1.05, wait=0.4, delay=0.05)  # compute 0.6 s; 0.05 s was draft overshoot
+    assert m.disk_seconds == pytest.approx(1.0)
+    assert m.seconds(10) == pytest.approx(1.0)  # disk-bound: small passes cost the read
+    assert m.seconds(100) == pytest.approx(1.1)  # compute-bound past ~90 tokens: 0.1 + 0.01/token
+    m.observe(100, wall=0.9, wait=0.0, delay=0.0)  # never waited: the disk takes <= 0.9 s
+    assert m.disk_seconds == pytest.approx(0.9)
+
+
 # -- the weights source's idle hook --------------------------------------------------------------
 def test_idle_work_runs_in_the_waits_and_changes_no_layer(pair, monkeypatch):
     from offload.prefetch import StreamedWeights
@@ -218,7 +232,7 @@ def test_same_weights_streamed_carries_the_tree_and_drafts_off_the_critical_path
     assert s["tree_nodes_carried"] > 0
     assert s["draft_seconds_hidden"] > 0
     # Only the prompt's catch-up and the first tree are drafted before a pass.
-    assert s["draft_seconds_critical"] < 0.2 * s["draft_seconds_hidden"], s
+    assert s["draft_seconds_critical"] < 0.1 * (s["draft_seconds_hidden"] + s["draft_seconds_critical"]), s
     assert out.stats.tokens_per_pass > 8
 
 
