@@ -10,8 +10,8 @@ import pytest
 
 from conftest import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
 
-CONTENDERS = {"floor", "plain", "chain", "tree", "hf", "hf_assisted"}
-STREAMED = {"plain", "chain", "tree"}
+CONTENDERS = {"floor", "plain", "chain", "tree", "overlap", "hf", "hf_assisted"}
+STREAMED = {"plain", "chain", "tree", "overlap"}
 FIELDS = ("ms_per_token", "tokens_per_second", "bytes_read_per_token", "peak_rss_bytes",
           "tokens_per_pass")
 
@@ -66,8 +66,10 @@ def test_rows_complete_and_sane(bench):
         assert r["tokens_per_pass"] >= 1
         if r["contender"] in STREAMED | {"floor"}:
             assert r["bytes_read_per_token"] > 0, r  # streamed from disk, not from RAM
-        if r["contender"] in {"chain", "tree"}:
+        if r["contender"] in {"chain", "tree", "overlap"}:
             assert 0 <= r["acceptance_rate"] <= 1
+        if r["contender"] == "overlap":
+            assert 0 <= r["draft_critical_share"] <= 1 and r["tree_nodes_sent_per_pass"] >= 0
     assert {g["goal"] for g in report["goals"]} == {
         "plain_vs_floor", "speculative_vs_plain", "speculative_vs_hf_assisted"}
 
@@ -79,9 +81,10 @@ def test_speculative_text_equals_plain_at_temperature_zero(bench):
     def texts(name):
         return [x["text"] for x in results[name]["runs"] if x["temperature"] == 0]
     assert all(texts("plain")) and texts("chain") == texts("plain") and texts("tree") == texts("plain")
+    assert texts("overlap") == texts("plain")
     assert texts("hf_assisted") == texts("hf")
     assert all(r["matches_plain"] for r in report["rows"] if r["temperature"] == 0
-               and r["contender"] in {"chain", "tree", "hf_assisted"})
+               and r["contender"] in {"chain", "tree", "overlap", "hf_assisted"})
     # the draft is a light copy of the target: speculation really ran, with acceptance
     chain = next(r for r in report["rows"] if r["contender"] == "chain" and r["temperature"] == 0)
     assert chain["acceptance_rate"] > 0 and chain["tokens_per_pass"] > 1

@@ -48,6 +48,8 @@ CONTENDERS = (
     Contender("plain", "specdec", label="specdec plain streamed"),
     Contender("chain", "specdec", True, "chain", label="specdec speculative (chain)"),
     Contender("tree", "specdec", True, "tree", label="specdec speculative (tree)"),
+    Contender("overlap", "specdec", True, "overlap",
+              label="specdec speculative (tree grown while the target streams)"),
     Contender("hf", "hf", label="transformers + accelerate offload"),
     Contender("hf_assisted", "hf", True, label="transformers + accelerate, assisted generation"),
 )
