@@ -11,6 +11,14 @@ Lifetime of a streamed layer's tensors: they view a ring slot, which is handed b
 reader when the consumer takes the next layer; don't keep them past that. Pinned layers
 are read once at construction and kept in RAM for good.
 
+Idle work: `layers(idle=f)` hands the consumer's waits to `f`. When the next layer is not
+read yet, the consumer calls `f(eta)` (without holding the ring's lock) instead of sleeping,
+again and again until the layer is there or `f` returns False (nothing useful left, or not
+worth starting), then waits as usual. `eta` estimates the seconds until the read under way
+ends (from the reader's recent bytes per second; None before there is one). One call should
+be short (the layer may arrive during it and then waits for it to end): a speculation strategy grows its draft tree there, one draft forward per call,
+on the same thread, so the draft and the target's matmuls never compete for the cores.
+
 Failure: an exception in the reader thread (an I/O error, a checksum mismatch) ends the
 thread, which is joined, and is re-raised in the consumer from the `layers()` iterator;
 the next `layers()` call starts a fresh reader. A pass that ends early (the model raised,
@@ -24,7 +32,7 @@ import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -38,6 +46,8 @@ class StreamStats:
     bytes_read: int = 0  # bytes read from disk by this source (streamed + pinned + resident)
     read_seconds: float = 0.0  # time the reader spent reading (incl. first-read checksums)
     compute_wait_seconds: float = 0.0  # time the consumer waited for a layer to arrive
+    idle_seconds: float = 0.0  # of those waits, time spent in the idle callback (layers(idle=...))
+    idle_delay_seconds: float = 0.0  # time layers sat ready until an idle call ended (its cost)
     passes: int = 0  # completed passes over the layers
 
     def as_dict(self) -> dict:
@@ -106,11 +116,13 @@ class StreamedWeights:
         with self._ring.cond:
             self.stats.bytes_read = self.stats.passes = 0
             self.stats.read_seconds = self.stats.compute_wait_seconds = 0.0
+            self.stats.idle_seconds = self.stats.idle_delay_seconds = 0.0
 
     # -- the pass -------------------------------------------------------------------------
-    def layers(self) -> Iterator[dict[str, torch.Tensor]]:
+    def layers(self, idle: Callable[[float | None], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over layers 0..L-1. A previous pass left unfinished (its generator kept
-        alive by a traceback) is abandoned: its reader is stopped and a fresh one started."""
+        alive by a traceback) is abandoned: its reader is stopped and a fresh one started.
+        `idle`: work to do while a layer is not read yet (see the module's idle work)."""
         if self._closed:
             raise RuntimeError("StreamedWeights is closed; create a new one.")
         if self._active is not None:
@@ -119,16 +131,16 @@ class StreamedWeights:
         self._next_token += 1
         token = self._active = self._next_token
         self._ring.start()
-        return self._iterate(token)
+        return self._iterate(token, idle)
 
-    def _iterate(self, token: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _iterate(self, token: int, idle) -> Iterator[dict[str, torch.Tensor]]:
         completed = False
         try:
             for i in range(self.num_layers):
                 if i in self._pinned:
                     yield self._pinned[i]
                     continue
-                yield from self._streamed(i, token)
+                yield from self._streamed(i, token, idle)
             completed = True
             self.stats.passes += 1
         finally:
@@ -137,10 +149,12 @@ class StreamedWeights:
                 if not completed:
                     self._ring.stop()  # the reader is mid-pass: restart it cleanly next time
 
-    def _streamed(self, i: int, token: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _streamed(self, i: int, token: int, idle) -> Iterator[dict[str, torch.Tensor]]:
         t0 = time.perf_counter()
-        layer, slot, epoch = self._ring.take(lambda: self._active == token)
-        self.stats.compute_wait_seconds += time.perf_counter() - t0
+        layer, slot, epoch, delay = self._ring.take(lambda: self._active == token, idle)
+        # The wait is until the layer was there; idle work past that is its delay.
+        self.stats.compute_wait_seconds += time.perf_counter() - t0 - delay
+        self.stats.idle_delay_seconds += delay
         if layer != i:  # the ring is strictly ordered; anything else is a bug, not bad input
             raise InternalError(f"prefetch out of order: expected layer {i}, got {layer}")
         views = tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i))
@@ -205,6 +219,8 @@ class _Ring:
         self.buffers = [aligned_buffer(largest) for _ in range(size)] if order else []
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.current: tuple[int, float] | None = None  # (bytes, start time) of the read under way
+        self.seconds_per_byte: float | None = None  # recent reads' speed (moving average)
         self.epoch = 0
         self._reset()
 
@@ -213,6 +229,7 @@ class _Ring:
         self.epoch += 1
         self.free = deque(range(len(self.buffers)))
         self.filled: deque[tuple[int, int]] = deque()
+        self.filled_at: dict[int, float] = {}  # slot -> when its read ended
         self.error: BaseException | None = None
         self.stopping = False
 
@@ -237,25 +254,58 @@ class _Ring:
         with self.cond:
             self._reset()
 
-    def take(self, still_wanted) -> tuple[int, int, int]:
-        """Wait for the next filled slot: (layer index, slot, epoch). Re-raises the thread's error."""
-        with self.cond:
-            while True:
-                if not still_wanted():
-                    raise RuntimeError("this pass over the layers was abandoned (layers() was "
-                                       "called again); iterate the new pass instead.")
+    def take(self, still_wanted, idle: Callable[[float | None], bool] | None = None
+             ) -> tuple[int, int, int, float]:
+        """Wait for the next filled slot: (layer index, slot, epoch, delay). While it is not
+        there, call `idle(eta)` instead of sleeping until it returns False; `delay` is how long
+        the layer sat ready until the idle call running when it arrived ended. Re-raises the
+        thread's error."""
+        delay = 0.0
+        while True:
+            with self.cond:
+                ready, error = self._poll(still_wanted)
+                if ready is not None:
+                    return (*ready, self.epoch, delay)
+                if error is None and idle is None:
+                    self.cond.wait(timeout=0.5)
+                    continue
+            if error is not None:
+                self.stop()  # join the dead thread now so nothing outlives the error
+                raise error
+            started = time.perf_counter()
+            more = idle(self.eta())  # outside the lock: the reader keeps filling slots meanwhile
+            ended = time.perf_counter()
+            self.stats.idle_seconds += ended - started
+            with self.cond:
                 if self.filled:
-                    return (*self.filled.popleft(), self.epoch)
-                if self.error is not None:
-                    error = self.error
-                    break
-                if self.thread is None or not self.thread.is_alive():
-                    # It leaves only when stopped (not the case here) or with self.error set.
-                    error = InternalError("the prefetch thread stopped without an error")
-                    break
-                self.cond.wait(timeout=0.5)
-        self.stop()  # join the dead thread now so nothing outlives the error
-        raise error
+                    arrived = self.filled_at.get(self.filled[0][1], started)
+                    delay = ended - max(arrived, started)
+            if not more:
+                idle = None
+
+    def eta(self) -> float | None:
+        """Seconds until the read under way ends, estimated from the reader's recent speed;
+        None when nothing is being read or no read has been timed yet."""
+        current, per_byte = self.current, self.seconds_per_byte
+        if current is None or per_byte is None:
+            return None
+        nbytes, started = current
+        return max(0.0, started + nbytes * per_byte - time.perf_counter())
+
+    def _poll(self, still_wanted) -> tuple[tuple[int, int] | None, BaseException | None]:
+        """(the next filled (layer, slot), None), (None, the error to raise) or (None, None)
+        while the reader is still at it. Called holding the lock."""
+        if not still_wanted():
+            raise RuntimeError("this pass over the layers was abandoned (layers() was "
+                               "called again); iterate the new pass instead.")
+        if self.filled:
+            return self.filled.popleft(), None
+        if self.error is not None:
+            return None, self.error
+        if self.thread is None or not self.thread.is_alive():
+            # It leaves only when stopped (not the case here) or with self.error set.
+            return None, InternalError("the prefetch thread stopped without an error")
+        return None, None
 
     def wait_full(self, timeout: float) -> bool:
         def done():
@@ -287,6 +337,7 @@ class _Ring:
                     if self.stopping:
                         return
                     self.filled.append((layer, slot))
+                    self.filled_at[slot] = time.perf_counter()
                     self.cond.notify_all()
                 pos += 1
         except BaseException as e:  # handed to the consumer, which re-raises it
@@ -299,8 +350,16 @@ class _Ring:
     def _read(self, layer: int, slot: int) -> None:
         meta = self.store.layer_meta(layer)
         t0 = time.perf_counter()
-        self.reader.read_file(self.store.path / meta.name, self.buffers[slot], meta.size)
-        check_first_read(self.store, meta.name, self.buffers[slot])
+        self.current = (meta.size, t0)
+        try:
+            self.reader.read_file(self.store.path / meta.name, self.buffers[slot], meta.size)
+            check_first_read(self.store, meta.name, self.buffers[slot])
+        finally:
+            self.current = None
+        seconds = time.perf_counter() - t0
+        per_byte = seconds / max(meta.size, 1)
+        old = self.seconds_per_byte
+        self.seconds_per_byte = per_byte if old is None else 0.8 * old + 0.2 * per_byte
         with self.cond:
             self.stats.bytes_read += meta.size
-            self.stats.read_seconds += time.perf_counter() - t0
+            self.stats.read_seconds += seconds

@@ -11,10 +11,10 @@ from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
 from .sampling import SamplingParams
-from .speculate import Chain, DraftLengthPolicy, Plain, Strategy, Tree, TreeSettings
+from .speculate import Chain, DraftLengthPolicy, Overlap, Plain, Strategy, Tree, TreeSettings
 from .text import TextAssembler
 
-SPECULATION_MODES = ("chain", "tree")
+SPECULATION_MODES = ("chain", "tree", "overlap")
 
 
 class VocabularyMismatch(ValueError):
@@ -43,7 +43,7 @@ class SpecDecoder:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
-                             tree_nodes, tree_width)
+                             tree_nodes, tree_width, getattr(target.model.weights, "stats", None))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
@@ -219,8 +219,11 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
 
 
 def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k: int | None,
-              speculation: str, tree_nodes: int | None, tree_width: int) -> Strategy:
-    """The speculation strategy for these settings (validated even when there is no draft)."""
+              speculation: str, tree_nodes: int | None, tree_width: int,
+              source_stats=None) -> Strategy:
+    """The speculation strategy for these settings (validated even when there is no draft).
+    `source_stats`: the target's stream stats (None in RAM), for the overlapped tree's cost
+    model."""
     if speculation not in SPECULATION_MODES:
         raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
     policy = DraftLengthPolicy(k)
@@ -228,6 +231,8 @@ def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k:
     if draft is None:
         return Plain()
     drafter = Drafter(draft.model, max_context, target_vocab)
+    if speculation == "overlap":
+        return Overlap(drafter, tree, source_stats=source_stats)
     return Tree(drafter, tree) if speculation == "tree" else Chain(drafter, policy)
 
 

@@ -130,8 +130,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_at_least(1, what="drafted tokens per pass must be >= 1 (omit --draft "
                                                  "for plain decoding, omit --k for adaptive)"),
                    help="chain mode: drafted tokens per pass, >= 1 (default: adaptive)")
-    p.add_argument("--speculation", choices=["chain", "tree"], default=None,
-                   help="chain (default): k drafts in a row; tree: a draft tree verified in one pass")
+    p.add_argument("--speculation", choices=["chain", "tree", "overlap"], default=None,
+                   help="chain (default): k drafts in a row; tree: a draft tree verified in one pass; "
+                        "overlap: a tree that keeps growing while the target streams")
     p.add_argument("--tree-nodes", type=_at_least(1), help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=_at_least(1), default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")

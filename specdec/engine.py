@@ -4,7 +4,8 @@ State is the token context plus the target's KV cache. The target cache always h
 context minus its last token (the "pending" token, fed at the start of the next pass).
 What a pass feeds beyond the uncached context, and how its logits turn into accepted
 tokens, is the strategy's business (specdec.speculate: plain, chain, tree); the engine
-keeps the loop, the stop rules and the stats. A new prompt that shares a prefix with the
+keeps the loop, the stop rules and the stats. Work a plan wants done while the target waits
+for its weights (Plan.idle) goes to the target's forward as it is. A new prompt that shares a prefix with the
 context (the next chat turn) reuses the caches up to the shared prefix.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class GenerationStats:
     seconds: float = 0.0
     k_used: list[int] = field(default_factory=list)
     stop_reason: str = ""
+    counters: dict[str, float] = field(default_factory=dict)  # a strategy's own (Outcome.counters)
 
     @property
     def acceptance_rate(self) -> float:
@@ -67,7 +69,8 @@ class GenerationStats:
                 "prefilled_tokens": self.prefilled_tokens, "bytes_read": self.bytes_read,
                 "seconds": round(self.seconds, 4),
                 "tokens_per_second": round(self.tokens_per_second, 3),
-                "k": round(mean_k, 3), "stop_reason": self.stop_reason}
+                "k": round(mean_k, 3), "stop_reason": self.stop_reason,
+                **{k: round(v, 4) for k, v in self.counters.items()}}
 
 
 class Engine:
@@ -131,7 +134,7 @@ class Engine:
         try:
             started, read_before = time.perf_counter(), self.bytes_read()
             logits = self.target.forward(plan.tokens, plan.positions, self.cache, mask=plan.mask,
-                                         num_logits=plan.num_logits)
+                                         num_logits=plan.num_logits, idle=plan.idle)
             pass_seconds = time.perf_counter() - started
             stats.bytes_read += self.bytes_read() - read_before
         finally:  # work started beside the pass is collected even when the pass fails
@@ -143,6 +146,8 @@ class Engine:
         stats.rejected += out.rejected
         if out.size is not None:
             stats.k_used.append(out.size)
+        for key, value in out.counters.items():
+            stats.counters[key] = stats.counters.get(key, 0) + value
         return out.tokens
 
     def _accept(self, new: list[int]) -> None:

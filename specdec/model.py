@@ -76,13 +76,16 @@ class Transformer:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                mask: torch.Tensor | None = None, num_logits: int | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, num_logits: int | None = None,
+                idle=None) -> torch.Tensor:
         """Run T new tokens after the cache's entries; return float32 logits [T, vocab]
         (only the last `num_logits` rows if given). `positions` [T] are the tokens' rope
         positions (`cache.next_positions` for the usual consecutive case). `mask` (bool
         [T, cache.length + T], True = may attend) is the full visibility over the cached
         entries and the new tokens; None means causal (`cache.causal_mask`). Mistral's
-        sliding window applies on top of either. The new keys/values are committed."""
+        sliding window applies on top of either. The new keys/values are committed.
+        `idle` (a callable(eta) -> bool) goes to the weights source, which runs it while it waits
+        for a layer from disk (offload/prefetch.py, idle work)."""
         tokens = tokens.reshape(-1)
         n = tokens.numel()
         positions = positions.reshape(-1)
@@ -96,7 +99,7 @@ class Transformer:
         mask = self._mask(cache, n, mask)
         res = self.weights.resident
         h = F.embedding(tokens, res["model.embed_tokens.weight"]).float()  # residual in float32
-        for i, w in enumerate(self.weights.layers()):
+        for i, w in enumerate(self.weights.layers(idle=idle)):
             h = self._layer(h, w, i, cache, cos, sin, mask)
         cache.commit(n)
         if num_logits is not None:

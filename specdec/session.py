@@ -40,8 +40,10 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     max_context: KV cache length (default: the model's, capped at 4096).
     k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
     speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
-        or faster on the demo pair, README Benchmarks) or "tree" (a best-first draft tree
-        verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it).
+        or faster on the demo pair, README Benchmarks), "tree" (a best-first draft tree
+        verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it) or
+        "overlap" (a tree that outlives the pass and grows while the target's layers stream
+        from disk; specdec/speculate/overlap.py).
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).

@@ -116,8 +116,10 @@ def test_rows_complete_and_sane(bench):
         assert r["tokens_per_pass"] >= 1
         if r["contender"] in STREAMED | {"floor"}:
             assert r["bytes_read_per_token"] > 0, r  # streamed from disk, not from RAM
-        if r["contender"] in {"chain", "tree", "llamacpp_spec"}:
+        if r["contender"] in {"chain", "tree", "overlap", "llamacpp_spec"}:
             assert 0 <= r["acceptance_rate"] <= 1
+        if r["contender"] == "overlap":
+            assert 0 <= r["draft_critical_share"] <= 1 and r["tree_nodes_sent_per_pass"] >= 0
         if LLAMA & ran:
             assert r["x_llamacpp"] > 0
     assert {g["goal"] for g in report["goals"]} == {
@@ -131,9 +133,11 @@ def test_speculative_text_equals_plain_at_temperature_zero(bench):
     def texts(name):
         return [x["text"] for x in results[name]["runs"] if x["temperature"] == 0]
     assert all(texts("plain")) and texts("chain") == texts("plain") and texts("tree") == texts("plain")
+    assert texts("overlap") == texts("plain")
     assert texts("hf_assisted") == texts("hf")
     assert all(r["matches_plain"] for r in report["rows"] if r["temperature"] == 0
-               and r["contender"] in {"chain", "tree", "hf_assisted", "llamacpp_spec"} and r["ok"])
+               and r["contender"] in {"chain", "tree", "overlap", "hf_assisted", "llamacpp_spec"}
+               and r["ok"])
     if results["llamacpp"]["ok"]:  # llama.cpp's own greedy text, plain and speculative alike
         assert all(texts("llamacpp")) and texts("llamacpp_spec") == texts("llamacpp")
     # the draft is a light copy of the target: speculation really ran, with acceptance

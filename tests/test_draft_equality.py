@@ -40,7 +40,8 @@ def test_greedy_speculative_equals_transformers_greedy(tmp_path, family):
         assert len(PROMPT) + NEW > 2 * WINDOW  # the window really cuts the context
     expected = transformers_greedy(target, family)
     assert specdec.load(target, dtype="float32").generate(PROMPT, max_new_tokens=NEW).token_ids == expected
-    for speculation, size in (("chain", dict(k=4)), ("tree", dict(tree_nodes=12))):
+    for speculation, size in (("chain", dict(k=4)), ("tree", dict(tree_nodes=12)),
+                              ("overlap", dict(tree_nodes=12))):
         lm = specdec.load(target, draft=draft, dtype="float32", speculation=speculation, **size)
         out = lm.generate(PROMPT, max_new_tokens=NEW)
         assert out.token_ids == expected, speculation

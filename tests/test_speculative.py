@@ -15,7 +15,7 @@ def target_alone(path, n=40):
     return specdec.load(path, dtype="float32").generate(PROMPT, max_new_tokens=n).token_ids
 
 
-@pytest.mark.parametrize("speculation", ["chain", "tree"])
+@pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_greedy_equals_target_alone_for_three_drafts(tmp_path, family, speculation):
     target = tmp_path / "target"
@@ -93,7 +93,7 @@ def _exact_two_token_distribution(path, params):
     return joint.flatten()
 
 
-@pytest.mark.parametrize("speculation", ["chain", "tree"])
+@pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.8, top_k=6, top_p=0.9)])
 def test_speculative_sampling_matches_target_distribution(tmp_path, sampling, speculation):
     from specdec.sampling import SamplingParams

@@ -86,9 +86,26 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
                acceptance_rate=accepted / drafted if drafted else None,
                token_acceptance=accepted / offered if all("rejected" in x for x in runs) and offered else None,
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
+    row.update(_overlap_figures(runs, passes))
     if t == 0 and name in SPECULATIVE:  # each against its own runtime's plain decoding
         row["matches_plain"] = _same_tokens(runs, results, SPECULATIVE[name])
     return row
+
+
+def _overlap_figures(runs: list[dict], passes: int) -> dict:
+    """The overlapped tree's own figures (speculate/overlap.py counters), where runs have them:
+    draft time hidden in the target's disk waits vs on the critical path, carried-over trees."""
+    def total(key):
+        return sum(x.get(key, 0) for x in runs)
+    hidden, critical = total("draft_seconds_hidden"), total("draft_seconds_critical")
+    if not any("draft_seconds_critical" in x for x in runs):
+        return {}
+    return {"draft_seconds_hidden": hidden, "draft_seconds_critical": critical,
+            "draft_critical_share": critical / (hidden + critical) if hidden + critical else None,
+            "target_delay_seconds": total("pass_idle_delay_seconds"),
+            "tree_nodes_sent_per_pass": total("tree_nodes_sent") / passes if passes else None,
+            "tree_nodes_grown_per_pass": total("tree_nodes_grown") / passes if passes else None,
+            "carried_passes_share": total("passes_carried") / passes if passes else None}
 
 
 def _same_tokens(runs: list[dict], results: dict, reference: str) -> bool | None:

@@ -1,9 +1,11 @@
 """Speculation strategies, one module each (see base.py for the interface the loop uses):
-plain (no draft), chain (k drafts in a row) and tree (a best-first draft tree)."""
+plain (no draft), chain (k drafts in a row), tree (a best-first draft tree) and overlap (a
+tree that outlives the pass and grows while the target streams)."""
 from .base import Outcome, Plan, Step, Strategy
 from .chain import Chain, DraftLengthPolicy
+from .overlap import Overlap
 from .plain import Plain
 from .tree import Tree, TreeSettings
 
-__all__ = ["Chain", "DraftLengthPolicy", "Outcome", "Plain", "Plan", "Step", "Strategy", "Tree",
+__all__ = ["Chain", "DraftLengthPolicy", "Outcome", "Overlap", "Plain", "Plan", "Step", "Strategy", "Tree",
            "TreeSettings"]

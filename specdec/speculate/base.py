@@ -18,11 +18,12 @@ State. A strategy object lives as long as the decoder and may keep state across 
 (learned acceptance rates and costs, a tree to reuse). What a pass's `commit` needs from
 its `plan` travels in `Plan.state`.
 
-Overlap hook. `pass_started` / `pass_ended` bracket the target's forward. A strategy that
-works while the target's weights stream (a tree that keeps growing during the pass: the
-reads and the bf16 matmuls release the GIL) starts that work in `pass_started` and
-collects it in `pass_ended`; the next `plan` uses what it made. No strategy here does
-yet; the defaults do nothing.
+Overlap hooks. `pass_started` / `pass_ended` bracket the target's forward (also one that
+raises). A strategy that works while the target's weights stream gives `Plan.idle`: the
+engine hands it to the target's forward, whose weights source calls it whenever the next
+layer is not read from disk yet (offload/prefetch.py, idle work), on the loop's own thread.
+overlap.py grows its draft tree there, one draft forward per call; the next `plan` uses
+what it grew. A strategy's own counters (Outcome.counters) are summed into the stats.
 
 Adding a mode: a new module here with a Strategy subclass, and the line in
 api._strategy that builds it from the load settings; the loop does not change. A draft
@@ -31,8 +32,8 @@ serve it as they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -63,6 +64,9 @@ class Plan:
     mask: torch.Tensor | None = None    # [T, cache.length + T] bool, None = causal
     num_logits: int = 1                 # rows of logits commit needs (the last ones)
     state: Any = None                   # the strategy's own, handed back to commit
+    # Work for the pass's waits on disk: called with the source's estimate of the seconds
+    # until the awaited layer is read (or None); returns False when it has nothing worth doing.
+    idle: Callable[[float | None], bool] | None = None
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Outcome:
     accepted: int = 0          # of those, taken
     rejected: bool = False     # the pass ended on a draft the target did not take
     size: int | None = None    # the draft size this pass chose, for stats.k_used (None: none chosen)
+    counters: dict[str, float] = field(default_factory=dict)  # the strategy's own, summed in stats
 
 
 class Strategy:

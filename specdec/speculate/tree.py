@@ -147,13 +147,19 @@ def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: 
 
 def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
                     width: int, params: SamplingParams, cost: TreeCostModel) -> None:
-    # The draft's `width` favourites (under the same sampling settings; plain softmax
-    # when greedy, as a one-hot would not order the runners-up), scored by how often
-    # the target takes a proposal of that rank.
+    # Each proposal is scored by how often the target takes a proposal of that rank.
+    for token, rank in draft_proposals(drafter, logits, width, params):
+        score = cum_logp + cost.rank_logp(rank)
+        heapq.heappush(heap, (-score, next(order), node, token, rank))
+
+
+def draft_proposals(drafter: Drafter, logits: torch.Tensor, width: int, params: SamplingParams
+                    ) -> list[tuple[int, int]]:
+    """The draft's `width` favourites after one node, as (token, rank): under the same
+    sampling settings (plain softmax when greedy, as a one-hot would not order the
+    runners-up), leaving out tokens the settings give no mass."""
     logits = drafter.align(logits)
     probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
     top = torch.topk(probs, min(width, probs.numel()))
-    for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-        if p > 0:
-            score = cum_logp + cost.rank_logp(rank)
-            heapq.heappush(heap, (-score, next(order), node, token, rank))
+    return [(token, rank) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+            if p > 0]

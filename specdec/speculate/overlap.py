@@ -1,0 +1,358 @@
+"""Overlapped tree speculation (issue 16): the draft keeps one tree that outlives the pass
+and grows it while the target's weights stream from disk.
+
+Where the draft runs. On the loop's own thread, inside the target's waits: the plan gives
+`Plan.idle`, which the weights source calls whenever the next layer is not read yet
+(offload/prefetch.py, idle work). One call is one batched draft forward (tree attention over
+the best `batch` frontier nodes), so a layer that arrives meanwhile waits for at most one
+draft forward; none is started when the layer is due within half a forward. No second compute thread: torch's intra-op pool already uses both cores of
+this machine class, and two compute threads would halve each other; the reader thread
+spends its time in preadv with the GIL released.
+
+The tree (growing_tree.py) holds every node the draft proposed; the forwarded ones have
+entries in the draft's cache right after the context's. A pass verifies the best N nodes
+(estimated reach probability, tree_model.py's rank model); meanwhile the draft grows the
+tree best-first, mostly below the nodes sent: under the rank model, the chance a node is
+useful to the next pass is its reach probability, wherever it hangs. The next plan walks
+the tokens the pass accepted (and the target's own next token) down the tree; if the walk
+ends on a forwarded node, the subtree below it is the next tree, its cache entries moved
+to follow the new context, and the pass starts at once. Otherwise the draft catches up (one
+forward over the tokens it lacks) and starts a new tree.
+
+Lossless as the tree mode: verify.accept_tree walks the sent nodes with the target's own
+draws; the draft's probabilities never enter, and the tree is fixed before the pass.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from ..draft import Drafter
+from ..verify import accept_tree
+from .base import Outcome, Plan, Step, Strategy
+from .ema import Ema
+from .growing_tree import GrowingTree
+from .tree import TreeSettings, draft_proposals, node_positions
+from .tree_model import DraftTree, TreeCostModel
+
+
+@dataclass
+class _Pass:
+    sent: DraftTree
+    n_context: int         # uncached context tokens fed before the tree
+    wait: float = 0.0      # seconds the pass waited for the disk (source stats)
+    delay: float = 0.0     # seconds the pass's layers sat ready while a draft forward ended
+
+
+class Overlap(Strategy):
+    name = "overlap"
+
+    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, source_stats=None,
+                 batch: int = 8, grow_limit: int = 1024, min_reach: float = 1e-4):
+        """source_stats: the target weights source's stream stats (compute_wait_seconds,
+        idle_delay_seconds), None for a target in RAM. grow_limit: forwarded nodes at most.
+        min_reach: nodes less likely to be reached are not worth a draft forward."""
+        self.drafter = drafter
+        self.settings = settings or TreeSettings()
+        self.cost = TreeCostModel(self.settings.width)
+        self.passes = PassModel(self.cost)
+        self.source_stats = source_stats
+        self.batch, self.grow_limit, self.min_logp = batch, grow_limit, math.log(min_reach)
+        self.ctx: list[int] = []        # the context tokens held by the draft cache's first slots
+        self.tree = GrowingTree()       # rooted at ctx[-1]; forwarded nodes follow ctx's entries
+        self._busy = False              # a change to ctx/tree/draft cache is under way
+        self._params = None
+        self._pending = False           # a plan whose commit has not come
+        self._counters: dict[str, float] = defaultdict(float)
+        self._source_before = (0.0, 0.0)
+
+    # -- the pass -------------------------------------------------------------------------
+    def plan(self, step: Step) -> Plan:
+        self._repair()
+        if self._pending:  # the last pass failed: its counters belong to no outcome
+            self._counters.clear()
+        self._params = step.params
+        self._sync(step.context)
+        uncached = step.uncached
+        n_ctx = len(uncached)
+        cap = min(self.settings.max_nodes, step.room - 1)
+        self._grow_before_pass(n_ctx, cap)
+        sent = self.tree.draft_tree(self._choose(n_ctx, cap))
+        n_tree = len(sent)
+        cache = step.cache
+        ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
+        positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), sent.depths)])
+        mask = cache.causal_mask(n_ctx + n_tree)
+        mask[n_ctx:] = sent.attention_mask(cache.length + n_ctx, 0, n_tree)
+        feed = torch.tensor(uncached + sent.tokens, dtype=torch.long)
+        self._counters["tree_nodes_sent"] += n_tree
+        self._pending = True
+        # On the budget's last token nothing grown now could be used.
+        return Plan(feed, positions, mask, num_logits=n_tree + 1, state=_Pass(sent, n_ctx),
+                    idle=self._idle if step.room > 1 else None)
+
+    def pass_started(self, step: Step, plan: Plan) -> None:
+        s = self.source_stats
+        self._source_before = (s.compute_wait_seconds, s.idle_delay_seconds) if s else (0.0, 0.0)
+
+    def pass_ended(self, step: Step, plan: Plan) -> None:
+        s = self.source_stats
+        if s is not None:
+            # (max: the stats may have been reset meanwhile)
+            plan.state.wait = max(0.0, s.compute_wait_seconds - self._source_before[0])
+            plan.state.delay = max(0.0, s.idle_delay_seconds - self._source_before[1])
+        self._counters["tree_nodes_grown"] += len(self.tree)
+
+    def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
+        p: _Pass = plan.state
+        self.passes.observe(plan.tokens.numel(), pass_seconds, p.wait, p.delay)
+        path, nxt = accept_tree(p.sent, logits, step.params, step.generator)
+        self.cost.observe_walk(p.sent, path, nxt)
+        # The target keeps the accepted path's entries; the draft's tree is re-rooted by
+        # the next plan, which sees the context these tokens end up in.
+        ctx_end = len(step.context)
+        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
+        self._counters["pass_wait_seconds"] += p.wait
+        self._counters["pass_idle_delay_seconds"] += p.delay
+        counters, self._counters = dict(self._counters), defaultdict(float)
+        self._pending = False
+        return Outcome([p.sent.tokens[i] for i in path] + [nxt], drafted=len(p.sent),
+                       accepted=len(path), rejected=bool(p.sent.children(path[-1] if path else -1)),
+                       size=len(p.sent), counters=counters)
+
+    def rollback(self, valid: int) -> None:
+        # The entry of context token `valid` (the pending one) may stay: the next plan
+        # compares the tokens before it trusts any entry.
+        self._repair()
+        if len(self.ctx) > valid + 1:
+            self._truncate(valid + 1)
+
+    # -- the tree across passes -----------------------------------------------------------
+    def _sync(self, context: list[int]) -> None:
+        """Make the draft cache hold `context` and the tree hang below its last token: keep
+        the matching prefix, walk the new tokens down the tree, catch up on the rest."""
+        k = len(self.ctx)
+        if k >= len(context) + 1 or self.ctx != context[:k]:
+            self._truncate(min(_common_prefix(self.ctx, context), len(context) - 1))
+        extra = context[len(self.ctx):]
+        if extra and len(self.tree):
+            path = self._walk(extra)
+            if len(path) == len(extra):
+                self._reroot(path, extra)
+            else:
+                self._keep_path(path, extra)
+        if not len(self.tree):
+            if len(self.ctx) == len(context):
+                self._truncate(len(context) - 1)  # the root's proposals need its logits
+            self._catch_up(context)
+
+    def _walk(self, tokens: list[int]) -> list[int]:
+        """The forwarded nodes spelling a prefix of `tokens` from the root."""
+        node, path = -1, []
+        for token in tokens:
+            child = self.tree.child(node, token)
+            if child is None or not self.tree.is_forwarded(child):
+                break
+            path.append(child)
+            node = child
+        return path
+
+    def _reroot(self, path: list[int], extra: list[int]) -> None:
+        base = len(self.ctx)
+        sub, kept = self.tree.subtree(path[-1], self.cost.rank_logp)
+        # Ascending: each path node was forwarded after its parent, the subtree after them.
+        slots = [base + self.tree.slots[p] for p in path] + [base + s for s in kept]
+        self._busy = True
+        self.drafter.keep(base, torch.tensor(slots, dtype=torch.long))
+        self.ctx = self.ctx + extra
+        self.tree = sub
+        self._busy = False
+        self._counters["tree_nodes_carried"] += len(sub)
+        self._counters["passes_carried"] += 1
+
+    def _keep_path(self, path: list[int], extra: list[int]) -> None:
+        """The walk left the forwarded tree: keep the path's entries, drop the tree."""
+        base = len(self.ctx)
+        self._busy = True
+        self.drafter.keep(base, torch.tensor([base + self.tree.slots[p] for p in path], dtype=torch.long))
+        self.ctx = self.ctx + extra[:len(path)]
+        self.tree = GrowingTree()
+        self._busy = False
+
+    def _truncate(self, n: int) -> None:
+        """Keep the first n context entries (at most those that are there); drop the tree."""
+        n = max(0, min(n, len(self.ctx), self.drafter.cache.length))
+        self._busy = True
+        self.drafter.keep(n)
+        self.ctx = self.ctx[:n]
+        self.tree = GrowingTree()
+        self._busy = False
+
+    def _repair(self) -> None:
+        """After an interruption (Ctrl-C inside a draft forward, an error in the pass) keep
+        only what is certainly right: the context entries."""
+        if self._busy or self.drafter.cache.length != len(self.ctx) + self.tree.forwarded:
+            self._busy = False
+            self._truncate(len(self.ctx))
+
+    # -- drafting ---------------------------------------------------------------------------
+    def _catch_up(self, context: list[int]) -> None:
+        """One draft forward over the context tokens the cache lacks; the tree restarts
+        from the root's proposals (on the critical path)."""
+        fed = len(context) - self.drafter.cache.length
+        self._busy = True
+        started = time.perf_counter()
+        logits = self.drafter.catch_up(context)
+        self.ctx = list(context)
+        self.tree = GrowingTree()
+        self._propose(-1, logits)
+        seconds = time.perf_counter() - started
+        if fed <= self.batch:  # a prompt prefill says nothing about a tree forward's cost
+            self.cost.observe_draft(seconds)
+        self._count("critical", seconds)
+        self._busy = False
+
+    def _forward_batch(self, where: str) -> None:
+        """One draft forward over the best frontier nodes (tree attention): they get cache
+        entries and their own proposals as children."""
+        self._busy = True
+        started = time.perf_counter()
+        nodes = self.tree.take_frontier(self.batch)
+        base = len(self.ctx)
+        root = int(self.drafter.cache.positions[base - 1])
+        depths = torch.tensor([self.tree.depths[i] for i in nodes], dtype=torch.long)
+        logits = self.drafter.forward(torch.tensor([self.tree.tokens[i] for i in nodes]), root + depths,
+                                      mask=self.tree.batch_mask(nodes, base))
+        self.tree.mark_forwarded(nodes)
+        for row, node in zip(logits, nodes):
+            self._propose(node, row)
+        seconds = time.perf_counter() - started
+        self.cost.observe_draft(seconds)
+        self._count(where, seconds)
+        self._busy = False
+
+    def _propose(self, node: int, logits: torch.Tensor) -> None:
+        base = self.tree.scores[node] if node >= 0 else 0.0
+        for token, rank in draft_proposals(self.drafter, logits, self.settings.width, self._params):
+            self.tree.add(token, node, rank, base + self.cost.rank_logp(rank))
+
+    def _count(self, where: str, seconds: float) -> None:
+        self._counters[f"draft_seconds_{where}"] += seconds
+        self._counters[f"draft_forwards_{where}"] += 1
+
+    def _can_grow(self) -> bool:
+        best = self.tree.best_frontier_score()
+        cache = self.drafter.cache
+        return (best is not None and best >= self.min_logp and not self._busy
+                and self.tree.forwarded + self.batch <= self.grow_limit
+                and cache.length + self.batch <= cache.max_len)
+
+    def _idle(self, eta: float | None = None) -> bool:
+        """The target waits for the disk: grow the tree by one draft forward. False when
+        there is nothing worth growing, or when the layer is due in less than half a draft
+        forward (`eta`, the source's estimate): the forward would hold the pass up for longer
+        than it is worth, the weights source then just waits."""
+        if eta is not None and eta < 0.5 * self.cost.draft_forward_seconds:
+            return False
+        if not self._can_grow():
+            return False
+        self._forward_batch("hidden")
+        return True
+
+    def _grow_before_pass(self, fed: int, cap: int) -> None:
+        """Grow on the critical path only while the tree cannot fill this pass (fewer than
+        `cap` nodes): past that, growing during the pass is free and serves the next one.
+        A fixed size grows to `cap`; otherwise while the cost model says a forward pays."""
+        forwards = 0
+        while len(self.tree) < cap and self._can_grow():
+            if not self.settings.fixed and not self._worth_growing(fed, cap, forwards):
+                break
+            self._forward_batch("critical")
+            forwards += 1
+
+    def _worth_growing(self, fed: int, cap: int, forwards: int) -> bool:
+        """Would one more draft forward before the pass raise the expected tokens per
+        second? Its proposals' scores are known before it runs (parent score + rank)."""
+        t_d = self.cost.draft_forward_seconds
+        now = sorted((self.tree.scores[i] for i in self.tree.best(cap)), reverse=True)
+        new = [s + self.cost.rank_logp(r) for s in self.tree.frontier_scores(self.batch)
+               for r in range(self.settings.width)]
+        after = sorted(now + new, reverse=True)[:cap]
+        return (self._best_n(after, fed, (forwards + 1) * t_d)[1]
+                > self._best_n(now, fed, forwards * t_d)[1])
+
+    # -- sizing the pass --------------------------------------------------------------------
+    def _choose(self, fed: int, cap: int) -> list[int]:
+        """The nodes to verify: the best `cap` (all of them for a fixed size), cut where the
+        expected tokens per second of the pass peak."""
+        if cap <= 0:
+            return []
+        nodes = self.tree.best(cap)
+        if self.settings.fixed:
+            return nodes
+        n, _ = self._best_n([self.tree.scores[i] for i in nodes], fed, 0.0)
+        return nodes[:n]
+
+    def _best_n(self, scores: list[float], fed: int, extra_seconds: float) -> tuple[int, float]:
+        """(n, rate): verifying the first n of `scores` (descending log reach probabilities)
+        gives the best expected tokens per second, `extra_seconds` added to the pass."""
+        best = (0, 1.0 / max(self.passes.seconds(fed) + extra_seconds, 1e-9))
+        expected = 1.0
+        for i, s in enumerate(scores):
+            expected += math.exp(s)
+            rate = expected / max(self.passes.seconds(fed + i + 1) + extra_seconds, 1e-9)
+            if rate > best[1]:
+                best = (i + 1, rate)
+        return best
+
+    def describe(self) -> str:
+        s = self.settings
+        size = s.max_nodes if s.fixed else f"<= {s.max_nodes} (cost model)"
+        return f"overlapped tree speculation, {size} nodes, width {s.width}, drafting while the target streams"
+
+    def timings(self) -> dict[str, float]:
+        return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3,
+                "pass_disk_ms": self.passes.disk_seconds * 1e3}
+
+
+class PassModel:
+    """What a pass over n tokens costs: its compute, c0 + c1 * n (TreeCostModel's fit, over
+    the passes' compute times), but never less than the disk's time for the pass.
+
+    A pass's wall time is compute + the time it waited for layers (+ the delay idle draft
+    work added); the weights source reports the wait, so compute is measured apart from the
+    disk. A pass that waited was disk-bound: its time (less the delay) is the disk's; a pass
+    that never waited says the disk takes at most that long. In RAM there is no wait and this
+    is the plain fit of pass times."""
+
+    def __init__(self, cost: TreeCostModel):
+        self.cost = cost
+        self._disk = Ema()
+
+    @property
+    def disk_seconds(self) -> float:
+        return self._disk.value
+
+    def observe(self, tokens: int, wall: float, wait: float, delay: float) -> None:
+        undisturbed = max(wall - delay, 1e-9)
+        self.cost.observe_pass(tokens, max(undisturbed - wait, 1e-9))
+        if wait > 0:
+            self._disk.update(undisturbed)
+        else:
+            self._disk.value = min(self._disk.value, undisturbed)
+
+    def seconds(self, tokens: int) -> float:
+        return max(self._disk.value, self.cost.pass_seconds(tokens))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
