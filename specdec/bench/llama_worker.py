@@ -55,13 +55,14 @@ def make_greedy_draft(llama_cls, base_cls):
     class GreedyDraft(base_cls):
         def __init__(self, model, k: int):
             self.model, self.k, self.proposed, self.calls = model, k, 0, 0
+            self.budget = k  # tokens the caller still wants after the next one (set per token)
 
         def __call__(self, input_ids, /, **kwargs):
-            out = []
+            out, k = [], min(self.k, self.budget)
             # generate(reset=True) keeps the longest cached prefix: only new tokens are evaluated
-            for tok in self.model.generate(list(map(int, input_ids)), **GREEDY):
+            for tok in self.model.generate(list(map(int, input_ids)), **GREEDY) if k > 0 else ():
                 out.append(tok)
-                if len(out) >= self.k:
+                if len(out) >= k:
                     break
             self.proposed += len(out)
             self.calls += 1
@@ -112,6 +113,8 @@ def generate(target, draft, prompt_ids: list[int], max_new: int, eos: set[int]) 
         out.append(int(tok))
         if len(out) >= max_new or tok in eos:
             break
+        if draft is not None:  # no drafts past max_new: the last pass is not cut short
+            draft.budget = max_new - len(out) - 1
     return out
 
 
