@@ -28,7 +28,7 @@ def build_rows(report: dict) -> list[dict]:
     rows = []
     for entry in report["workloads"]:
         w, results = entry["workload"], entry["results"]
-        floor = _floor_row(w["name"], results.get("floor", {}))
+        floor = _floor_row(w["name"], results.get("floor", {"skipped": True, "error": "not run"}))
         rows.append(floor)
         for t in w["temperatures"]:
             for name, r in results.items():
