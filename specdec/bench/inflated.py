@@ -15,11 +15,13 @@ with SmolLM2. The draft is the demo draft inflated to a Qwen2.5-0.5B-class cost
 once into <cache>/bench/ on first use (disk-space check, progress bars):
 
     inflated-7b-bf16/            HF dir (13.8 GB)         inflated-7b-bf16-store/   (13.8 GB)
-    inflated-7b.q4_1.gguf        (4.5 GB)                 inflated-7b-q4-store/     (~4.5 GB)
-    seed-13b.q4_1.gguf           (8.5 GB)                 seed-13b-q4-store/        (~8.5 GB)
+    inflated-7b.q4_1.gguf        (4.5 GB)                 inflated-7b-q4-store/     (5.7 GB)
+    seed-13b.q4_1.gguf           (8.5 GB)                 seed-13b-q4-store/        (10.7 GB)
     inflated-draft-bf16/         HF dir (0.86 GB)         inflated-draft.f16.gguf   (0.92 GB)
 
 No seed-13b bf16 HF dir is built (33 GB): transformers + accelerate do not run on seed-13b.
+The 7B HF dir is needed only to pack its store and by transformers (--with-hf): once the store
+exists it may be deleted to make room, and is written again when --with-hf asks for it.
 """
 from __future__ import annotations
 
@@ -158,7 +160,8 @@ def packed(src: Path, out: Path, progress: bool = True) -> Path:
     from offload.pack import pack
 
     if not is_store(out):
-        size = _dir_bytes(src) if src.is_dir() else src.stat().st_size
+        # a q4 store is ~1.26x its Q4_1 GGUF (Q8_0 embeddings and scales widened; measured)
+        size = _dir_bytes(src) if src.is_dir() else int(src.stat().st_size * 1.3)
         _check_space(out.parent, size)
         pack(src, out, dtype="bfloat16", progress=progress, overwrite=True)
     return out
