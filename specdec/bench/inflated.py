@@ -104,7 +104,7 @@ def big_workload(name: str, cache: Path, n_prompts: int = 2, max_new_tokens: int
     ids, eos = chat_prompt_ids(draft, prompts)
     # KV for what the runs need, not 1024 positions: at 7B/13B size each position costs
     # 0.5-0.8 MB of target KV that the stream would otherwise not have under the cap
-    context = -(-(max(map(len, ids)) + max_new_tokens + 64) // 128) * 128
+    context = -(-(max(map(len, ids)) + max_new_tokens + 128) // 128) * 128  # + a draft tree
     desc = (f"INFLATED {shape} ({quant}: real I/O and compute of a Llama-2-"
             f"{'13B' if shape == 'seed-13b' else '7B'}-sized model, answers of SmolLM2-135M-Instruct)"
             f" + {DRAFT_NOTE}{' in q8' if spec_draft != draft else ''}; {len(prompts)} chat prompts,"
