@@ -1,0 +1,201 @@
+"""q4: 4-bit weights computed by torch's CPU int4 kernel, read zero-copy from a buffer.
+
+A `Q4Weight` of shape (N, K) holds
+  packed        uint8 [N, K/2]          `_convert_weight_to_int4pack_for_cpu` bytes (this CPU's layout)
+  scales_zeros  bf16  [K/group, N, 2]   w = (q - 8) * scale + zero, q in 0..15
+and the layout fingerprint the bytes were packed under (see int4_layout).
+
+Why store the CPU-specific packed bytes rather than portable nibbles: a streamed layer is read
+every pass, and turning portable nibbles into the kernel's order runs at ~0.2 GB/s (15-18 s per
+7B pass), so it can only happen once, never per read. Storing the packed bytes makes a read a
+plain zero-copy view; the price is that a store moved to a CPU with another layout must be
+repacked once. Every layout torch uses today is a known nibble permutation, so that repack needs
+only the store itself (`repack_for_this_machine`, same 0.2 GB/s, once); an unknown layout is a
+clear error that says to pack again from the source. Keeping portable nibbles beside the packed
+bytes would double the store for a case (moving a store between CPUs) that the source file
+already covers.
+
+Activations: the kernel is fast only for bf16 activations (fp32 activations take a fallback
+18-140x slower than bf16 F.linear, measured), so bf16/fp16 inputs run the kernel in bf16 and
+return in the input's dtype. float32 inputs take the exact path instead: dequantize to float32
+and F.linear, so float32 mode equals F.linear(x, self.dequantize()) bit for bit and can be
+compared exactly with a float32 reference (at pack-time speed, ~0.1-0.3 GB/s of stored bytes:
+float32 mode is for checking, not for speed).
+
+Scales are stored in bf16, the dtype the kernel needs for bf16 activations: per weight the error
+is at most |q - 8| * 2^-9 <= 0.016 of a quantization step plus the zero's rounding (measured
+<= 0.04 step), the size of rounding the dequantized weights to bf16. float32 scales are accepted
+(`scale_dtype=torch.float32`, 2x the scale bytes) where bit-exactness against GGUF matters.
+
+Group size for quantizing float weights (`Q4Weight.quantize`): 64. Bytes per weight are
+4 + 32/group bits: 5.0 at 32 (0.31x of bf16), 4.5 at 64 (0.28x), 4.25 at 128 (0.27x); 64 keeps
+most of 32's accuracy (half the values share a range with their neighbours, not 4x as at 128)
+and fits every K that is a multiple of 64 (SmolLM2's K = 576 rules out 128). A K that is not a
+multiple of 64 but is of 32 uses 32; a shape the kernel cannot take at all (N % 16 != 0 or
+K % 32 != 0) raises `UnsupportedShape`, and the packer keeps that tensor in bf16.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import int4_layout
+from .int4_layout import check_layout, layout_fingerprint
+
+ENCODING = "q4"
+KERNEL_GROUPS = (32, 64, 128, 256)
+DEFAULT_GROUP = 64
+
+
+class UnsupportedShape(ValueError):
+    """The int4 kernel cannot take a weight of this shape (keep it in bf16)."""
+
+
+def check_shape(shape: tuple[int, int], group: int) -> None:
+    n_rows, k = shape
+    if group not in KERNEL_GROUPS:
+        raise UnsupportedShape(f"group size {group} is not one the int4 kernel takes {KERNEL_GROUPS}")
+    if n_rows % 16 or k % group:
+        raise UnsupportedShape(f"weight of shape {tuple(shape)} does not fit the int4 kernel "
+                               f"(needs N % 16 == 0 and K % {group} == 0)")
+
+
+def choose_group(shape: tuple[int, int], preferred: int = DEFAULT_GROUP) -> int:
+    """The group used to quantize a float weight of `shape`, or UnsupportedShape."""
+    for group in (preferred, 32):
+        if shape[0] % 16 == 0 and shape[1] % group == 0:
+            return group
+    check_shape(shape, 32)  # raises with the reason
+    return 32
+
+
+def affine_to_scales_zeros(scale, zero, dtype) -> torch.Tensor:
+    """Per-row groups scale, zero [N, K/g] -> the kernel's [K/g, N, 2]."""
+    scale, zero = torch.as_tensor(np.asarray(scale)), torch.as_tensor(np.asarray(zero))
+    return torch.stack([scale, zero], dim=2).transpose(0, 1).to(dtype).contiguous()
+
+
+class Q4Weight:
+    encoding = ENCODING
+
+    def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, group: int,
+                 shape: tuple[int, int], layout: dict):
+        n_rows, k = shape
+        check_shape(shape, group)
+        if packed.dtype != torch.uint8 or packed.numel() != n_rows * k // 2:
+            raise ValueError(f"q4 packed bytes: {packed.dtype} x {packed.numel()}, expected "
+                             f"uint8 x {n_rows * k // 2} for shape {tuple(shape)}")
+        if tuple(scales_zeros.shape) != (k // group, n_rows, 2):
+            raise ValueError(f"q4 scales_zeros of shape {tuple(scales_zeros.shape)}, expected "
+                             f"{(k // group, n_rows, 2)} for shape {tuple(shape)}, group {group}")
+        self.packed = packed.view(n_rows, k // 2)
+        self.scales_zeros = scales_zeros
+        self.group = group
+        self.shape = (n_rows, k)
+        self.layout = dict(layout)
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, codes, scale, zero, group: int,
+                   scale_dtype: torch.dtype = torch.bfloat16) -> "Q4Weight":
+        """codes 0..15 [N, K]; scale, zero [N, K/group] (w = (q - 8) * scale + zero)."""
+        codes = torch.as_tensor(np.asarray(codes))
+        check_shape(tuple(codes.shape), group)
+        packed = int4_layout.torch_pack(codes)
+        return cls(packed, affine_to_scales_zeros(scale, zero, scale_dtype), group,
+                   tuple(codes.shape), layout_fingerprint())
+
+    @classmethod
+    def from_gguf(cls, raw: np.ndarray, qtype: str, shape: tuple[int, int],
+                  scale_dtype: torch.dtype = torch.bfloat16) -> "Q4Weight":
+        """Raw GGUF blocks of Q4_0, Q4_1 or Q4_K for an [N, K] weight, kept exactly."""
+        from . import gguf_blocks
+        if qtype not in ("Q4_0", "Q4_1", "Q4_K"):
+            raise ValueError(f"q4 keeps GGUF Q4_0, Q4_1 and Q4_K exactly, not {qtype}")
+        codes, scale, zero = gguf_blocks.decode(raw, qtype, shape)
+        return cls.from_codes(codes, scale, zero, gguf_blocks.GROUP, scale_dtype)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, group: int | None = None,
+                 scale_dtype: torch.dtype = torch.bfloat16) -> "Q4Weight":
+        """Round-to-nearest, asymmetric (min..max per group) quantization of a float weight."""
+        codes, scale, zero, group = rtn_affine(weight, 16, group or choose_group(tuple(weight.shape)),
+                                               scale_dtype)
+        return cls.from_codes(codes, scale, zero, group, scale_dtype)
+
+    # -- compute ------------------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype == torch.float32:  # exact path, see the module docstring
+            return F.linear(x, self.dequantize(torch.float32), bias)
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2, self.packed, self.group, self.scales_zeros.to(torch.bfloat16))
+        out = out.view(*lead, self.shape[0]).to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype)
+
+    def codes(self) -> torch.Tensor:
+        """The portable codes uint8 [N, K] (0..15) behind the packed bytes."""
+        check_layout(self.layout, "q4 weight")
+        layout = int4_layout.KNOWN_LAYOUTS[self.layout["layout"]]
+        return int4_layout.unpack_codes(self.packed, *self.shape, layout)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight [N, K] as float, computed in float32 from the stored values (reference)."""
+        n_rows, k = self.shape
+        sz = self.scales_zeros.float()
+        scale = sz[..., 0].t().unsqueeze(-1)  # [N, K/g, 1]
+        zero = sz[..., 1].t().unsqueeze(-1)
+        q = self.codes().view(n_rows, k // self.group, self.group).float()
+        return ((q - 8) * scale + zero).view(n_rows, k).to(dtype)
+
+    # -- bytes --------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales_zeros.nbytes
+
+    def header(self) -> dict:
+        return {"encoding": ENCODING, "shape": list(self.shape), "group": self.group,
+                "layout": self.layout, "parts": part_specs(self.shape, self.group,
+                                                           self.scales_zeros.dtype)}
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"packed": self.packed, "scales_zeros": self.scales_zeros}
+
+    @classmethod
+    def from_parts(cls, header: dict, parts: dict[str, torch.Tensor]) -> "Q4Weight":
+        """Rebuild from views (zero copy); refuses bytes packed for another CPU layout."""
+        check_layout(header["layout"], "q4 weight")
+        return cls(parts["packed"], parts["scales_zeros"], header["group"],
+                   tuple(header["shape"]), header["layout"])
+
+    def repack_for_this_machine(self) -> "Q4Weight":
+        """A copy whose bytes use this machine's layout (once per store and machine)."""
+        packed = int4_layout.repack(self.packed, *self.shape, self.layout)
+        return Q4Weight(packed, self.scales_zeros.clone(), self.group, self.shape,
+                        layout_fingerprint())
+
+
+def part_specs(shape, group: int, scale_dtype: torch.dtype) -> dict:
+    n_rows, k = shape
+    return {"packed": {"dtype": "uint8", "shape": [n_rows, k // 2]},
+            "scales_zeros": {"dtype": str(scale_dtype).removeprefix("torch."),
+                             "shape": [k // group, n_rows, 2]}}
+
+
+def rtn_affine(weight: torch.Tensor, levels: int, group: int, scale_dtype: torch.dtype):
+    """Round-to-nearest onto `levels` evenly spaced values between each group's min and max.
+    Scale and zero are rounded to `scale_dtype` first and the codes computed against the
+    rounded values, so the rounding of the scales does not add to the error.
+    -> codes uint8 [N, K], scale, zero float32 [N, K/group] (w = (q - 8) * scale + zero), group."""
+    n_rows, k = weight.shape
+    check_shape((n_rows, k), group)
+    w = weight.detach().float().reshape(n_rows, k // group, group)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / (levels - 1)).to(scale_dtype).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant group: any scale
+    low = lo.to(scale_dtype).float()
+    codes = torch.round((w - low.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp_(0, levels - 1)
+    zero = (low + 8 * scale).to(scale_dtype).float()
+    return codes.to(torch.uint8).view(n_rows, k), scale, zero, group
