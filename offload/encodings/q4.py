@@ -187,7 +187,7 @@ def part_specs(shape, group: int, scale_dtype: torch.dtype) -> dict:
 def rtn_affine(weight: torch.Tensor, levels: int, group: int, scale_dtype: torch.dtype):
     """Round-to-nearest onto `levels` evenly spaced values between each group's min and max.
     Scale and zero are rounded to `scale_dtype` first and the codes computed against the
-    rounded values, so the rounding of the scales does not add to the error.
+    rounded values, so rounding the scales adds no error beyond a possible clamp at the ends.
     -> codes uint8 [N, K], scale, zero float32 [N, K/group] (w = (q - 8) * scale + zero), group."""
     n_rows, k = weight.shape
     check_shape((n_rows, k), group)
@@ -195,7 +195,6 @@ def rtn_affine(weight: torch.Tensor, levels: int, group: int, scale_dtype: torch
     lo, hi = w.amin(-1), w.amax(-1)
     scale = ((hi - lo) / (levels - 1)).to(scale_dtype).float()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant group: any scale
-    low = lo.to(scale_dtype).float()
-    codes = torch.round((w - low.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp_(0, levels - 1)
-    zero = (low + 8 * scale).to(scale_dtype).float()
+    zero = (lo + 8 * scale).to(scale_dtype).float()
+    codes = torch.round((w - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp_(0, levels - 1)
     return codes.to(torch.uint8).view(n_rows, k), scale, zero, group
