@@ -8,7 +8,10 @@ dequantization, which the tests compare against bit for bit):
   Q4_1  [d f16][m f16][16 B nibbles]     w = d*q + m            -> scale d, zero m + 8d
   Q4_K  [d f16][dmin f16][12 B 6-bit sc/m][128 B nibbles], 8 sub-blocks of 32
                                           w = d*sc*q - dmin*m    -> scale d*sc, zero 8*d*sc - dmin*m
-  Q8_0  [d f16][32 x int8]               w = d*q                -> codes q + 128, scale d, zero 128d... (see q8)
+  Q8_0  [d f16][32 x int8]               w = d*q                -> codes q + 128, scale d, zero -120d
+  Q5_0  [d f16][qh 4 B][16 B nibbles]    w = d*(q-16), q 0..31  -> scale d, zero -8d
+  Q5_1  [d f16][m f16][qh 4 B][16 B]     w = d*q + m            -> scale d, zero m + 8d
+  Q5_K  [d f16][dmin f16][12 B sc/m][qh 32 B][128 B nibbles]: as Q4_K with a fifth bit from qh
 The float32 arithmetic matches gguf-py's bit for bit whenever `8*scale - dmin*m` (Q4_K) or
 `m + 8d` (Q4_1) is exact in float32, i.e. when d and dmin (or m) are within 2^7 of each other in
 magnitude -- true of quantizers' output, and checked on the real SmolLM2 file in the tests.
@@ -19,8 +22,11 @@ import numpy as np
 
 GROUP = 32
 QK_K = 256
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q4_K": 144, "Q8_0": 34}
-BLOCK_WEIGHTS = {"Q4_0": 32, "Q4_1": 32, "Q4_K": QK_K, "Q8_0": 32}
+BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q4_K": 144, "Q8_0": 34, "Q5_0": 22, "Q5_1": 24, "Q5_K": 176}
+BLOCK_WEIGHTS = {"Q4_0": 32, "Q4_1": 32, "Q4_K": QK_K, "Q8_0": 32, "Q5_0": 32, "Q5_1": 32,
+                 "Q5_K": QK_K}
+FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")            # codes 0..15: q4
+EIGHT_BIT = ("Q8_0", "Q5_0", "Q5_1", "Q5_K")   # codes 0..255 (Q5: 0..31): q8's two planes
 
 
 def _blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarray:
@@ -75,6 +81,21 @@ def decode(raw: np.ndarray, qtype: str, shape: tuple[int, int]):
         zero = 8 * scale - dmin * mn.astype(np.float32)
         qs = b[:, 16:].reshape(-1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
         codes = (qs & 0x0F).reshape(-1, QK_K)                # sub-block 2c: low nibbles of chunk c
+    elif qtype in ("Q5_0", "Q5_1"):
+        d = _f16(b[:, 0:2])[:, 0]
+        head = 2 if qtype == "Q5_0" else 4
+        qh = np.ascontiguousarray(b[:, head:head + 4]).view("<u4")        # [B, 1]
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)  # bit j: weight j
+        codes, scale = _nibbles_32(b[:, head + 4:]) | (high << 4), d
+        zero = -8 * d if qtype == "Q5_0" else _f16(b[:, 2:4])[:, 0] + 8 * d
+    elif qtype == "Q5_K":
+        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+        sc, mn = _q4k_scale_min(b[:, 4:16])
+        scale = d * sc.astype(np.float32)
+        zero = 8 * scale - dmin * mn.astype(np.float32)
+        low = b[:, 48:].reshape(-1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+        high = b[:, 16:48].reshape(-1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+        codes = ((low & 0x0F).reshape(-1, 8, 32) | ((high & 1) << 4)).reshape(-1, QK_K)
     else:  # Q8_0: codes 0..255 = q + 128; w = d*q = (codes - 8)*d + (8 - 128)*d
         scale = _f16(b[:, 0:2])[:, 0]
         codes = (b[:, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)

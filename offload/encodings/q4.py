@@ -111,8 +111,8 @@ class Q4Weight:
                   scale_dtype: torch.dtype = torch.bfloat16) -> "Q4Weight":
         """Raw GGUF blocks of Q4_0, Q4_1 or Q4_K for an [N, K] weight, kept exactly."""
         from . import gguf_blocks
-        if qtype not in ("Q4_0", "Q4_1", "Q4_K"):
-            raise ValueError(f"q4 keeps GGUF Q4_0, Q4_1 and Q4_K exactly, not {qtype}")
+        if qtype not in gguf_blocks.FOUR_BIT:
+            raise ValueError(f"q4 keeps GGUF {', '.join(gguf_blocks.FOUR_BIT)} exactly, not {qtype}")
         codes, scale, zero = gguf_blocks.decode(raw, qtype, shape)
         return cls.from_codes(codes, scale, zero, gguf_blocks.GROUP, scale_dtype)
 
@@ -128,6 +128,8 @@ class Q4Weight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype == torch.float32:  # exact path, see the module docstring
             return F.linear(x, self.dequantize(torch.float32), bias)
+        if self.layout.get("layout") != int4_layout.current_layout():
+            check_layout(self.layout, "q4 weight")  # raises: the kernel would read garbage
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -136,9 +138,12 @@ class Q4Weight:
         return out if bias is None else out + bias.to(x.dtype)
 
     def codes(self) -> torch.Tensor:
-        """The portable codes uint8 [N, K] (0..15) behind the packed bytes."""
-        check_layout(self.layout, "q4 weight")
-        layout = int4_layout.KNOWN_LAYOUTS[self.layout["layout"]]
+        """The portable codes uint8 [N, K] (0..15) behind the packed bytes (any known layout)."""
+        layout = int4_layout.KNOWN_LAYOUTS.get(self.layout.get("layout"))
+        if layout is None:
+            raise int4_layout.LayoutMismatchError(
+                f"q4 weight packed for unknown layout {self.layout.get('layout')!r}: cannot read "
+                f"its codes; pack the store again from its source file on this machine.")
         return int4_layout.unpack_codes(self.packed, *self.shape, layout)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -164,9 +169,12 @@ class Q4Weight:
         return {"packed": self.packed, "scales_zeros": self.scales_zeros}
 
     @classmethod
-    def from_parts(cls, header: dict, parts: dict[str, torch.Tensor]) -> "Q4Weight":
-        """Rebuild from views (zero copy); refuses bytes packed for another CPU layout."""
-        check_layout(header["layout"], "q4 weight")
+    def from_parts(cls, header: dict, parts: dict[str, torch.Tensor],
+                   check: bool = True) -> "Q4Weight":
+        """Rebuild from views (zero copy); refuses bytes packed for another CPU layout
+        (check=False only to repack them)."""
+        if check:
+            check_layout(header["layout"], "q4 weight")
         return cls(parts["packed"], parts["scales_zeros"], header["group"],
                    tuple(header["shape"]), header["layout"])
 

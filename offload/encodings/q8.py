@@ -60,8 +60,8 @@ class Q8Weight:
     def from_gguf(cls, raw: np.ndarray, qtype: str, shape: tuple[int, int],
                   scale_dtype: torch.dtype = torch.bfloat16) -> "Q8Weight":
         from . import gguf_blocks
-        if qtype != "Q8_0":
-            raise ValueError(f"q8 keeps GGUF Q8_0 exactly, not {qtype}")
+        if qtype not in gguf_blocks.EIGHT_BIT:
+            raise ValueError(f"q8 keeps GGUF {', '.join(gguf_blocks.EIGHT_BIT)} exactly, not {qtype}")
         codes, scale, zero = gguf_blocks.decode(raw, qtype, shape)
         return cls.from_codes(codes, scale, zero, gguf_blocks.GROUP, scale_dtype)
 
@@ -108,11 +108,13 @@ class Q8Weight:
                 for name, tensor in getattr(self, plane).parts().items()}
 
     @classmethod
-    def from_parts(cls, header: dict, parts: dict[str, torch.Tensor]) -> "Q8Weight":
+    def from_parts(cls, header: dict, parts: dict[str, torch.Tensor],
+                   check: bool = True) -> "Q8Weight":
         plane_header = {"encoding": "q4", "shape": header["shape"], "group": header["group"],
                         "layout": header["layout"]}
         planes = [Q4Weight.from_parts(plane_header, {name: parts[f"{plane}_{name}"]
-                                                     for name in ("packed", "scales_zeros")})
+                                                     for name in ("packed", "scales_zeros")},
+                                     check)
                   for plane in PLANES]
         return cls(*planes)
 
