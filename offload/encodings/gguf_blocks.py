@@ -12,6 +12,7 @@ dequantization, which the tests compare against bit for bit):
   Q5_0  [d f16][qh 4 B][16 B nibbles]    w = d*(q-16), q 0..31  -> scale d, zero -8d
   Q5_1  [d f16][m f16][qh 4 B][16 B]     w = d*q + m            -> scale d, zero m + 8d
   Q5_K  [d f16][dmin f16][12 B sc/m][qh 32 B][128 B nibbles]: as Q4_K with a fifth bit from qh
+  (the Q5 codes are returned as q + 112 with the zero lowered by 112 * scale, see decode)
 The float32 arithmetic matches gguf-py's bit for bit whenever `8*scale - dmin*m` (Q4_K) or
 `m + 8d` (Q4_1) is exact in float32, i.e. when d and dmin (or m) are within 2^7 of each other in
 magnitude -- true of quantizers' output, and checked on the real SmolLM2 file in the tests.
@@ -100,5 +101,10 @@ def decode(raw: np.ndarray, qtype: str, shape: tuple[int, int]):
         scale = _f16(b[:, 0:2])[:, 0]
         codes = (b[:, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
         zero = -120 * scale
+    if qtype in ("Q5_0", "Q5_1", "Q5_K"):
+        # Centre the 5-bit codes in 0..255 (q + 112: 112..143) so q8's two planes stay small
+        # (hi - 8 in {-1, 0}); uncentred, each plane's output is ~128 steps and their bf16
+        # sum cancels catastrophically.
+        codes, zero = codes + np.uint8(112), zero - 112 * scale
     return (codes.reshape(n_rows, k), scale.reshape(n_rows, k // GROUP).astype(np.float32),
             zero.reshape(n_rows, k // GROUP).astype(np.float32))
