@@ -213,6 +213,15 @@ def test_exact_types_linear_matches_dequantized_weights(qtype):
     assert out.shape == (2, 3, N) and out.dtype == torch.float16
 
 
+@pytest.mark.parametrize("cls", [Q4Weight, Q8Weight])
+def test_rows_equal_dequantized_rows(cls):
+    weight = cls.quantize(torch.randn(208, 64, generator=torch.Generator().manual_seed(5)))
+    index = torch.tensor([[0, 207, 64, 65], [31, 32, 200, 0]])  # full and partial row blocks
+    assert torch.equal(weight.rows(index), weight.dequantize()[index])
+    with pytest.raises(IndexError, match="out of range"):
+        weight.rows(torch.tensor([208]))
+
+
 def test_real_smollm2_gguf_maps_and_matches():
     from specdec.demo import smollm2_gguf_path  # the test may import specdec; offload may not
     path = smollm2_gguf_path()
@@ -230,7 +239,10 @@ def test_real_smollm2_gguf_maps_and_matches():
         qtype = tensor.tensor_type.name
         cls = Q4Weight if qtype == "Q4_1" else Q8Weight
         weight = cls.from_gguf(tensor.data, qtype, shape, scale_dtype=torch.float32)
-        assert torch.equal(weight.dequantize(), reference(tensor.data, qtype).view(shape)), name
+        want = reference(tensor.data, qtype).view(shape)
+        assert torch.equal(weight.dequantize(), want), name
+        index = torch.tensor([0, 1234, shape[0] - 1])
+        assert torch.equal(weight.rows(index), want[index]), name  # embedding lookups
 
 
 # -- conversions and plain types ---------------------------------------------------------------

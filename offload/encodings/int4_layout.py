@@ -84,6 +84,27 @@ def unpack_codes(packed: torch.Tensor, n_rows: int, k: int, layout: Layout) -> t
     return codes
 
 
+def unpack_rows(packed: torch.Tensor, n_rows: int, k: int, layout: Layout,
+                rows: torch.Tensor) -> torch.Tensor:
+    """Codes uint8 [len(rows), K] of some rows only: unpacks just the row blocks holding them
+    (an embedding lookup reads K * block_n / 2 bytes per distinct block, not the matrix)."""
+    flat = packed.reshape(-1)
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
+        raise IndexError(f"row index out of range for a weight of {n_rows} rows")
+    out = torch.empty(rows.numel(), k, dtype=torch.uint8)
+    block_of = rows // layout.block_n
+    for block in torch.unique(block_of).tolist():
+        start = block * layout.block_n
+        nb = min(layout.block_n, n_rows - start)
+        piece = flat[start * k // 2:(start + nb) * k // 2]
+        sub = Layout(layout.name, nb, layout.full_block if nb == layout.block_n else "pairs")
+        codes = unpack_codes(piece, nb, k, sub)
+        hit = block_of == block
+        out[hit] = codes[rows[hit] - start]
+    return out
+
+
 def torch_pack(codes: torch.Tensor) -> torch.Tensor:
     """Pack portable codes [N, K] with torch itself (this machine's layout)."""
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)

@@ -139,21 +139,35 @@ class Q4Weight:
 
     def codes(self) -> torch.Tensor:
         """The portable codes uint8 [N, K] (0..15) behind the packed bytes (any known layout)."""
+        return int4_layout.unpack_codes(self.packed, *self.shape, self._known_layout())
+
+    def _known_layout(self) -> int4_layout.Layout:
         layout = int4_layout.KNOWN_LAYOUTS.get(self.layout.get("layout"))
         if layout is None:
             raise int4_layout.LayoutMismatchError(
                 f"q4 weight packed for unknown layout {self.layout.get('layout')!r}: cannot read "
                 f"its codes; pack the store again from its source file on this machine.")
-        return int4_layout.unpack_codes(self.packed, *self.shape, layout)
+        return layout
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [N, K] as float, computed in float32 from the stored values (reference)."""
-        n_rows, k = self.shape
-        sz = self.scales_zeros.float()
-        scale = sz[..., 0].t().unsqueeze(-1)  # [N, K/g, 1]
+        return self._dequantize(self.codes(), slice(None)).to(dtype)
+
+    def rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows `index` of the dequantized weight (embedding lookup), unpacking only their
+        row blocks; equal to dequantize()[index]."""
+        layout = self._known_layout()
+        index = torch.as_tensor(index, dtype=torch.long)
+        codes = int4_layout.unpack_rows(self.packed, *self.shape, layout, index)
+        return self._dequantize(codes, index.reshape(-1)).view(*index.shape, self.shape[1]).to(dtype)
+
+    def _dequantize(self, codes: torch.Tensor, rows) -> torch.Tensor:
+        k = self.shape[1]
+        sz = self.scales_zeros[:, rows].float()   # [K/g, rows, 2]
+        scale = sz[..., 0].t().unsqueeze(-1)      # [rows, K/g, 1]
         zero = sz[..., 1].t().unsqueeze(-1)
-        q = self.codes().view(n_rows, k // self.group, self.group).float()
-        return ((q - 8) * scale + zero).view(n_rows, k).to(dtype)
+        q = codes.view(-1, k // self.group, self.group).float()
+        return ((q - 8) * scale + zero).view(-1, k)
 
     # -- bytes --------------------------------------------------------------------------------
     @property

@@ -92,6 +92,10 @@ class Q8Weight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.hi.dequantize() + self.lo.dequantize()).to(dtype)
 
+    def rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows `index` of the dequantized weight (embedding lookup); == dequantize()[index]."""
+        return (self.hi.rows(index) + self.lo.rows(index)).to(dtype)
+
     # -- bytes --------------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
