@@ -241,7 +241,7 @@ def test_real_smollm2_gguf_maps_and_matches():
         weight = cls.from_gguf(tensor.data, qtype, shape, scale_dtype=torch.float32)
         want = reference(tensor.data, qtype).view(shape)
         assert torch.equal(weight.dequantize(), want), name
-        index = torch.tensor([0, 1234, shape[0] - 1])
+        index = torch.tensor([0, shape[0] // 3, shape[0] - 1])
         assert torch.equal(weight.rows(index), want[index]), name  # embedding lookups
 
 
