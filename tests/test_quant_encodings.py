@@ -222,6 +222,17 @@ def test_rows_equal_dequantized_rows(cls):
         weight.rows(torch.tensor([208]))
 
 
+def test_qk_unpermutation_matches_transformers_and_is_exact():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+    n_rows, n_head = 96, 3
+    order = gguf_types.unpermute_qk_rows(n_rows, n_head)
+    want = LlamaTensorProcessor()._reverse_permute_weights(np.arange(n_rows), n_head)
+    assert np.array_equal(order.numpy(), want)
+    raw = gguf_blocks_for("Q4_K", n_rows, 256)
+    encoded = gguf_types.encode_tensor(raw, "Q4_K", (n_rows, 256), torch.float32, row_order=order)
+    assert torch.equal(encoded.value.dequantize(), reference(raw, "Q4_K")[order])
+
+
 def test_real_smollm2_gguf_maps_and_matches():
     from specdec.demo import smollm2_gguf_path  # the test may import specdec; offload may not
     path = smollm2_gguf_path()

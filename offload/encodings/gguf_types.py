@@ -85,11 +85,23 @@ def dequantize_raw(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...]) -> t
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
 
 
+def unpermute_qk_rows(n_rows: int, n_head: int) -> torch.Tensor:
+    """Row order undoing llama.cpp's rotary permutation of attn_q / attn_k (as transformers'
+    _reverse_permute_weights does, with n_head = the kv heads for attn_k): hf_rows =
+    gguf_rows[order]. A row permutation moves whole rows of codes and scales: exact."""
+    rows = torch.arange(n_rows)
+    return rows.view(n_head, n_rows // n_head // 2, 2).transpose(1, 2).reshape(n_rows)
+
+
 def encode_tensor(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...],
-                  scale_dtype: torch.dtype = torch.bfloat16) -> Encoded:
-    """Raw GGUF tensor bytes (as GGUFReader gives them) of torch shape `shape` -> stored form."""
+                  scale_dtype: torch.dtype = torch.bfloat16,
+                  row_order: torch.Tensor | None = None) -> Encoded:
+    """Raw GGUF tensor bytes (as GGUFReader gives them) of torch shape `shape` -> stored form;
+    `row_order` reorders the rows of a 2-D tensor first (see unpermute_qk_rows)."""
     plan = plan_for(gguf_type)
     shape = tuple(int(s) for s in shape)
+    if row_order is not None:
+        raw = reorder_rows(raw, gguf_type, shape, row_order)
     if plan.encoding in ("float32", "bfloat16") or len(shape) != 2:
         value = dequantize_raw(raw, gguf_type, shape)
         dtype = torch.float32 if plan.encoding == "float32" else torch.bfloat16
@@ -108,6 +120,15 @@ def encode_tensor(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...],
     except UnsupportedShape as exc:
         return Encoded(dequantize_raw(raw, gguf_type, shape).to(torch.bfloat16), "bfloat16",
                        f"{gguf_type} -> bfloat16: {exc}")
+
+
+def reorder_rows(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...],
+                 row_order: torch.Tensor) -> np.ndarray:
+    """Rows of a GGUF tensor's raw bytes in a new order (a GGUF row is whole blocks)."""
+    if len(shape) != 2 or len(row_order) != shape[0]:
+        raise ValueError(f"row order of length {len(row_order)} for a tensor of shape {shape}")
+    rows = np.ascontiguousarray(raw).view(np.uint8).reshape(shape[0], -1)
+    return rows[np.asarray(row_order)]
 
 
 def conversion_error(reference: torch.Tensor, converted: torch.Tensor, gguf_type: str,
