@@ -46,10 +46,14 @@ KNOWN_LAYOUTS = {
 }
 
 
-def _blocks(n_rows: int, block_n: int):
-    """(first row, rows in block, mode-is-full) for each row block of the packed layout."""
-    for start in range(0, n_rows, block_n):
-        yield start, min(block_n, n_rows - start), n_rows - start >= block_n
+def _split(n_rows: int, block_n: int) -> tuple[int, int]:
+    """(rows in full blocks, rows in the partial last block)."""
+    full = n_rows // block_n * block_n
+    return full, n_rows - full
+
+
+def _full_mode(layout: Layout, nb: int) -> str:
+    return layout.full_block if nb == layout.block_n else "pairs"
 
 
 def pack_codes(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -57,14 +61,16 @@ def pack_codes(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
     n_rows, k = codes.shape
     codes = codes.to(torch.uint8)
     out = torch.empty(n_rows * k // 2, dtype=torch.uint8)
-    for start, nb, full in _blocks(n_rows, layout.block_n):
-        block = codes[start:start + nb].t()  # [K, nb]
-        if full and layout.full_block == "split":
-            lo, hi = block[:, :nb // 2], block[:, nb // 2:]
+    full, tail = _split(n_rows, layout.block_n)
+    for start, nb, count in ((0, layout.block_n, full // layout.block_n), (full, tail, 1 if tail else 0)):
+        if not count:
+            continue
+        block = codes[start:start + nb * count].view(count, nb, k).transpose(1, 2)  # [c, K, nb]
+        if _full_mode(layout, nb) == "split":
+            lo, hi = block[..., :nb // 2], block[..., nb // 2:]
         else:
-            lo, hi = block[:, 0::2], block[:, 1::2]
-        offset = start * k // 2
-        out[offset:offset + nb * k // 2].view(k, nb // 2).copy_(lo | (hi << 4))
+            lo, hi = block[..., 0::2], block[..., 1::2]
+        out[start * k // 2:(start + nb * count) * k // 2].view(count, k, nb // 2).copy_(lo | (hi << 4))
     return out.view(n_rows, k // 2)
 
 
@@ -72,15 +78,17 @@ def unpack_codes(packed: torch.Tensor, n_rows: int, k: int, layout: Layout) -> t
     """Packed uint8 (any shape, N*K/2 bytes) in `layout` -> portable codes uint8 [N, K]."""
     flat = packed.reshape(-1)
     codes = torch.empty(n_rows, k, dtype=torch.uint8)
-    for start, nb, full in _blocks(n_rows, layout.block_n):
-        offset = start * k // 2
-        block = flat[offset:offset + nb * k // 2].view(k, nb // 2)
+    full, tail = _split(n_rows, layout.block_n)
+    for start, nb, count in ((0, layout.block_n, full // layout.block_n), (full, tail, 1 if tail else 0)):
+        if not count:
+            continue
+        block = flat[start * k // 2:(start + nb * count) * k // 2].view(count, k, nb // 2)
         lo, hi = block & 0x0F, block >> 4
-        if full and layout.full_block == "split":
-            rows = torch.cat([lo, hi], dim=1)               # [K, nb]
+        if _full_mode(layout, nb) == "split":
+            rows = torch.cat([lo, hi], dim=2)                           # [c, K, nb]
         else:
-            rows = torch.stack([lo, hi], dim=2).view(k, nb)  # [K, nb]
-        codes[start:start + nb] = rows.t()
+            rows = torch.stack([lo, hi], dim=3).view(count, k, nb)
+        codes[start:start + nb * count].view(count, nb, k).copy_(rows.transpose(1, 2))
     return codes
 
 
@@ -98,7 +106,7 @@ def unpack_rows(packed: torch.Tensor, n_rows: int, k: int, layout: Layout,
         start = block * layout.block_n
         nb = min(layout.block_n, n_rows - start)
         piece = flat[start * k // 2:(start + nb) * k // 2]
-        sub = Layout(layout.name, nb, layout.full_block if nb == layout.block_n else "pairs")
+        sub = Layout(layout.name, nb, _full_mode(layout, nb))
         codes = unpack_codes(piece, nb, k, sub)
         hit = block_of == block
         out[hit] = codes[rows[hit] - start]

@@ -20,9 +20,9 @@ Activations: the kernel is fast only for bf16 activations (fp32 activations take
 run the kernel in bf16 and return in the input's dtype. float32 inputs take the exact path
 instead: dequantize to float32 and F.linear, so float32 mode equals F.linear(x, self.dequantize())
 bit for bit and compares exactly with a float32 reference built from gguf-py. It is slow
-(dequantize() ran at ~0.04 GB/s of stored bytes, one thread, loaded machine: ~1.3 s for a
-4096x11008 matrix, ~2 s per pass of SmolLM2-135M): float32 mode is for checking, not for speed,
-and nothing is cached (a cache would break the RAM budget).
+(dequantize() takes ~0.4 s for a 4096x11008 matrix, one thread, i.e. ~0.07 GB/s of stored bytes
+or ~0.5 s per pass of SmolLM2-135M): float32 mode is for checking, not for speed, and nothing
+is cached (a cache would break the RAM budget).
 
 Scales are stored in bf16, the dtype the kernel needs for bf16 activations: per weight the error
 is at most |q - 8| * 2^-9 <= 0.016 of a quantization step plus the zero's rounding (measured
@@ -165,11 +165,12 @@ class Q4Weight:
 
     def _dequantize(self, codes: torch.Tensor, rows) -> torch.Tensor:
         k = self.shape[1]
-        sz = self.scales_zeros[:, rows].float()   # [K/g, rows, 2]
-        scale = sz[..., 0].t().unsqueeze(-1)      # [rows, K/g, 1]
-        zero = sz[..., 1].t().unsqueeze(-1)
+        sz = self.scales_zeros[:, rows].float()                 # [K/g, rows, 2]
+        scale = sz[..., 0].t().contiguous().unsqueeze(-1)       # [rows, K/g, 1]
+        zero = sz[..., 1].t().contiguous().unsqueeze(-1)
         q = codes.view(-1, k // self.group, self.group).float()
-        return ((q - 8) * scale + zero).view(-1, k)
+        # (q - 8) * scale + zero as separate roundings, in place (the kernel's formula)
+        return q.sub_(8).mul_(scale).add_(zero).view(-1, k)
 
     # -- bytes --------------------------------------------------------------------------------
     @property
