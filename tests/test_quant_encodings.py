@@ -104,6 +104,7 @@ def test_layout_model_matches_torch_packing(n_rows):
                           dtype=torch.uint8)
     here = int4_layout.KNOWN_LAYOUTS[int4_layout.current_layout()]
     assert torch.equal(int4_layout.torch_pack(codes), int4_layout.pack_codes(codes, here))
+    assert torch.equal(int4_layout.torch_pack(codes), int4_layout.pack_for_this_machine(codes))
     for layout in int4_layout.KNOWN_LAYOUTS.values():
         packed = int4_layout.pack_codes(codes, layout)
         assert torch.equal(int4_layout.unpack_codes(packed, n_rows, 64, layout), codes)

@@ -118,6 +118,14 @@ def torch_pack(codes: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
 
 
+def pack_for_this_machine(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, K] -> this machine's packed bytes. For a known layout (the probe checked that
+    torch packs exactly so) our own permutation is used: ~3x faster than torch's, which needs
+    the codes as int32 (8x their size)."""
+    layout = KNOWN_LAYOUTS.get(current_layout())
+    return pack_codes(codes, layout) if layout is not None else torch_pack(codes)
+
+
 @functools.lru_cache(maxsize=1)
 def current_layout() -> str:
     """Name of the layout torch packs to on this machine, probed once per process."""
@@ -173,4 +181,4 @@ def repack(packed: torch.Tensor, n_rows: int, k: int, recorded: dict) -> torch.T
         raise LayoutMismatchError(
             f"cannot repack int4 bytes of unknown layout {name!r}; pack the store again from "
             f"its source file on this machine.")
-    return torch_pack(unpack_codes(packed, n_rows, k, KNOWN_LAYOUTS[name]))
+    return pack_for_this_machine(unpack_codes(packed, n_rows, k, KNOWN_LAYOUTS[name]))

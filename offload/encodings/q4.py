@@ -104,7 +104,7 @@ class Q4Weight:
         """codes 0..15 [N, K]; scale, zero [N, K/group] (w = (q - 8) * scale + zero)."""
         codes = torch.as_tensor(np.asarray(codes))
         check_shape(tuple(codes.shape), group)
-        packed = int4_layout.torch_pack(codes)
+        packed = int4_layout.pack_for_this_machine(codes)
         return cls(packed, affine_to_scales_zeros(scale, zero, scale_dtype), group,
                    tuple(codes.shape), layout_fingerprint())
 
