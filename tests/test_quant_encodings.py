@@ -344,6 +344,21 @@ def test_constant_and_zero_groups_do_not_divide_by_zero():
         assert torch.equal(cls.quantize(zeros).dequantize(), zeros)
 
 
+def test_quantize_float_encodings_and_fallbacks():
+    from offload.encodings.from_float import quantize_float
+    weight = torch.randn(32, 128, generator=torch.Generator().manual_seed(6))
+    for encoding, cls in (("q4", Q4Weight), ("q8", Q8Weight)):
+        encoded = quantize_float(weight, encoding)
+        assert encoded.encoding == encoding and isinstance(encoded.value, cls)
+    odd = quantize_float(torch.randn(40, 128), "q4")
+    assert odd.encoding == "bfloat16" and "N % 16" in odd.note
+    assert quantize_float(torch.randn(128), "q8").encoding == "bfloat16"
+    with pytest.raises(ValueError, match="choose one of q4, q8"):
+        quantize_float(weight, "q3")
+    with pytest.raises(ValueError, match="width 64"):
+        Q4Weight.quantize(weight).linear(torch.randn(2, 64).to(torch.bfloat16))
+
+
 # -- bytes -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [Q4Weight, Q8Weight])

@@ -3,6 +3,7 @@
   q4.Q4Weight, q8.Q8Weight   quantized weights with .linear(x, bias) and .dequantize()
   int4_layout                the CPU int4 kernel's byte layout: fingerprint, check, repack
   gguf_blocks, gguf_types    GGUF blocks -> encodings (exact where possible), per-type plan
+  from_float                 float weights -> q4 / q8 at pack time (bf16 fallback), Encoded
 
 Serialization contract (for the store format): an encoded weight gives
   weight.header() -> JSON-able dict {"encoding", "shape", "group", "layout", "parts": {name:

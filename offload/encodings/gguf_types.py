@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import gguf_blocks
+from .from_float import Encoded
 from .q4 import Q4Weight, UnsupportedShape
 from .q8 import Q8Weight
 
@@ -73,13 +74,6 @@ def plan_for(gguf_type: str) -> TypePlan:
     raise UnsupportedGGUFType(f"GGUF tensor type {gguf_type} is not supported; supported: "
                               f"{', '.join(supported_types())}. Convert the file with llama.cpp's "
                               f"llama-quantize to one of those.")
-
-
-@dataclass
-class Encoded:
-    value: object   # Q4Weight, Q8Weight or a float tensor (plain)
-    encoding: str   # what `value` is: "q4", "q8", "float32", "bfloat16"
-    note: str       # what was done, for the packer to print ("" when kept as is)
 
 
 def dequantize_raw(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...]) -> torch.Tensor:

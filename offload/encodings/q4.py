@@ -133,6 +133,8 @@ class Q4Weight:
         if self.layout.get("layout") != int4_layout.current_layout():
             check_layout(self.layout, "q4 weight")  # raises: the kernel would read garbage
         lead, k = x.shape[:-1], x.shape[-1]
+        if k != self.shape[1]:
+            raise ValueError(f"input of width {k} for a q4 weight of shape {self.shape}")
         x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.packed, self.group, self.scales_zeros.to(torch.bfloat16))
