@@ -314,23 +314,24 @@ def test_shape_the_kernel_cannot_take_falls_back_to_bf16():
 # -- quantizing float weights ------------------------------------------------------------------
 
 def test_group_choice():
-    assert choose_group((64, 4096)) == 64
-    assert choose_group((64, 576)) == 64      # SmolLM2's hidden size
-    assert choose_group((64, 96)) == 32       # K % 64 != 0
+    assert choose_group((64, 4096)) == 32     # q4
+    assert choose_group((64, 4096), 64) == 64  # q8
+    assert choose_group((64, 576), 64) == 64   # SmolLM2's hidden size
+    assert choose_group((64, 96), 64) == 32    # K % 64 != 0
     with pytest.raises(UnsupportedShape, match="K % 32"):
         choose_group((64, 40))
 
 
-@pytest.mark.parametrize("cls,levels", [(Q4Weight, 15), (Q8Weight, 254)])
-def test_round_to_nearest_error_is_half_a_step(cls, levels):
+@pytest.mark.parametrize("cls,levels,group", [(Q4Weight, 15, 32), (Q8Weight, 254, 64)])
+def test_round_to_nearest_error_is_half_a_step(cls, levels, group):
     gen = torch.Generator().manual_seed(3)
     weight = torch.randn(64, 576, generator=gen) * 0.02
     encoded = cls.quantize(weight)
-    assert encoded.group == 64
-    groups = weight.view(64, -1, 64)
+    assert encoded.group == group
+    groups = weight.view(64, -1, group)
     span = groups.amax(-1) - groups.amin(-1) if cls is Q4Weight else 2 * groups.abs().amax(-1)
     step = (span / levels).unsqueeze(-1)
-    err = (encoded.dequantize() - weight).abs().view(64, -1, 64)
+    err = (encoded.dequantize() - weight).abs().view(64, -1, group)
     assert (err <= 0.51 * step).all()  # half a step; 0.01 for the bf16-rounded scale
     x = torch.randn(4, 576, generator=gen).to(torch.bfloat16)
     want = x.float() @ encoded.dequantize().t()
@@ -397,9 +398,10 @@ def test_truncated_buffer_and_unknown_encoding_are_named():
 
 
 def test_bytes_per_weight():
-    """q4 group 64 stores 4.5 bits per weight, GGUF group 32 5 bits; q8 two planes 9 / 10."""
+    """q4 (group 32, as GGUF) stores 5 bits per weight, 4.5 at group 64; q8 two planes 9 / 10."""
     shape = (64, 4096)
-    assert Q4Weight.quantize(torch.randn(shape)).nbytes * 8 / (64 * 4096) == 4.5
+    assert Q4Weight.quantize(torch.randn(shape)).nbytes * 8 / (64 * 4096) == 5.0
+    assert Q4Weight.quantize(torch.randn(shape), 64).nbytes * 8 / (64 * 4096) == 4.5
     assert Q8Weight.quantize(torch.randn(shape)).nbytes * 8 / (64 * 4096) == 9.0
     raw = gguf_blocks_for("Q4_1", 64, 4096)
     assert Q4Weight.from_gguf(raw, "Q4_1", shape).nbytes * 8 / (64 * 4096) == 5.0
