@@ -3,7 +3,8 @@
 `aten._convert_weight_to_int4pack_for_cpu(codes int32 [N, K])` returns uint8 [N, K/2] whose
 order depends on the instruction set torch's CPU kernels were dispatched to. The order is a fixed
 permutation of nibbles (torch 2.x, aten/src/ATen/native/cpu/int4mm_kernel.cpp): rows come in
-blocks of `block_n` (64 under AVX512, 32 otherwise), each block stored as [K, nb/2] bytes:
+blocks of `block_n` (4 x the float vector width: 64 under AVX512, 32 under AVX2 and without a
+vector ISA, 16 under 128-bit NEON), each block stored as [K, nb/2] bytes:
   - "split": byte[k, d] = code[d, k] | code[d + nb/2, k] << 4   (full blocks under AVX512/AVX2)
   - "pairs": byte[k, j] = code[2j, k] | code[2j + 1, k] << 4     (partial blocks; plain builds)
 Bytes packed under one layout give garbage under another, so a store records the layout it was
@@ -38,11 +39,14 @@ class Layout:
     full_block: str  # "split" or "pairs"; partial blocks are always "pairs"
 
 
+# pairs16 (128-bit NEON) is read from torch's source, untested here: on such a machine the
+# probe either confirms it or names the layout "unknown-...".
 KNOWN_LAYOUTS = {
     layout.name: layout
     for layout in (Layout("split64", 64, "split"),   # AVX512
                    Layout("split32", 32, "split"),   # AVX2
-                   Layout("pairs32", 32, "pairs"))   # no vector ISA (DEFAULT)
+                   Layout("pairs32", 32, "pairs"),   # no vector ISA (DEFAULT)
+                   Layout("pairs16", 16, "pairs"))   # 128-bit NEON
 }
 
 
