@@ -255,6 +255,17 @@ def test_real_smollm2_gguf_maps_and_matches():
         assert torch.equal(weight.dequantize(), want), name
         index = torch.tensor([0, shape[0] // 3, shape[0] - 1])
         assert torch.equal(weight.rows(index), want[index]), name  # embedding lookups
+    # attn_q / attn_k as transformers loads them (llama.cpp's rotary permutation undone):
+    # SmolLM2 has 9 heads and 3 kv heads.
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+    for name, heads in (("blk.3.attn_q.weight", 9), ("blk.3.attn_k.weight", 3)):
+        tensor = by_name[name]
+        shape = tuple(int(s) for s in reversed(tensor.shape))
+        encoded = gguf_types.encode_tensor(tensor.data, "Q4_1", shape, torch.float32,
+                                           row_order=gguf_types.unpermute_qk_rows(shape[0], heads))
+        want = LlamaTensorProcessor()._reverse_permute_weights(
+            reference(tensor.data, "Q4_1").view(shape).numpy(), heads)
+        assert torch.equal(encoded.value.dequantize(), torch.from_numpy(want)), name
 
 
 # -- conversions and plain types ---------------------------------------------------------------
