@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import encodings
 from .format import ALIGN, TensorMeta, align_up
 
 DEFAULT_CHUNK = 8 << 20
@@ -39,11 +40,17 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(align_up(nbytes), ALIGN), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def tensor_views(buf, tensors: dict[str, TensorMeta]) -> dict[str, torch.Tensor]:
-    """name -> tensor viewing `buf` in place (no copy). Valid while `buf`'s contents are."""
+def tensor_views(buf, tensors: dict[str, TensorMeta], repack: bool = False) -> dict:
+    """name -> tensor (or encoded weight, offload/encodings) viewing `buf` in place (no copy).
+    Valid while `buf`'s contents are. An encoded weight packed for another int4 layout raises
+    LayoutMismatchError, or with `repack` is converted (a copy; offload/repack.py)."""
     whole = torch.frombuffer(buf, dtype=torch.uint8)
     out = {}
     for name, t in tensors.items():
+        if t.encoding is not None:
+            parts = encodings.views(t.encoding, whole, t.offset)
+            out[name] = encodings.decode(t.encoding, parts, repack=repack)
+            continue
         if t.nbytes == 0:
             out[name] = torch.empty(t.shape, dtype=t.torch_dtype)
             continue

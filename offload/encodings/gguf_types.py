@@ -81,7 +81,7 @@ def dequantize_raw(raw: np.ndarray, gguf_type: str, shape: tuple[int, ...]) -> t
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
     values = dequantize(np.asarray(raw), GGMLQuantizationType[gguf_type])
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+    return torch.from_numpy(np.require(values, np.float32, ["C", "W"])).reshape(shape)
 
 
 def unpermute_qk_rows(n_rows: int, n_head: int) -> torch.Tensor:
