@@ -159,6 +159,11 @@ class Store:
                 out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
         return out
 
+    def encoding_summary(self) -> str:
+        """'q4 66.4 MB, q8 35.4 MB, bfloat16 0.1 MB' (largest first), for info and banners."""
+        parts = sorted(self.encodings().items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{name} {nbytes / 1e6:.1f} MB" for name, nbytes in parts)
+
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, layers={self.num_layers}, dtype={self.dtype})"
 

@@ -209,7 +209,7 @@ def _drop_cache(fd: int, offset: int, nbytes: int) -> None:
 
 
 def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
-                 reader: DirectReader | None = None, check=None) -> dict[str, torch.Tensor]:
+                 reader: DirectReader | None = None, check=None, repack: bool = False) -> dict:
     """Read a whole store file into a fresh page-aligned buffer and view its tensors (no
     copy; the buffer lives as long as the views). `check(buf)`, if given, sees the bytes
     before any view is made (the store's first-read checksum)."""
@@ -223,4 +223,4 @@ def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
             reader.close()
     if check is not None:
         check(buf)
-    return tensor_views(buf, tensors)
+    return tensor_views(buf, tensors, repack)

@@ -114,6 +114,8 @@ def read_preset(ref: str) -> dict:
 def banner(lm) -> str:
     t = lm.target
     lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
+    if t.description:
+        lines.append(f"  {t.description}")
     if lm.plan is not None:
         streamed = len(lm.plan.streamed)
         how = (f"target streamed from disk, {lm.plan.budget_bytes / 1e6:.0f} MB RAM budget"
