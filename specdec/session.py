@@ -67,12 +67,15 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         tgt = load_resident(target, torch_dtype)
         drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
-    store_path = target if is_store(target) else packed_store(target, pack_dtype, cache_dir, progress)
-    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec)
+    if is_store(target):
+        return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec)
+    store_path = packed_store(target, pack_dtype, cache_dir, progress)
+    origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
+    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin)
 
 
 def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.dtype,
-                   max_context, k, spec) -> SpecDecoder:
+                   max_context, k, spec, origin: str = "") -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
@@ -87,7 +90,8 @@ def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
                           store.generation_config, tok,
-                          f"{store_path.name} streamed from disk (weights: {store.encoding_summary()})")
+                          f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
+                          f"weights: {store.encoding_summary()})")
         drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
