@@ -75,7 +75,13 @@ def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml order is reversed
         qtype = tensor.tensor_type.name
         order = _row_order(tensor.name, shape, config) if arch in PERMUTED_ARCHS else None
-        value, message = encode(np.asarray(tensor.data), qtype, shape, quant, order, scale_dtype)
+        # The embedding table is read by rows() (float32 arithmetic, no kernel): float32 scales
+        # keep lookups exact. With bf16 scales every row block is off by the same factor
+        # (f16 -> bf16 drops 3 bits of each block's scale), a correlated error that enters the
+        # residual stream directly (SmolLM2: teacher-forced top-1 agreement 0.94 -> see tests).
+        # As the output layer the kernel converts them to bf16 per call (a small copy).
+        row_scales = torch.float32 if name == EMBED else scale_dtype
+        value, message = encode(np.asarray(tensor.data), qtype, shape, quant, order, row_scales)
         if message:
             note(f"{tensor.name} ({name}): {message}")
         yield name, value

@@ -21,13 +21,14 @@ def smollm2_gguf_path() -> Path | None:
     return path if path.exists() else None
 
 
-# The demo target streams in its native Q4_1 (q4 layers, its Q8_0 embedding table as q8):
-# exactly the published model, a 102 MB store (0.38x of the 270 MB bf16 store: the tied
-# Q8_0 table, 35 MB, is most of the rest), 2.2 MB per layer. The least budget that runs the pair
-# is ~578 MB (runtime 403 MB, draft 76 MB, KV at 2048 tokens 60 MB, table 35 MB, ring 4 MB);
-# this one pins ~5 of the 30 layers and streams the rest from disk (~55 MB per pass), which
-# is the point of the demo. (640 MB with the bf16 store, which pinned 4 layers.)
-DEMO_RAM = "590MB"
+# The demo target streams in its native Q4_1 (q4 layers; its tied Q8_0 embedding table as q8
+# with float32 scales, for exact lookups): exactly the published model, a 109 MB store (0.41x
+# of the 269 MB bf16 store; the 42 MB table is most of the rest), 2.2 MB per layer. The least
+# budget that runs the pair is ~585 MB (runtime 403 MB, draft 76 MB, KV at 2048 tokens 60 MB,
+# table 42 MB, ring 4 MB); this one pins ~6 of the 30 layers and streams the rest from disk
+# (~53 MB per pass), which is the point of the demo. (640 MB with the bf16 store, which
+# pinned 4 layers and read ~184 MB per pass.)
+DEMO_RAM = "600MB"
 DEMO_MAX_CONTEXT = 2048
 
 
