@@ -116,10 +116,10 @@ def _source_tensors(ckpt: Checkpoint, quant: str | None, note,
             raise PackError(f"{ckpt.path}: {e}") from e
         return
     for name, tensor in ckpt.tensors():
-        yield name, _quantize_float(name, tensor, quant, note, scale_dtype)
+        yield name, quantize_tensor(name, tensor, quant, note, scale_dtype)
 
 
-def _quantize_float(name: str, tensor: torch.Tensor, quant: str | None, note,
+def quantize_tensor(name: str, tensor: torch.Tensor, quant: str | None, note=print,
                     scale_dtype: torch.dtype = torch.bfloat16):
     """A safetensors tensor as stored: the linear weights quantized when asked, else as is."""
     if quant in (None, "bf16") or not is_linear_weight_name(name):

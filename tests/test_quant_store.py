@@ -287,6 +287,31 @@ def test_safetensors_quant_q4_quantizes_the_linear_weights_only(q4_pair):
     assert s.manifest["version"] == fmt.FORMAT_VERSION and s.int4_layout["layout"]
 
 
+def test_streamed_q4_layers_are_ring_views_and_equal_pinned_ones(q4_pair):
+    from offload.prefetch import StreamedWeights
+    from specdec.config import ModelArgs
+    from specdec.model import Transformer
+
+    store, _ = q4_pair
+    s = open_store(store)
+    args = ModelArgs.from_hf(s.config)
+    for dtype in (torch.bfloat16, torch.float32):
+        outs = []
+        for pinned in (None, s.num_layers):
+            with StreamedWeights(s, pinned=pinned, dtype=dtype) as w:
+                model = Transformer(args, w, dtype)
+                cache = model.new_cache(32)
+                outs.append(model.forward(torch.tensor(PROMPT), cache.next_positions(6), cache))
+        assert torch.equal(outs[0], outs[1])
+    with StreamedWeights(s) as w:  # zero copy: a streamed q4 weight views a ring buffer
+        spans = [(torch.frombuffer(b, dtype=torch.uint8).data_ptr(), len(b)) for b in w._ring.buffers]
+        for layer in w.layers():
+            weight = layer["mlp.up_proj.weight"]
+            assert isinstance(weight, Q4Weight)
+            assert any(base <= weight.packed.data_ptr() < base + n for base, n in spans)
+            assert any(base <= weight.scales_zeros.data_ptr() < base + n for base, n in spans)
+
+
 @pytest.mark.parametrize("speculation", ["chain", "tree"])
 def test_greedy_speculation_on_a_q4_target_equals_plain(q4_pair, speculation):
     store, draft = q4_pair
