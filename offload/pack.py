@@ -408,14 +408,19 @@ def estimate_store_bytes(ckpt: Checkpoint, dtype: str, quant: str | None = None)
     if ckpt.kind == "gguf" and quant is None:
         # Kept types take about the file's bytes (q8 planes: 10 bits for Q8_0's 8.5).
         return int(ckpt.path.stat().st_size * 1.25) + DISK_MARGIN
-    bits = QUANT_BITS.get(quant or "", itemsize * 8)
     if ckpt.kind == "safetensors":
         try:
-            return int(_safetensors_numel(ckpt) * min(bits, itemsize * 8) / 8)
+            total = _safetensors_numel(ckpt) * itemsize
         except (OSError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: cannot read safetensors headers ({e}); "
                                   "download the checkpoint again.") from e
-    return int(ModelShape.from_config(ckpt.config).params() * min(bits, itemsize * 8) / 8)
+        if quant not in QUANT_BITS:
+            return total
+    try:
+        shape = ModelShape.from_config(ckpt.config)
+        return shape.stored_bytes(QUANT_BITS.get(quant or "", itemsize * 8), itemsize)
+    except (KeyError, TypeError):  # an odd config: the checks after packing will say what
+        return total if ckpt.kind == "safetensors" else ckpt.path.stat().st_size * 4
 
 
 def _safetensors_numel(ckpt: Checkpoint) -> int:

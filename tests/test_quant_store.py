@@ -513,3 +513,15 @@ def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4, tmp_path):
     assert rate["q4"]["reply"] >= 0.98 and rate["q4"]["prompt"] >= 0.96, rate
     for part in ("prompt", "reply"):
         assert rate["q4"][part] >= rate["bf16"][part] - 0.005, rate
+
+
+def test_quantized_sizes_from_shapes_equal_the_manifest(q4_pair):
+    """offload/shapes.py's stored_bytes (the pack estimate, the 7B figures in the README) is
+    exactly what a q4 store's tensors take: 5 bits per linear weight at group 32."""
+    from offload.shapes import ModelShape
+
+    store, _ = q4_pair
+    s = open_store(store)
+    metas = [s.resident_meta] + [s.layer_meta(i) for i in range(s.num_layers)]
+    stored = sum(t.nbytes for m in metas for t in m.tensors.values())
+    assert stored == ModelShape.from_config(s.config).stored_bytes(5, 2)
