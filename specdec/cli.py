@@ -249,6 +249,8 @@ def banner(lm, args=None) -> str:
 
     t = lm.target
     lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
+    if t.description:
+        lines.append(f"  {t.description}")
     plan = lm.plan
     if plan is not None:
         n = len(plan.pinned) + len(plan.streamed)

@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from offload.budget import plan_memory
-from offload.format import MANIFEST, REPACK, StoreError, is_store, looks_like_store, open_store
+from offload.format import (FORMAT_VERSION, MANIFEST, REPACK, StoreError, is_store,
+                            looks_like_store, open_store)
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
+from offload.repack import needs_repack, repack_store
 
 from .api import SpecDecoder
 from .cache import KVCache
@@ -22,6 +24,7 @@ from .weights import WeightsError, check_complete, check_layer_count, model_shap
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
+FLOAT_DTYPES = ("bfloat16", "float32")
 
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
@@ -66,12 +69,15 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         tgt = load_resident(target, torch_dtype)
         drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
-    store_path = target if is_store(target) else packed_store(target, pack_dtype, cache_dir, progress)
-    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec)
+    if is_store(target):
+        return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec)
+    store_path = packed_store(target, pack_dtype, cache_dir, progress)
+    origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
+    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin)
 
 
 def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.dtype,
-                   max_context, k, spec) -> SpecDecoder:
+                   max_context, k, spec, origin: str = "") -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
@@ -85,7 +91,9 @@ def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
-                          store.generation_config, tok, f"{store_path.name} streamed from disk")
+                          store.generation_config, tok,
+                          f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
+                          f"weights: {store.encoding_summary()})")
         drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
@@ -122,20 +130,26 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
 
 def packed_store_path(src: Path, dtype, cache_dir) -> Path:
     """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
-    (path, size, mtime), so an updated checkpoint re-packs."""
+    (path, size, mtime) and the store format version, so an updated checkpoint or format
+    re-packs."""
     root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
     src = src.resolve()
     stat = src.stat()
-    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
+    ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}"
+    key = hashlib.sha1(ident.encode()).hexdigest()[:12]
     return root / "stores" / f"{src.stem}-{key}"
 
 
 def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
-    """The store for checkpoint `src` in the cache, packing it on first use."""
+    """The store for checkpoint `src` in the cache, packing it on first use (a GGUF keeps its
+    own quantization). A cached store packed on a machine with another int4 layout (a shared
+    cache) is repacked once."""
     out = packed_store_path(src, dtype, cache_dir)
     if not is_store(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True)
+    elif needs_repack(open_store(out)):
+        repack_store(out, progress=progress)
     return out
 
 
@@ -158,5 +172,22 @@ def _draft_bytes(drf: OpenedModel | None, dtype: torch.dtype, shared_embeddings:
     `shared_embeddings`). A partial output vocabulary's rows are a copy, tied or not."""
     if drf is None:
         return 0
+    if drf.ckpt.kind == "store":
+        head_copy = 0  # a partial output layer taken from the target's table is a copy
+        if drf.borrows_embeddings and drf.ckpt.tensor_shape("lm_head.weight") is None:
+            rows = drf.output_rows()
+            head_copy = rows * drf.args.hidden_size * dtype.itemsize if rows < drf.args.vocab_size else 0
+        return _store_draft_bytes(drf.ckpt.path, dtype) + head_copy
     params = model_shape(drf.args).params(drf.output_rows(), embeddings=not shared_embeddings)
     return params * torch.empty((), dtype=dtype).element_size()
+
+
+def _store_draft_bytes(path: Path, dtype: torch.dtype) -> int:
+    """A store loaded whole as the draft: its weight files as they are on disk (quantized
+    bytes stay quantized), plus a float32 copy of its plain float tensors when the compute
+    dtype widens them."""
+    store = open_store(path)
+    plain = sum(n for name, n in store.encodings().items() if name in FLOAT_DTYPES)
+    store_dtype = parse_dtype(store.dtype) if store.dtype else dtype
+    widened = plain * (dtype.itemsize // store_dtype.itemsize) if dtype != store_dtype else 0
+    return store.weights_nbytes + widened
