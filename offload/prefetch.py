@@ -92,6 +92,11 @@ class StreamedWeights:
         self._finalizer = weakref.finalize(self, self._ring.stop)
 
     @property
+    def pinned_tensors(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Pinned layer index -> its tensors (in RAM for good; others may share them)."""
+        return dict(self._pinned)
+
+    @property
     def ring_size(self) -> int:
         return self._ring.size
 

@@ -20,7 +20,8 @@ from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .model import Transformer
-from .weights import WeightsError, check_complete, check_layer_count, model_shape
+from . import self_draft
+from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
@@ -34,6 +35,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
+    draft: a draft model (directory, .gguf or store), "self" (the target drafts for itself:
+        4-bit substitutes of its streamed layers in RAM, its pinned layers shared; see
+        specdec/self_draft.py), or None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
         No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
@@ -64,27 +68,36 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     target = Path(target).expanduser()
     if not is_store(target) and looks_like_store(target):
         open_store(target)  # a damaged store: raises the store's own error, naming the fix
-    drf = open_model(draft) if draft is not None else None
+    drf = draft if self_draft.is_self(draft) else open_model(draft) if draft is not None else None
     if not is_store(target) and ram is None:  # 2. no budget: everything in RAM
         tgt = load_resident(target, torch_dtype)
-        drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
+        if self_draft.is_self(drf):
+            drf_model = _resident_self_draft(tgt, torch_dtype)
+        else:
+            drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
+    streamed = dict(cache_dir=cache_dir, progress=progress)
     if is_store(target):
-        return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec)
+        return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec, **streamed)
     store_path = packed_store(target, pack_dtype, cache_dir, progress)
     origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
-    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin)
+    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin, **streamed)
 
 
-def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.dtype,
-                   max_context, k, spec, origin: str = "") -> SpecDecoder:
+def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: torch.dtype,
+                   max_context, k, spec, origin: str = "", cache_dir=None, progress: bool = True
+                   ) -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
                              fix=f"The store is damaged. {REPACK}")
     check_store_matches(store, args)
     ctx = _context(max_context, args)
-    plan = streaming_plan(store, args, drf, ram, dtype, ctx)
+    if self_draft.is_self(drf):
+        self_draft.check_target(store)
+        plan = self_draft.plan_self_draft(store, ram, _kv_per_token(args, dtype), ctx)
+    else:
+        plan = streaming_plan(store, args, drf, ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None)
@@ -94,12 +107,31 @@ def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.
                           store.generation_config, tok,
                           f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
                           f"weights: {store.encoding_summary()})")
-        drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
+        if self_draft.is_self(drf):
+            layers = self_draft.streamed_self_draft_layers(store, weights.pinned_tensors,
+                                                           cache_dir, progress)
+            drf_model = _self_draft_model(tgt, ResidentWeights(weights.resident, layers, dtype),
+                                          self_draft.describe(plan, args.num_layers))
+        else:
+            drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
     except BaseException:
         weights.close()
         raise
+
+
+def _resident_self_draft(tgt: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    weights = tgt.model.weights
+    layers = self_draft.resident_self_draft_layers(list(weights.layers()))
+    return _self_draft_model(tgt, ResidentWeights(weights.resident, layers, dtype),
+                             self_draft.describe(None, tgt.args.num_layers))
+
+
+def _self_draft_model(tgt: LoadedModel, weights, description: str) -> LoadedModel:
+    """The target's own config and tokenizer over the self-draft's weights."""
+    return LoadedModel(tgt.path, tgt.args, Transformer(tgt.args, weights, tgt.model.dtype),
+                       tgt.config, tgt.generation_config, tgt.tokenizer_source, description)
 
 
 def check_store_matches(store, args: ModelArgs) -> None:
