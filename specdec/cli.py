@@ -265,8 +265,11 @@ def banner(lm, args=None) -> str:
                      f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
     else:
         lines.append("  target fully in RAM (no --ram given)")
-    lines.append(f"  draft: {lm.draft.path if lm.draft else 'none (plain decoding)'}"
-                 + (f", {_speculation_text(lm)}" if lm.draft else ""))
+    draft = "none (plain decoding)"
+    if lm.draft is not None:  # a self-draft's path is the target's: its description says more
+        is_self = lm.draft.description.startswith("self-draft")
+        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
+    lines.append(f"  draft: {draft}")
     return "\n".join(lines)
 
 
