@@ -671,7 +671,8 @@ def cmd_train(args) -> None:
 # ----------------------------------------------------------------------------- eval
 
 def cmd_eval(args) -> None:
-    """The shipped runtime as `specdec chat` runs it: the target packed to a bf16 store and
+    """The shipped runtime as `specdec chat` runs it: the target packed to a store (its native
+    Q4_1 since store format v2; runs before that used a bf16 store) and
     streamed under the demo RAM budget, plain decoding vs each speculation mode, same prompts,
     temperature 0. Lossless check: every prompt's speculative reply equals plain decoding's."""
     from specdec.demo import DEMO_MAX_CONTEXT, DEMO_RAM

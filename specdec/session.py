@@ -160,26 +160,28 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
                        max_context=max_context)
 
 
-def packed_store_path(src: Path, dtype, cache_dir) -> Path:
+def packed_store_path(src: Path, dtype, cache_dir, quant: str | None = None) -> Path:
     """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
-    (path, size, mtime) and the store format version, so an updated checkpoint or format
-    re-packs."""
+    (path, size, mtime), the store format version and `quant`, so an updated checkpoint or
+    format re-packs."""
     root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
     src = src.resolve()
     stat = src.stat()
-    ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}"
+    ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}|{quant}"
     key = hashlib.sha1(ident.encode()).hexdigest()[:12]
     return root / "stores" / f"{src.stem}-{key}"
 
 
-def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
+def packed_store(src: Path, dtype, cache_dir, progress: bool, quant: str | None = None) -> Path:
     """The store for checkpoint `src` in the cache, packing it on first use (a GGUF keeps its
-    own quantization). A cached store packed on a machine with another int4 layout (a shared
-    cache) is repacked once."""
-    out = packed_store_path(src, dtype, cache_dir)
+    own quantization; `quant` as for `specdec pack`, e.g. "bf16" for a plain store to compare
+    with). A cached store packed on a machine with another int4 layout (a shared cache) is
+    repacked once."""
+    out = packed_store_path(src, dtype, cache_dir, quant)
     if not is_store(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True)
+        pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True,
+             quant=quant)
     elif needs_repack(open_store(out)):
         repack_store(out, progress=progress)
     return out

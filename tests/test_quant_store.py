@@ -525,3 +525,35 @@ def test_quantized_sizes_from_shapes_equal_the_manifest(q4_pair):
     metas = [s.resident_meta] + [s.layer_meta(i) for i in range(s.num_layers)]
     stored = sum(t.nbytes for m in metas for t in m.tensors.values())
     assert stored == ModelShape.from_config(s.config).stored_bytes(5, 2)
+
+
+def test_version_1_stores_keep_working(tmp_path):
+    """A store written before encodings existed (plain tensors, version 1) opens and runs."""
+    import json
+
+    target = tmp_path / "t"
+    make_tiny_model(target, "llama", eos_token_id=None)
+    store = pack(target, tmp_path / "s", progress=False)
+    expected = specdec.load(store, dtype="float32").generate(PROMPT, max_new_tokens=8).token_ids
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert "int4_layout" not in manifest and "encoding" not in json.dumps(manifest["files"])
+    manifest["version"] = 1
+    for key in ("quant",):  # fields version 1 did not have
+        manifest.pop(key, None)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert specdec.load(store, dtype="float32").generate(PROMPT, max_new_tokens=8).token_ids == expected
+
+
+def test_cli_pack_quant_and_repack(tmp_path, capsys):
+    from specdec.cli import main
+
+    target = tmp_path / "t"
+    make_tiny_model(target, "llama", eos_token_id=None)
+    assert main(["pack", str(target), str(tmp_path / "s"), "--quant", "q8", "--quiet"]) == 0
+    assert "q8" in capsys.readouterr().out
+    assert open_store(tmp_path / "s").layer_tensors(0)["mlp.up_proj.weight"].dtype == "q8"
+    assert main(["repack", str(tmp_path / "s"), "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["pack", str(target), str(tmp_path / "x"), "--quant", "q3"])
+    assert exit_.value.code == 2 and "invalid choice: 'q3'" in capsys.readouterr().err

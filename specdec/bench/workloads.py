@@ -89,7 +89,7 @@ def demo_workload(cache: Path, quick: bool, draft=None, ram=None) -> Workload:
     cap, why = demo_cap(store, draft, ram, DEMO_RAM, DEMO_CONTEXT)
     return Workload("demo", str(store), str(hf_dir), str(draft), str(hf_draft), cap, DEMO_CONTEXT,
                     tok_ids, [0.0, 0.7], 16 if quick else 64, str(cache / "offload-demo"),
-                    str(hf_dir), eos, f"SmolLM2-135M-Instruct (bf16 store) + {draft.name}, "
+                    str(hf_dir), eos, f"SmolLM2-135M-Instruct (native Q4_1 store) + {draft.name}, "
                     f"{len(prompts)} chat prompts{why}")
 
 
