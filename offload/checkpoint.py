@@ -14,6 +14,9 @@ from typing import Iterator
 import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# A draft may ship without its embedding table and take the target's at load time (they
+# share a vocabulary): this file in the draft's directory says so (a store: its manifest).
+DRAFT_SIDECAR = "specdec_draft.json"
 
 
 class CheckpointError(ValueError):
@@ -23,7 +26,7 @@ class CheckpointError(ValueError):
 @dataclass
 class Checkpoint:
     path: Path
-    kind: str  # "safetensors" or "gguf"
+    kind: str  # "safetensors", "gguf" or "store" (a packed store loaded whole, e.g. a draft)
     config: dict
     generation_config: dict = field(default_factory=dict)
     weight_files: list[Path] = field(default_factory=list)  # safetensors shards
@@ -33,12 +36,30 @@ class Checkpoint:
         """(directory, gguf file name or None) as AutoTokenizer.from_pretrained wants them."""
         if self.kind == "gguf":
             return str(self.path.parent), self.path.name
+        if self.kind == "store":
+            return str(self.path / "tokenizer"), None
         return str(self.path), None
 
+    @property
+    def embeddings_from_target(self) -> bool:
+        """The checkpoint has no embedding table of its own: it takes its target's."""
+        if self.kind == "store":
+            return bool(self._store().embeddings_from_target)
+        return borrows_target_embeddings(self.path)
+
+    def _store(self):
+        from .format import open_store
+
+        return open_store(self.path)
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (hf_name, tensor), one tensor in memory at a time for safetensors."""
+        """Yield (hf_name, tensor), one tensor in memory at a time for safetensors. A store's
+        values may be encoded weights (offload/encodings), each file read once, whole."""
         if self.kind == "gguf":
             yield from _gguf_tensors(self.path, self.config).items()
+            return
+        if self.kind == "store":
+            yield from _store_tensors(self._store())
             return
         from safetensors import SafetensorError, safe_open
 
@@ -58,6 +79,15 @@ class Checkpoint:
         the checkpoint has no such tensor."""
         if self.kind == "gguf":
             return None  # GGUF files hold only the tensors transformers maps from llama.cpp names
+        if self.kind == "store":
+            store = self._store()
+            for i, meta in enumerate([store.resident_meta] + [store.layer_meta(j) for j in
+                                                              range(store.num_layers)]):
+                prefix = "" if i == 0 else f"model.layers.{i - 1}."
+                for rel, t in meta.tensors.items():
+                    if prefix + rel == name:
+                        return t.shape
+            return None
         from safetensors import SafetensorError, safe_open
 
         for file in self.weight_files:
@@ -110,7 +140,42 @@ def _read_json(file: Path) -> dict:
     return data
 
 
+def borrows_target_embeddings(path: Path) -> bool:
+    sidecar = path / DRAFT_SIDECAR if path.is_dir() else None
+    if sidecar is None or not sidecar.exists():
+        return False
+    try:
+        return bool(json.loads(sidecar.read_text()).get("embeddings_from_target"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{sidecar}: not valid JSON ({e}); restore it or delete it.") from e
+
+
+def _open_store(path: Path) -> Checkpoint:
+    from .format import check_layout, open_store
+
+    store = open_store(path)
+    check_layout(store)
+    return Checkpoint(path, "store", store.config, store.generation_config)
+
+
+def _store_tensors(store) -> Iterator[tuple[str, object]]:
+    """Every tensor of a store, read whole into RAM (checksummed), by its HF name."""
+    from .format import check_first_read
+    from .reader import read_tensors
+
+    metas = [(None, store.resident_meta)] + [(i, store.layer_meta(i)) for i in range(store.num_layers)]
+    for index, meta in metas:
+        views = read_tensors(store.path / meta.name, meta.tensors, meta.size,
+                             check=lambda buf, name=meta.name: check_first_read(store, name, buf))
+        for rel, value in views.items():
+            yield (rel if index is None else f"model.layers.{index}.{rel}"), value
+
+
 def _open_hf_dir(path: Path) -> Checkpoint:
+    from .format import is_store
+
+    if is_store(path):
+        return _open_store(path)
     ggufs = sorted(path.glob("*.gguf"))
     config_file = path / "config.json"
     if not config_file.exists():

@@ -8,6 +8,14 @@ A store is a directory:
     layer_00000.bin ...  one file per decoder layer, all its tensors back to back
     tokenizer/           tokenizer files, when the source had them
 
+Version 2 adds per-tensor encodings: a tensor's manifest entry may carry `encoding`, the
+weight's `header()` (offload/encodings: q4 / q8), whose parts lie back to back from the
+tensor's offset at `encodings.part_offsets`; the tensor's `dtype` is then the encoding's name
+and `nbytes` the parts' extent. The manifest's `int4_layout` records the CPU layout the int4
+bytes were packed for; a store packed for another layout is refused by `check_layout` (the
+error says to run `specdec repack STORE`, offload/repack.py). Version 1 stores (plain tensors
+only) are read as before.
+
 Every tensor starts at a 4096-aligned offset and every file is padded to a multiple of
 4096, so one layer is ONE sequential O_DIRECT read into a page-aligned buffer and each
 tensor is a zero-copy view of that buffer. Opening a store checks the manifest and the
@@ -26,8 +34,11 @@ from pathlib import Path
 
 import torch
 
+from . import encodings
+
 FORMAT_NAME = "specdec-layer-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 RESIDENT_FILE = "resident.bin"
 TOKENIZER_DIR = "tokenizer"
@@ -54,17 +65,21 @@ def align_up(n: int, align: int = ALIGN) -> int:
 @dataclass(frozen=True)
 class TensorMeta:
     name: str
-    dtype: str  # torch dtype name, a key of DTYPES
+    dtype: str  # torch dtype name, a key of DTYPES; or the encoding's name ("q4", "q8")
     shape: tuple[int, ...]
     offset: int  # bytes from the start of the file, a multiple of ALIGN
     nbytes: int
+    encoding: dict | None = None  # an encoded weight's header (offload/encodings), else None
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
     def to_json(self) -> dict:
-        return {"dtype": self.dtype, "shape": list(self.shape), "offset": self.offset, "nbytes": self.nbytes}
+        out = {"dtype": self.dtype, "shape": list(self.shape), "offset": self.offset, "nbytes": self.nbytes}
+        if self.encoding is not None:
+            out["encoding"] = self.encoding
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class Store:
         self._layer_names: list[str] = list(manifest["layers"])
         tok = manifest.get("tokenizer_dir")
         self.tokenizer_dir: Path | None = path / tok if tok else None
+        self.int4_layout: dict | None = manifest.get("int4_layout")
+        self.embeddings_from_target: bool = bool(manifest.get("embeddings_from_target"))
 
     # -- layers ---------------------------------------------------------------------------
     def layer_file(self, i: int) -> Path:
@@ -129,8 +146,38 @@ class Store:
     def tied(self) -> bool:
         return "lm_head.weight" not in self.resident_meta.tensors
 
+    @property
+    def weights_nbytes(self) -> int:
+        """Bytes of all weight files (resident + layers): RAM to hold the store fully resident."""
+        return self.resident_nbytes + self.layers_nbytes
+
+    def encodings(self) -> dict[str, int]:
+        """Encoding (or dtype) -> bytes of the tensors stored in it, over the whole store."""
+        out: dict[str, int] = {}
+        for meta in [self.resident_meta, *(self.layer_meta(i) for i in range(self.num_layers))]:
+            for t in meta.tensors.values():
+                out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
+        return out
+
+    def encoding_summary(self) -> str:
+        """'q4 66.4 MB, q8 35.4 MB, bfloat16 0.1 MB' (largest first), for info and banners."""
+        parts = sorted(self.encodings().items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{name} {nbytes / 1e6:.1f} MB" for name, nbytes in parts)
+
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, layers={self.num_layers}, dtype={self.dtype})"
+
+
+def check_layout(store: Store) -> None:
+    """Raise StoreError unless the store's int4 bytes (if any) were packed for this machine's
+    CPU layout: read under another layout they would give wrong results, silently."""
+    if store.int4_layout is None:
+        return
+    try:
+        encodings.int4_layout.check_layout(store.int4_layout, f"{store.path}")
+    except encodings.LayoutMismatchError as e:
+        raise StoreError(f"{e} Run `specdec repack {store.path}` once (converts the store in "
+                         f"place, atomically), or pack it again from its source file.") from e
 
 
 def is_store(path: str | Path) -> bool:
@@ -185,9 +232,9 @@ def _read_manifest(path: Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise StoreError(f"{file}: not a specdec store manifest (no format={FORMAT_NAME!r}). {REPACK}")
     version = data.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(f"{file}: store format version {version!r} is not supported (this "
-                         f"specdec reads version {FORMAT_VERSION}). Upgrade specdec, or "
+                         f"specdec reads versions {', '.join(map(str, READABLE_VERSIONS))}). Upgrade specdec, or "
                          f"re-pack with this version: `specdec pack SRC OUT`.")
     return data
 
@@ -228,6 +275,8 @@ def _check_manifest_types(m: dict) -> None:
                     raise ValueError(f"{where}.shape has a negative size")
             need(meta.get("offset"), int, f"{where}.offset")
             need(meta.get("nbytes"), int, f"{where}.nbytes")
+            need(meta.get("encoding"), (dict, type(None)), f"{where}.encoding")
+    need(m.get("int4_layout"), (dict, type(None)), "int4_layout")
 
 
 def _parse_files(manifest: dict) -> dict[str, FileMeta]:
@@ -236,7 +285,8 @@ def _parse_files(manifest: dict) -> dict[str, FileMeta]:
         if os.path.isabs(name) or ".." in Path(name).parts:
             raise StoreError(f"manifest names a file outside the store: {name!r}. {REPACK}")
         tensors = {t: TensorMeta(t, m["dtype"], tuple(int(d) for d in m["shape"]), int(m["offset"]),
-                                 int(m["nbytes"])) for t, m in f.get("tensors", {}).items()}
+                                 int(m["nbytes"]), m.get("encoding"))
+                   for t, m in f.get("tensors", {}).items()}
         meta = FileMeta(name, int(f["size"]), str(f["sha256"]), tensors)
         _check_tensor_layout(meta)
         files[name] = meta
@@ -249,6 +299,9 @@ def _parse_files(manifest: dict) -> dict[str, FileMeta]:
 def _check_tensor_layout(meta: FileMeta) -> None:
     # A manifest that points outside its file would give garbage views or crash; refuse it.
     for t in meta.tensors.values():
+        if t.encoding is not None:
+            _check_encoded_layout(meta, t)
+            continue
         if t.dtype not in DTYPES:
             raise StoreError(f"manifest: {meta.name}:{t.name} has unknown dtype {t.dtype!r}. {REPACK}")
         itemsize = torch.empty((), dtype=DTYPES[t.dtype]).element_size()
@@ -256,6 +309,21 @@ def _check_tensor_layout(meta: FileMeta) -> None:
                 or math.prod(t.shape) * itemsize != t.nbytes):
             raise StoreError(f"manifest: {meta.name}:{t.name} has an inconsistent layout "
                              f"(offset {t.offset}, {t.nbytes} bytes, shape {t.shape}). {REPACK}")
+
+
+def _check_encoded_layout(meta: FileMeta, t: TensorMeta) -> None:
+    where = f"{meta.name}:{t.name}"
+    try:
+        encodings.encoding_class(t.encoding)
+        size = encodings.packed_size(t.encoding)
+        consistent = (t.dtype == t.encoding["encoding"]
+                      and list(t.shape) == [int(d) for d in t.encoding["shape"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise StoreError(f"manifest: {where} has an unreadable encoding header ({e}). {REPACK}") from e
+    if (not consistent or t.offset % ALIGN or t.offset < 0 or t.nbytes != size
+            or t.offset + t.nbytes > meta.size):
+        raise StoreError(f"manifest: {where} has an inconsistent {t.dtype} layout (offset "
+                         f"{t.offset}, {t.nbytes} bytes, shape {t.shape}). {REPACK}")
 
 
 def _check_sizes(store: Store) -> None:

@@ -1,13 +1,15 @@
 """Pack a Hugging Face safetensors directory or a GGUF file into a layer store.
 
-Safetensors checkpoints are streamed one tensor at a time, so packing needs about one
-tensor of RAM, whatever the model size. GGUF files are dequantized by transformers,
-which materialises the whole model as float32 in RAM first: fine for the small demo
-models shipped as GGUF, not for a GGUF larger than RAM (convert it to safetensors first).
+Both are streamed one tensor at a time, so packing needs about one tensor of RAM, whatever
+the model size. GGUF files are read with gguf-py's reader (offload/gguf_source.py) and keep
+their own quantization by default (Q4_0/Q4_1/Q4_K -> q4, Q8_0/Q5_* -> q8 exactly; other types
+converted with a printed note and error, see encodings/gguf_types.py). Safetensors weights
+stay float unless `quant` asks for q4 or q8 (round-to-nearest of the 2-D linear weights,
+encodings/from_float.py; norms and the embedding table stay plain).
 
-Each tensor is converted to the store dtype (bfloat16 by default: fp16 matmuls are ~100x
-slower than bf16 on CPU) and appended, 4096-aligned, to its layer's file as it arrives;
-shards that interleave layers are fine because every layer file stays open until the end.
+Plain tensors are converted to the store dtype (bfloat16 by default: fp16 matmuls are ~100x
+slower than bf16 on CPU); every tensor is appended, 4096-aligned, to its layer's file as it
+arrives; shards that interleave layers are fine because every layer file stays open until the end.
 
 Atomic: everything is written into `OUT.partial-<pid>`, fsynced, the manifest written
 last, and only then renamed to OUT. An interrupted pack leaves at most a `.partial-*`
@@ -29,10 +31,12 @@ from typing import Callable, Iterable
 
 import torch
 
+from . import encodings
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .errors import InternalError
 from .format import (ALIGN, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE, TOKENIZER_DIR,
                      TensorMeta, align_up, file_sha256, is_store, layer_file_name)
-from .shapes import ModelShape, split_layer_name
+from .shapes import LM_HEAD, ModelShape, split_layer_name
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "f32": "float32",
                  "float32": "float32"}
@@ -40,6 +44,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "generation_config.json", "chat_template.jinja", "chat_template.json")
 DISK_MARGIN = 64 << 20  # room for the manifest, tokenizer files and filesystem slack
+QUANTS = ("q4", "q8", "bf16")  # `quant`; None = the source's own (GGUF) or bf16 (safetensors)
+# Stored bits per weight of each quantization (q4: 4 + 32/32 scale bits at group 32; q8: two
+# int4 planes, 8 + 2*32/64 at group 64), for the disk-space estimate only.
+QUANT_BITS = {"q4": 5.0, "q8": 9.0}
 
 
 class PackError(ValueError):
@@ -55,24 +63,86 @@ def normalize_dtype(dtype: str | torch.dtype) -> str:
     return DTYPE_ALIASES[name]
 
 
+def normalize_quant(quant: str | None) -> str | None:
+    if quant is None:
+        return None
+    name = str(quant).lower()
+    name = "bf16" if name in ("bfloat16", "none") else name
+    if name not in QUANTS:
+        raise PackError(f"quantization {quant!r} is not supported: use q4 (4-bit, ~0.31x the "
+                        "bytes of bf16), q8 (8-bit) or bf16 (no quantization).")
+    return name
+
+
 def pack(src: str | Path, out: str | Path, dtype: str = "bfloat16", progress: bool = True,
-         overwrite: bool = False) -> Path:
-    """Pack checkpoint `src` (HF safetensors dir or .gguf) into a store at `out`; return out."""
-    src, dtype = Path(src).expanduser(), normalize_dtype(dtype)
+         overwrite: bool = False, quant: str | None = None, note=None) -> Path:
+    """Pack checkpoint `src` (HF safetensors dir or .gguf) into a store at `out`; return out.
+    quant: None keeps a GGUF's own quantization (and leaves safetensors in `dtype`); "q4" or
+    "q8" quantize the linear weights; "bf16" stores everything plain. `note(str)` receives
+    what was done to tensors that were converted (default: printed)."""
+    src, dtype, quant = Path(src).expanduser(), normalize_dtype(dtype), normalize_quant(quant)
     if is_store(src):
         raise PackError(f"{src}: is already a packed store; use it directly, or pass the original "
                         "Hugging Face directory or .gguf file to re-pack.")
     ckpt = open_checkpoint(src)
-    estimate = estimate_store_bytes(ckpt, dtype)
-    return write_store(ckpt.config, ckpt.generation_config, ckpt.tensors(), out, dtype,
+    estimate = estimate_store_bytes(ckpt, dtype, quant)
+    # A float32 store is the exact one: its quantization scales are float32 too (bit-exact
+    # against gguf-py's dequantization); bf16 scales are the kernel's fast path.
+    scale_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+    tensors = _source_tensors(ckpt, quant, note or _print_note(progress), scale_dtype)
+    extra = {"quant": quant or ("source" if ckpt.kind == "gguf" else dtype)}
+    if ckpt.embeddings_from_target:
+        extra["embeddings_from_target"] = True
+    return write_store(ckpt.config, ckpt.generation_config, tensors, out, dtype,
                        estimate=estimate, progress=progress, overwrite=overwrite,
-                       tokenizer=lambda d: copy_tokenizer(ckpt, d), source=str(src))
+                       tokenizer=lambda d: copy_tokenizer(ckpt, d), source=str(src), extra=extra)
+
+
+def _print_note(progress: bool):
+    from tqdm import tqdm
+
+    return tqdm.write if progress else print
+
+
+def _source_tensors(ckpt: Checkpoint, quant: str | None, note,
+                    scale_dtype: torch.dtype) -> Iterable[tuple[str, object]]:
+    if ckpt.kind == "gguf":
+        from .gguf_source import GGUFSourceError, gguf_tensors
+        from .encodings.gguf_types import UnsupportedGGUFType
+
+        try:
+            yield from gguf_tensors(ckpt.path, ckpt.config, quant, note, scale_dtype)
+        except (UnsupportedGGUFType, GGUFSourceError) as e:
+            raise PackError(f"{ckpt.path}: {e}") from e
+        return
+    for name, tensor in ckpt.tensors():
+        yield name, quantize_tensor(name, tensor, quant, note, scale_dtype)
+
+
+def quantize_tensor(name: str, tensor: torch.Tensor, quant: str | None, note=print,
+                    scale_dtype: torch.dtype = torch.bfloat16):
+    """A safetensors tensor as stored: the linear weights quantized when asked, else as is."""
+    if quant in (None, "bf16") or not is_linear_weight_name(name):
+        return tensor
+    from .encodings.from_float import quantize_float
+
+    enc = quantize_float(tensor, quant, scale_dtype)
+    if enc.note:
+        note(f"{name}: {enc.note}")
+    return enc.value
+
+
+def is_linear_weight_name(name: str) -> bool:
+    """The 2-D weights a matmul reads (the embedding table is looked up, not multiplied,
+    unless tied: then it stays plain and serves as the output layer)."""
+    return name.endswith("_proj.weight") or name == LM_HEAD
 
 
 def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[str, torch.Tensor]],
                 out: str | Path, dtype: str = "bfloat16", *, estimate: int | None = None,
                 progress: bool = True, overwrite: bool = False,
-                tokenizer: Callable[[Path], bool] | None = None, source: str = "") -> Path:
+                tokenizer: Callable[[Path], bool] | None = None, source: str = "",
+                extra: dict | None = None) -> Path:
     """Write a store from (hf_name, tensor) pairs arriving in any order, one at a time.
     `tokenizer(dir)` may save tokenizer files into dir and returns whether it did."""
     out, dtype = Path(out).expanduser().absolute(), normalize_dtype(dtype)
@@ -85,8 +155,10 @@ def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[s
     try:
         tmp.mkdir(parents=True)
         manifest = _write_contents(config, generation_config, tensors, tmp, dtype, estimate,
-                                   progress, tokenizer)
+                                   progress, tokenizer,
+                                   bool((extra or {}).get("embeddings_from_target")))
         manifest["source"] = source
+        manifest.update(extra or {})
         _write_json_durable(tmp / MANIFEST, manifest)
         _fsync_path(tmp)
         _replace_dir(tmp, out)
@@ -161,14 +233,33 @@ class _FileWriter:
         self.sha.update(pad)
         self.size = size
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor) -> None:
+        """Append a plain tensor, or an encoded weight (its parts at `part_offsets`)."""
         if name in self.tensors:
             raise PackError(f"{self.path.name}: tensor {name} appears twice in the checkpoint; "
                             "the checkpoint is corrupt. Download it again.")
         self._pad_to(align_up(self.size))
+        if not isinstance(tensor, torch.Tensor):
+            self._add_encoded(name, tensor)
+            return
         data = _tensor_bytes(tensor)
         self.tensors[name] = TensorMeta(name, str(tensor.dtype).removeprefix("torch."),
                                         tuple(tensor.shape), self.size, len(data))
+        self._write(data)
+
+    def _add_encoded(self, name: str, weight) -> None:
+        header = weight.header()
+        start, parts = self.size, weight.parts()
+        for part, (offset, nbytes) in encodings.part_offsets(header).items():
+            self._pad_to(start + offset)
+            data = _tensor_bytes(parts[part])
+            if len(data) != nbytes:
+                raise InternalError(f"{name}: part {part} has {len(data)} bytes, header says {nbytes}")
+            self._write(data)
+        self.tensors[name] = TensorMeta(name, header["encoding"], tuple(header["shape"]), start,
+                                        self.size - start, header)
+
+    def _write(self, data) -> None:
         self.f.write(data)
         self.sha.update(data)
         self.size += len(data)
@@ -199,10 +290,11 @@ def _convert(t: torch.Tensor, dtype: str) -> torch.Tensor:
 
 
 def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, estimate,
-                    progress: bool, tokenizer) -> dict:
+                    progress: bool, tokenizer, borrows_embeddings: bool = False) -> dict:
     from tqdm import tqdm
 
     tied = bool(config.get("tie_word_embeddings", False))
+    layout = None  # the int4 layout, once an encoded weight is written
     writers: dict[int | None, _FileWriter] = {}  # None = the resident file
     bar = tqdm(total=estimate, unit="B", unit_scale=True, desc="pack", disable=not progress)
     try:
@@ -213,11 +305,14 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
             if key not in writers:
                 fname = RESIDENT_FILE if key is None else layer_file_name(key)
                 writers[key] = _FileWriter(tmp / fname)
-            t = _convert(tensor, dtype)
+            if isinstance(tensor, torch.Tensor):
+                t = _convert(tensor, dtype)
+            else:
+                t, layout = tensor, tensor.header()["layout"]
             writers[key].add(rel, t)
             bar.update(t.nbytes)
             del tensor, t
-        layer_ids = _check_layers(config, writers)
+        layer_ids = _check_layers(config, writers, borrows_embeddings)
         files = {w.path.name: w.finish() for w in writers.values()}
     except BaseException:
         for w in writers.values():
@@ -231,12 +326,15 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
             if file.is_file():
                 _fsync_path(file)
                 files[str(file.relative_to(tmp))] = {"size": file.stat().st_size, "sha256": file_sha256(file)}
-    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "config": config,
-            "generation_config": generation_config or {}, "tokenizer_dir": tok_dir,
-            "layers": [layer_file_name(i) for i in layer_ids], "files": files}
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "config": config,
+                "generation_config": generation_config or {}, "tokenizer_dir": tok_dir,
+                "layers": [layer_file_name(i) for i in layer_ids], "files": files}
+    if layout is not None:
+        manifest["int4_layout"] = layout
+    return manifest
 
 
-def _check_layers(config: dict, writers: dict) -> list[int]:
+def _check_layers(config: dict, writers: dict, borrows_embeddings: bool = False) -> list[int]:
     expected = config.get("num_hidden_layers")
     ids = sorted(k for k in writers if k is not None)
     if expected is not None and ids != list(range(int(expected))):
@@ -244,7 +342,10 @@ def _check_layers(config: dict, writers: dict) -> list[int]:
         raise PackError(f"checkpoint has decoder layers {_ranges(ids)} but config.json says "
                         f"num_hidden_layers={expected}" + (f" (missing {_ranges(missing)})" if missing else "")
                         + ". The checkpoint is incomplete or does not match its config; download it again.")
-    if None not in writers or "model.embed_tokens.weight" not in writers[None].tensors:
+    if None not in writers and borrows_embeddings:  # a draft without resident tensors
+        writers[None] = _FileWriter(writers[ids[0]].path.parent / RESIDENT_FILE)
+    if not borrows_embeddings and (None not in writers
+                                   or "model.embed_tokens.weight" not in writers[None].tensors):
         raise PackError("checkpoint has no model.embed_tokens.weight; it is not a Llama-family "
                         "causal LM checkpoint, or it is incomplete. Download it again.")
     names = set(writers[ids[0]].tensors) if ids else set()
@@ -301,16 +402,25 @@ def _export_gguf_tokenizer(ckpt: Checkpoint, target: Path) -> bool:
     return True
 
 
-def estimate_store_bytes(ckpt: Checkpoint, dtype: str) -> int:
+def estimate_store_bytes(ckpt: Checkpoint, dtype: str, quant: str | None = None) -> int:
     """Bytes the store's weight files will take (for the disk-space check and progress)."""
     itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    if ckpt.kind == "gguf" and quant is None:
+        # Kept types take about the file's bytes (q8 planes: 10 bits for Q8_0's 8.5).
+        return int(ckpt.path.stat().st_size * 1.25) + DISK_MARGIN
     if ckpt.kind == "safetensors":
         try:
-            return _safetensors_numel(ckpt) * itemsize
+            total = _safetensors_numel(ckpt) * itemsize
         except (OSError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: cannot read safetensors headers ({e}); "
                                   "download the checkpoint again.") from e
-    return ModelShape.from_config(ckpt.config).params() * itemsize
+        if quant not in QUANT_BITS:
+            return total
+    try:
+        shape = ModelShape.from_config(ckpt.config)
+        return shape.stored_bytes(QUANT_BITS.get(quant or "", itemsize * 8), itemsize)
+    except (KeyError, TypeError):  # an odd config: the checks after packing will say what
+        return total if ckpt.kind == "safetensors" else ckpt.path.stat().st_size * 4
 
 
 def _safetensors_numel(ckpt: Checkpoint) -> int:

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .errors import InternalError
-from .format import Store, check_first_read, open_store
+from .format import Store, check_first_read, check_layout, open_store
 from .reader import DirectReader, aligned_buffer, read_tensors, tensor_views
 
 
@@ -60,13 +60,17 @@ class StreamedWeights:
     pinned: None (stream every layer), an int N (pin the first N layers), or an iterable of
     layer indices. Pinned layers are read once and never re-read.
     ring_size: number of layer buffers the reader fills ahead (>= 1; 2 overlaps read and compute).
-    dtype: convert every tensor to this dtype (a copy per layer) if it differs from the store's.
+    dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
+    the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
+    ring slot (streamed) or of their own buffer (pinned), and compute in whatever dtype their
+    input has (float32 input: their exact path).
     """
 
     def __init__(self, store: Store | str | Path, pinned: int | Iterable[int] | None = None,
                  ring_size: int = 2, dtype: torch.dtype | None = None,
                  chunk_bytes: int | None = None, read_threads: int | None = None):
         self.store = store if isinstance(store, Store) else open_store(store)
+        check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
         self.dtype = dtype
         self.pinned_layers = _normalize_pinned(pinned, self.num_layers)
@@ -86,6 +90,11 @@ class StreamedWeights:
         # Stop the thread if the source is dropped without close(); the thread holds only
         # the ring, not self, so this can run.
         self._finalizer = weakref.finalize(self, self._ring.stop)
+
+    @property
+    def pinned_tensors(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Pinned layer index -> its tensors (in RAM for good; others may share them)."""
+        return dict(self._pinned)
 
     @property
     def ring_size(self) -> int:
@@ -109,7 +118,7 @@ class StreamedWeights:
     def _convert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.dtype is None:
             return tensors
-        return {k: v.to(self.dtype) if v.is_floating_point() and v.dtype != self.dtype else v
+        return {k: v.to(self.dtype) if _plain_float(v) and v.dtype != self.dtype else v
                 for k, v in tensors.items()}
 
     def reset_stats(self) -> None:
@@ -158,8 +167,11 @@ class StreamedWeights:
         if layer != i:  # the ring is strictly ordered; anything else is a bug, not bad input
             raise InternalError(f"prefetch out of order: expected layer {i}, got {layer}")
         views = tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i))
-        if self.dtype is not None and any(v.dtype != self.dtype for v in views.values()
-                                          if v.is_floating_point()):
+        encoded = any(not isinstance(v, torch.Tensor) for v in views.values())
+        if encoded and self.dtype is not None:
+            views = self._convert(views)  # the plain tensors only; the slot stays held
+        elif self.dtype is not None and any(v.dtype != self.dtype for v in views.values()
+                                            if v.is_floating_point()):
             # Converting copies anyway: copy everything and refill the slot right away.
             views = {k: v.to(self.dtype, copy=True) if v.is_floating_point() else v.clone()
                      for k, v in views.items()}
@@ -192,6 +204,10 @@ class StreamedWeights:
     def __repr__(self) -> str:
         return (f"StreamedWeights({self.store.path}, pinned={sorted(self.pinned_layers)}, "
                 f"ring_size={self.ring_size}, streamed={len(self.streamed_layers)} layers)")
+
+
+def _plain_float(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
 def _normalize_pinned(pinned, num_layers: int) -> frozenset[int]:

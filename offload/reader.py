@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import encodings
 from .format import ALIGN, TensorMeta, align_up
 
 DEFAULT_CHUNK = 8 << 20
@@ -39,11 +40,17 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(align_up(nbytes), ALIGN), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def tensor_views(buf, tensors: dict[str, TensorMeta]) -> dict[str, torch.Tensor]:
-    """name -> tensor viewing `buf` in place (no copy). Valid while `buf`'s contents are."""
+def tensor_views(buf, tensors: dict[str, TensorMeta], repack: bool = False) -> dict:
+    """name -> tensor (or encoded weight, offload/encodings) viewing `buf` in place (no copy).
+    Valid while `buf`'s contents are. An encoded weight packed for another int4 layout raises
+    LayoutMismatchError, or with `repack` is converted (a copy; offload/repack.py)."""
     whole = torch.frombuffer(buf, dtype=torch.uint8)
     out = {}
     for name, t in tensors.items():
+        if t.encoding is not None:
+            parts = encodings.views(t.encoding, whole, t.offset)
+            out[name] = encodings.decode(t.encoding, parts, repack=repack)
+            continue
         if t.nbytes == 0:
             out[name] = torch.empty(t.shape, dtype=t.torch_dtype)
             continue
@@ -202,7 +209,7 @@ def _drop_cache(fd: int, offset: int, nbytes: int) -> None:
 
 
 def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
-                 reader: DirectReader | None = None, check=None) -> dict[str, torch.Tensor]:
+                 reader: DirectReader | None = None, check=None, repack: bool = False) -> dict:
     """Read a whole store file into a fresh page-aligned buffer and view its tensors (no
     copy; the buffer lives as long as the views). `check(buf)`, if given, sees the bytes
     before any view is made (the store's first-read checksum)."""
@@ -216,4 +223,4 @@ def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
             reader.close()
     if check is not None:
         check(buf)
-    return tensor_views(buf, tensors)
+    return tensor_views(buf, tensors, repack)

@@ -99,6 +99,19 @@ class ModelShape:
     def layer_params(self) -> int:
         return sum(math.prod(s) for s in self.layer_shapes().values())
 
+    def linear_params(self) -> int:
+        """Parameters of the weights a matmul reads, which `--quant` quantizes: every layer's
+        *_proj weights and an untied lm_head (a tied table stays plain)."""
+        layer = sum(math.prod(s) for n, s in self.layer_shapes().items() if n.endswith("_proj.weight"))
+        head = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        return self.num_layers * layer + head
+
+    def stored_bytes(self, linear_bits: float, plain_itemsize: int) -> int:
+        """Bytes of the weights when the linear ones take `linear_bits` each (q4: 5, q8: 9,
+        bf16: 16) and the rest `plain_itemsize` bytes (no alignment padding)."""
+        linear = self.linear_params()
+        return int(linear * linear_bits / 8) + (self.params() - linear) * plain_itemsize
+
     def params(self, output_rows: int | None = None, embeddings: bool = True) -> int:
         """Parameters held in memory: the layers, the final norm, the embedding table (unless
         `embeddings` is False: borrowed from elsewhere) and the output layer: its own rows

@@ -121,7 +121,8 @@ def _probability(text: str) -> float:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target: HF directory, .gguf, store, or hub id")
-    p.add_argument("--draft", help="draft model (omit for plain decoding unless a preset names one)")
+    p.add_argument("--draft", help="draft model, or `self` (4-bit copies of the target's streamed "
+                   "layers; omit for plain decoding unless a preset names one)")
     p.add_argument("--config", help="a preset TOML (configs/*.toml, by path or name)")
     p.add_argument("--ram", help="RAM budget, e.g. 4GB or 800MB (decimal; the target streams from disk)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -179,11 +180,11 @@ def load_from_args(args):
         from .demo_model import ensure_demo_gguf
 
         _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
-        return specdec.load(draft=resolve(draft), **kwargs)
+        return specdec.load(draft=draft if draft == "self" else resolve(draft), **kwargs)
     target = resolve(target)
     if kwargs["ram"] is not None:
         _pack_in_child(target, args.dtype, args.cache_dir)
-    return specdec.load(target, draft=resolve(draft), **kwargs)
+    return specdec.load(target, draft=draft if draft == "self" else resolve(draft), **kwargs)
 
 
 def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
@@ -249,6 +250,8 @@ def banner(lm, args=None) -> str:
 
     t = lm.target
     lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
+    if t.description:
+        lines.append(f"  {t.description}")
     plan = lm.plan
     if plan is not None:
         n = len(plan.pinned) + len(plan.streamed)
@@ -262,8 +265,11 @@ def banner(lm, args=None) -> str:
                      f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
     else:
         lines.append("  target fully in RAM (no --ram given)")
-    lines.append(f"  draft: {lm.draft.path if lm.draft else 'none (plain decoding)'}"
-                 + (f", {_speculation_text(lm)}" if lm.draft else ""))
+    draft = "none (plain decoding)"
+    if lm.draft is not None:  # a self-draft's path is the target's: its description says more
+        is_self = lm.draft.description.startswith("self-draft")
+        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
+    lines.append(f"  draft: {draft}")
     return "\n".join(lines)
 
 

@@ -11,18 +11,16 @@ from pathlib import Path
 
 import torch
 
-from offload.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from offload.checkpoint import (DRAFT_SIDECAR, Checkpoint, CheckpointError, borrows_target_embeddings,
+                                open_checkpoint)
 
 from .config import ModelArgs
 from .model import Transformer
-from .weights import OUTPUT_IDS, ResidentWeights, checked_output_ids, split_state_dict
+from .weights import OUTPUT_IDS, ResidentWeights, checked_output_ids, split_state_dict, take_rows
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float32": torch.float32, "fp32": torch.float32}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-# A draft may ship without its embedding table and take the target's at load time
-# (they share a vocabulary): this file in the draft's directory says so.
-DRAFT_SIDECAR = "specdec_draft.json"
 
 
 def parse_dtype(dtype) -> torch.dtype:
@@ -79,7 +77,7 @@ class OpenedModel:
 def open_model(path: str | Path) -> OpenedModel:
     ckpt = open_checkpoint(path)
     args = ModelArgs.from_hf(ckpt.config, source=str(_config_file(ckpt.path, ckpt.kind)))
-    return OpenedModel(ckpt, args, wants_target_embeddings(ckpt.path))
+    return OpenedModel(ckpt, args, ckpt.embeddings_from_target)
 
 
 def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
@@ -98,7 +96,7 @@ def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
 
 
 def _config_file(path: Path, kind: str) -> Path:
-    return path if kind == "gguf" else path / "config.json"
+    return path if kind == "gguf" else path / ("manifest.json" if kind == "store" else "config.json")
 
 
 def _tokenizer_source(ckpt) -> tuple[str, str | None] | None:
@@ -109,13 +107,7 @@ def _tokenizer_source(ckpt) -> tuple[str, str | None] | None:
 
 
 def wants_target_embeddings(path: Path) -> bool:
-    sidecar = path / DRAFT_SIDECAR if path.is_dir() else None
-    if sidecar is None or not sidecar.exists():
-        return False
-    try:
-        return bool(json.loads(sidecar.read_text()).get("embeddings_from_target"))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise CheckpointError(f"{sidecar}: not valid JSON ({e}); restore it or delete it.") from e
+    return borrows_target_embeddings(Path(path))
 
 
 def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args: ModelArgs) -> dict:
@@ -134,7 +126,7 @@ def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args
         head = resident.get("lm_head.weight", embed)
         ids = state.get(OUTPUT_IDS)  # a partial output vocabulary takes only its rows
         if ids is not None:
-            head = head.index_select(0, checked_output_ids(ids, args))
+            head = take_rows(head, checked_output_ids(ids, args))
         state["lm_head.weight"] = head
     return state
 

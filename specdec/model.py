@@ -28,6 +28,14 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.T
     return F.linear(x, weight, bias)
 
 
+def embed(tokens: torch.Tensor, table) -> torch.Tensor:
+    """Embedding lookup as float32 (the residual stream's dtype). A quantized table (tied to
+    the output layer, e.g. SmolLM2's Q8_0 token_embd) dequantizes only the rows asked for."""
+    if not isinstance(table, torch.Tensor):
+        return table.rows(tokens, torch.float32)
+    return F.embedding(tokens, table).float()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise in float32, scale in the weight's dtype (the dtype the matmuls run in)."""
     x32 = x.float()
@@ -98,7 +106,7 @@ class Transformer:
         cos, sin = self._rope(positions)
         mask = self._mask(cache, n, mask)
         res = self.weights.resident
-        h = F.embedding(tokens, res["model.embed_tokens.weight"]).float()  # residual in float32
+        h = embed(tokens, res["model.embed_tokens.weight"])  # residual in float32
         for i, w in enumerate(self.weights.layers(idle=idle)):
             h = self._layer(h, w, i, cache, cos, sin, mask)
         cache.commit(n)

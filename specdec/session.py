@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from offload.budget import plan_memory
-from offload.format import MANIFEST, REPACK, StoreError, is_store, looks_like_store, open_store
+from offload.format import (FORMAT_VERSION, MANIFEST, REPACK, StoreError, is_store,
+                            looks_like_store, open_store)
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
+from offload.repack import needs_repack, repack_store
 
 from .api import SpecDecoder
 from .cache import KVCache
@@ -18,10 +20,12 @@ from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .model import Transformer
-from .weights import WeightsError, check_complete, check_layer_count, model_shape
+from . import self_draft
+from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SPECULATION = "chain"
+FLOAT_DTYPES = ("bfloat16", "float32")
 
 
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
@@ -31,6 +35,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
+    draft: a draft model (directory, .gguf or store), "self" (the target drafts for itself:
+        4-bit substitutes of its streamed layers in RAM, its pinned layers shared; see
+        specdec/self_draft.py), or None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
         No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
@@ -61,37 +68,70 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     target = Path(target).expanduser()
     if not is_store(target) and looks_like_store(target):
         open_store(target)  # a damaged store: raises the store's own error, naming the fix
-    drf = open_model(draft) if draft is not None else None
+    drf = draft if self_draft.is_self(draft) else open_model(draft) if draft is not None else None
     if not is_store(target) and ram is None:  # 2. no budget: everything in RAM
         tgt = load_resident(target, torch_dtype)
-        drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
+        if self_draft.is_self(drf):
+            drf_model = _resident_self_draft(tgt, torch_dtype)
+        else:
+            drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
-    store_path = target if is_store(target) else packed_store(target, pack_dtype, cache_dir, progress)
-    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec)
+    streamed = dict(cache_dir=cache_dir, progress=progress)
+    if is_store(target):
+        return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec, **streamed)
+    store_path = packed_store(target, pack_dtype, cache_dir, progress)
+    origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
+    return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin, **streamed)
 
 
-def _load_streamed(store_path: Path, drf: OpenedModel | None, ram, dtype: torch.dtype,
-                   max_context, k, spec) -> SpecDecoder:
+def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: torch.dtype,
+                   max_context, k, spec, origin: str = "", cache_dir=None, progress: bool = True
+                   ) -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
                              fix=f"The store is damaged. {REPACK}")
     check_store_matches(store, args)
     ctx = _context(max_context, args)
-    plan = streaming_plan(store, args, drf, ram, dtype, ctx)
+    if self_draft.is_self(drf):
+        self_draft.check_target(store)
+        plan = self_draft.plan_self_draft(store, ram, _kv_per_token(args, dtype), ctx)
+    else:
+        plan = streaming_plan(store, args, drf, ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
-                          store.generation_config, tok, f"{store_path.name} streamed from disk")
-        drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
+                          store.generation_config, tok,
+                          f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
+                          f"weights: {store.encoding_summary()})")
+        if self_draft.is_self(drf):
+            layers = self_draft.streamed_self_draft_layers(store, weights.pinned_tensors,
+                                                           cache_dir, progress)
+            drf_model = _self_draft_model(tgt, ResidentWeights(weights.resident, layers, dtype),
+                                          self_draft.describe(plan, args.num_layers))
+        else:
+            drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
         return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
     except BaseException:
         weights.close()
         raise
+
+
+def _resident_self_draft(tgt: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    weights = tgt.model.weights
+    layers = self_draft.resident_self_draft_layers(list(weights.layers()))
+    return _self_draft_model(tgt, ResidentWeights(weights.resident, layers, dtype),
+                             self_draft.describe(None, tgt.args.num_layers))
+
+
+def _self_draft_model(tgt: LoadedModel, weights, description: str) -> LoadedModel:
+    """The target's own config and tokenizer over the self-draft's weights."""
+    return LoadedModel(tgt.path, tgt.args, Transformer(tgt.args, weights, tgt.model.dtype),
+                       tgt.config, tgt.generation_config, tgt.tokenizer_source, description)
 
 
 def check_store_matches(store, args: ModelArgs) -> None:
@@ -120,22 +160,30 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
                        max_context=max_context)
 
 
-def packed_store_path(src: Path, dtype, cache_dir) -> Path:
+def packed_store_path(src: Path, dtype, cache_dir, quant: str | None = None) -> Path:
     """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
-    (path, size, mtime), so an updated checkpoint re-packs."""
+    (path, size, mtime), the store format version and `quant`, so an updated checkpoint or
+    format re-packs."""
     root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
     src = src.resolve()
     stat = src.stat()
-    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
+    ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}|{quant}"
+    key = hashlib.sha1(ident.encode()).hexdigest()[:12]
     return root / "stores" / f"{src.stem}-{key}"
 
 
-def packed_store(src: Path, dtype, cache_dir, progress: bool) -> Path:
-    """The store for checkpoint `src` in the cache, packing it on first use."""
-    out = packed_store_path(src, dtype, cache_dir)
+def packed_store(src: Path, dtype, cache_dir, progress: bool, quant: str | None = None) -> Path:
+    """The store for checkpoint `src` in the cache, packing it on first use (a GGUF keeps its
+    own quantization; `quant` as for `specdec pack`, e.g. "bf16" for a plain store to compare
+    with). A cached store packed on a machine with another int4 layout (a shared cache) is
+    repacked once."""
+    out = packed_store_path(src, dtype, cache_dir, quant)
     if not is_store(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True)
+        pack(src, out, dtype=str(dtype).replace("torch.", ""), progress=progress, overwrite=True,
+             quant=quant)
+    elif needs_repack(open_store(out)):
+        repack_store(out, progress=progress)
     return out
 
 
@@ -158,5 +206,22 @@ def _draft_bytes(drf: OpenedModel | None, dtype: torch.dtype, shared_embeddings:
     `shared_embeddings`). A partial output vocabulary's rows are a copy, tied or not."""
     if drf is None:
         return 0
+    if drf.ckpt.kind == "store":
+        head_copy = 0  # a partial output layer taken from the target's table is a copy
+        if drf.borrows_embeddings and drf.ckpt.tensor_shape("lm_head.weight") is None:
+            rows = drf.output_rows()
+            head_copy = rows * drf.args.hidden_size * dtype.itemsize if rows < drf.args.vocab_size else 0
+        return _store_draft_bytes(drf.ckpt.path, dtype) + head_copy
     params = model_shape(drf.args).params(drf.output_rows(), embeddings=not shared_embeddings)
     return params * torch.empty((), dtype=dtype).element_size()
+
+
+def _store_draft_bytes(path: Path, dtype: torch.dtype) -> int:
+    """A store loaded whole as the draft: its weight files as they are on disk (quantized
+    bytes stay quantized), plus a float32 copy of its plain float tensors when the compute
+    dtype widens them."""
+    store = open_store(path)
+    plain = sum(n for name, n in store.encodings().items() if name in FLOAT_DTYPES)
+    store_dtype = parse_dtype(store.dtype) if store.dtype else dtype
+    widened = plain * (dtype.itemsize // store_dtype.itemsize) if dtype != store_dtype else 0
+    return store.weights_nbytes + widened

@@ -130,6 +130,14 @@ def checked_output_ids(ids: torch.Tensor, args: ModelArgs) -> torch.Tensor:
     return ids
 
 
+def take_rows(table, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` of a weight table as a plain tensor: a plain table's rows, or a quantized
+    one's dequantized rows (offload/encodings `rows`, float32; the caller converts)."""
+    if isinstance(table, torch.Tensor):
+        return table.index_select(0, ids)
+    return table.rows(ids)
+
+
 def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(output weight [rows, hidden], the ids its rows score or None for the whole vocabulary).
@@ -139,17 +147,29 @@ def output_layer(resident: dict[str, torch.Tensor], args: ModelArgs
         return resident.get("lm_head.weight", embed), None
     ids = checked_output_ids(resident[OUTPUT_IDS], args)
     head = resident.get("lm_head.weight")
-    return (head if head is not None else embed.index_select(0, ids)), ids
+    return (head if head is not None else take_rows(embed, ids).to(_plain_dtype(resident))), ids
+
+
+def _plain_dtype(resident: dict) -> torch.dtype:
+    norm = resident.get("model.norm.weight")
+    return norm.dtype if isinstance(norm, torch.Tensor) else torch.bfloat16
+
+
+def _to_dtype(value, dtype: torch.dtype):
+    """Plain float tensors in the compute dtype; token ids stay integers and encoded weights
+    (offload/encodings) stay as they are (they compute in their input's dtype)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
 
 
 class ResidentWeights:
-    """All weights in RAM, converted once to the compute dtype."""
+    """All weights in RAM, converted once to the compute dtype (encoded weights stay encoded)."""
 
     def __init__(self, resident: dict[str, torch.Tensor], layers: list[dict[str, torch.Tensor]],
                  dtype: torch.dtype):
-        # Token ids (a partial output vocabulary) stay integers.
-        self.resident = {k: v.to(dtype) if v.is_floating_point() else v for k, v in resident.items()}
-        self._layers = [{k: v.to(dtype) for k, v in layer.items()} for layer in layers]
+        self.resident = {k: _to_dtype(v, dtype) for k, v in resident.items()}
+        self._layers = [{k: _to_dtype(v, dtype) for k, v in layer.items()} for layer in layers]
         self.num_layers = len(layers)
 
     @classmethod

@@ -93,6 +93,9 @@ def big_workload(name: str, cache: Path, n_prompts: int = 2, max_new_tokens: int
         why = ("this specdec has no quantized stores (format v2, `specdec pack X.gguf` keeping "
                "Q4 blocks): specdec and the floor skip this q4 workload")
         skip.update({c: why for c in ("floor", "plain", "chain", "tree", "overlap", "self_draft")})
+    if quant == "q4":
+        skip.setdefault("self_draft", "a self-draft is made of 4-bit substitutes of a bf16 target's "
+                                      "layers; specdec refuses it on a quantized target")
     if not hf_dir:
         why = ("no bf16 HF dir of this q4 target (transformers runs on inflated-7b-bf16 only)"
                if quant == "q4" else "its HF dir was deleted to save disk (--with-hf writes it again)")

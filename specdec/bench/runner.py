@@ -48,6 +48,7 @@ class Contender:
     draft: bool = False
     speculation: str = "chain"
     label: str = ""
+    draft_source: str = ""  # "self": the target drafts for itself (specdec.load(draft="self"))
 
 
 CONTENDERS = (
@@ -57,7 +58,8 @@ CONTENDERS = (
     Contender("tree", "specdec", True, "tree", label="specdec speculative (tree)"),
     Contender("overlap", "specdec", True, "overlap",
               label="specdec speculative (tree grown while the target streams)"),
-    Contender("self_draft", "specdec", False, "self_draft", label="specdec self-speculation"),
+    Contender("self_draft", "specdec", True, "chain", draft_source="self",
+              label="specdec self-draft (4-bit substitutes of the target's streamed layers)"),
     Contender("llamacpp", "llama", label="llama.cpp (mmap, greedy)"),
     Contender("llamacpp_spec", "llama", True, label="llama.cpp speculative (draft GGUF, greedy)"),
     Contender("hf", "hf", label="transformers + accelerate offload"),
@@ -72,10 +74,15 @@ LLAMA_MISSING = ("llama.cpp contender skipped: llama-cpp-python not importable "
 def available_contenders() -> tuple[Contender, ...]:
     """The contenders this specdec has: speculation modes that exist (overlap, self_draft
     land in other branches)."""
+    import importlib.util
+
     from ..api import SPECULATION_MODES
 
-    return tuple(c for c in CONTENDERS if c.kind != "specdec" or c.speculation in SPECULATION_MODES
-                 or c.name == "plain")
+    def exists(c):
+        if c.draft_source == "self":
+            return importlib.util.find_spec("specdec.self_draft") is not None
+        return c.kind != "specdec" or c.name == "plain" or c.speculation in SPECULATION_MODES
+    return tuple(c for c in CONTENDERS if exists(c))
 
 
 def llama_python(requested: str | None) -> tuple[str | None, str]:
@@ -129,7 +136,7 @@ def skip_reason(w: Workload, c: Contender, llama_py: str | None, llama_why: str)
             return llama_why
         if not w.gguf or (c.draft and not w.draft_gguf):
             return "no GGUF of this workload's target (or draft) for llama.cpp"
-    if c.draft and not w.draft:
+    if c.draft and not w.draft and not c.draft_source:
         return "no draft"
     return ""
 

@@ -121,11 +121,14 @@ def _write_shard(path: Path, shard, gen) -> None:
     os.rename(tmp, path)
 
 
-def write_store_direct(cfg: dict, out: Path, seed: int, overwrite: bool) -> None:
-    from offload.pack import write_store
+def write_store_direct(cfg: dict, out: Path, seed: int, overwrite: bool,
+                       quant: str | None = None) -> None:
+    from offload.pack import normalize_quant, quantize_tensor, write_store
 
+    quant = normalize_quant(quant)
     gen = torch.Generator().manual_seed(seed)
-    tensors = ((name, random_tensor(name, shape, gen)) for name, shape in tensor_shapes(cfg))
+    tensors = ((name, quantize_tensor(name, random_tensor(name, shape, gen), quant))
+               for name, shape in tensor_shapes(cfg))
     total = sum(2 * math.prod(s) for _, s in tensor_shapes(cfg))
     write_store(cfg, {"bos_token_id": 1, "eos_token_id": 2}, tensors, out, "bfloat16",
                 estimate=total, overwrite=overwrite, source=f"synthetic seed={seed}")
@@ -137,13 +140,14 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--store", action="store_true", help="write a packed layer store instead of an HF dir")
     p.add_argument("--layers", type=int, help="override the number of decoder layers")
+    p.add_argument("--quant", choices=["q4", "q8", "bf16"], help="--store: quantize the linear weights")
     p.add_argument("--shard-size", type=float, default=2.0, help="GB per safetensors shard (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     cfg = make_config(a.preset, a.layers)
     if a.store:
-        write_store_direct(cfg, a.out, a.seed, a.overwrite)
+        write_store_direct(cfg, a.out, a.seed, a.overwrite, a.quant)
     else:
         if a.out.exists():
             p.error(f"{a.out} exists; choose another OUT_DIR")

@@ -76,7 +76,7 @@ def run_specdec(job: dict) -> dict:
     from .workloads import minimum_budget
 
     w, c = job["workload"], job["contender"]
-    draft = w["draft"] if c.get("draft") else None
+    draft = (c.get("draft_source") or w["draft"]) if c.get("draft") else None  # "self": self-draft
     ram = w["ram_bytes"]
     if w["stream_all"]:
         ram = minimum_budget(w["store"], draft, w["max_context"], w["dtype"])

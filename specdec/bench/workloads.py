@@ -85,7 +85,7 @@ def demo_workload(cache: Path, quick: bool, draft=None, ram=None, gguf: bool = F
     draft = Path(draft or DEMO_DRAFT_DIR)
     if not (draft / "config.json").exists():
         raise FileNotFoundError(f"{draft}: no demo draft there (train it with "
-                                "python -m scripts.train_demo_draft, or pass --draft)")
+                                "python -m specdec.train_draft, or pass --draft)")
     store = packed_store(gguf_path, "bfloat16", cache.parent, progress=False)
     hf_dir = export_target_hf(gguf_path, cache / "smollm2-135m-hf")
     hf_draft = export_assistant_hf(draft, hf_dir, cache / f"assistant-{draft.name}")
@@ -96,7 +96,7 @@ def demo_workload(cache: Path, quick: bool, draft=None, ram=None, gguf: bool = F
     draft_gguf = llama_gguf(Path(hf_draft), cache / f"{draft.name}.f16.gguf", gguf)
     return Workload("demo", str(store), str(hf_dir), str(draft), str(hf_draft), cap, DEMO_CONTEXT,
                     tok_ids, [0.0, 0.7], 16 if quick else 64, str(cache / "offload-demo"),
-                    str(hf_dir), eos, f"SmolLM2-135M-Instruct (bf16 store) + {draft.name}, "
+                    str(hf_dir), eos, f"SmolLM2-135M-Instruct (native Q4_1 store) + {draft.name}, "
                     f"{len(prompts)} chat prompts{why}", gguf=str(gguf_path) if gguf else None,
                     draft_gguf=draft_gguf)
 

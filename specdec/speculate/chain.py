@@ -11,6 +11,7 @@ from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import accept_greedy, accept_sampled
 from .base import Outcome, Plan, Step, Strategy
 from .ema import Ema
+from .pass_time import PassTimeFit
 
 
 class Chain(Strategy):
@@ -39,7 +40,7 @@ class Chain(Strategy):
         else:
             n, nxt = accept_sampled(drafts, q, probs_from_logits(logits, step.params), step.generator)
         if k > 0 and n_uncached == 1:  # a prefill pass would distort the pass-time estimate
-            self.policy.update(k, n, pass_seconds, self.draft_seconds.value)
+            self.policy.update(k, n, pass_seconds, self.draft_seconds.value, tokens=k + 1)
         return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k,
                        size=k if k > 0 else None)
 
@@ -85,9 +86,11 @@ class DraftLengthPolicy:
     """Chooses k to maximise expected tokens per second.
 
     With per-token acceptance a, a pass with k drafts yields E(k) = (1 - a^(k+1)) / (1 - a)
-    tokens and costs T_target + k * T_draft. We estimate a from (accepted, rejected)
-    counts with exponential forgetting, T_target and T_draft from measured times (EMA),
-    and pick the k in [1, k_max] with the best E(k) / cost. A fixed k skips all this.
+    tokens and costs T_target(k + 1) + k * T_draft. We estimate a from (accepted, rejected)
+    counts with exponential forgetting, T_target(n) = a0 + b * n from measured passes
+    (speculate/pass_time.py: the slope is what makes long chains dear on q4 weights, whose
+    passes are compute-bound from ~16 tokens) and T_draft from measured times (EMA), and pick
+    the k in [1, k_max] with the best E(k) / cost. A fixed k skips all this.
     """
 
     def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9):
@@ -99,7 +102,7 @@ class DraftLengthPolicy:
         self.decay = decay
         self.accepted = 1.0  # weak prior: a = 0.5
         self.rejected = 1.0
-        self._target_seconds = Ema()
+        self.pass_time = PassTimeFit()
 
     @property
     def acceptance(self) -> float:
@@ -107,19 +110,26 @@ class DraftLengthPolicy:
 
     @property
     def target_seconds(self) -> float:
-        return self._target_seconds.value
+        """Estimated seconds of a pass at the current k."""
+        return self.pass_time.seconds(self.k + 1)
 
-    def update(self, drafted: int, accepted: int, target_seconds: float, draft_seconds: float) -> int:
+    def update(self, drafted: int, accepted: int, target_seconds: float, draft_seconds: float,
+               tokens: int | None = None) -> int:
+        """Record a pass that verified `tokens` (default drafted + 1) in `target_seconds`."""
         if drafted:
             self.accepted = self.decay * self.accepted + accepted
             self.rejected = self.decay * self.rejected + (1 if accepted < drafted else 0)
-        self._target_seconds.update(target_seconds)
+        self.pass_time.observe(drafted + 1 if tokens is None else tokens, target_seconds)
         if self.fixed is None:
-            self.k = self.best_k(self.acceptance, self.target_seconds, draft_seconds)
+            self.k = self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds)
         return self.k
 
-    def best_k(self, a: float, t_target: float, t_draft: float) -> int:
+    def best_k(self, a: float, t_target, t_draft: float) -> int:
+        """t_target: seconds of a pass, a number (the same for every k) or a function of the
+        tokens it verifies (k + 1)."""
         a = min(a, 0.999)
+        pass_seconds = t_target if callable(t_target) else (lambda n: t_target)
+
         def rate(k):
-            return (1 - a ** (k + 1)) / (1 - a) / (t_target + k * t_draft + 1e-9)
+            return (1 - a ** (k + 1)) / (1 - a) / (pass_seconds(k + 1) + k * t_draft + 1e-9)
         return max(range(1, self.k_max + 1), key=rate)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .ema import Ema
+from .pass_time import PassTimeFit
 
 
 @dataclass
@@ -86,15 +87,15 @@ PRIOR_WEIGHT = 2.0
 class TreeCostModel:
     """What a pass costs and how often the target takes each rank, learned as we go.
 
-    Target pass time is fit as a + b * tokens (least squares over recent passes); on a
-    streamed target b is small (the read dominates), which is why big trees pay.
+    Target pass time is fit as a + b * tokens (speculate/pass_time.py); on a streamed bf16
+    target b is small (the read dominates), which is why big trees pay; on q4 weights b is
+    large from ~16 tokens (compute-bound) and the builder stops sooner.
     """
 
     def __init__(self, width: int, history: int = 32):
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"tree width must be a positive integer, got {width!r}")
-        self.samples: list[tuple[int, float]] = []
-        self.history = history
+        self.pass_time = PassTimeFit(history)
         self._draft_forward = Ema()  # one batched draft forward
         # One slot per rank a node's children can have (ranks 0..width-1).
         self.hits = [0.0] * width
@@ -120,27 +121,13 @@ class TreeCostModel:
                 self.hits[rank] += tree.tokens[child] == drawn
 
     def observe_pass(self, tokens: int, seconds: float) -> None:
-        self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
+        self.pass_time.observe(tokens, seconds)
 
     def observe_draft(self, seconds: float) -> None:
         self._draft_forward.update(seconds)
 
     def pass_seconds(self, tokens: int) -> float:
-        a, b = self._fit()
-        return a + b * tokens
-
-    def _fit(self) -> tuple[float, float]:
-        if not self.samples:
-            return 1.0, 1.0 / 256
-        xs = [x for x, _ in self.samples]
-        ys = [y for _, y in self.samples]
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mean_x) ** 2 for x in xs)
-        if var == 0:  # one size seen so far: assume a 256-token pass costs twice a 1-token one
-            a = mean_y / (1 + mean_x / 256)
-            return a, a / 256
-        b = max(sum((x - mean_x) * (y - mean_y) for x, y in self.samples) / var, 0.0)
-        return max(mean_y - b * mean_x, 1e-6), b
+        return self.pass_time.seconds(tokens)
 
     def rate(self, tree: DraftTree, n: int, fed_before_tree: int, draft_forwards: int) -> float:
         """Expected tokens per second for a pass verifying the first n nodes."""

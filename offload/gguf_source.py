@@ -1,0 +1,118 @@
+"""A GGUF file's tensors, one at a time, in the form a store keeps them.
+
+Read with gguf-py's `GGUFReader` (memory-mapped: one tensor's bytes in RAM at a time, so a GGUF
+larger than RAM packs), renamed from llama.cpp's names to Hugging Face's, and encoded by
+`encodings.gguf_types`: Q4_0/Q4_1/Q4_K stay 4-bit and Q8_0/Q5_* 8-bit exactly, other types are
+converted (each conversion's note and error is reported through `note`), norms stay plain.
+llama.cpp stores a llama model's attn_q/attn_k rows permuted for its rotary layout; the rows
+are put back in Hugging Face's order (a row permutation of codes and scales: exact).
+
+`quant` chooses what to do with the file's quantization: None keeps it (the default: the user
+gets the model they chose), "bf16" dequantizes everything (gguf-py's float32 reference, then
+bf16), "q4"/"q8" requantize the linear weights from that float32 reference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .encodings import gguf_types
+from .encodings.from_float import quantize_float
+from .shapes import EMBED, FINAL_NORM, LM_HEAD, layer_tensor_name
+
+TOP_LEVEL = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "output.weight": LM_HEAD}
+LAYER_PARTS = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
+               "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+               "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+               "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+# Tensors a GGUF may carry that the model does not read (llama 3's rope_freqs: the config's
+# rope_scaling gives the same frequencies).
+IGNORED = ("rope_freqs.weight",)
+PERMUTED_ARCHS = ("llama",)  # llama.cpp's convert permutes q/k rows for these only
+
+
+class GGUFSourceError(ValueError):
+    """A GGUF tensor that cannot be mapped onto the model; the message names it."""
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """llama.cpp tensor name -> Hugging Face name (None: a tensor the model does not read)."""
+    if gguf_name in IGNORED:
+        return None
+    if gguf_name in TOP_LEVEL:
+        return TOP_LEVEL[gguf_name]
+    parts = gguf_name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_PARTS:
+        return layer_tensor_name(int(parts[1]), f"{LAYER_PARTS[parts[2]]}.{parts[3]}")
+    raise GGUFSourceError(f"GGUF tensor {gguf_name!r} has no place in a Llama-family model "
+                          f"(known: {', '.join(TOP_LEVEL)}, blk.N.{{{','.join(LAYER_PARTS)}}}); "
+                          "this architecture is not supported.")
+
+
+def architecture(reader) -> str:
+    field = reader.get_field("general.architecture")
+    return field.contents() if field is not None else ""
+
+
+def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
+                 note: Callable[[str], None] = print,
+                 scale_dtype: torch.dtype = torch.bfloat16) -> Iterator[tuple[str, object]]:
+    """Yield (HF name, plain tensor or encoded weight) for every tensor the model reads.
+    scale_dtype: bf16 (the kernel's fast path, <= 0.04 of a step off gguf-py's values) or
+    float32 (bit-exact against gguf-py's dequantization: what a float32 store uses)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(file))
+    arch = architecture(reader)
+    for tensor in reader.tensors:
+        name = hf_name(tensor.name)
+        if name is None:
+            continue
+        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml order is reversed
+        qtype = tensor.tensor_type.name
+        order = _row_order(tensor.name, shape, config) if arch in PERMUTED_ARCHS else None
+        # The embedding table is read by rows() (float32 arithmetic, no kernel): float32 scales
+        # keep lookups exact. With bf16 scales every row block is off by the same factor
+        # (f16 -> bf16 drops 3 bits of each block's scale), a correlated error that enters the
+        # residual stream directly (SmolLM2: teacher-forced top-1 agreement 0.94 -> see tests).
+        # As the output layer the kernel converts them to bf16 per call (a small copy).
+        row_scales = torch.float32 if name == EMBED else scale_dtype
+        value, message = encode(np.asarray(tensor.data), qtype, shape, quant, order, row_scales)
+        if message:
+            note(f"{tensor.name} ({name}): {message}")
+        yield name, value
+
+
+def encode(raw: np.ndarray, qtype: str, shape: tuple[int, ...], quant: str | None,
+           row_order: torch.Tensor | None = None,
+           scale_dtype: torch.dtype = torch.bfloat16) -> tuple[object, str]:
+    """One GGUF tensor -> (stored value, note for the user or "")."""
+    if quant is None:
+        enc = gguf_types.encode_tensor(raw, qtype, shape, scale_dtype, row_order)
+        return enc.value, enc.note
+    gguf_types.plan_for(qtype)  # an unsupported type is an error whatever is asked
+    if row_order is not None:
+        raw = gguf_types.reorder_rows(raw, qtype, shape, row_order)
+    value = gguf_types.dequantize_raw(raw, qtype, shape)
+    if quant == "bf16" or not is_linear_weight(shape):
+        return value, ""
+    enc = quantize_float(value, quant, scale_dtype)
+    return enc.value, enc.note
+
+
+def is_linear_weight(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2
+
+
+def _row_order(gguf_name: str, shape: tuple[int, ...], config: dict) -> torch.Tensor | None:
+    kind = gguf_name.split(".")[2] if gguf_name.startswith("blk.") else ""
+    if kind not in ("attn_q", "attn_k") or len(shape) != 2:
+        return None
+    heads = config["num_attention_heads"]
+    if kind == "attn_k":
+        heads = config.get("num_key_value_heads") or heads
+    return gguf_types.unpermute_qk_rows(shape[0], heads)

@@ -1,0 +1,102 @@
+"""The chain's DraftLengthPolicy and the tree's TreeCostModel on pass-time curves like a
+streamed bf16 target's (flat: the read dominates) and a q4 target's (t(n) = read + compute(n):
+the int4 kernel is compute-bound from ~16 tokens). Both must learn the slope from the passes
+they see and pick sizes whose true rate is close to the best one."""
+from __future__ import annotations
+
+import heapq
+import math
+import random
+
+from specdec.speculate.chain import DraftLengthPolicy
+from specdec.speculate.tree_model import DraftTree, TreeCostModel
+
+T_DRAFT = 0.01
+
+
+def q4_curve(n: int) -> float:
+    """7B-shape q4: ~1.2 s to read 3.9 GB, then ~20 ms of int4 compute per verified token."""
+    return 1.2 + 0.02 * n
+
+
+def bf16_curve(n: int) -> float:
+    """7B-shape bf16: 4.2 s read; compute hides behind it up to 64+ tokens."""
+    return 4.2 + 0.0005 * n
+
+
+def chain_rate(k: int, a: float, curve) -> float:
+    return (1 - a ** (k + 1)) / (1 - a) / (curve(k + 1) + k * T_DRAFT)
+
+
+def simulate_chain(curve, a: float, passes: int = 80, seed: int = 0) -> DraftLengthPolicy:
+    rng = random.Random(seed)
+    policy = DraftLengthPolicy()
+    for _ in range(passes):
+        k = policy.k
+        accepted = 0
+        while accepted < k and rng.random() < a:
+            accepted += 1
+        policy.update(k, accepted, curve(k + 1), T_DRAFT, tokens=k + 1)
+    return policy
+
+
+def test_chain_learns_the_q4_slope_and_drafts_less_than_on_bf16():
+    a = 0.8
+    q4, bf16 = simulate_chain(q4_curve, a), simulate_chain(bf16_curve, a)
+    for policy, curve in ((q4, q4_curve), (bf16, bf16_curve)):
+        est = policy.acceptance
+        best = max(chain_rate(k, est, curve) for k in range(1, policy.k_max + 1))
+        assert chain_rate(policy.k, est, curve) >= 0.97 * best, (policy.k, est)
+        a0, b = policy.pass_time.fit()
+        assert math.isclose(a0 + b * 9, curve(9), rel_tol=0.02)
+    assert q4.k < bf16.k  # a compute-bound pass makes long chains dear
+
+
+def test_chain_with_a_flat_pass_time_keeps_its_old_choices():
+    policy = DraftLengthPolicy()
+    assert policy.best_k(0.9, t_target=1.0, t_draft=0.01) >= 10
+    assert policy.best_k(0.7, t_target=q4_curve, t_draft=0.01) < policy.best_k(0.7, 1.0, 0.01)
+
+
+def best_first_tree(nodes: int = 64, width: int = 4, hit: float = 0.7) -> DraftTree:
+    """A tree grown best-first, as the builder grows one: rank r is the target's token with
+    probability hit * (1 - hit)^r, a node's reach is the product along its path."""
+    tree, heap, order = DraftTree(), [], 0
+
+    def offer(parent: int, logp: float) -> None:
+        nonlocal order
+        for rank in range(width):
+            heapq.heappush(heap, (-(logp + math.log(hit * (1 - hit) ** rank)), order, parent, rank))
+            order += 1
+
+    offer(-1, 0.0)
+    while len(tree) < nodes:
+        neg, _, parent, rank = heapq.heappop(heap)
+        node = tree.add(len(tree), parent, -neg, rank)
+        offer(node, -neg)
+    return tree
+
+
+def tree_rate(tree: DraftTree, n: int, curve) -> float:
+    return (1 + tree.expected_accepted(n)) / (curve(1 + n) + 3 * T_DRAFT)
+
+
+def fitted_choice(cost: TreeCostModel, tree: DraftTree) -> int:
+    return max(range(1, len(tree) + 1), key=lambda n: cost.rate(tree, n, 1, 3))
+
+
+def test_tree_cost_model_learns_the_q4_slope_and_sizes_trees_by_it():
+    tree = best_first_tree()
+    chosen = {}
+    for name, curve in (("q4", q4_curve), ("bf16", bf16_curve)):
+        cost = TreeCostModel(width=4)
+        cost.observe_draft(T_DRAFT)
+        for n in (20, 33, 12, 41, 27, 18, 36, 25):  # sizes a builder would pick, varied
+            cost.observe_pass(n, curve(n))
+        for n in (1, 16, 64):
+            assert math.isclose(cost.pass_seconds(n), curve(n), rel_tol=0.01)
+        n = fitted_choice(cost, tree)
+        best = max(tree_rate(tree, m, curve) for m in range(1, len(tree) + 1))
+        assert tree_rate(tree, n, curve) >= 0.98 * best
+        chosen[name] = n
+    assert chosen["q4"] < chosen["bf16"], chosen

@@ -1,0 +1,148 @@
+"""draft="self": 4-bit substitutes of the target's streamed layers draft for it, exactly."""
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import specdec
+from conftest import make_tiny_model, sharpen_lm_head
+from offload.budget import DEFAULT_OVERHEAD, BudgetError
+from offload.encodings import Q4Weight
+from offload.format import open_store
+from offload.pack import pack
+from specdec.self_draft import SelfDraftError, SubstituteCache, substitute_nbytes
+from test_speculative import PROMPT16, _exact_two_token_distribution, _pool_small
+
+PROMPT = [3, 17, 42, 8, 61, 5]
+
+
+def _store(tmp_path, dtype="float32", layers=4, **overrides):
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None, num_hidden_layers=layers, **overrides)
+    return pack(tmp_path / "t", tmp_path / "store", dtype=dtype, progress=False)
+
+
+def _ram_pinning(store, n_pinned: int, context: int = 256) -> int:
+    """A budget that pins `n_pinned` layers beside the substitutes of the others (float32)."""
+    from specdec.cache import KVCache
+
+    s = open_store(store)
+    layer, sub = s.layer_nbytes(0), substitute_nbytes(s.layer_tensors(0))
+    kv = 2 * KVCache.nbytes_for(s.num_layers, 2, 16, context, torch.float32)  # target + draft
+    all_streamed = DEFAULT_OVERHEAD + s.resident_nbytes + kv + 2 * layer + s.num_layers * sub
+    return all_streamed + n_pinned * (layer - sub) + (layer - sub) // 2
+
+
+@pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
+def test_self_draft_greedy_equals_the_target_alone_streamed(tmp_path, speculation):
+    store = _store(tmp_path)
+    expected = specdec.load(tmp_path / "t", dtype="float32").generate(PROMPT, max_new_tokens=24)
+    with specdec.load(store, draft="self", dtype="float32", ram=_ram_pinning(store, 1),
+                      cache_dir=tmp_path / "cache", progress=False, speculation=speculation,
+                      max_context=256) as lm:
+        assert lm.plan.pinned and lm.plan.streamed, lm.plan.summary
+        out = lm.generate(PROMPT, max_new_tokens=24)
+    assert out.token_ids == expected.token_ids
+    assert out.stats.accepted > 0 and out.stats.tokens_per_pass > 1.5
+
+
+def test_self_draft_of_a_bf16_store_equals_the_target_alone(tmp_path):
+    # A bf16 target (its store), computed in float32: exact comparisons (in bf16 compute a
+    # many-token pass and a one-token pass round differently, so near-ties may flip).
+    store = _store(tmp_path, dtype="bfloat16")
+    with specdec.load(store, dtype="float32", ram="1GB") as lm:
+        expected = lm.generate(PROMPT, max_new_tokens=24).token_ids
+    with specdec.load(store, draft="self", dtype="float32", ram=_ram_pinning(store, 1),
+                      cache_dir=tmp_path / "cache", progress=False, speculation="tree",
+                      max_context=256) as lm:
+        out = lm.generate(PROMPT, max_new_tokens=24)
+    assert out.token_ids == expected
+    assert out.stats.accepted > 0
+
+
+def test_self_draft_of_a_target_in_ram(tmp_path):
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
+    plain = specdec.load(tmp_path / "t", dtype="float32").generate(PROMPT, max_new_tokens=16)
+    lm = specdec.load(tmp_path / "t", draft="self", speculation="tree", dtype="float32")
+    out = lm.generate(PROMPT, max_new_tokens=16)
+    assert out.token_ids == plain.token_ids
+    weights = lm.draft.model.weights
+    layers = list(weights.layers())
+    # In RAM every layer gets a substitute (sharing them would make the draft the target).
+    assert all(isinstance(l["mlp.up_proj.weight"], Q4Weight) for l in layers)
+    assert weights.resident["model.embed_tokens.weight"] is \
+        lm.target.model.weights.resident["model.embed_tokens.weight"]
+
+
+def test_pinned_layers_are_shared_and_counted_once(tmp_path):
+    store = _store(tmp_path)
+    with specdec.load(store, draft="self", dtype="float32", ram=_ram_pinning(store, 2),
+                      cache_dir=tmp_path / "cache", progress=False, max_context=256) as lm:
+        plan = lm.plan
+        s = open_store(store)
+        assert plan.draft_bytes == sum(substitute_nbytes(s.layer_tensors(i)) for i in plan.streamed)
+        target_pinned = lm.target.model.weights.pinned_tensors
+        draft_layers = list(lm.draft.model.weights.layers())
+        for i in plan.pinned:  # the very same tensors, no copy
+            assert draft_layers[i]["mlp.up_proj.weight"] is target_pinned[i]["mlp.up_proj.weight"]
+        for i in plan.streamed:
+            assert isinstance(draft_layers[i]["mlp.up_proj.weight"], Q4Weight)
+        assert "self-draft" in lm.draft.description
+
+
+def test_substitutes_are_made_once_into_the_cache(tmp_path):
+    store = _store(tmp_path)
+    kwargs = dict(draft="self", dtype="float32", ram=_ram_pinning(store, 0), max_context=256,
+                  cache_dir=tmp_path / "cache", progress=False)
+    with specdec.load(store, **kwargs) as lm:
+        first = lm.generate(PROMPT, max_new_tokens=8).token_ids
+    cache = SubstituteCache(open_store(store), tmp_path / "cache")
+    files = sorted(cache.dir.glob("*.safetensors"))
+    assert len(files) == 4
+    stamps = [f.stat().st_mtime_ns for f in files]
+    with specdec.load(store, **kwargs) as lm:
+        assert lm.generate(PROMPT, max_new_tokens=8).token_ids == first
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not rebuilt
+
+
+def test_a_damaged_substitute_names_itself_and_the_fix(tmp_path):
+    store = _store(tmp_path)
+    kwargs = dict(draft="self", dtype="float32", ram=_ram_pinning(store, 0), max_context=256,
+                  cache_dir=tmp_path / "cache", progress=False)
+    specdec.load(store, **kwargs).close()
+    victim = sorted(SubstituteCache(open_store(store), tmp_path / "cache").dir.glob("*.safetensors"))[1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(SelfDraftError, match=r"layer_00001\.safetensors.*delete"):
+        specdec.load(store, **kwargs)
+
+
+def test_impossible_budget_states_the_minimum_with_the_substitutes(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(BudgetError, match=r"too small: at least .* draft"):
+        specdec.load(store, draft="self", ram="10MB", cache_dir=tmp_path / "cache")
+
+
+def test_a_quantized_target_is_refused_with_what_to_do(tmp_path):
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
+    store = pack(tmp_path / "t", tmp_path / "q4", quant="q4", progress=False)
+    with pytest.raises(SelfDraftError, match=r"already quantized \(q4\).*--ram.*--draft"):
+        specdec.load(store, draft="self", ram="1GB", cache_dir=tmp_path / "cache")
+
+
+def test_self_draft_sampling_matches_target_distribution(tmp_path):
+    from specdec.sampling import SamplingParams
+
+    target = tmp_path / "t"
+    make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
+    sharpen_lm_head(target, 40.0)
+    sampling = dict(temperature=1.0)
+    exact = _exact_two_token_distribution(target, SamplingParams(**sampling))
+    lm = specdec.load(target, draft="self", dtype="float32", k=3)
+    n = 2000
+    counts = torch.zeros(16 * 16)
+    accepted = drafted = 0
+    for seed in range(n):
+        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, **sampling)
+        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
+        accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
+    assert 0 < accepted < drafted
+    observed, expected = _pool_small(counts, exact * n)
+    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
