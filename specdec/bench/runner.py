@@ -138,6 +138,9 @@ def skip_reason(w: Workload, c: Contender, llama_py: str | None, llama_why: str)
             return "no GGUF of this workload's target (or draft) for llama.cpp"
     if c.draft and not w.draft and not c.draft_source:
         return "no draft"
+    if c.draft_source == "self" and w.stream_all:
+        return ("--stream-all: the self-draft's plan has no 'least budget' form (its substitutes "
+                "take what the budget leaves); run it under a given --ram")
     return ""
 
 
