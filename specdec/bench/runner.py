@@ -231,6 +231,9 @@ def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> 
             return {**json.loads(out_file.read_text()), "ok": True, "wall_seconds": wall}
     tail = log_path.read_text()[-1500:]
     why = "killed: out of memory under the cap" if rc in (-9, 137) else f"exit status {rc}"
+    last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
+    if rc not in (-9, 137) and "Error" in last:  # the worker's own clear error, e.g. a BudgetError
+        why += f" ({last.strip()[:300]})"
     return {"ok": False, "error": f"{why}; log {log_path}", "log_tail": tail, "wall_seconds": wall}
 
 
