@@ -276,9 +276,10 @@ def details(report: dict) -> list[str]:
             fl = f["floor"]
             each = ", ".join(f"{s * 1e3:.0f}" for s in fl["raw_seconds_each"])
             passes = ", ".join(f"{p['tokens']}: {p['seconds'] * 1e3:.0f}" for p in fl["passes"])
+            fastest = floor_seconds(fl)  # 0 when the plan streams nothing (all pinned)
+            speed = f"{fl['streamed_bytes'] / fastest / 1e9:.2f} GB/s" if fastest > 0 else "nothing read"
             out.append(f"- {name} floor: {fl['streamed_bytes'] / 1e6:.0f} MB per pass; raw O_DIRECT "
-                       f"reads {each} ms (floor = fastest, "
-                       f"{fl['streamed_bytes'] / floor_seconds(fl) / 1e9:.2f} GB/s); prefetcher "
+                       f"reads {each} ms (floor = fastest, {speed}); prefetcher "
                        f"alone {fl['stream_only_seconds'] * 1e3:.0f} ms; streamed pass ms by tokens "
                        f"verified {passes}")
         for c in ("llamacpp", "llamacpp_spec"):
