@@ -138,9 +138,27 @@ def skip_reason(w: Workload, c: Contender, llama_py: str | None, llama_why: str)
             return "no GGUF of this workload's target (or draft) for llama.cpp"
     if c.draft and not w.draft and not c.draft_source:
         return "no draft"
+    if c.draft_source == "self" and w.store:
+        why = _self_draft_refusal(w.store)
+        if why:
+            return why
     if c.draft_source == "self" and w.stream_all:
         return ("--stream-all: the self-draft's plan has no 'least budget' form (its substitutes "
                 "take what the budget leaves); run it under a given --ram")
+    return ""
+
+
+def _self_draft_refusal(store_path: str) -> str:
+    """Why specdec refuses draft="self" on this target (a quantized store), or ""."""
+    from offload.format import open_store
+
+    from ..self_draft import SelfDraftError, check_target
+
+    try:
+        check_target(open_store(store_path))
+    except SelfDraftError:
+        return ("a self-draft is made of 4-bit substitutes of a bf16 target's layers; specdec "
+                "refuses it on a quantized target (specdec/self_draft.py)")
     return ""
 
 
