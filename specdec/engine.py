@@ -18,7 +18,7 @@ import torch
 
 from .model import Transformer
 from .sampling import SamplingParams
-from .speculate.base import Step, Strategy
+from .speculate.base import Step, Strategy, common_prefix
 
 
 class ContextLimitError(ValueError):
@@ -123,7 +123,7 @@ class Engine:
             raise ContextLimitError(
                 f"the prompt has {len(prompt)} tokens but the context holds {self.max_context}; "
                 "shorten the prompt (or /reset the chat) or load with a larger max_context.")
-        shared = _common_prefix(self.context, prompt)
+        shared = common_prefix(self.context, prompt)
         self.context = list(prompt)
         self._rollback(min(shared, len(prompt) - 1))
         return len(prompt) - self.cache.length
@@ -160,14 +160,6 @@ class Engine:
         self.cache.crop(min(self.cache.length, valid))
         self.strategy.rollback(valid)
 
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _cut_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:

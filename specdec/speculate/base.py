@@ -109,3 +109,13 @@ class Strategy:
     def timings(self) -> dict[str, float]:
         """The strategy's current time estimates, in milliseconds, for reports."""
         return {}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share (a next prompt vs the cached context)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

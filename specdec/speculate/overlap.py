@@ -33,7 +33,7 @@ import torch
 
 from ..draft import Drafter
 from ..verify import accept_tree
-from .base import Outcome, Plan, Step, Strategy
+from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
 from .growing_tree import GrowingTree
 from .tree import TreeSettings, draft_proposals, node_positions
@@ -137,7 +137,7 @@ class Overlap(Strategy):
         the matching prefix, walk the new tokens down the tree, catch up on the rest."""
         k = len(self.ctx)
         if k >= len(context) + 1 or self.ctx != context[:k]:
-            self._truncate(min(_common_prefix(self.ctx, context), len(context) - 1))
+            self._truncate(min(common_prefix(self.ctx, context), len(context) - 1))
         extra = context[len(self.ctx):]
         if extra and len(self.tree):
             path = self._walk(extra)
@@ -347,12 +347,3 @@ class PassModel:
 
     def seconds(self, tokens: int) -> float:
         return max(self._disk.value, self.cost.pass_seconds(tokens))
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
