@@ -36,7 +36,7 @@ from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
 from .growing_tree import GrowingTree
-from .tree import TreeSettings, draft_proposals, node_positions
+from .tree import TreeSettings, draft_proposals, tree_feed
 from .tree_model import DraftTree, TreeCostModel
 
 
@@ -77,18 +77,12 @@ class Overlap(Strategy):
             self._counters.clear()
         self._params = step.params
         self._sync(step.context)
-        uncached = step.uncached
-        n_ctx = len(uncached)
+        n_ctx = len(step.uncached)
         cap = min(self.settings.max_nodes, step.room - 1)
         self._grow_before_pass(n_ctx, cap)
         sent = self.tree.draft_tree(self._choose(n_ctx, cap))
         n_tree = len(sent)
-        cache = step.cache
-        ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
-        positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), sent.depths)])
-        mask = cache.causal_mask(n_ctx + n_tree)
-        mask[n_ctx:] = sent.attention_mask(cache.length + n_ctx, 0, n_tree)
-        feed = torch.tensor(uncached + sent.tokens, dtype=torch.long)
+        feed, positions, mask = tree_feed(step, sent)
         self._counters["tree_nodes_sent"] += n_tree
         self._pending = True
         # On the budget's last token nothing grown now could be used.

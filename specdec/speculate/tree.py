@@ -52,20 +52,11 @@ class Tree(Strategy):
 
     def plan(self, step: Step) -> Plan:
         s = self.settings
-        uncached = step.uncached
-        n_ctx = len(uncached)
+        n_ctx = len(step.uncached)
         tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
                           step.params, self.cost, n_ctx, s.fixed, self.batch)
-        n_tree = len(tree)
-        cache = step.cache
-        ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
-        positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), tree.depths)])
-        # Context tokens see in order and never see the tree; a node sees the whole context
-        # and its own ancestors.
-        mask = cache.causal_mask(n_ctx + n_tree)
-        mask[n_ctx:] = tree.attention_mask(cache.length + n_ctx, 0, n_tree)
-        feed = torch.tensor(uncached + tree.tokens, dtype=torch.long)
-        return Plan(feed, positions, mask, num_logits=n_tree + 1, state=_Pass(tree, n_ctx))
+        feed, positions, mask = tree_feed(step, tree)
+        return Plan(feed, positions, mask, num_logits=len(tree) + 1, state=_Pass(tree, n_ctx))
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
@@ -91,6 +82,19 @@ class Tree(Strategy):
 
     def timings(self) -> dict[str, float]:
         return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3}
+
+
+def tree_feed(step: Step, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, positions, mask) of a pass verifying `tree` after the uncached context: the
+    context tokens see in order and never see the tree; a node sees the whole context and
+    its own ancestors."""
+    uncached, cache = step.uncached, step.cache
+    n_ctx, n_tree = len(uncached), len(tree)
+    ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
+    positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), tree.depths)])
+    mask = cache.causal_mask(n_ctx + n_tree)
+    mask[n_ctx:] = tree.attention_mask(cache.length + n_ctx, 0, n_tree)
+    return torch.tensor(uncached + tree.tokens, dtype=torch.long), positions, mask
 
 
 def node_positions(first_child: int, depths: list[int]) -> torch.Tensor:
