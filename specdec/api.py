@@ -53,28 +53,37 @@ class SpecDecoder:
     # -- public -------------------------------------------------------------------------
     def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+                 repetition_penalty: float = 1.0, repetition_window: int = 64,
                  stop: list[str] | None = None) -> GenerationOutput:
         ids = self._encode(prompt)
-        return self._collect(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p), seed, stop)
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
+        return self._collect(ids, max_new_tokens, params, seed, stop)
 
     def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+               repetition_penalty: float = 1.0, repetition_window: int = 64,
                stop: list[str] | None = None) -> Iterator[str]:
-        """Text deltas as tokens are accepted; stats of the run in `last_stats`."""
+        """Text deltas as tokens are accepted; stats of the run in `last_stats`.
+
+        Sampling (every method): temperature 0 is greedy; top_k / top_p narrow the choice;
+        repetition_penalty > 1 discourages tokens among the last `repetition_window` (0 =
+        the whole context), as transformers and llama.cpp do. Speculation stays exact: the
+        output is what the target alone gives under the same settings."""
         ids = self._encode(prompt)
-        params = SamplingParams(temperature, top_k, top_p)
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
         for delta, _ in self._run(ids, max_new_tokens, params, seed, stop):
             if delta:
                 yield delta
 
     def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+             repetition_penalty: float = 1.0, repetition_window: int = 64,
              stop: list[str] | None = None, stream: bool = False):
         """Reply to a conversation using the tokenizer's chat template. The caches are kept
         between calls, so a next turn only prefills what is new. With stream=True, returns
         an iterator of text deltas (stats in `last_stats`)."""
         ids = self._chat_ids(messages)
-        params = SamplingParams(temperature, top_k, top_p)
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
         if stream:
             return (d for d, _ in self._run(ids, max_new_tokens, params, seed, stop) if d)
         return self._collect(ids, max_new_tokens, params, seed, stop)
@@ -103,11 +112,12 @@ class SpecDecoder:
 
     def stream_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
                    top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
+                   repetition_penalty: float = 1.0, repetition_window: int = 64,
                    stop: list[str] | None = None) -> Iterator[tuple[str, list[int]]]:
         """(text delta, new token ids) as tokens are accepted, for prompt `ids`; stats of
         the run in `last_stats`. The caches are reused for a shared prefix, as in chat()."""
-        return self._run(list(ids), max_new_tokens, SamplingParams(temperature, top_k, top_p),
-                         seed, stop)
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
+        return self._run(list(ids), max_new_tokens, params, seed, stop)
 
     def reset(self) -> None:
         """Forget the cached conversation."""

@@ -18,7 +18,8 @@ from .reply_stats import MARKERS, ReplyTiming, stats_rows, summary_line, table
 
 HELP = """commands:
   /system TEXT     set the system prompt (and start the conversation again)
-  /set NAME VALUE  temperature, top_p, top_k, max_tokens, seed (/set alone shows them)
+  /set NAME VALUE  temperature, top_p, top_k, max_tokens, seed, repetition_penalty,
+                   repetition_window (/set alone shows them)
   /save FILE       write the conversation and settings as JSON
   /load FILE       continue a conversation saved with /save
   /reset           forget the conversation (keeps the system prompt)
@@ -39,6 +40,8 @@ class ChatSettings:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    repetition_penalty: float = 1.0
+    repetition_window: int = 64
 
 
 # /set NAME VALUE: the name users type -> (field, parser, check, what a valid value is)
@@ -48,6 +51,10 @@ SETTABLE = {
     "top_k": ("top_k", int, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "max_tokens": ("max_new_tokens", int, lambda v: v >= 1, "an integer >= 1"),
     "seed": ("seed", int, lambda v: True, "an integer"),
+    "repetition_penalty": ("repetition_penalty", float, lambda v: 0 < v < float("inf"),
+                           "a number > 0 (1 = off)"),
+    "repetition_window": ("repetition_window", int, lambda v: v >= 0,
+                          "an integer >= 0 (the last N tokens; 0 = all)"),
 }
 
 
@@ -260,7 +267,8 @@ class ChatSession:
     def settings_text(self) -> str:
         s = self.settings
         return (f"temperature {s.temperature}, top_p {s.top_p}, top_k {s.top_k}, "
-                f"max_tokens {s.max_new_tokens}, seed {s.seed}, system prompt: "
+                f"max_tokens {s.max_new_tokens}, seed {s.seed}, repetition_penalty "
+                f"{s.repetition_penalty} over the last {s.repetition_window or 'all'} tokens, system prompt: "
                 + (repr(s.system) if s.system else "none"))
 
     # -- a reply ----------------------------------------------------------------------------
@@ -277,7 +285,9 @@ class ChatSession:
         try:
             for piece, new in self.lm.stream_ids(ids, max_new_tokens=s.max_new_tokens,
                                                  temperature=s.temperature, top_p=s.top_p,
-                                                 top_k=s.top_k, seed=s.seed):
+                                                 top_k=s.top_k, seed=s.seed,
+                                                 repetition_penalty=s.repetition_penalty,
+                                                 repetition_window=s.repetition_window):
                 if new:
                     timing.saw_tokens()
                 if piece:
@@ -363,6 +373,12 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _valid_setting(value, entry) -> bool:
+    _, parse, ok, _ = entry
+    kinds = (int,) if parse is int else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and ok(value)
+
+
 def read_conversation(path: Path) -> tuple[ChatSettings, list[dict]]:
     """Settings and messages from a /save file, checked; ValueError names what is wrong."""
     try:
@@ -385,7 +401,7 @@ def read_conversation(path: Path) -> tuple[ChatSettings, list[dict]]:
         raise ValueError(f"{path}: \"settings\" may only hold {sorted(known)}")
     for name, value in raw.items():
         entry = next((e for key, e in SETTABLE.items() if e[0] == name), None)
-        if entry is not None and (not isinstance(value, (int, float)) or not entry[2](value)):
+        if entry is not None and not _valid_setting(value, entry):
             raise ValueError(f"{path}: setting {name} = {value!r} is not {entry[3]}")
     settings = ChatSettings(**raw)
     system = next((m["content"] for m in messages[:1] if m["role"] == "system"), None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tomllib
 import traceback
@@ -70,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (no arguments: the offline demo pair)",
                           epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(chat)
-    # Sampled by default: greedy decoding of small instruct models (the demo's) loops.
-    _sampling_args(chat, max_new_tokens=512, temperature=0.7, top_p=0.9)
+    # Sampled by default, and a light repetition penalty (llama.cpp's and Ollama's 1.1 over
+    # the last 64 tokens): greedy decoding of small instruct models (the demo's) loops.
+    _sampling_args(chat, max_new_tokens=512, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
     chat.add_argument("--system", help="system prompt")
     chat.set_defaults(handler=cmd_chat)
     gen = sub.add_parser("generate", help="one prompt in, text out (streamed)",
@@ -80,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "template when it has one (--raw: plain completion).",
                          epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(gen)
-    _sampling_args(gen, max_new_tokens=128, temperature=0.0, top_p=1.0)
+    # Greedy (deterministic) by default, with the chat's penalty so that it does not loop.
+    _sampling_args(gen, max_new_tokens=128, temperature=0.0, top_p=1.0, repetition_penalty=1.1)
     gen.add_argument("--prompt", help="the prompt (default: read stdin)")
     gen.add_argument("--raw", action="store_true",
                      help="plain completion of the prompt, without the chat template")
@@ -97,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _at_least(low, kind=int, what=None):
+def _at_least(low, kind=int, what=None, strictly=False):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if value < low:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < low or (strictly and value == low):
             raise argparse.ArgumentTypeError(f"{text} is out of range: {what or f'must be >= {low}'}")
         return value
     return parse
@@ -140,13 +145,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
-                   top_p: float) -> None:
+                   top_p: float, repetition_penalty: float) -> None:
     p.add_argument("--max-new-tokens", type=_at_least(1), default=max_new_tokens,
                    help=f"reply length cap (default {max_new_tokens})")
     p.add_argument("--temperature", type=_at_least(0.0, float, "temperature must be >= 0"),
                    default=temperature, help=f"0 = greedy (default {temperature:g})")
     p.add_argument("--top-p", type=_probability, default=top_p, help=f"in (0, 1] (default {top_p:g})")
     p.add_argument("--top-k", type=_at_least(0), default=0, help="0 = off (default)")
+    p.add_argument("--repetition-penalty", type=_at_least(0.0, float, "the penalty must be > 0 "
+                                                          "(1 = off, 1.1 is usual)", strictly=True),
+                   default=repetition_penalty,
+                   help=f"> 1 discourages tokens seen in the last --repetition-window tokens, as "
+                        f"transformers and llama.cpp (repeat_penalty) do; 1 = off (default {repetition_penalty:g})")
+    p.add_argument("--repetition-window", type=_at_least(0), default=64,
+                   help="the last N tokens the penalty looks at; 0 = the whole context (default 64)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -304,7 +316,7 @@ def cmd_chat(args) -> int:
             print("type /help for commands, \"\"\" for a multi-line message; "
                   f"RAM on the stats line is this process's RSS in MB (10^6 bytes)", file=sys.stderr)
         settings = ChatSettings(args.system, args.max_new_tokens, args.temperature, args.top_p,
-                                args.top_k, args.seed)
+                                args.top_k, args.seed, args.repetition_penalty, args.repetition_window)
         reader = LineReader(interactive, cache_root(args.cache_dir) / "chat_history")
         ChatSession(lm, settings).run(reader)
     return EXIT_OK
@@ -327,7 +339,9 @@ def cmd_generate(args) -> int:
         try:
             for piece, new in lm.stream_ids(ids, max_new_tokens=args.max_new_tokens,
                                             temperature=args.temperature, top_p=args.top_p,
-                                            top_k=args.top_k, seed=args.seed):
+                                            top_k=args.top_k, seed=args.seed,
+                                            repetition_penalty=args.repetition_penalty,
+                                            repetition_window=args.repetition_window):
                 if new:
                     timing.saw_tokens()
                 token_ids.extend(new)

@@ -58,9 +58,13 @@ def session(lm, **settings):
 def test_system_set_save_load_round_trip(lm, tmp_path):
     chat, out, err = session(lm)
     for line in ["/system Answer in one word.", "/set temperature 0.5", "/set top_k 7",
-                 "/set max_tokens 5", "/set top_p 1.5", "/set nonsense 1"]:
+                 "/set max_tokens 5", "/set top_p 1.5", "/set nonsense 1",
+                 "/set repetition_penalty 1.3", "/set repetition_window 16",
+                 "/set repetition_penalty 0", "/set repetition_window -1"]:
         assert chat.command(line)
     assert "'1.5' is not a number in (0, 1]; unchanged" in err.getvalue()
+    assert "'0' is not a number > 0 (1 = off); unchanged" in err.getvalue()
+    assert "'-1' is not an integer >= 0" in err.getvalue()
     assert "usage: /set NAME VALUE" in err.getvalue()
     chat.reply("Hello there")
     chat.reply("And again")
@@ -71,7 +75,8 @@ def test_system_set_save_load_round_trip(lm, tmp_path):
     chat.command(f"/save {saved}")
     data = json.loads(saved.read_text())
     assert data["settings"] | {"seed": 0} == {"system": "Answer in one word.", "temperature": 0.5,
-                                               "top_p": 1.0, "top_k": 7, "max_new_tokens": 5, "seed": 0}
+                                               "top_p": 1.0, "top_k": 7, "max_new_tokens": 5, "seed": 0,
+                                               "repetition_penalty": 1.3, "repetition_window": 16}
     assert [m["role"] for m in data["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert not list(saved.parent.glob(".chat.json.*"))  # the temp file was renamed into place
 
@@ -79,7 +84,7 @@ def test_system_set_save_load_round_trip(lm, tmp_path):
     other.command(f"/load {saved}")
     assert "loaded 5 messages" in err2.getvalue()
     assert other.messages == data["messages"]
-    assert other.settings == ChatSettings("Answer in one word.", 5, 0.5, 1.0, 7, 0)
+    assert other.settings == ChatSettings("Answer in one word.", 5, 0.5, 1.0, 7, 0, 1.3, 16)
     other.reply("Third question")
     assert other.messages[-2] == {"role": "user", "content": "Third question"}
 
@@ -89,7 +94,9 @@ def test_load_rejects_files_that_are_not_conversations(lm, tmp_path):
     for text, expected in [("not json", "not JSON"), ('{"a": 1}', "not a specdec chat file"),
                            ('{"format": "specdec-chat", "messages": [{"role": "x"}]}', "messages"),
                            ('{"format": "specdec-chat", "messages": [], "settings": {"top_p": 7}}',
-                            "top_p = 7")]:
+                            "top_p = 7"),
+                           ('{"format": "specdec-chat", "messages": [], '
+                            '"settings": {"repetition_window": 2.5}}', "repetition_window = 2.5")]:
         bad.write_text(text)
         with pytest.raises(ValueError, match=expected):
             read_conversation(bad)

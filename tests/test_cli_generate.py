@@ -69,6 +69,9 @@ def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model):
     (["--k", "-3"], "drafted tokens per pass must be >= 1"),
     (["--max-new-tokens", "0"], "must be >= 1"),
     (["--ram", "12XB"], "cannot read size '12XB'"),
+    (["--repetition-penalty", "0"], "the penalty must be > 0"),
+    (["--repetition-penalty", "nan"], "not a finite number"),
+    (["--repetition-window", "-5"], "must be >= 0"),
 ])
 def test_flag_errors_come_before_any_model_loads(tmp_path, flags, message):
     # The target does not exist: had anything loaded, the error would name it instead.

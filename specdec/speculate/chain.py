@@ -7,6 +7,7 @@ import time
 import torch
 
 from ..draft import Drafter
+from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import accept_greedy, accept_sampled
 from .base import Outcome, Plan, Step, Strategy
@@ -35,6 +36,9 @@ class Chain(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         drafts, q, n_uncached = plan.state
         k = drafts.numel()
+        # Row i follows the context and the first i drafts: its penalty counts those.
+        drafted = drafts.tolist()
+        logits = penalize(logits, step.params, step.context, [drafted[:i] for i in range(k + 1)])
         if step.params.greedy:
             n, nxt = accept_greedy(drafts, logits)
         else:
@@ -60,7 +64,7 @@ class Chain(Strategy):
         timed = fed <= 2
         tokens, dists = [], []
         for i in range(k):
-            logits = self.drafter.align(logits)
+            logits = penalize(self.drafter.align(logits), params, context, [tokens])
             if params.greedy:
                 tokens.append(int(logits.argmax()))
             else:

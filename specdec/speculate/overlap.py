@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from ..draft import Drafter
+from ..penalty import penalize
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
 from .growing_tree import GrowingTree
 from .tree import TreeSettings, draft_proposals, tree_feed
-from .tree_model import DraftTree, TreeCostModel
+from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Overlap(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         p: _Pass = plan.state
         self.passes.observe(plan.tokens.numel(), pass_seconds, p.wait, p.delay)
+        logits = penalize(logits, step.params, step.context, node_histories(p.sent))
         path, nxt = accept_tree(p.sent, logits, step.params, step.generator)
         self.cost.observe_walk(p.sent, path, nxt)
         # The target keeps the accepted path's entries; the draft's tree is re-rooted by
@@ -231,7 +233,11 @@ class Overlap(Strategy):
 
     def _propose(self, node: int, logits: torch.Tensor) -> None:
         base = self.tree.scores[node] if node >= 0 else 0.0
-        for token, rank in draft_proposals(self.drafter, logits, self.settings.width, self._params):
+        # A node's history (ctx + its path) stays the same when the tree is re-rooted below
+        # a longer ctx, so proposals made under the penalty stay right across passes.
+        path = path_tokens(self.tree, node)
+        for token, rank in draft_proposals(self.drafter, logits, self.settings.width, self._params,
+                                           self.ctx, path):
             self.tree.add(token, node, rank, base + self.cost.rank_logp(rank))
 
     def _count(self, where: str, seconds: float) -> None:

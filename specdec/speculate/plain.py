@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..penalty import penalize
 from ..sampling import probs_from_logits
 from ..verify import accept_greedy, accept_sampled
 from .base import Outcome, Plan, Step, Strategy
@@ -19,6 +20,7 @@ class Plain(Strategy):
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         # The acceptance rules with no drafts: argmax, or one sample from the target.
+        logits = penalize(logits, step.params, step.context)
         if step.params.greedy:
             _, nxt = accept_greedy(NO_DRAFTS, logits)
         else:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from ..draft import Drafter
+from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
-from .tree_model import DraftTree, TreeCostModel
+from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Tree(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
         self.cost.observe_pass(plan.tokens.numel(), pass_seconds)
+        logits = penalize(logits, step.params, step.context, node_histories(tree))
         path, nxt = accept_tree(tree, logits, step.params, step.generator)
         self.cost.observe_walk(tree, path, nxt)
         # Compaction: the accepted path's entries move to consecutive slots after the
@@ -116,7 +118,7 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
     base = drafter.cache.length
     first_child = int(drafter.cache.next_positions(1)[0])
     tree, heap, order = DraftTree(), [], itertools.count()
-    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost)
+    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [])
     forwards = 1
     while heap and len(tree) < max_nodes:
         picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
@@ -136,7 +138,8 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
         tree.forwarded = len(tree)
         for j, row in enumerate(logits):
             node = first + j
-            _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost)
+            _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost,
+                            context, path_tokens(tree, node))
     return tree
 
 
@@ -150,19 +153,21 @@ def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: 
 
 
 def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
-                    width: int, params: SamplingParams, cost: TreeCostModel) -> None:
+                    width: int, params: SamplingParams, cost: TreeCostModel,
+                    context: list[int], path: list[int]) -> None:
     # Each proposal is scored by how often the target takes a proposal of that rank.
-    for token, rank in draft_proposals(drafter, logits, width, params):
+    for token, rank in draft_proposals(drafter, logits, width, params, context, path):
         score = cum_logp + cost.rank_logp(rank)
         heapq.heappush(heap, (-score, next(order), node, token, rank))
 
 
-def draft_proposals(drafter: Drafter, logits: torch.Tensor, width: int, params: SamplingParams
-                    ) -> list[tuple[int, int]]:
+def draft_proposals(drafter: Drafter, logits: torch.Tensor, width: int, params: SamplingParams,
+                    context: list[int], path: list[int]) -> list[tuple[int, int]]:
     """The draft's `width` favourites after one node, as (token, rank): under the same
     sampling settings (plain softmax when greedy, as a one-hot would not order the
-    runners-up), leaving out tokens the settings give no mass."""
-    logits = drafter.align(logits)
+    runners-up), leaving out tokens the settings give no mass. `path`: the tree's tokens
+    from the context to the node, which the repetition penalty counts with the context."""
+    logits = penalize(drafter.align(logits), params, context, [path])
     probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
     top = torch.topk(probs, min(width, probs.numel()))
     return [(token, rank) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))

@@ -79,6 +79,23 @@ class DraftTree:
         return sum(math.exp(c) for c in self.cum_logp[:n])
 
 
+def path_tokens(tree, node: int) -> list[int]:
+    """The tokens from the root's child down to `node` (inclusive; [] for the root, -1) of
+    any tree with `tokens` and `parents` (DraftTree, GrowingTree): what follows the context
+    before the position after `node`, e.g. for that position's repetition penalty."""
+    path = []
+    while node >= 0:
+        path.append(tree.tokens[node])
+        node = tree.parents[node]
+    return path[::-1]
+
+
+def node_histories(tree) -> list[list[int]]:
+    """Per row of a tree pass's logits (the root's, then each node's): the tokens after the
+    context that lead to it."""
+    return [[]] + [path_tokens(tree, i) for i in range(len(tree))]
+
+
 # Prior for the per-rank hit rates before anything is measured, worth PRIOR_WEIGHT visits.
 PRIOR_HIT_RATES = (0.5, 0.15, 0.08, 0.05)
 PRIOR_WEIGHT = 2.0

@@ -1,0 +1,154 @@
+"""The repetition penalty keeps speculation exact: with it, greedy speculative decoding equals
+the processed target's greedy decoding (transformers' generate with repetition_penalty, or its
+RepetitionPenaltyLogitsProcessor over the last N ids for a window), sampled output follows the
+processed target's distribution (chi-square), and the draft gets the same processing (a draft
+equal to the target is never rejected)."""
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import RepetitionPenaltyLogitsProcessor
+
+import specdec
+from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
+from specdec.penalty import penalize
+from specdec.sampling import SamplingParams, probs_from_logits
+from test_speculative import PROMPT16, _pool_small, _pvalue_against
+
+PROMPT = [3, 17, 42, 8, 61, 5, 17, 3]
+NEW = 24
+MODES = [("chain", dict(k=4)), ("tree", dict(tree_nodes=12)), ("overlap", dict(tree_nodes=12))]
+
+
+def _reference(logits: torch.Tensor, history: list[int], penalty: float, window: int) -> torch.Tensor:
+    ids = torch.tensor([history[-window:] if window else history])
+    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.unsqueeze(0).clone())[0]
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_penalize_matches_transformers_processor_per_row(window):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=gen) * 3
+    context = [1, 2, 3, 2, 40, 7, 8]
+    extras = [[], [9], [9, 1], [9, 1, 33]]
+    params = SamplingParams(repetition_penalty=1.7, repetition_window=window)
+    out = penalize(logits, params, context, extras)
+    for row, extra in enumerate(extras):
+        expected = _reference(logits[row], context + extra, 1.7, window)
+        torch.testing.assert_close(out[row], expected)
+    assert not torch.equal(out, logits)
+    # One-dimensional logits, no extras, and an off penalty (the same tensor back).
+    torch.testing.assert_close(penalize(logits[0], params, context), _reference(logits[0], context, 1.7, window))
+    assert penalize(logits, SamplingParams(), context) is logits
+
+
+def test_penalty_settings_are_checked():
+    for bad in (dict(repetition_penalty=0), dict(repetition_penalty=-1.0),
+                dict(repetition_penalty=float("nan")), dict(repetition_penalty=float("inf")),
+                dict(repetition_window=-1), dict(repetition_window=2.5), dict(repetition_penalty=True)):
+        with pytest.raises(ValueError, match="repetition_"):
+            SamplingParams(**bad)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("penalty")
+    target, draft = root / "t", root / "d"
+    make_tiny_model(target, "llama", eos_token_id=None)
+    sharpen_lm_head(target, 8.0)
+    make_noised_copy(target, draft, scale=0.3)
+    return target, draft
+
+
+def _hf_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+
+
+def _hf_greedy(path, penalty: float, window: int) -> list[int]:
+    """The processed target's greedy tokens: transformers' generate for the whole context;
+    for a window, its own processor over the last `window` ids at each step."""
+    hf = _hf_model(path)
+    with torch.no_grad():
+        if not window:
+            out = hf.generate(torch.tensor([PROMPT]), max_new_tokens=NEW, min_new_tokens=NEW,
+                              do_sample=False, repetition_penalty=penalty, pad_token_id=0)
+            return out[0, len(PROMPT):].tolist()
+        ids = list(PROMPT)
+        for _ in range(NEW):
+            logits = hf(torch.tensor([ids])).logits[0, -1]
+            ids.append(int(_reference(logits, ids, penalty, window).argmax()))
+        return ids[len(PROMPT):]
+
+
+@pytest.mark.parametrize("window", [0, 6])
+def test_greedy_with_penalty_equals_the_processed_target(pair, window):
+    target, draft = pair
+    expected = _hf_greedy(target, 1.5, window)
+    sampling = dict(repetition_penalty=1.5, repetition_window=window)
+    plain = specdec.load(target, dtype="float32")
+    assert plain.generate(PROMPT, max_new_tokens=NEW, **sampling).token_ids == expected
+    # The penalty changes this output: the comparisons below could fail.
+    assert plain.generate(PROMPT, max_new_tokens=NEW).token_ids != expected
+    for speculation, size in MODES:
+        lm = specdec.load(target, draft=draft, dtype="float32", speculation=speculation, **size)
+        out = lm.generate(PROMPT, max_new_tokens=NEW, **sampling)
+        assert out.token_ids == expected, speculation
+        assert out.stats.accepted > 0, speculation
+        assert out.stats.target_passes < NEW, speculation
+
+
+@pytest.mark.parametrize("speculation,size", MODES)
+def test_a_draft_equal_to_the_target_is_processed_the_same(pair, speculation, size):
+    # Had the draft proposed from unpenalized logits (or with another history), the
+    # penalised target would reject some of its proposals.
+    target, _ = pair
+    lm = specdec.load(target, draft=target, dtype="float32", speculation=speculation, **size)
+    out = lm.generate(PROMPT, max_new_tokens=NEW, repetition_penalty=1.5, repetition_window=6)
+    assert out.stats.rejected == 0 and out.stats.accepted > 0
+    assert out.token_ids == specdec.load(target, dtype="float32").generate(
+        PROMPT, max_new_tokens=NEW, repetition_penalty=1.5, repetition_window=6).token_ids
+
+
+def _exact_processed_distribution(path, params: SamplingParams) -> torch.Tensor:
+    """P(t1, t2 | PROMPT16) of the target with transformers' penalty processor (whole
+    context) ahead of temperature / top-k / top-p."""
+    hf = _hf_model(path)
+    penalty = params.repetition_penalty
+
+    def probs(ids):
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1]
+        return probs_from_logits(_reference(logits, ids, penalty, 0), params)
+
+    p1 = probs(PROMPT16)
+    joint = torch.zeros(p1.numel(), p1.numel())
+    for t1 in range(p1.numel()):
+        if p1[t1] > 0:
+            joint[t1] = p1[t1] * probs(PROMPT16 + [t1])
+    return joint.flatten()
+
+
+@pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
+def test_sampling_with_penalty_follows_the_processed_target(tmp_path, speculation):
+    target, draft = tmp_path / "t", tmp_path / "d"
+    make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
+    sharpen_lm_head(target, 40.0)
+    make_noised_copy(target, draft, scale=0.5)
+    params = SamplingParams(temperature=1.0, repetition_penalty=3.0, repetition_window=0)
+    exact = _exact_processed_distribution(target, params)
+    unprocessed = _exact_processed_distribution(target, SamplingParams(temperature=1.0))
+    lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
+    n = 2000
+    counts = torch.zeros(16 * 16)
+    accepted = drafted = 0
+    for seed in range(n):
+        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, temperature=1.0,
+                          repetition_penalty=3.0, repetition_window=0)
+        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
+        accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
+    assert 0 < accepted < drafted
+    observed, expected = _pool_small(counts, exact * n)
+    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
+    # Power check: the same samples clearly reject the target without the penalty.
+    assert _pvalue_against(counts, unprocessed * n) < 1e-6
