@@ -89,7 +89,7 @@ def test_offload_imports_nothing_from_specdec(graph):
     assert not {m: d for m, d in bad.items() if d}
 
 
-@pytest.mark.parametrize("module", ["specdec.sampling", "specdec.verify"])
+@pytest.mark.parametrize("module", ["specdec.sampling", "specdec.penalty", "specdec.verify"])
 def test_sampling_and_verify_import_no_model_code(graph, module):
     reached = _reachable(graph, module)
     assert not sorted(m for m in reached if m.startswith(MODEL_CODE))
