@@ -33,32 +33,24 @@ def penalize(logits: torch.Tensor, params: SamplingParams, context: Sequence[int
     extras = extras if extras is not None else [()] * rows.shape[0]
     if len(extras) != rows.shape[0]:
         raise ValueError(f"{len(extras)} histories for {rows.shape[0]} rows of logits")
-    seen = _seen(rows.shape[-1], context, extras, params.repetition_window)
-    rows = rows.float()
-    scaled = torch.where(rows < 0, rows * penalty, rows / penalty)
-    out = torch.where(seen, scaled, rows)
+    # Only the seen entries change: gather, scale, scatter back (as transformers does), which
+    # costs the history's length per row instead of the vocabulary's.
+    row_ids, token_ids = _seen(context, extras, params.repetition_window)
+    out = rows.float().clone()
+    seen = out[row_ids, token_ids]
+    out[row_ids, token_ids] = torch.where(seen < 0, seen * penalty, seen / penalty)
     return out[0] if logits.dim() == 1 else out
 
 
-def _seen(vocab: int, context: Sequence[int], extras: Sequence[Sequence[int]], window: int) -> torch.Tensor:
-    """[N, vocab] bool: the tokens in each row's history (its last `window`, 0 = all)."""
-    seen = torch.zeros(len(extras), vocab, dtype=torch.bool)
+def _seen(context: Sequence[int], extras: Sequence[Sequence[int]], window: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, token) index pairs of the tokens in each row's history (its last `window`
+    tokens, 0 = all); a token may repeat within a row (it gets the same value twice)."""
     if window:
         tail = list(context[-window:])
-        for i, extra in enumerate(extras):
-            seen[i, _ids((tail + list(extra))[-window:])] = True
-        return seen
-    seen[:] = _mask(vocab, context)  # the context's part is shared: build it once
-    for i, extra in enumerate(extras):
-        seen[i, _ids(extra)] = True
-    return seen
-
-
-def _mask(vocab: int, tokens: Sequence[int]) -> torch.Tensor:
-    mask = torch.zeros(vocab, dtype=torch.bool)
-    mask[_ids(tokens)] = True
-    return mask
-
-
-def _ids(tokens: Sequence[int]) -> torch.Tensor:
-    return torch.as_tensor(list(tokens), dtype=torch.long)
+        per_row = [torch.as_tensor((tail + list(extra))[-window:], dtype=torch.long) for extra in extras]
+    else:
+        shared = torch.unique(torch.as_tensor(list(context), dtype=torch.long))  # once for all rows
+        per_row = [torch.cat([shared, torch.as_tensor(list(extra), dtype=torch.long)]) for extra in extras]
+    rows = torch.repeat_interleave(torch.arange(len(per_row)), torch.tensor([t.numel() for t in per_row]))
+    return rows, torch.cat(per_row)
