@@ -9,8 +9,12 @@ before it, so speculation stays exact only if the target's logits for every draf
 are processed with that position's own history: the context plus the drafts before it
 (chain) or plus the node's ancestors (tree). The draft's logits get the same processing so
 that it proposes what the processed target will take; exactness needs only the target's side
-(the draft's distribution q enters rejection sampling as it was sampled from), but acceptance
-would fall without it.
+(the draft's distribution q enters rejection sampling as it was sampled from). Measured
+(penalty 1.3 over 16 tokens, k 4, tiny llama pair): a close draft (noise 0.1) is taken 0.71 of
+the time processed, 0.58 unprocessed; a far one (noise 0.3) 0.32 against 0.35. The penalty is
+not shift-invariant, so a draft whose logits sit lower than the target's (the demo's) reacts
+differently to it: on the demo pair 0.35 processed against 0.39 unprocessed, and 0.63 with
+no penalty at all. Self-drafts and quantized copies are close drafts: processing stays.
 """
 from __future__ import annotations
 
