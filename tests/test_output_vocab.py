@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from scipy.stats import chisquare
 
 import specdec
 from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
-from test_speculative import PROMPT, PROMPT16, _exact_two_token_distribution, _pool_small, target_alone
+from distribution import exact_two_token_distribution, pvalue, sample_two_tokens
+from test_speculative import PROMPT, target_alone
 
 from specdec.weights import OUTPUT_IDS
 
@@ -80,7 +80,7 @@ def test_sampling_with_partial_vocabulary_draft_follows_the_target(tmp_path, spe
     make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
     sharpen_lm_head(target, 20.0)
     make_noised_copy(target, tmp_path / "noised", scale=0.3)
-    exact = _exact_two_token_distribution(target, SamplingParams(temperature=1.0))
+    exact = exact_two_token_distribution(target, SamplingParams(temperature=1.0))
     # Drop the target's two likeliest first tokens from the draft: only the residual
     # distribution of rejection sampling can emit them.
     first = exact.view(16, 16).sum(1)
@@ -88,16 +88,10 @@ def test_sampling_with_partial_vocabulary_draft_follows_the_target(tmp_path, spe
     draft = restrict_output(tmp_path / "noised", tmp_path / "d", [i for i in range(16) if i not in dropped])
     lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
     n = 2000
-    counts = torch.zeros(16 * 16)
-    accepted = 0
-    for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, temperature=1.0)
-        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
-        accepted += out.stats.accepted
-    assert accepted > 0
+    counts, totals = sample_two_tokens(lm, n, temperature=1.0)
+    assert totals["accepted"] > 0
     assert counts.view(16, 16)[dropped].sum() > 0.2 * n  # the dropped ids really were emitted
-    observed, expected = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
+    assert pvalue(counts, exact) > 1e-3
 
 
 @pytest.mark.parametrize("ids, message", [

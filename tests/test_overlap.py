@@ -175,11 +175,9 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
     """The first two tokens of 3-token generations (so the second pass verifies a carried
     tree) follow the target's own distribution; the draft's is clearly rejected."""
     from offload.pack import pack
-    from scipy.stats import chisquare
-
     from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
+    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
-    from test_speculative import PROMPT16, _exact_two_token_distribution, _pool_small, _pvalue_against
 
     target, draft = tmp_path / "t", tmp_path / "d"
     # ~1.6 MB layers: the smallest budget streams them instead of pinning
@@ -187,8 +185,8 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
     sharpen_lm_head(target, 40.0)
     make_noised_copy(target, draft, scale=0.5)
     sampling = dict(temperature=0.8, top_k=6, top_p=0.9)
-    exact = _exact_two_token_distribution(target, SamplingParams(**sampling))
-    draft_exact = _exact_two_token_distribution(draft, SamplingParams(**sampling))
+    exact = exact_two_token_distribution(target, SamplingParams(**sampling))
+    draft_exact = exact_two_token_distribution(draft, SamplingParams(**sampling))
     store = pack(target, tmp_path / "store", dtype="float32", progress=False)
     ram = soak.streaming_budget(store, draft, dtype="float32", max_context=32)
     lm = specdec.load(store, draft=draft, ram=ram, dtype="float32", max_context=32,
@@ -196,25 +194,13 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
     assert lm.plan.streamed
     weights = lm.target.model.weights
     slow_layer_reads(monkeypatch, 0.001)
-    n = 500
-    counts = torch.zeros(16 * 16)
-    totals = {"accepted": 0, "drafted": 0, "carried": 0}
-    for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=3, seed=seed, **sampling)
-        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
-        totals["accepted"] += out.stats.accepted
-        totals["drafted"] += out.stats.drafted
-        totals["carried"] += out.stats.counters.get("passes_carried", 0)
+    counts, totals = sample_two_tokens(lm, 500, max_new_tokens=3, **sampling)
     lm.close()
     assert weights.stats.idle_seconds > 0
     assert 0 < totals["accepted"] < totals["drafted"]
-    assert totals["carried"] > 20  # second passes really verified carried-over trees
-    observed, expected_counts = _pool_small(counts, exact * n)
-    pvalue = chisquare(observed, expected_counts, sum_check=False).pvalue
-    print(f"p-value {pvalue:.3g} against the target, {_pvalue_against(counts, draft_exact * n):.3g} "
-          f"against the draft; {totals}")
-    assert pvalue > 1e-3
-    assert _pvalue_against(counts, draft_exact * n) < 1e-6
+    assert totals.get("passes_carried", 0) > 20  # second passes really verified carried-over trees
+    assert pvalue(counts, exact) > 1e-3
+    assert pvalue_against(counts, draft_exact) < 1e-6
 
 
 # -- the point of it ----------------------------------------------------------------------------

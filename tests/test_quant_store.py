@@ -263,7 +263,6 @@ def test_unsupported_gguf_type_lists_what_is_supported(tmp_path):
 
 # -- safetensors quantized at pack time; speculation on a quantized target ----------------------
 PROMPT = [3, 17, 42, 8, 61, 5]
-PROMPT16 = [3, 7, 1, 12, 5]
 
 
 @pytest.fixture
@@ -332,10 +331,8 @@ def test_bf16_greedy_speculation_on_a_q4_target_equals_plain(q4_pair):
 
 @pytest.mark.parametrize("speculation", ["chain", "tree"])
 def test_sampling_on_a_q4_target_follows_its_distribution(tmp_path, speculation):
-    from scipy.stats import chisquare
-
-    from specdec.sampling import SamplingParams, probs_from_logits
-    from test_speculative import _pool_small, _pvalue_against
+    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+    from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"
     make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
@@ -343,27 +340,11 @@ def test_sampling_on_a_q4_target_follows_its_distribution(tmp_path, speculation)
     make_noised_copy(target, draft, scale=0.5)
     store = pack(target, tmp_path / "t_q4", quant="q4", progress=False)
     params = SamplingParams(temperature=1.0)
-
-    def joint(path):
-        lm = specdec.load(path, dtype="float32")
-        model = lm.target.model
-        cache = model.new_cache(32)
-        p1 = probs_from_logits(model.forward(torch.tensor(PROMPT16), cache.next_positions(5), cache)[-1], params)
-        out = torch.zeros(16, 16)
-        for t1 in range(16):
-            cache.crop(len(PROMPT16))
-            out[t1] = p1[t1] * probs_from_logits(model.forward(torch.tensor([t1]), cache.next_positions(1), cache)[-1], params)
-        return out.flatten()
-
-    exact, draft_exact = joint(store), joint(draft)
+    exact, draft_exact = (exact_two_token_distribution(path, params) for path in (store, draft))
     lm = specdec.load(store, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
-    n, counts = 3000, torch.zeros(256)
-    for seed in range(n):
-        ids = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, temperature=1.0).token_ids
-        counts[ids[0] * 16 + ids[1]] += 1
-    observed, expected = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
-    assert _pvalue_against(counts, draft_exact * n) < 1e-6
+    counts, _ = sample_two_tokens(lm, 3000, temperature=1.0)
+    assert pvalue(counts, exact) > 1e-3
+    assert pvalue_against(counts, draft_exact) < 1e-6
 
 
 def test_a_quantized_draft_store_loads_whole_and_is_planned_in_its_bytes(tmp_path):

@@ -5,14 +5,13 @@ processed target's distribution (chi-square), and the draft gets the same proces
 equal to the target is never rejected)."""
 import pytest
 import torch
-from scipy.stats import chisquare
 from transformers import RepetitionPenaltyLogitsProcessor
 
 import specdec
 from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
+from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 from specdec.penalty import penalize
-from specdec.sampling import SamplingParams, probs_from_logits
-from test_speculative import PROMPT16, _pool_small, _pvalue_against
+from specdec.sampling import SamplingParams
 
 PROMPT = [3, 17, 42, 8, 61, 5, 17, 3]
 NEW = 24
@@ -110,45 +109,20 @@ def test_a_draft_equal_to_the_target_is_processed_the_same(pair, speculation, si
         PROMPT, max_new_tokens=NEW, repetition_penalty=1.5, repetition_window=6).token_ids
 
 
-def _exact_processed_distribution(path, params: SamplingParams) -> torch.Tensor:
-    """P(t1, t2 | PROMPT16) of the target with transformers' penalty processor (whole
-    context) ahead of temperature / top-k / top-p."""
-    hf = _hf_model(path)
-    penalty = params.repetition_penalty
-
-    def probs(ids):
-        with torch.no_grad():
-            logits = hf(torch.tensor([ids])).logits[0, -1]
-        return probs_from_logits(_reference(logits, ids, penalty, 0), params)
-
-    p1 = probs(PROMPT16)
-    joint = torch.zeros(p1.numel(), p1.numel())
-    for t1 in range(p1.numel()):
-        if p1[t1] > 0:
-            joint[t1] = p1[t1] * probs(PROMPT16 + [t1])
-    return joint.flatten()
-
-
 @pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
 def test_sampling_with_penalty_follows_the_processed_target(tmp_path, speculation):
     target, draft = tmp_path / "t", tmp_path / "d"
     make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
     sharpen_lm_head(target, 40.0)
     make_noised_copy(target, draft, scale=0.5)
-    params = SamplingParams(temperature=1.0, repetition_penalty=3.0, repetition_window=0)
-    exact = _exact_processed_distribution(target, params)
-    unprocessed = _exact_processed_distribution(target, SamplingParams(temperature=1.0))
+    sampling = dict(temperature=1.0, repetition_penalty=3.0, repetition_window=0)
+    # The reference: transformers' processor over the whole history, ahead of the temperature.
+    exact = exact_two_token_distribution(target, SamplingParams(**sampling),
+                                         process=lambda logits, ids: _reference(logits, ids, 3.0, 0))
+    unprocessed = exact_two_token_distribution(target, SamplingParams(temperature=1.0))
     lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
-    n = 2000
-    counts = torch.zeros(16 * 16)
-    accepted = drafted = 0
-    for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, temperature=1.0,
-                          repetition_penalty=3.0, repetition_window=0)
-        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
-        accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
-    assert 0 < accepted < drafted
-    observed, expected = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
+    counts, totals = sample_two_tokens(lm, 2000, **sampling)
+    assert 0 < totals["accepted"] < totals["drafted"]
+    assert pvalue(counts, exact) > 1e-3
     # Power check: the same samples clearly reject the target without the penalty.
-    assert _pvalue_against(counts, unprocessed * n) < 1e-6
+    assert pvalue_against(counts, unprocessed) < 1e-6

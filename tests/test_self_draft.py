@@ -1,16 +1,15 @@
 """draft="self": 4-bit substitutes of the target's streamed layers draft for it, exactly."""
 import pytest
 import torch
-from scipy.stats import chisquare
 
 import specdec
 from conftest import make_tiny_model, sharpen_lm_head
+from distribution import exact_two_token_distribution, pvalue, sample_two_tokens
 from offload.budget import DEFAULT_OVERHEAD, BudgetError
 from offload.encodings import Q4Weight
 from offload.format import open_store
 from offload.pack import pack
 from specdec.self_draft import SelfDraftError, SubstituteCache, substitute_nbytes
-from test_speculative import PROMPT16, _exact_two_token_distribution, _pool_small
 
 PROMPT = [3, 17, 42, 8, 61, 5]
 
@@ -134,15 +133,8 @@ def test_self_draft_sampling_matches_target_distribution(tmp_path):
     make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
     sharpen_lm_head(target, 40.0)
     sampling = dict(temperature=1.0)
-    exact = _exact_two_token_distribution(target, SamplingParams(**sampling))
+    exact = exact_two_token_distribution(target, SamplingParams(**sampling))
     lm = specdec.load(target, draft="self", dtype="float32", k=3)
-    n = 2000
-    counts = torch.zeros(16 * 16)
-    accepted = drafted = 0
-    for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, **sampling)
-        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
-        accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
-    assert 0 < accepted < drafted
-    observed, expected = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
+    counts, totals = sample_two_tokens(lm, 2000, **sampling)
+    assert 0 < totals["accepted"] < totals["drafted"]
+    assert pvalue(counts, exact) > 1e-3

@@ -2,13 +2,12 @@
 tokens follow the target's distribution (chi-square); caches survive rollback and turns."""
 import pytest
 import torch
-from scipy.stats import chisquare
 
 import specdec
 from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
+from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 
 PROMPT = [3, 17, 42, 8, 61, 5]
-PROMPT16 = [3, 7, 1, 12, 5]  # for the 16-token vocabulary
 
 
 def target_alone(path, n=40):
@@ -74,25 +73,6 @@ def test_bf16_speculative_matches_bf16_target_alone(tmp_path):
     assert spec.token_ids == plain
 
 
-def _exact_two_token_distribution(path, params):
-    """P(t1, t2 | prompt) from the target's own probabilities (float32)."""
-    from specdec.sampling import probs_from_logits
-
-    lm = specdec.load(path, dtype="float32")
-    model = lm.target.model
-    cache = model.new_cache(32)
-    p1 = probs_from_logits(model.forward(torch.tensor(PROMPT16), cache.next_positions(len(PROMPT16)), cache)[-1], params)
-    vocab = p1.numel()
-    joint = torch.zeros(vocab, vocab)
-    for t1 in range(vocab):
-        if p1[t1] == 0:
-            continue
-        cache.crop(len(PROMPT16))
-        p2 = probs_from_logits(model.forward(torch.tensor([t1]), cache.next_positions(1), cache)[-1], params)
-        joint[t1] = p1[t1] * p2
-    return joint.flatten()
-
-
 @pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.8, top_k=6, top_p=0.9)])
 def test_speculative_sampling_matches_target_distribution(tmp_path, sampling, speculation):
@@ -102,48 +82,14 @@ def test_speculative_sampling_matches_target_distribution(tmp_path, sampling, sp
     make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
     sharpen_lm_head(target, 40.0)
     make_noised_copy(target, draft, scale=0.5)
-    exact = _exact_two_token_distribution(target, SamplingParams(**sampling))
-    draft_exact = _exact_two_token_distribution(draft, SamplingParams(**sampling))
+    exact = exact_two_token_distribution(target, SamplingParams(**sampling))
+    draft_exact = exact_two_token_distribution(draft, SamplingParams(**sampling))
     lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation=speculation, tree_nodes=6)
-    n = 3000
-    counts = torch.zeros(16 * 16)
-    accepted = drafted = 0
-    for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=2, seed=seed, **sampling)
-        counts[out.token_ids[0] * 16 + out.token_ids[1]] += 1
-        accepted, drafted = accepted + out.stats.accepted, drafted + out.stats.drafted
-    assert 0 < accepted < drafted  # drafts were both accepted and rejected
-    observed, expected = _pool_small(counts, exact * n)
-    assert chisquare(observed, expected, sum_check=False).pvalue > 1e-3
+    counts, totals = sample_two_tokens(lm, 3000, **sampling)
+    assert 0 < totals["accepted"] < totals["drafted"]  # drafts were both accepted and rejected
+    assert pvalue(counts, exact) > 1e-3
     # Power check: the same test clearly rejects the draft's distribution for these samples.
-    assert _pvalue_against(counts, draft_exact * n) < 1e-6
-
-
-def _pvalue_against(observed, expected, minimum=5.0) -> float:
-    """Chi-square p-value of `observed` counts under `expected` counts, rare categories
-    pooled; 0 when counts land where `expected` has no mass at all (impossible under it)."""
-    big = expected >= minimum
-    obs = torch.cat([observed[big], observed[~big].sum().reshape(1)]).double()
-    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)]).double()
-    if exp[-1] == 0:
-        if obs[-1] > 0:
-            return 0.0
-        obs, exp = obs[:-1], exp[:-1]
-    exp = exp * (obs.sum() / exp.sum())
-    return float(chisquare(obs.numpy(), exp.numpy(), sum_check=False).pvalue)
-
-
-def _pool_small(observed, expected, minimum=5.0):
-    """Pool categories with expected count < minimum into one (chi-square validity);
-    observations in zero-probability categories count against the pool."""
-    big = expected >= minimum
-    obs = torch.cat([observed[big], observed[~big].sum().reshape(1)])
-    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
-    if exp[-1] == 0:
-        assert obs[-1] == 0, "a token with zero target probability was emitted"
-        obs, exp = obs[:-1], exp[:-1]
-    obs, exp = obs.double().numpy(), exp.double().numpy()
-    return obs, exp * (obs.sum() / exp.sum())
+    assert pvalue_against(counts, draft_exact) < 1e-6
 
 
 def test_seeded_sampling_is_reproducible_with_fixed_k(tmp_path):
