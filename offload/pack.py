@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import encodings
+from .atomic import fsync_path
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .errors import InternalError
 from .format import (ALIGN, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE, TOKENIZER_DIR,
@@ -160,7 +161,7 @@ def write_store(config: dict, generation_config: dict, tensors: Iterable[tuple[s
         manifest["source"] = source
         manifest.update(extra or {})
         _write_json_durable(tmp / MANIFEST, manifest)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _replace_dir(tmp, out)
     except BaseException as e:  # incl. KeyboardInterrupt: never leave a half-written store
         shutil.rmtree(tmp, ignore_errors=True)
@@ -324,7 +325,7 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
     if tok_dir:
         for file in sorted((tmp / tok_dir).rglob("*")):
             if file.is_file():
-                _fsync_path(file)
+                fsync_path(file)
                 files[str(file.relative_to(tmp))] = {"size": file.stat().st_size, "sha256": file_sha256(file)}
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "config": config,
                 "generation_config": generation_config or {}, "tokenizer_dir": tok_dir,
@@ -435,15 +436,6 @@ def _safetensors_numel(ckpt: Checkpoint) -> int:
 
 
 # -- durability ------------------------------------------------------------------------------
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_durable(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -460,6 +452,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.rename(out, old)
     os.rename(tmp, out)
-    _fsync_path(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

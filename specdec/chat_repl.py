@@ -8,11 +8,11 @@ prompt stays), and the caches are reused for what is still a shared prefix.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from offload.atomic import replacing, write_atomic
 
 from .reply_stats import MARKERS, ReplyTiming, stats_rows, summary_line, table
 
@@ -122,14 +122,12 @@ class LineReader:
         import readline
 
         # Written atomically: a crash mid-write must not lose the old history.
-        self.history.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.history.parent, prefix=".history.")
-        os.close(fd)
         try:
-            readline.write_history_file(tmp)
-            os.replace(tmp, self.history)
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(self.history) as tmp:
+                readline.write_history_file(tmp)
         except OSError:
-            Path(tmp).unlink(missing_ok=True)  # history is a convenience; never fail the chat on it
+            pass  # history is a convenience; never fail the chat on it
 
     def _start_history(self) -> None:
         import readline  # imported for its side effect: input() gains line editing
@@ -215,7 +213,7 @@ class ChatSession:
     def _cmd_system(self, text: str) -> None:
         self.settings.system = text or None
         self.reset()
-        self._say(f"system prompt set; conversation cleared" if text else
+        self._say("system prompt set; conversation cleared" if text else
                   "system prompt removed; conversation cleared")
 
     def _cmd_set(self, rest: str) -> None:
@@ -244,7 +242,9 @@ class ChatSession:
         data = {"format": SAVE_FORMAT, "version": 1, "settings": asdict(self.settings),
                 "messages": self.messages}
         try:
-            write_atomic(Path(path).expanduser(), json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+            target = Path(path).expanduser()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         except OSError as e:
             self._say(f"/save: could not write {path}: {e.strerror or e}")
             return
@@ -356,21 +356,6 @@ class ChatSession:
 
 def _isatty(stream) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, rename: a crash leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _valid_setting(value, entry) -> bool:

