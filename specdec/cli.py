@@ -5,18 +5,12 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 import traceback
-from pathlib import Path
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CODES = """exit status (every command):
-  0    done
-  1    a problem with the input or the environment (a missing file, a model that does not
-       fit, a prompt longer than the context ...): one line says what, and how to fix it
-  2    command-line usage error (unknown option, a value out of range), before any loading
-  3    an internal error, i.e. a bug in specdec: the traceback is printed; please report it
-  130  interrupted (Ctrl-C); `generate` has printed the text it had"""
+from .cli_load import load_from_args, read_preset
+from .cli_text import banner, plan_text
+from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
 
 
@@ -175,131 +169,6 @@ def check_args(args) -> None:
         args.preset = read_preset(args.config)
 
 
-def load_from_args(args):
-    import specdec
-
-    from .hub import resolve
-
-    preset = getattr(args, "preset", None) or {}
-    target = args.target or preset.get("target")
-    draft = args.draft or preset.get("draft")
-    kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
-                  max_context=args.max_context or preset.get("max_context"), k=args.k,
-                  cache_dir=args.cache_dir, progress=True,
-                  speculation=args.speculation or preset.get("speculation"),
-                  tree_nodes=args.tree_nodes, tree_width=args.tree_width)
-    if target is None:
-        from .demo_model import ensure_demo_gguf
-
-        _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
-        return specdec.load(draft=draft if draft == "self" else resolve(draft), **kwargs)
-    target = resolve(target)
-    if kwargs["ram"] is not None:
-        _pack_in_child(target, args.dtype, args.cache_dir)
-    return specdec.load(target, draft=draft if draft == "self" else resolve(draft), **kwargs)
-
-
-def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
-    """Pack a checkpoint that is about to stream into its store in a child process, when the
-    store is not there yet: packing dequantizes the whole model, and memory it frees stays in
-    this process's RSS, so the first session would report RAM above the budget it keeps to."""
-    import multiprocessing
-
-    from offload.format import is_store, looks_like_store
-
-    from .session import packed_store_path
-
-    if not src.is_file() and not (src.is_dir() and not looks_like_store(src)):
-        return  # a store already (maybe a damaged one), or not there: load() reports that
-    if is_store(packed_store_path(src, dtype, cache_dir)):
-        return
-    child = multiprocessing.get_context("spawn").Process(
-        target=_pack_quietly, args=(src, dtype, cache_dir), name="specdec-pack")
-    child.start()
-    try:
-        child.join()
-    except KeyboardInterrupt:
-        child.terminate()
-        raise
-    # A failed child leaves no store; load() then packs in-process and reports the error.
-
-
-def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
-    """The child's work. A bad checkpoint exits quietly: load() then meets the same problem
-    in this process and reports it as one line, instead of a child's traceback."""
-    from .session import packed_store
-
-    try:
-        packed_store(src, dtype, cache_dir, True)
-    except (ValueError, OSError):
-        sys.exit(EXIT_PROBLEM)
-
-
-def read_preset(ref: str) -> dict:
-    """A preset by path, else by name among those shipped in specdec/configs (package data)."""
-    from .configs import preset, preset_names
-
-    path = Path(ref)
-    if not path.exists():
-        path = preset(ref)
-    if not path.is_file():
-        known = ", ".join(preset_names()) or "none"
-        raise FileNotFoundError(f"{ref}: no such preset file or shipped preset (shipped: {known}).")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML ({e}).") from e
-    unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes", "speculation"}
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
-                         "max_context, speculation, name, notes.")
-    return data
-
-
-# -- what was loaded --------------------------------------------------------------------------
-def banner(lm, args=None) -> str:
-    from offload.budget import format_size
-
-    t = lm.target
-    lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
-    if t.description:
-        lines.append(f"  {t.description}")
-    plan = lm.plan
-    if plan is not None:
-        n = len(plan.pinned) + len(plan.streamed)
-        where = (f"{len(plan.pinned)}/{n} layers pinned in RAM, {len(plan.streamed)} streamed from "
-                 f"disk ({format_size(plan.streamed_bytes_per_pass)} read per pass, ring of "
-                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
-        lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
-                     f"{where}")
-        lines.append(f"  planned: resident {format_size(plan.resident_bytes)}, draft "
-                     f"{format_size(plan.draft_bytes)}, KV {format_size(plan.kv_target_bytes + plan.kv_draft_bytes)}"
-                     f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
-    else:
-        lines.append("  target fully in RAM (no --ram given)")
-    draft = "none (plain decoding)"
-    if lm.draft is not None:  # a self-draft's path is the target's: its description says more
-        is_self = lm.draft.description.startswith("self-draft")
-        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
-    lines.append(f"  draft: {draft}")
-    return "\n".join(lines)
-
-
-def _budget_source(plan, args) -> str:
-    if args is not None and args.ram:
-        return "--ram"
-    preset = getattr(args, "preset", None) or {}
-    if preset.get("ram"):
-        return f"preset {args.config}"
-    if args is not None and not (args.target or preset.get("target")):
-        return "the demo's default; change it with --ram"
-    return plan.budget_reason
-
-
-def _speculation_text(lm) -> str:
-    return lm.engine.strategy.describe()
-
-
 # -- commands ---------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from .chat_repl import ChatSession, ChatSettings, LineReader
@@ -379,39 +248,6 @@ def cmd_info(args) -> int:
         if lm.plan is not None:
             print(plan_text(lm.plan))
     return EXIT_OK
-
-
-def plan_text(plan) -> str:
-    from offload.budget import format_size
-
-    rows = [("pinned layers", _ranges(plan.pinned), format_size(plan.pinned_bytes)),
-            ("streamed layers", _ranges(plan.streamed),
-             f"{format_size(plan.streamed_bytes_per_pass)} per pass"),
-            ("ring buffers", str(plan.ring_size), format_size(plan.ring_bytes)),
-            ("resident (embeddings, norms, head)", "", format_size(plan.resident_bytes)),
-            ("draft", "", format_size(plan.draft_bytes)),
-            ("KV caches", f"{plan.max_context} tokens", format_size(plan.kv_target_bytes + plan.kv_draft_bytes)),
-            ("overhead allowance", "", format_size(plan.overhead_bytes)),
-            ("total planned", "", format_size(plan.total_bytes)),
-            ("budget", "", format_size(plan.budget_bytes)),
-            ("smallest budget that works", "", format_size(plan.minimum_bytes))]
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    return "RAM plan (MB = 10^6 bytes):\n" + "\n".join(
-        f"  {a:<{w0}}  {b:<{w1}}  {c:>10}" for a, b, c in rows)
-
-
-def _ranges(ids) -> str:
-    """(0, 1, 2, 5, 6) -> '0-2, 5-6'; () -> 'none'."""
-    ids = sorted(ids)
-    if not ids:
-        return "none"
-    spans, start = [], ids[0]
-    for prev, cur in zip(ids, ids[1:] + [None]):
-        if cur != prev + 1 if cur is not None else True:
-            spans.append(f"{start}-{prev}" if prev != start else str(start))
-            start = cur
-    return ", ".join(spans)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-EXIT_ERROR, EXIT_USAGE = 1, 2  # cli.py's convention: 1 bad input, 2 usage
+from .exit_codes import EXIT_PROBLEM, EXIT_USAGE
 
 
 def add_offload_commands(subparsers) -> None:
@@ -138,7 +138,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _fail(e: BaseException) -> int:
     print(f"specdec: error: {e}", file=sys.stderr)
-    return EXIT_ERROR
+    return EXIT_PROBLEM
 
 
 def cmd_pack(args) -> int:

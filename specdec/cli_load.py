@@ -1,0 +1,90 @@
+"""From parsed command-line arguments to a loaded decoder: presets, hub ids, the demo pair,
+and packing a checkpoint in a child process before it streams."""
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+from .exit_codes import EXIT_PROBLEM
+
+
+def load_from_args(args):
+    import specdec
+
+    from .hub import resolve
+
+    preset = getattr(args, "preset", None) or {}
+    target = args.target or preset.get("target")
+    draft = args.draft or preset.get("draft")
+    kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
+                  max_context=args.max_context or preset.get("max_context"), k=args.k,
+                  cache_dir=args.cache_dir, progress=True,
+                  speculation=args.speculation or preset.get("speculation"),
+                  tree_nodes=args.tree_nodes, tree_width=args.tree_width)
+    if target is None:
+        from .demo_model import ensure_demo_gguf
+
+        _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
+        return specdec.load(draft=draft if draft == "self" else resolve(draft), **kwargs)
+    target = resolve(target)
+    if kwargs["ram"] is not None:
+        _pack_in_child(target, args.dtype, args.cache_dir)
+    return specdec.load(target, draft=draft if draft == "self" else resolve(draft), **kwargs)
+
+
+def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
+    """Pack a checkpoint that is about to stream into its store in a child process, when the
+    store is not there yet: packing dequantizes the whole model, and memory it frees stays in
+    this process's RSS, so the first session would report RAM above the budget it keeps to."""
+    import multiprocessing
+
+    from offload.format import is_store, looks_like_store
+
+    from .session import packed_store_path
+
+    if not src.is_file() and not (src.is_dir() and not looks_like_store(src)):
+        return  # a store already (maybe a damaged one), or not there: load() reports that
+    if is_store(packed_store_path(src, dtype, cache_dir)):
+        return
+    child = multiprocessing.get_context("spawn").Process(
+        target=_pack_quietly, args=(src, dtype, cache_dir), name="specdec-pack")
+    child.start()
+    try:
+        child.join()
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    # A failed child leaves no store; load() then packs in-process and reports the error.
+
+
+def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
+    """The child's work. A bad checkpoint exits quietly: load() then meets the same problem
+    in this process and reports it as one line, instead of a child's traceback."""
+    from .session import packed_store
+
+    try:
+        packed_store(src, dtype, cache_dir, True)
+    except (ValueError, OSError):
+        sys.exit(EXIT_PROBLEM)
+
+
+def read_preset(ref: str) -> dict:
+    """A preset by path, else by name among those shipped in specdec/configs (package data)."""
+    from .configs import preset, preset_names
+
+    path = Path(ref)
+    if not path.exists():
+        path = preset(ref)
+    if not path.is_file():
+        known = ", ".join(preset_names()) or "none"
+        raise FileNotFoundError(f"{ref}: no such preset file or shipped preset (shipped: {known}).")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid TOML ({e}).") from e
+    unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes", "speculation"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
+                         "max_context, speculation, name, notes.")
+    return data

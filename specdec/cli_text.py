@@ -1,0 +1,78 @@
+"""What the commands print about a loaded decoder: the banner and the RAM plan table."""
+from __future__ import annotations
+
+
+def banner(lm, args=None) -> str:
+    from offload.budget import format_size
+
+    t = lm.target
+    lines = [f"specdec: target {t.path} ({t.args.model_type}, {t.args.num_layers} layers)"]
+    if t.description:
+        lines.append(f"  {t.description}")
+    plan = lm.plan
+    if plan is not None:
+        n = len(plan.pinned) + len(plan.streamed)
+        where = (f"{len(plan.pinned)}/{n} layers pinned in RAM, {len(plan.streamed)} streamed from "
+                 f"disk ({format_size(plan.streamed_bytes_per_pass)} read per pass, ring of "
+                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
+        lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
+                     f"{where}")
+        lines.append(f"  planned: resident {format_size(plan.resident_bytes)}, draft "
+                     f"{format_size(plan.draft_bytes)}, KV {format_size(plan.kv_target_bytes + plan.kv_draft_bytes)}"
+                     f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
+    else:
+        lines.append("  target fully in RAM (no --ram given)")
+    draft = "none (plain decoding)"
+    if lm.draft is not None:  # a self-draft's path is the target's: its description says more
+        is_self = lm.draft.description.startswith("self-draft")
+        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
+    lines.append(f"  draft: {draft}")
+    return "\n".join(lines)
+
+
+def _budget_source(plan, args) -> str:
+    if args is not None and args.ram:
+        return "--ram"
+    preset = getattr(args, "preset", None) or {}
+    if preset.get("ram"):
+        return f"preset {args.config}"
+    if args is not None and not (args.target or preset.get("target")):
+        return "the demo's default; change it with --ram"
+    return plan.budget_reason
+
+
+def _speculation_text(lm) -> str:
+    return lm.engine.strategy.describe()
+
+
+def plan_text(plan) -> str:
+    from offload.budget import format_size
+
+    rows = [("pinned layers", _ranges(plan.pinned), format_size(plan.pinned_bytes)),
+            ("streamed layers", _ranges(plan.streamed),
+             f"{format_size(plan.streamed_bytes_per_pass)} per pass"),
+            ("ring buffers", str(plan.ring_size), format_size(plan.ring_bytes)),
+            ("resident (embeddings, norms, head)", "", format_size(plan.resident_bytes)),
+            ("draft", "", format_size(plan.draft_bytes)),
+            ("KV caches", f"{plan.max_context} tokens", format_size(plan.kv_target_bytes + plan.kv_draft_bytes)),
+            ("overhead allowance", "", format_size(plan.overhead_bytes)),
+            ("total planned", "", format_size(plan.total_bytes)),
+            ("budget", "", format_size(plan.budget_bytes)),
+            ("smallest budget that works", "", format_size(plan.minimum_bytes))]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "RAM plan (MB = 10^6 bytes):\n" + "\n".join(
+        f"  {a:<{w0}}  {b:<{w1}}  {c:>10}" for a, b, c in rows)
+
+
+def _ranges(ids) -> str:
+    """(0, 1, 2, 5, 6) -> '0-2, 5-6'; () -> 'none'."""
+    ids = sorted(ids)
+    if not ids:
+        return "none"
+    spans, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1 if cur is not None else True:
+            spans.append(f"{start}-{prev}" if prev != start else str(start))
+            start = cur
+    return ", ".join(spans)
