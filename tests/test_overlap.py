@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -330,31 +329,13 @@ def test_overlap_is_a_speculation_mode_with_its_stats_in_the_dict(pair):
 def test_real_ctrl_c_at_random_moments_leaves_a_correct_decoder(pair, expected, monkeypatch):
     """SIGINT lands wherever the main thread is: in a draft forward inside a layer wait, in
     the re-rooting, in a pass. After each, the decoder still gives the reference output."""
-    import random
-    import signal
+    from interrupts import ctrl_c_storm
 
     slow_layer_reads(monkeypatch, 0.005)
     lm = streamed(pair)
     started = time.perf_counter()
     assert lm.generate(PROMPT, max_new_tokens=16).token_ids == expected[tuple(PROMPT)][:16]
     duration = time.perf_counter() - started
-    rng = random.Random(0)
-    interrupted = 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    for i in range(8):
-        prompt = OTHER if i % 2 else PROMPT
-        timer = threading.Timer(rng.uniform(0.05, 0.9) * duration,
-                                lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
-        try:
-            timer.start()
-            lm.generate(prompt, max_new_tokens=16)
-            timer.join()
-        except KeyboardInterrupt:
-            interrupted += 1
-        finally:
-            timer.cancel()
-            timer.join()
-        assert lm.generate(prompt, max_new_tokens=16).token_ids == expected[tuple(prompt)][:16], i
-    assert interrupted >= 3
+    assert ctrl_c_storm(lm, [PROMPT, OTHER], expected, duration, rounds=8) >= 3
     lm.close()
     assert _reader_threads() == []

@@ -8,7 +8,6 @@ import errno
 import io
 import random
 import re
-import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 import specdec
+from interrupts import ctrl_c_storm
 from offload import format as fmt
 from offload.budget import BudgetError
 from offload.format import verify
@@ -185,24 +185,8 @@ def test_real_ctrl_c_at_random_moments_of_generate_leaves_a_correct_decoder(pair
     started = time.perf_counter()
     assert lm.generate(PROMPT, max_new_tokens=16).token_ids == expected[tuple(PROMPT)]
     duration = time.perf_counter() - started
-    rng = random.Random(0)
-    interrupted = 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    for i in range(10):
-        prompt = OTHER if i % 2 else PROMPT
-        timer = threading.Timer(rng.uniform(0.05, 0.9) * duration,
-                                lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
-        try:
-            timer.start()
-            lm.generate(prompt, max_new_tokens=16, temperature=0.0)
-            timer.join()
-        except KeyboardInterrupt:
-            interrupted += 1
-        finally:
-            timer.cancel()
-            timer.join()
-        assert lm.generate(prompt, max_new_tokens=16).token_ids == expected[tuple(prompt)], i
-    assert interrupted >= 3  # most signals landed mid-generation
+    # most signals land mid-generation
+    assert ctrl_c_storm(lm, [PROMPT, OTHER], expected, duration, rounds=10) >= 3
     lm.close()
     assert _reader_threads() == []
 

@@ -1,0 +1,30 @@
+"""Real Ctrl-C at random moments: shared by the runtime and overlap reliability tests."""
+import random
+import signal
+import threading
+
+
+def ctrl_c_storm(lm, prompts: list[list[int]], expected: dict, duration: float, rounds: int,
+                 new_tokens: int = 16, seed: int = 0) -> int:
+    """SIGINT (its default handler: KeyboardInterrupt wherever the main thread is) at a random
+    moment of each of `rounds` generations, the prompts taken in turn; after each the decoder
+    must give `expected[tuple(prompt)][:new_tokens]`. `duration`: seconds one generation takes.
+    Returns how many signals interrupted a generation."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    rng = random.Random(seed)
+    interrupted = 0
+    for i in range(rounds):
+        prompt = prompts[i % len(prompts)]
+        timer = threading.Timer(rng.uniform(0.05, 0.9) * duration,
+                                lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+        try:
+            timer.start()
+            lm.generate(prompt, max_new_tokens=new_tokens)
+            timer.join()
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            timer.cancel()
+            timer.join()
+        assert lm.generate(prompt, max_new_tokens=new_tokens).token_ids == expected[tuple(prompt)][:new_tokens], i
+    return interrupted
