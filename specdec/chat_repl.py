@@ -255,7 +255,7 @@ class ChatSession:
             self._say("usage: /load FILE")
             return
         try:
-            settings, messages = read_conversation(Path(path).expanduser())
+            settings, messages = read_conversation(Path(path).expanduser(), self.settings)
         except (OSError, ValueError) as e:
             self._say(f"/load: {e}")
             return
@@ -364,8 +364,9 @@ def _valid_setting(value, entry) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool) and ok(value)
 
 
-def read_conversation(path: Path) -> tuple[ChatSettings, list[dict]]:
-    """Settings and messages from a /save file, checked; ValueError names what is wrong."""
+def read_conversation(path: Path, defaults: ChatSettings | None = None) -> tuple[ChatSettings, list[dict]]:
+    """Settings and messages from a /save file, checked; ValueError names what is wrong.
+    Settings the file lacks (one saved by an older specdec) keep their `defaults`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -388,7 +389,7 @@ def read_conversation(path: Path) -> tuple[ChatSettings, list[dict]]:
         entry = next((e for key, e in SETTABLE.items() if e[0] == name), None)
         if entry is not None and not _valid_setting(value, entry):
             raise ValueError(f"{path}: setting {name} = {value!r} is not {entry[3]}")
-    settings = ChatSettings(**raw)
+    settings = ChatSettings(**{**asdict(defaults or ChatSettings()), **raw})
     system = next((m["content"] for m in messages[:1] if m["role"] == "system"), None)
     settings.system = system
     return settings, [dict(role=m["role"], content=m["content"]) for m in messages]

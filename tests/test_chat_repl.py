@@ -100,6 +100,11 @@ def test_load_rejects_files_that_are_not_conversations(lm, tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match=expected):
             read_conversation(bad)
+    # A file from before the repetition penalty keeps the session's penalty settings.
+    old = tmp_path / "old.json"
+    old.write_text('{"format": "specdec-chat", "messages": [], "settings": {"temperature": 0.3}}')
+    settings, _ = read_conversation(old, ChatSettings(repetition_penalty=1.1, repetition_window=32))
+    assert (settings.temperature, settings.repetition_penalty, settings.repetition_window) == (0.3, 1.1, 32)
     chat, _, err = session(lm)
     chat.command(f"/load {tmp_path / 'missing.json'}")
     assert "/load:" in err.getvalue()  # said, and the chat goes on
