@@ -436,8 +436,6 @@ def _write_json(path: Path, data: dict) -> None:
     fsync_path(path)
 
 
-
-
 # ---- sources -------------------------------------------------------------------------------
 
 def target_source(gguf_path: str | Path | None = None, model=None) -> Source:
