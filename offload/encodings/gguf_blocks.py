@@ -28,6 +28,7 @@ BLOCK_WEIGHTS = {"Q4_0": 32, "Q4_1": 32, "Q4_K": QK_K, "Q8_0": 32, "Q5_0": 32, "
                  "Q5_K": QK_K}
 FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")            # codes 0..15: q4
 EIGHT_BIT = ("Q8_0", "Q5_0", "Q5_1", "Q5_K")   # codes 0..255 (Q5: 0..31): q8's two planes
+KEPT_AS = {"q4": FOUR_BIT, "q8": EIGHT_BIT}     # our encoding -> the GGUF types it keeps exactly
 
 
 def _blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarray:
@@ -60,6 +61,14 @@ def _q4k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sc = np.concatenate([d & 0x3F, (m_d & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
     mn = np.concatenate([m & 0x3F, (m_d >> 4) | ((m >> 2) & 0x30)], axis=-1)
     return sc.reshape(-1, 8), mn.reshape(-1, 8)
+
+
+def decode_for(encoding: str, raw: np.ndarray, qtype: str, shape: tuple[int, int]):
+    """`decode`, for a GGUF type that `encoding` ("q4" or "q8") keeps exactly; else ValueError."""
+    kept = KEPT_AS[encoding]
+    if qtype not in kept:
+        raise ValueError(f"{encoding} keeps GGUF {', '.join(kept)} exactly, not {qtype}")
+    return decode(raw, qtype, shape)
 
 
 def decode(raw: np.ndarray, qtype: str, shape: tuple[int, int]):

@@ -35,7 +35,7 @@ from .from_float import Encoded
 from .q4 import Q4Weight, UnsupportedShape
 from .q8 import Q8Weight
 
-EXACT = {**{t: "q4" for t in gguf_blocks.FOUR_BIT}, **{t: "q8" for t in gguf_blocks.EIGHT_BIT}}
+EXACT = {t: encoding for encoding, kept in gguf_blocks.KEPT_AS.items() for t in kept}
 CONVERTED = {**{t: "q8" for t in ("Q6_K", "IQ4_NL", "IQ4_XS", "MXFP4")},
              **{t: "q4" for t in ("Q2_K", "Q3_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                                   "IQ3_XXS", "IQ3_S", "TQ1_0", "TQ2_0")}}

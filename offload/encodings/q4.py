@@ -118,9 +118,7 @@ class Q4Weight:
                   scale_dtype: torch.dtype = torch.bfloat16) -> "Q4Weight":
         """Raw GGUF blocks of Q4_0, Q4_1 or Q4_K for an [N, K] weight, kept exactly."""
         from . import gguf_blocks
-        if qtype not in gguf_blocks.FOUR_BIT:
-            raise ValueError(f"q4 keeps GGUF {', '.join(gguf_blocks.FOUR_BIT)} exactly, not {qtype}")
-        codes, scale, zero = gguf_blocks.decode(raw, qtype, shape)
+        codes, scale, zero = gguf_blocks.decode_for("q4", raw, qtype, shape)
         return cls.from_codes(codes, scale, zero, gguf_blocks.GROUP, scale_dtype)
 
     @classmethod

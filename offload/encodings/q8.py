@@ -62,9 +62,7 @@ class Q8Weight:
     def from_gguf(cls, raw: np.ndarray, qtype: str, shape: tuple[int, int],
                   scale_dtype: torch.dtype = torch.bfloat16) -> "Q8Weight":
         from . import gguf_blocks
-        if qtype not in gguf_blocks.EIGHT_BIT:
-            raise ValueError(f"q8 keeps GGUF {', '.join(gguf_blocks.EIGHT_BIT)} exactly, not {qtype}")
-        codes, scale, zero = gguf_blocks.decode(raw, qtype, shape)
+        codes, scale, zero = gguf_blocks.decode_for("q8", raw, qtype, shape)
         return cls.from_codes(codes, scale, zero, gguf_blocks.GROUP, scale_dtype)
 
     @classmethod
