@@ -43,6 +43,19 @@ class ChatSettings:
     repetition_penalty: float = 1.0
     repetition_window: int = 64
 
+    @classmethod
+    def from_args(cls, args) -> "ChatSettings":
+        """From `specdec chat` / `generate` options (generate has no --system)."""
+        return cls(getattr(args, "system", None), args.max_new_tokens, args.temperature, args.top_p,
+                   args.top_k, args.seed, args.repetition_penalty, args.repetition_window)
+
+    def generation(self) -> dict:
+        """The keyword arguments of SpecDecoder.stream_ids these settings stand for."""
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                    top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+                    repetition_penalty=self.repetition_penalty,
+                    repetition_window=self.repetition_window)
+
 
 # /set NAME VALUE: the name users type -> (field, parser, check, what a valid value is)
 SETTABLE = {
@@ -278,16 +291,11 @@ class ChatSession:
         if ids is None:
             self.messages.pop()
             return
-        s = self.settings
         pieces: list[str] = []
         timing = ReplyTiming.start()
         interrupted = False
         try:
-            for piece, new in self.lm.stream_ids(ids, max_new_tokens=s.max_new_tokens,
-                                                 temperature=s.temperature, top_p=s.top_p,
-                                                 top_k=s.top_k, seed=s.seed,
-                                                 repetition_penalty=s.repetition_penalty,
-                                                 repetition_window=s.repetition_window):
+            for piece, new in self.lm.stream_ids(ids, **self.settings.generation()):
                 if new:
                     timing.saw_tokens()
                 if piece:

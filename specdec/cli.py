@@ -184,14 +184,14 @@ def cmd_chat(args) -> int:
         if interactive:
             print("type /help for commands, \"\"\" for a multi-line message; "
                   "RAM on the stats line is this process's RSS in MB (10^6 bytes)", file=sys.stderr)
-        settings = ChatSettings(args.system, args.max_new_tokens, args.temperature, args.top_p,
-                                args.top_k, args.seed, args.repetition_penalty, args.repetition_window)
+        settings = ChatSettings.from_args(args)
         reader = LineReader(interactive, cache_root(args.cache_dir) / "chat_history")
         ChatSession(lm, settings).run(reader)
     return EXIT_OK
 
 
 def cmd_generate(args) -> int:
+    from .chat_repl import ChatSettings
     from .reply_stats import MARKERS, ReplyTiming, summary_line
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -206,11 +206,7 @@ def cmd_generate(args) -> int:
         text, token_ids, timing = [], [], ReplyTiming.start()
         interrupted = False
         try:
-            for piece, new in lm.stream_ids(ids, max_new_tokens=args.max_new_tokens,
-                                            temperature=args.temperature, top_p=args.top_p,
-                                            top_k=args.top_k, seed=args.seed,
-                                            repetition_penalty=args.repetition_penalty,
-                                            repetition_window=args.repetition_window):
+            for piece, new in lm.stream_ids(ids, **ChatSettings.from_args(args).generation()):
                 if new:
                     timing.saw_tokens()
                 token_ids.extend(new)
