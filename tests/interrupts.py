@@ -1,4 +1,5 @@
-"""Real Ctrl-C at random moments: shared by the runtime and overlap reliability tests."""
+"""Failures mid-generation (a real Ctrl-C at random moments, a disk that fails): shared by the
+runtime and overlap reliability tests."""
 import random
 import signal
 import threading
@@ -28,3 +29,21 @@ def ctrl_c_storm(lm, prompts: list[list[int]], expected: dict, duration: float, 
             timer.join()
         assert lm.generate(prompt, max_new_tokens=new_tokens).token_ids == expected[tuple(prompt)][:new_tokens], i
     return interrupted
+
+
+def generate_error(lm, prompt: list[int], new_tokens: int, timeout: float = 60.0) -> BaseException | None:
+    """Run one generation in a thread; it must end (not hang) within `timeout` seconds.
+    Returns what it raised (None if it finished)."""
+    result = {}
+
+    def call():
+        try:
+            lm.generate(prompt, max_new_tokens=new_tokens)
+        except BaseException as e:  # noqa: BLE001 - returned to the test
+            result["error"] = e
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join(timeout=timeout)
+    assert not worker.is_alive(), "generate hung after an I/O error"
+    return result.get("error")

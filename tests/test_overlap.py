@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import specdec
+from interrupts import ctrl_c_storm, generate_error
 from offload.reader import DirectReader
 from specdec.bench import soak
 from specdec.speculate.growing_tree import GrowingTree
@@ -231,20 +232,8 @@ def test_io_error_mid_pass_while_the_draft_grows(pair, expected, monkeypatch):
     fail_from = [6]
     slow_layer_reads(monkeypatch, 0.01, fail_from)
     idle_before = weights.stats.idle_seconds
-    result = {}
-
-    def call():
-        try:
-            result["out"] = lm.generate(OTHER, max_new_tokens=NEW)
-        except BaseException as e:  # noqa: BLE001 - inspected below
-            result["error"] = e
-
-    worker = threading.Thread(target=call)
-    worker.start()
-    worker.join(timeout=60)
-    assert not worker.is_alive(), "generate hung after an I/O error"
-    error = result.get("error")
-    assert isinstance(error, OSError) and error.errno == errno.EIO, result
+    error = generate_error(lm, OTHER, NEW)
+    assert isinstance(error, OSError) and error.errno == errno.EIO, error
     assert weights.stats.idle_seconds > idle_before  # the draft was growing in the waits
     assert _reader_threads() == []
     assert threading.active_count() == threads - 1  # the prefetch thread is gone, nothing else
@@ -329,8 +318,6 @@ def test_overlap_is_a_speculation_mode_with_its_stats_in_the_dict(pair):
 def test_real_ctrl_c_at_random_moments_leaves_a_correct_decoder(pair, expected, monkeypatch):
     """SIGINT lands wherever the main thread is: in a draft forward inside a layer wait, in
     the re-rooting, in a pass. After each, the decoder still gives the reference output."""
-    from interrupts import ctrl_c_storm
-
     slow_layer_reads(monkeypatch, 0.005)
     lm = streamed(pair)
     started = time.perf_counter()

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import specdec
-from interrupts import ctrl_c_storm
+from interrupts import ctrl_c_storm, generate_error
 from offload import format as fmt
 from offload.budget import BudgetError
 from offload.format import verify
@@ -120,20 +120,8 @@ def test_io_error_mid_pass_reaches_caller_and_next_call_works(pair, expected, mo
 
     monkeypatch.setattr(DirectReader, "read_file", flaky)
     fmt.forget_verified()  # (checksums are checked again: the store must still be intact)
-    result = {}
-
-    def call():
-        try:
-            result["out"] = lm.generate(OTHER, max_new_tokens=16)
-        except BaseException as e:  # noqa: BLE001 - inspected below
-            result["error"] = e
-
-    worker = threading.Thread(target=call)
-    worker.start()
-    worker.join(timeout=60)
-    assert not worker.is_alive(), "generate hung after an I/O error"
-    error = result.get("error")
-    assert isinstance(error, OSError) and error.errno == errno.EIO, result
+    error = generate_error(lm, OTHER, 16)
+    assert isinstance(error, OSError) and error.errno == errno.EIO, error
     assert "layer_" in str(error)  # names the file
     assert _reader_threads() == []  # the prefetch thread and its read pool stopped
     assert proc.num_fds() <= fds
