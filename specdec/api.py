@@ -7,6 +7,7 @@ from typing import Iterator
 
 import torch
 
+from . import compute
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
@@ -43,7 +44,8 @@ class SpecDecoder:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
-                             tree_nodes, tree_width, getattr(target.model.weights, "stats", None))
+                             tree_nodes, tree_width, getattr(target.model.weights, "stats", None),
+                             compute.pass_profile(target.model))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
@@ -230,20 +232,24 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
 
 def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k: int | None,
               speculation: str, tree_nodes: int | None, tree_width: int,
-              source_stats=None) -> Strategy:
+              source_stats=None, profile=None) -> Strategy:
     """The speculation strategy for these settings (validated even when there is no draft).
     `source_stats`: the target's stream stats (None in RAM), for the overlapped tree's cost
-    model."""
+    model. `profile`: the target's pass-time curve from the kernel probe (specdec.compute),
+    which the cost models start from."""
     if speculation not in SPECULATION_MODES:
         raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
-    policy = DraftLengthPolicy(k)
+    seconds = profile.seconds if profile is not None else None
+    policy = DraftLengthPolicy(k, profile=seconds)
     tree = _tree_settings(tree_nodes, tree_width)
     if draft is None:
         return Plain()
     drafter = Drafter(draft.model, max_context, target_vocab)
     if speculation == "overlap":
-        return Overlap(drafter, tree, source_stats=source_stats)
-    return Tree(drafter, tree) if speculation == "tree" else Chain(drafter, policy)
+        return Overlap(drafter, tree, source_stats=source_stats, profile=seconds)
+    if speculation == "tree":
+        return Tree(drafter, tree, profile=seconds)
+    return Chain(drafter, policy)
 
 
 def _tree_settings(nodes: int | None, width: int) -> TreeSettings:

@@ -27,7 +27,20 @@ def banner(lm, args=None) -> str:
         is_self = lm.draft.description.startswith("self-draft")
         draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
     lines.append(f"  draft: {draft}")
+    lines.append(f"  compute: {kernels_text(t.model.dtype)}")
     return "\n".join(lines)
+
+
+def kernels_text(dtype) -> str:
+    """'bf16 activations on AVX2 (no bf16 instructions); matmuls: bf16: native at 1, ...'"""
+    from . import compute
+
+    m = compute.machine()
+    bf16 = "bf16 instructions" if m["bf16_instructions"] else "no bf16 instructions"
+    policy = compute.active()
+    how = policy.summary() if policy.timings else "F.linear (reference kernels)"
+    return (f"{str(dtype).removeprefix('torch.')} activations on {m['isa']} ({bf16}); "
+            f"matmuls: {how}; q4/q8: torch's int4 kernel")
 
 
 def _budget_source(plan, args) -> str:

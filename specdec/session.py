@@ -20,7 +20,7 @@ from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .model import Transformer
-from . import self_draft
+from . import compute, self_draft
 from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -31,7 +31,7 @@ FLOAT_DTYPES = ("bfloat16", "float32")
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
-         tree_nodes: int | None = None, tree_width: int = 4) -> SpecDecoder:
+         tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
@@ -54,7 +54,11 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
+    kernels: "auto" (default, or $SPECDEC_KERNELS): the fastest matmul path per weight kind
+        and token count on this CPU, timed once per machine (~3 s) and cached in cache_dir
+        (specdec/compute.py); "reference": F.linear everywhere, as transformers computes.
     """
+    install_kernels(kernels, cache_dir, progress)
     # Chain unless asked otherwise, whether or not `k` is given (`k` sizes chain drafts only).
     spec = dict(speculation=DEFAULT_SPECULATION if speculation is None else speculation,
                 tree_nodes=tree_nodes, tree_width=tree_width)
@@ -82,6 +86,27 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     store_path = packed_store(target, pack_dtype, cache_dir, progress)
     origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
     return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin, **streamed)
+
+
+KERNEL_CHOICES = ("auto", "reference")
+
+
+def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) -> compute.Policy:
+    """Make every linear() of this process use the `kernels` policy (see load())."""
+    choice = kernels or os.environ.get("SPECDEC_KERNELS") or "auto"
+    if choice not in KERNEL_CHOICES:
+        where = "kernels" if kernels else "$SPECDEC_KERNELS"
+        raise ValueError(f"{where}={choice!r}: use one of {', '.join(KERNEL_CHOICES)} ('auto' times "
+                         "this CPU's matmul paths once and uses the fastest; 'reference' is F.linear)")
+    if choice == "reference":
+        policy = compute.Policy.reference()
+    elif compute.active().timings:  # probed already in this process
+        policy = compute.active()
+    else:
+        from .demo_model import cache_root
+        policy = compute.load_or_probe(cache_root(cache_dir), progress=progress)
+    compute.use(policy)
+    return policy
 
 
 def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: torch.dtype,

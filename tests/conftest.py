@@ -1,12 +1,17 @@
 """Tiny random models built with transformers' config classes, saved to temp dirs."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 # Tiny models gain nothing from a second thread, and with another process busy on the
 # other core torch's spinning threads slow down ~10x: one thread keeps tests steady.
 torch.set_num_threads(1)
+# Matmuls as transformers computes them (F.linear), whatever this CPU's fastest path is, so a
+# result never depends on a timing probe; tests/test_compute.py checks the probed paths.
+os.environ.setdefault("SPECDEC_KERNELS", "reference")
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)

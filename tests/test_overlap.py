@@ -157,7 +157,8 @@ def test_greedy_overlap_in_ram_equals_plain_decoding(pair, expected, size):
         for prompt in (PROMPT, OTHER, PROMPT):
             out = lm.generate(prompt, max_new_tokens=NEW)
             assert out.token_ids == expected[tuple(prompt)], (d.name, prompt)
-        assert out.stats.accepted > 0
+        if size is not None:  # adaptive sizes may rightly decide drafting does not pay here
+            assert out.stats.accepted > 0
 
 
 def test_greedy_overlap_streamed_equals_plain_decoding(pair, expected, monkeypatch):

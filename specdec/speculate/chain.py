@@ -43,7 +43,7 @@ class Chain(Strategy):
             n, nxt = accept_greedy(drafts, logits)
         else:
             n, nxt = accept_sampled(drafts, q, probs_from_logits(logits, step.params), step.generator)
-        if k > 0 and n_uncached == 1:  # a prefill pass would distort the pass-time estimate
+        if n_uncached == 1:  # a prefill pass would distort the pass-time estimate
             self.policy.update(k, n, pass_seconds, self.draft_seconds.value, tokens=k + 1)
         return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k,
                        size=k if k > 0 else None)
@@ -87,26 +87,36 @@ class Chain(Strategy):
 
 
 class DraftLengthPolicy:
-    """Chooses k to maximise expected tokens per second.
+    """Chooses k to maximise expected tokens per second, k = 0 (plain decoding) included.
 
     With per-token acceptance a, a pass with k drafts yields E(k) = (1 - a^(k+1)) / (1 - a)
     tokens and costs T_target(k + 1) + k * T_draft. We estimate a from (accepted, rejected)
-    counts with exponential forgetting, T_target(n) = a0 + b * n from measured passes
-    (speculate/pass_time.py: the slope is what makes long chains dear on q4 weights, whose
-    passes are compute-bound from ~16 tokens) and T_draft from measured times (EMA), and pick
-    the k in [1, k_max] with the best E(k) / cost. A fixed k skips all this.
+    counts with exponential forgetting, T_target(n) from measured passes on top of the probe's
+    kernel curve for this CPU (speculate/pass_time.py: on q4 weights, or bf16 without bf16
+    instructions, the matmuls grow with the tokens and long chains get dear) and T_draft from
+    measured times (EMA), and pick the k in [0, k_max] with the best E(k) / cost. When k = 0
+    wins, drafting does not pay on this machine at this acceptance: the chain decodes plainly
+    (never slower than plain) and re-checks with one drafted pass every `recheck_every`
+    passes, since acceptance and costs move. A fixed k skips all this.
     """
 
-    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9):
+    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9,
+                 profile=None, recheck_every: int = 8):
         if k is not None and not (isinstance(k, int) and k >= 0):
             raise ValueError(f"k must be an integer >= 0 (0 = plain decoding), got {k!r}")
         self.fixed = k
         self.k_max = k_max
-        self.k = k if k is not None else k_start
         self.decay = decay
         self.accepted = 1.0  # weak prior: a = 0.5
         self.rejected = 1.0
-        self.pass_time = PassTimeFit()
+        self.pass_time = PassTimeFit(profile=profile)
+        self.recheck_every = recheck_every
+        self._plain_passes = 0  # consecutive passes at k = 0 since drafting last ran
+        self._best_positive = k_start
+        self.k = k if k is not None else k_start
+        if k is None and profile is not None:
+            # First passes sized by this CPU's kernel curve (draft cost unknown yet: 0).
+            self.k = max(1, self.best_k(self.acceptance, self.pass_time.seconds, 0.0))
 
     @property
     def acceptance(self) -> float:
@@ -125,15 +135,28 @@ class DraftLengthPolicy:
             self.rejected = self.decay * self.rejected + (1 if accepted < drafted else 0)
         self.pass_time.observe(drafted + 1 if tokens is None else tokens, target_seconds)
         if self.fixed is None:
-            self.k = self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds)
+            self.k = self._next_k(drafted, draft_seconds)
         return self.k
 
-    def best_k(self, a: float, t_target, t_draft: float) -> int:
+    def _next_k(self, drafted: int, draft_seconds: float) -> int:
+        best = self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds)
+        if best > 0:
+            self._plain_passes = 0
+            self._best_positive = best
+            return best
+        self._plain_passes = 0 if drafted else self._plain_passes + 1
+        if self._plain_passes >= self.recheck_every:  # look again: one drafted pass
+            self._plain_passes = 0
+            return max(1, self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds,
+                                      k_min=1))
+        return 0
+
+    def best_k(self, a: float, t_target, t_draft: float, k_min: int = 0) -> int:
         """t_target: seconds of a pass, a number (the same for every k) or a function of the
-        tokens it verifies (k + 1)."""
+        tokens it verifies (k + 1). k = 0 is plain decoding (no draft cost)."""
         a = min(a, 0.999)
         pass_seconds = t_target if callable(t_target) else (lambda n: t_target)
 
         def rate(k):
             return (1 - a ** (k + 1)) / (1 - a) / (pass_seconds(k + 1) + k * t_draft + 1e-9)
-        return max(range(1, self.k_max + 1), key=rate)
+        return max(range(k_min, self.k_max + 1), key=rate)

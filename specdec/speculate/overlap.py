@@ -36,6 +36,7 @@ from ..penalty import penalize
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
+from .gate import DraftGate
 from .growing_tree import GrowingTree
 from .tree import TreeSettings, draft_proposals, tree_feed
 from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
@@ -47,20 +48,22 @@ class _Pass:
     n_context: int         # uncached context tokens fed before the tree
     wait: float = 0.0      # seconds the pass waited for the disk (source stats)
     delay: float = 0.0     # seconds the pass's layers sat ready while a draft forward ended
+    drafting: bool = True  # the gate let the draft run this pass (speculate/gate.py)
 
 
 class Overlap(Strategy):
     name = "overlap"
 
     def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, source_stats=None,
-                 batch: int = 8, grow_limit: int = 1024, min_reach: float = 1e-4):
+                 batch: int = 8, grow_limit: int = 1024, min_reach: float = 1e-4, profile=None):
         """source_stats: the target weights source's stream stats (compute_wait_seconds,
         idle_delay_seconds), None for a target in RAM. grow_limit: forwarded nodes at most.
         min_reach: nodes less likely to be reached are not worth a draft forward."""
         self.drafter = drafter
         self.settings = settings or TreeSettings()
-        self.cost = TreeCostModel(self.settings.width)
+        self.cost = TreeCostModel(self.settings.width, profile=profile)
         self.passes = PassModel(self.cost)
+        self.gate = DraftGate()
         self.source_stats = source_stats
         self.batch, self.grow_limit, self.min_logp = batch, grow_limit, math.log(min_reach)
         self.ctx: list[int] = []        # the context tokens held by the draft cache's first slots
@@ -77,18 +80,23 @@ class Overlap(Strategy):
         if self._pending:  # the last pass failed: its counters belong to no outcome
             self._counters.clear()
         self._params = step.params
-        self._sync(step.context)
         n_ctx = len(step.uncached)
-        cap = min(self.settings.max_nodes, step.room - 1)
-        self._grow_before_pass(n_ctx, cap)
-        sent = self.tree.draft_tree(self._choose(n_ctx, cap))
+        drafting = self.settings.fixed or self.gate.should_draft()
+        if drafting:
+            self._sync(step.context)
+            cap = min(self.settings.max_nodes, step.room - 1)
+            self._grow_before_pass(n_ctx, cap)
+            sent = self.tree.draft_tree(self._choose(n_ctx, cap))
+        else:  # drafting does not pay here now: a plain pass; the draft catches up later
+            sent = DraftTree()
         n_tree = len(sent)
         feed, positions, mask = tree_feed(step, sent)
         self._counters["tree_nodes_sent"] += n_tree
         self._pending = True
         # On the budget's last token nothing grown now could be used.
-        return Plan(feed, positions, mask, num_logits=n_tree + 1, state=_Pass(sent, n_ctx),
-                    idle=self._idle if step.room > 1 else None)
+        return Plan(feed, positions, mask, num_logits=n_tree + 1,
+                    state=_Pass(sent, n_ctx, drafting=drafting),
+                    idle=self._idle if drafting and step.room > 1 else None)
 
     def pass_started(self, step: Step, plan: Plan) -> None:
         s = self.source_stats
@@ -114,6 +122,9 @@ class Overlap(Strategy):
         step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
         self._counters["pass_wait_seconds"] += p.wait
         self._counters["pass_idle_delay_seconds"] += p.delay
+        if p.drafting and p.n_context == 1:  # a decode pass that drafted: did it pay?
+            self.gate.observe(len(path) + 1, pass_seconds + self._counters["draft_seconds_critical"],
+                              self.passes.seconds(1))
         counters, self._counters = dict(self._counters), defaultdict(float)
         self._pending = False
         return Outcome([p.sent.tokens[i] for i in path] + [nxt], drafted=len(p.sent),

@@ -1,39 +1,55 @@
 """What a target pass costs as a function of the tokens it verifies, learned as we go.
 
-Fit as a + b * tokens (least squares over the last `history` passes). Both strategies size
-their speculation with it: the chain's k (DraftLengthPolicy) and the tree's node count
-(TreeCostModel). The slope matters: on a bf16 target streamed from disk a pass of 64 tokens
-costs about what 1 costs (the read dominates, b ~ 0), but on q4 weights the int4 kernel is
-compute-bound from ~16 tokens (DESIGN.md: 0.9x bf16 time at 16, 2-2.6x at 64-128), so b is
-large and speculating wide stops paying sooner. A pass size never tried is extrapolated from
-the line; until two sizes have been seen, a 256-token pass is assumed to cost twice a 1-token
-one (the bf16 regime), and the first differently sized pass corrects that.
+Both strategies size their speculation with it: the chain's k (DraftLengthPolicy) and the
+tree's node count (TreeCostModel). The slope is what matters and it depends on the CPU: on a
+bf16 target streamed from disk with bf16 instructions a pass of 64 tokens costs about what 1
+costs (the read dominates), but without them (AVX2), or on q4 weights (torch's int4 kernel),
+the matmuls grow with the tokens and speculating wide stops paying sooner.
+
+The fit is seconds(n) = a + b * c(n), least squares over the last `history` passes, where
+c(n) is the probe's estimate of the pass's matmul seconds at n tokens on this CPU
+(specdec.compute.Profile): b starts at 1 (the probe is right about the matmuls) and a is what
+the matmuls do not explain (the read not hidden behind them, attention, Python). So the very
+first passes are sized by this machine's measured kernel curve, not by a guess, and later
+passes by what they really cost. Without a profile (a model the probe cannot describe) c(n)
+is n and, until two sizes have been seen, a 256-token pass is assumed to cost twice a
+1-token one (the bf16-on-AVX512 regime) until the first differently sized pass corrects it.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 
 class PassTimeFit:
-    def __init__(self, history: int = 32):
+    def __init__(self, history: int = 32, profile: Callable[[int], float] | None = None):
         self.samples: list[tuple[int, float]] = []
         self.history = history
+        self.profile = profile
 
     def observe(self, tokens: int, seconds: float) -> None:
         self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
 
+    def x(self, tokens: int) -> float:
+        """The fit's abscissa: the probe's matmul seconds for `tokens`, or the tokens."""
+        return self.profile(tokens) if self.profile is not None else float(tokens)
+
     def seconds(self, tokens: int) -> float:
         a, b = self.fit()
-        return a + b * tokens
+        return a + b * self.x(tokens)
 
     def fit(self) -> tuple[float, float]:
-        """(a, b): seconds of a pass of n tokens = a + b * n."""
+        """(a, b): seconds of a pass of n tokens = a + b * x(n)."""
+        profiled = self.profile is not None
         if not self.samples:
-            return 1.0, 1.0 / 256
-        xs = [x for x, _ in self.samples]
+            return (self.x(1), 1.0) if profiled else (1.0, 1.0 / 256)
+        xs = [self.x(n) for n, _ in self.samples]
         ys = [y for _, y in self.samples]
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mean_x) ** 2 for x in xs)
-        if var == 0:  # one size seen so far: assume a 256-token pass costs twice a 1-token one
-            a = mean_y / (1 + mean_x / 256)
+        if var <= 1e-12 * max(mean_x * mean_x, 1e-12):
+            if profiled:  # one size seen: trust the probe's slope, learn the offset
+                return max(mean_y - mean_x, 1e-6), 1.0
+            a = mean_y / (1 + mean_x / 256)  # assume a 256-token pass costs twice a 1-token one
             return a, a / 256
-        b = max(sum((x - mean_x) * (y - mean_y) for x, y in self.samples) / var, 0.0)
+        b = max(sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var, 0.0)
         return max(mean_y - b * mean_x, 1e-6), b

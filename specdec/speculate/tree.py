@@ -18,6 +18,7 @@ from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
+from .gate import DraftGate
 from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
 
 
@@ -40,24 +41,34 @@ class TreeSettings:
 class _Pass:
     tree: DraftTree
     n_context: int   # uncached context tokens fed before the tree
+    draft_seconds: float = 0.0  # building the tree (on the critical path)
+    drafting: bool = True       # the gate let the draft run this pass
 
 
 class Tree(Strategy):
     name = "tree"
 
-    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, batch: int = 8):
+    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, batch: int = 8,
+                 profile=None):
         self.drafter = drafter
         self.settings = settings or TreeSettings()
-        self.cost = TreeCostModel(self.settings.width)
+        self.cost = TreeCostModel(self.settings.width, profile=profile)
+        self.gate = DraftGate()
         self.batch = batch
 
     def plan(self, step: Step) -> Plan:
         s = self.settings
         n_ctx = len(step.uncached)
-        tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
-                          step.params, self.cost, n_ctx, s.fixed, self.batch)
+        started = time.perf_counter()
+        drafting = s.fixed or self.gate.should_draft()
+        if drafting:
+            tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
+                              step.params, self.cost, n_ctx, s.fixed, self.batch)
+        else:  # drafting does not pay here now (speculate/gate.py): a plain pass
+            tree = DraftTree()
         feed, positions, mask = tree_feed(step, tree)
-        return Plan(feed, positions, mask, num_logits=len(tree) + 1, state=_Pass(tree, n_ctx))
+        return Plan(feed, positions, mask, num_logits=len(tree) + 1,
+                    state=_Pass(tree, n_ctx, time.perf_counter() - started, drafting))
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
@@ -71,8 +82,12 @@ class Tree(Strategy):
         step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
                                                 dtype=torch.long))
+        if plan.state.drafting and plan.state.n_context == 1:  # a decode pass that drafted
+            self.gate.observe(len(path) + 1, pass_seconds + plan.state.draft_seconds,
+                              self.cost.pass_seconds(1))
         return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
-                       rejected=bool(tree.children(path[-1] if path else -1)), size=len(tree))
+                       rejected=bool(tree.children(path[-1] if path else -1)),
+                       size=len(tree) or None)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)

@@ -104,15 +104,16 @@ PRIOR_WEIGHT = 2.0
 class TreeCostModel:
     """What a pass costs and how often the target takes each rank, learned as we go.
 
-    Target pass time is fit as a + b * tokens (speculate/pass_time.py); on a streamed bf16
-    target b is small (the read dominates), which is why big trees pay; on q4 weights b is
-    large from ~16 tokens (compute-bound) and the builder stops sooner.
+    Target pass time is fit on top of the probe's kernel curve (speculate/pass_time.py); on a
+    streamed bf16 target with bf16 instructions it is flat (the read dominates), which is why
+    big trees pay; on q4 weights, or bf16 without bf16 instructions, it grows with the tokens
+    and the builder stops sooner.
     """
 
-    def __init__(self, width: int, history: int = 32):
+    def __init__(self, width: int, history: int = 32, profile=None):
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"tree width must be a positive integer, got {width!r}")
-        self.pass_time = PassTimeFit(history)
+        self.pass_time = PassTimeFit(history, profile)
         self._draft_forward = Ema()  # one batched draft forward
         # One slot per rank a node's children can have (ranks 0..width-1).
         self.hits = [0.0] * width

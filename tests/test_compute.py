@@ -1,0 +1,148 @@
+"""specdec.compute: every matmul path equals F.linear (up to float rounding), a token's row
+never depends on the other tokens of the pass, the probe picks the fastest path it timed and
+is cached per machine, and the pass-time profile the cost models start from adds up."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specdec import compute
+
+PLAIN = [("native", torch.bfloat16), ("upcast", torch.bfloat16), ("native", torch.float32),
+         ("wxt", torch.float32)]
+
+
+@pytest.fixture(autouse=True)
+def restore_policy():
+    before = compute.active()
+    yield
+    compute.use(before)
+
+
+def _weights(dtype, rows=300, cols=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(rows, cols, generator=g) * 0.05).to(dtype)
+    b = (torch.randn(rows, generator=g) * 0.1).to(dtype)
+    x = torch.randn(2, 5, cols, generator=g).to(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("path,dtype", PLAIN)
+def test_every_path_equals_f_linear_within_rounding(path, dtype):
+    x, w, b = _weights(dtype)
+    ref = F.linear(x.double(), w.double(), b.double())
+    y = compute.PATHS[path](x, w, b)
+    assert y.dtype == dtype and y.shape == ref.shape and y.is_contiguous()
+    # one rounding of the output to the dtype, plus float32 accumulation
+    tol = 2 ** -7 * ref.abs().max().item() if dtype == torch.bfloat16 else 1e-5
+    assert (y.double() - ref).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("path,dtype", PLAIN)
+def test_a_tokens_row_does_not_depend_on_the_other_tokens(path, dtype):
+    """Speculation stays lossless only if a verified token's result is the same whatever else
+    the pass holds: no per-batch scaling or quantization of activations."""
+    x, w, _ = _weights(dtype, rows=200, cols=64)
+    x = x.reshape(-1, 64)
+    alone = compute.PATHS[path](x[3:4], w)
+    other = x.clone()
+    other[[0, 1, 2, 4]] *= 1000.0  # wildly different company
+    together = compute.PATHS[path](other, w)[3:4]
+    assert torch.allclose(alone.double(), together.double(), rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                          atol=1e-6)
+
+
+def test_upcast_chunks_rows_through_a_small_scratch(monkeypatch):
+    """Weights bigger than the scratch are multiplied chunk by chunk, same result."""
+    x, w, b = _weights(torch.bfloat16, rows=1000, cols=64)
+    whole = compute.linear_upcast(x, w, b)
+    monkeypatch.setattr(compute, "SCRATCH_ELEMENTS", 64 * 7)  # 7 rows per chunk, ragged end
+    compute._scratch.buf = None
+    assert torch.equal(compute.linear_upcast(x, w, b), whole)
+    compute._scratch.buf = None
+
+
+def test_linear_dispatches_by_kind_and_bucket(monkeypatch):
+    calls = []
+    for name in compute.PATHS:
+        monkeypatch.setitem(compute.PATHS, name, lambda x, w, b=None, n=name: calls.append(n) or x)
+    policy = compute.Policy({"bfloat16": {b: ("native" if b == 1 else "upcast") for b in compute.BUCKETS},
+                             "float32": {b: "wxt" for b in compute.BUCKETS}})
+    compute.use(policy)
+    w16, w32 = torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(4, 8)
+    compute.linear(torch.zeros(1, 8, dtype=torch.bfloat16), w16)
+    compute.linear(torch.zeros(3, 8, dtype=torch.bfloat16), w16)
+    compute.linear(torch.zeros(300, 8, dtype=torch.bfloat16), w16)  # past the last bucket
+    compute.linear(torch.zeros(1, 8), w32)
+    assert calls == ["native", "upcast", "upcast", "wxt"]
+    assert compute.bucket(3) == 4 and compute.bucket(1000) == compute.BUCKETS[-1]
+    assert "upcast at 2-256" in policy.summary() and "fp32: wxt at 1-256" in policy.summary()
+
+
+def test_the_probe_picks_the_fastest_timed_path_and_caches_it(tmp_path, monkeypatch):
+    """The choice is the minimum of what was timed (here: made-up timings, so the test does
+    not depend on this machine's speed), and a second load reads the cache."""
+    fake = {"native": 5.0, "upcast": 2.0, "wxt": 1.0}
+    monkeypatch.setattr(compute, "_time_ms", lambda fn, reps=3: fn() or fake[current[0]])
+    current = [None]
+    for name in list(compute.PATHS):
+        real = compute.PATHS[name]
+        monkeypatch.setitem(compute.PATHS, name,
+                            lambda x, w, b=None, n=name, r=real: current.__setitem__(0, n))
+    monkeypatch.setattr(compute, "_q4_probe_weight", lambda shape: None)
+    policy = compute.load_or_probe(tmp_path, progress=False)
+    assert all(p == "upcast" for p in policy.paths["bfloat16"].values())
+    assert all(p == "wxt" for p in policy.paths["float32"].values())
+    cached = compute.cache_file(tmp_path)
+    assert json.loads(cached.read_text())["machine"] == compute.machine()
+    monkeypatch.setattr(compute, "probe", lambda **kw: pytest.fail("probed again"))
+    assert compute.load_or_probe(tmp_path).paths == policy.paths
+    cached.write_text("{ damaged")  # a damaged cache is measured again and replaced
+    monkeypatch.setattr(compute, "probe", lambda **kw: compute.Policy.reference())
+    assert compute.load_or_probe(tmp_path).paths == compute.Policy.reference().paths
+    assert json.loads(cached.read_text())["paths"]["bfloat16"]["8"] == "native"
+
+
+def test_a_real_probe_on_a_small_shape_chooses_a_known_path_per_bucket():
+    policy = compute.probe(shape=(64, 128), buckets=(1, 8))
+    for kind in compute.PLAIN_KINDS:
+        for b in (1, 8):
+            assert policy.paths[kind][b] in compute.CANDIDATES[kind]
+            assert set(policy.timings[kind][b]) == set(compute.CANDIDATES[kind])
+    assert policy.timings["q4"][8]["int4"] > 0
+
+
+def test_the_profile_adds_up_elements_times_the_probes_rate():
+    timings = {"bfloat16": {b: {"native": 2.0 * b, "upcast": 1.0 * b} for b in compute.BUCKETS},
+               "q4": {b: {"int4": 0.5 * b} for b in compute.BUCKETS}}
+    policy = compute.Policy({}, timings)
+    probe_elements = compute.PROBE_SHAPE[0] * compute.PROBE_SHAPE[1]
+    profile = compute.Profile(policy, {"bfloat16": probe_elements, "q8": 2 * probe_elements})
+    # bf16: the faster path's 1 ms per probe matrix per token; q8: two int4 planes per matrix
+    assert profile.seconds(8) == pytest.approx(8e-3 + 2 * 2 * 0.5 * 8e-3)
+    assert profile.seconds(6) == pytest.approx(6e-3 + 2 * 2 * 0.5 * 6e-3)  # interpolated
+    assert profile.seconds(512) == pytest.approx(512e-3 + 2 * 2 * 0.5 * 512e-3)  # extrapolated
+    assert not compute.Profile(policy, {"float32": 10}).known  # nothing probed for it
+
+
+def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp_path, monkeypatch):
+    import specdec
+
+    path, hf = tiny_llama
+    monkeypatch.setattr(compute, "PROBE_SHAPE", (64, 128))  # a quick probe
+    monkeypatch.setattr(compute, "_active", compute.Policy.reference())
+    lm = specdec.load(path, dtype="float32", kernels="auto", progress=False, cache_dir=tmp_path)
+    try:
+        assert compute.active().timings  # probed (or read from this machine's cache)
+        ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+        model = lm.target.model
+        cache = model.new_cache(32)
+        logits = model.forward(ids[0], cache.next_positions(6), cache)
+        with torch.no_grad():
+            ref = hf(ids).logits[0]
+        assert (logits - ref).abs().max().item() <= 1e-4
+    finally:
+        lm.close()
