@@ -94,7 +94,7 @@ def test_help_documents_the_exit_codes():
 
 
 def test_an_internal_error_is_exit_3_with_traceback(monkeypatch, capsys):
-    from specdec import cli
+    from specdec.cli import commands as cli  # main() looks cmd_info up there
 
     def broken(args):
         raise AssertionError("cache length went negative")

@@ -7,8 +7,8 @@ import math
 import sys
 import traceback
 
-from .cli_load import load_from_args, read_preset
-from .cli_text import banner, plan_text
+from .load_args import load_from_args, read_preset
+from .banner import banner, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
@@ -56,7 +56,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_offload import add_offload_commands
+    from .offload_commands import add_offload_commands
 
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__, epilog=EXIT_CODES,
@@ -172,7 +172,7 @@ def check_args(args) -> None:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from .chat_repl import ChatSession, ChatSettings, LineReader
-    from .demo_model import cache_root
+    from ..demo_model import cache_root
 
     lm = load_from_args(args)
     with lm:
