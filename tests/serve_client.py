@@ -19,9 +19,9 @@ def request(url: str, path: str, body=None, key: str | None = None, method: str 
         req.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(req, timeout=HANG_GUARD) as r:
-            return r.status, dict(r.headers), json.loads(r.read())
+            return r.status, _lower(r.headers), json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), json.loads(e.read())
+        return e.code, _lower(e.headers), json.loads(e.read())
 
 
 def wait_until(condition, what: str, timeout: float = HANG_GUARD) -> None:
@@ -40,3 +40,7 @@ def error_of(status_headers_body) -> dict:
     assert set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["message"]
     return body["error"]
+
+
+def _lower(headers) -> dict:
+    return {k.lower(): v for k, v in headers.items()}
