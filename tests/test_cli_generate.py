@@ -87,7 +87,7 @@ def test_flag_errors_come_before_any_model_loads(tmp_path, flags, message):
 
 
 def test_help_documents_the_exit_codes():
-    for command in ([], ["chat"], ["generate"], ["info"]):
+    for command in ([], ["chat"], ["generate"], ["info"], ["serve"]):
         r = run_cli(*command, "--help")
         assert r.returncode == 0
         assert "exit status" in r.stdout and "please report" in r.stdout and "130" in r.stdout
