@@ -250,3 +250,13 @@ def test_sigterm_while_streaming_stops_the_server_and_exits_0(pair):
     stream.close()
     assert any("stopped" in line for line in server.stderr)
     assert not any("Traceback" in line for line in server.stderr), "".join(server.stderr)
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    from specdec.cli import main
+
+    monkeypatch.delitem(sys.modules, "specdec.serve.server", raising=False)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'specdec[serve]'" in err and "uvicorn" in err and "Traceback" not in err
