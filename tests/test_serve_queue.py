@@ -5,6 +5,7 @@ up, not timings it hopes for."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 
@@ -172,7 +173,8 @@ def send_then_leave(url: str, body: dict) -> socket.socket:
     return sock
 
 
-def test_clients_that_leave_the_queue_are_never_generated(served):
+def test_clients_that_leave_the_queue_are_never_generated(served, caplog):
+    caplog.set_level(logging.INFO, logger="specdec.serve")
     first = in_thread(request, served.url, "/v1/chat/completions", ask("first"))
     wait_until(lambda: served.health()["generating"], "the first request to run")
     leaving = []
@@ -189,6 +191,8 @@ def test_clients_that_leave_the_queue_are_never_generated(served):
     wait_until(lambda: not served.health()["generating"] and served.health()["queued"] == 0,
                "the queue to drain")
     assert len(served.decoder.prompts) == 1  # the two that left never reached the decoder
+    wait_until(lambda: sum(" 499 " in r.getMessage() for r in caplog.records) == 2,
+               "the log to say both clients left (499)")
 
 
 def test_stopping_fails_the_queued_requests_with_503_and_ends_the_running_one(tiny_lm):

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import APIError
@@ -29,6 +29,7 @@ from .worker import GenerationQueue, Job, QueueFull, ShuttingDown
 log = logging.getLogger("specdec.serve")
 
 DRAIN_LIMIT = 16 << 20  # a too-large body is read this far, so the client sees the 413
+CLIENT_LEFT = 499  # nginx's "client closed request": logged for a client that hung up waiting
 
 
 @dataclass
@@ -128,7 +129,9 @@ class Routes:
         finally:
             watcher.cancel()
             job.cancel()
-        if finished is None:  # cancelled: the server is stopping (or the client left)
+        if finished is None and job.client_left:  # nobody to answer; the log says 499
+            return Response(status_code=CLIENT_LEFT)
+        if finished is None:  # cancelled: the server is stopping
             raise _shutting_down()
         request.state.tokens = f"{prompt_tokens}+{finished.stats.new_tokens}"
         return JSONResponse(reply.whole("".join(text), finished.stats.stop_reason,
@@ -147,6 +150,10 @@ class Routes:
             raise _job_error(e) from None
         finally:
             watcher.cancel()
+        if first is None:  # cancelled before its first pass
+            if job.client_left:
+                return Response(status_code=CLIENT_LEFT)
+            raise _shutting_down()
         state = request.state
 
         async def events():
@@ -219,7 +226,7 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            job.cancel()
+            job.cancel(client_left=True)
             return
 
 

@@ -38,10 +38,13 @@ class Job:
         self._loop = loop
         self.events: asyncio.Queue = asyncio.Queue()  # (ITEM|ERROR|END, value), read on the loop
         self.cancelled = False
+        self.client_left = False  # why it was cancelled, for the log: the client went away
         self.queued_at = time.perf_counter()
         self.started_at: float | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, client_left: bool = False) -> None:
+        if client_left:
+            self.client_left = True
         self.cancelled = True
 
     @property
