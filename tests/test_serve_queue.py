@@ -73,9 +73,19 @@ def tiny_lm(tmp_path_factory, smollm2_tokenizer_dir):
         yield lm
 
 
+class FailingDecoder(GatedDecoder):
+    """Its disk fails on the second pass of the first run, as a broken store's read would."""
+
+    def stream_ids(self, ids, **kwargs):
+        for i, item in enumerate(super().stream_ids(ids, **kwargs)):
+            if i == 1 and len(self.prompts) == 1:
+                raise OSError("/store/layer_002.bin: read failed (Input/output error)")
+            yield item
+
+
 class InProcessServer:
-    def __init__(self, lm, queue_length: int):
-        self.decoder = GatedDecoder(lm)
+    def __init__(self, lm, queue_length: int, decoder=GatedDecoder):
+        self.decoder = decoder(lm)
         self.jobs = GenerationQueue(queue_length)
         app = build_app(self.decoder, self.jobs, AppSettings(MODEL))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
@@ -213,3 +223,23 @@ def test_stopping_fails_the_queued_requests_with_503_and_ends_the_running_one(ti
     finally:
         server.close()
     assert not any(t.name == "specdec-decoder" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_read_mid_reply_is_an_error_to_that_client_and_the_next_one_is_served(tiny_lm, stream):
+    server = InProcessServer(tiny_lm, 2, decoder=FailingDecoder)
+    try:
+        server.decoder.open_gate()
+        client = server.client()
+        with pytest.raises(openai.APIError, match="read failed") as raised:
+            reply = client.chat.completions.create(**ask("fails", max_tokens=5), stream=stream)
+            if stream:
+                list(reply)  # the error arrives as an event after the first chunk
+        assert "Traceback" not in str(raised.value)
+        if not stream:
+            assert raised.value.status_code == 500
+        again = client.chat.completions.create(**ask("next"))
+        assert again.choices[0].message.content == tiny_lm.chat(ask("next")["messages"],
+                                                                max_new_tokens=3, temperature=0).text
+    finally:
+        server.close()
