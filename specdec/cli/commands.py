@@ -109,7 +109,7 @@ def _serve_parser(sub, formatter) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; any "
                             "other address needs an API key)")
-    serve.add_argument("--port", type=_at_least(0, what="a port is in 0-65535"), default=8000,
+    serve.add_argument("--port", type=_port, default=8000,
                        help="port (default 8000; 0: any free port, printed at start)")
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request "
                                          "(default $SPECDEC_API_KEY; prefer it: a flag shows in ps)")
@@ -133,6 +133,13 @@ def _at_least(low, kind=int, what=None, strictly=False):
             raise argparse.ArgumentTypeError(f"{text} is out of range: {what or f'must be >= {low}'}")
         return value
     return parse
+
+
+def _port(text: str) -> int:
+    value = _at_least(0, what="a port is in 0-65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a port is in 0-65535")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -264,8 +271,6 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise ValueError(f"`specdec serve` needs the server's packages ({e.name} is missing): "
                          "pip install 'specdec[serve]'") from e
-    if args.port > 65535:
-        raise UsageError(f"--port {args.port} is out of range: a port is in 0-65535")
     api_key = args.api_key or os.environ.get("SPECDEC_API_KEY") or None
     try:
         check_exposure(args.host, api_key)
