@@ -100,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve_parser(sub, formatter) -> None:
     serve = sub.add_parser(
         "serve", help="an OpenAI-compatible HTTP server (no model arguments: the demo pair)",
-        description="Serve the model at /v1/chat/completions, /v1/completions and /v1/models "
-                    "(OpenAI's API; point the `openai` package or any OpenAI-compatible chat "
-                    "front end at http://HOST:PORT/v1). One generation at a time; requests "
-                    "wait in a queue. Needs the `serve` extra: pip install 'specdec[serve]'.",
+        description="Serve the model at /v1/chat/completions, /v1/completions and /v1/models\n"
+                    "(OpenAI's API: point the `openai` package or any OpenAI-compatible chat\n"
+                    "front end at http://HOST:PORT/v1). One generation at a time; requests wait\n"
+                    "in a queue. Needs the `serve` extra: pip install 'specdec[serve]'.",
         epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(serve)
     serve.add_argument("--host", default="127.0.0.1",
