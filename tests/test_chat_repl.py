@@ -13,7 +13,7 @@ import time
 import pytest
 
 import specdec
-from specdec.chat_repl import ChatSession, ChatSettings, LineReader, read_conversation
+from specdec.cli.chat_repl import ChatSession, ChatSettings, LineReader, read_conversation
 
 SUMMARY = "[ctx "  # every reply's summary line starts so (after a marker)
 

@@ -77,7 +77,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
 
 
 def test_presets_parse_and_name_target_and_draft():
-    from specdec.cli_load import read_preset
+    from specdec.cli.load_args import read_preset
     from specdec.configs import preset_names
 
     pairs = [read_preset(name) for name in preset_names()]  # by name: shipped package data

@@ -87,14 +87,14 @@ def test_flag_errors_come_before_any_model_loads(tmp_path, flags, message):
 
 
 def test_help_documents_the_exit_codes():
-    for command in ([], ["chat"], ["generate"], ["info"]):
+    for command in ([], ["chat"], ["generate"], ["info"], ["serve"]):
         r = run_cli(*command, "--help")
         assert r.returncode == 0
         assert "exit status" in r.stdout and "please report" in r.stdout and "130" in r.stdout
 
 
 def test_an_internal_error_is_exit_3_with_traceback(monkeypatch, capsys):
-    from specdec import cli
+    from specdec.cli import commands as cli  # main() looks cmd_info up there
 
     def broken(args):
         raise AssertionError("cache length went negative")

@@ -101,6 +101,38 @@ def test_decoding_and_offload_do_not_import_the_bench(graph):
         assert not sorted(m for m in _reachable(graph, start) if m.startswith("specdec.bench"))
 
 
+FRONT_ENDS = ("specdec.cli", "specdec.serve")
+
+
+def _is_front_end(module: str) -> bool:
+    return module == "specdec.__main__" or any(module == f or module.startswith(f + ".")
+                                               for f in FRONT_ENDS)
+
+
+def test_the_front_ends_are_packages_the_graph_sees(graph):
+    """The command line and the server are packages (so the rules below have something to
+    check)."""
+    assert "specdec.cli.load_args" in graph["specdec.cli.commands"]
+    assert "specdec.session" in graph["specdec.cli.load_args"]  # lazy `from ..session import`
+    assert "specdec.serve.server" in graph["specdec.cli.commands"]  # `specdec serve` starts it
+    assert "specdec.serve.worker" in graph["specdec.serve.app"]
+
+
+def test_the_core_never_imports_a_front_end(graph):
+    """Front ends (specdec/cli/, specdec/serve/) sit on top of the decoding core: they may
+    import it, never the other way round, so the core loads and tests without them."""
+    core = [m for m in graph if not _is_front_end(m)]
+    bad = {m: sorted(d for d in _reachable(graph, m) if _is_front_end(d)) for m in core}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_the_server_does_not_import_the_command_line(graph):
+    """specdec/serve/ is HTTP over a decoder it is handed; parsing arguments and loading
+    stay in specdec/cli/ (which starts the server)."""
+    for module in (m for m in graph if m.startswith("specdec.serve")):
+        assert not sorted(d for d in _reachable(graph, module) if d.startswith("specdec.cli"))
+
+
 def test_nothing_edits_sys_path():
     files = [p for d in (*PACKAGES, "scripts", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
     edits = []

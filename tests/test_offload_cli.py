@@ -13,7 +13,7 @@ from conftest import make_tiny_model
 from offload import format as fmt
 from offload.checkpoint import open_checkpoint
 from offload.format import open_store
-from specdec.cli_offload import add_offload_commands
+from specdec.cli.offload_commands import add_offload_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 

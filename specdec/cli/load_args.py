@@ -12,7 +12,7 @@ from .exit_codes import EXIT_PROBLEM
 def load_from_args(args):
     import specdec
 
-    from .hub import resolve
+    from ..hub import resolve
 
     preset = getattr(args, "preset", None) or {}
     target = args.target or preset.get("target")
@@ -23,7 +23,7 @@ def load_from_args(args):
                   speculation=args.speculation or preset.get("speculation"),
                   tree_nodes=args.tree_nodes, tree_width=args.tree_width)
     if target is None:
-        from .demo_model import ensure_demo_gguf
+        from ..demo_model import ensure_demo_gguf
 
         _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
         return specdec.load(draft=draft if draft == "self" else resolve(draft), **kwargs)
@@ -41,7 +41,7 @@ def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
 
     from offload.format import is_store, looks_like_store
 
-    from .session import packed_store_path
+    from ..session import packed_store_path
 
     if not src.is_file() and not (src.is_dir() and not looks_like_store(src)):
         return  # a store already (maybe a damaged one), or not there: load() reports that
@@ -61,7 +61,7 @@ def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:
 def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
     """The child's work. A bad checkpoint exits quietly: load() then meets the same problem
     in this process and reports it as one line, instead of a child's traceback."""
-    from .session import packed_store
+    from ..session import packed_store
 
     try:
         packed_store(src, dtype, cache_dir, True)
@@ -71,7 +71,7 @@ def _pack_quietly(src: Path, dtype: str, cache_dir) -> None:
 
 def read_preset(ref: str) -> dict:
     """A preset by path, else by name among those shipped in specdec/configs (package data)."""
-    from .configs import preset, preset_names
+    from ..configs import preset, preset_names
 
     path = Path(ref)
     if not path.exists():

@@ -1,4 +1,4 @@
-"""One exit-status convention for every specdec command (cli.py, cli_offload.py)."""
+"""One exit-status convention for every specdec command (commands.py, offload_commands.py)."""
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = """exit status (every command):

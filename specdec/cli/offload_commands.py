@@ -4,7 +4,7 @@ themselves live in specdec/bench/; this module only parses and dispatches).
 `add_offload_commands(subparsers)` registers them on specdec's argparse subparsers; each
 parser's `handler` (also `func`) default is its handler, `handler(args) -> int` (the exit status). Handlers
 print known errors (bad store, bad checkpoint, impossible budget) as one line and return 1,
-never a traceback; a bad flag value returns 2 (specdec's exit-code convention, see cli.py).
+never a traceback; a bad flag value returns 2 (specdec's exit-code convention, see exit_codes.py).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def add_offload_commands(subparsers) -> None:
 
 
 def add_bench_commands(bench_subparsers) -> None:
-    """Register `io` under an existing `bench` parser's subparsers (for a cli.py that owns `bench`)."""
+    """Register `io` under an existing `bench` parser's subparsers (for a commands.py that owns `bench`)."""
     io = bench_subparsers.add_parser(
         "io", help="disk read vs streamed verification pass, in one run",
         description="Measure, in one run and uncached (O_DIRECT): the raw sequential read of the "
@@ -73,7 +73,7 @@ def add_bench_commands(bench_subparsers) -> None:
 
 
 def cmd_bench_offload(args) -> int:
-    from .bench.runner import cmd_bench_offload as run  # torch etc. only when it runs
+    from ..bench.runner import cmd_bench_offload as run  # torch etc. only when it runs
 
     return run(args)
 
@@ -131,7 +131,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from offload.format import StoreError
     from offload.pack import PackError
 
-    from .config import ConfigError
+    from ..config import ConfigError
 
     return (StoreError, PackError, CheckpointError, BudgetError, ConfigError)
 
@@ -194,7 +194,7 @@ def cmd_bench_io(args) -> int:
         print(f"specdec: usage error: --tokens {args.tokens!r}: give positive integers like 1,8,32,64",
               file=sys.stderr)
         return EXIT_USAGE
-    from .bench.iobench import bench_io, format_bench_io  # torch etc. only when it runs
+    from ..bench.iobench import bench_io, format_bench_io  # torch etc. only when it runs
 
     try:
         result = bench_io(args.store, tokens, ram=args.ram, repeat=max(1, args.repeat))
@@ -205,7 +205,7 @@ def cmd_bench_io(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Standalone entry (python -m specdec.cli_offload ...), same commands as `specdec`."""
+    """Standalone entry (python -m specdec.cli.offload_commands ...), same commands as `specdec`."""
     parser = argparse.ArgumentParser(prog="specdec")
     add_offload_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

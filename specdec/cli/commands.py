@@ -1,14 +1,16 @@
-"""specdec chat | generate | info | pack | verify | bench"""
+"""specdec chat | generate | info | serve | pack | verify | bench"""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import traceback
+from pathlib import Path
 
-from .cli_load import load_from_args, read_preset
-from .cli_text import banner, plan_text
+from .load_args import load_from_args, read_preset
+from .banner import banner, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
@@ -56,7 +58,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_offload import add_offload_commands
+    from .offload_commands import add_offload_commands
 
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__, epilog=EXIT_CODES,
@@ -90,8 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(info)
     info.add_argument("--json", action="store_true", help="the plan as JSON")
     info.set_defaults(handler=cmd_info)
+    _serve_parser(sub, formatter)
     add_offload_commands(sub)
     return parser
+
+
+def _serve_parser(sub, formatter) -> None:
+    serve = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server (no model arguments: the demo pair)",
+        description="Serve the model at /v1/chat/completions, /v1/completions and /v1/models\n"
+                    "(OpenAI's API: point the `openai` package or any OpenAI-compatible chat\n"
+                    "front end at http://HOST:PORT/v1). One generation at a time; requests wait\n"
+                    "in a queue. Needs the `serve` extra: pip install 'specdec[serve]'.",
+        epilog=EXIT_CODES, formatter_class=formatter)
+    _model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; any "
+                            "other address needs an API key)")
+    serve.add_argument("--port", type=_port, default=8000,
+                       help="port (default 8000; 0: any free port, printed at start)")
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request "
+                                         "(default $SPECDEC_API_KEY; prefer it: a flag shows in ps)")
+    serve.add_argument("--queue", type=_at_least(0), default=16,
+                       help="requests that may wait while one generates (default 16); beyond "
+                            "that, 503 with Retry-After")
+    serve.add_argument("--model-name", help="the model id clients send and /v1/models lists "
+                                            "(default: the preset's or target's name)")
+    serve.set_defaults(handler=cmd_serve)
 
 
 def _at_least(low, kind=int, what=None, strictly=False):
@@ -106,6 +133,13 @@ def _at_least(low, kind=int, what=None, strictly=False):
             raise argparse.ArgumentTypeError(f"{text} is out of range: {what or f'must be >= {low}'}")
         return value
     return parse
+
+
+def _port(text: str) -> int:
+    value = _at_least(0, what="a port is in 0-65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a port is in 0-65535")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -172,7 +206,7 @@ def check_args(args) -> None:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from .chat_repl import ChatSession, ChatSettings, LineReader
-    from .demo_model import cache_root
+    from ..demo_model import cache_root
 
     lm = load_from_args(args)
     with lm:
@@ -229,6 +263,47 @@ def cmd_generate(args) -> int:
             print((marker + " " if marker else "")
                   + summary_line(stats, timing, (lm.context_used, lm.max_context)), file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    try:  # before the model loads: a missing package or a refused address costs no wait
+        from ..serve.server import ServeSettings, check_exposure, serve
+    except ImportError as e:
+        raise ValueError(f"`specdec serve` needs the server's packages ({e.name} is missing): "
+                         "pip install 'specdec[serve]'") from e
+    api_key = args.api_key or os.environ.get("SPECDEC_API_KEY") or None
+    try:
+        check_exposure(args.host, api_key)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    settings = ServeSettings(model_name=args.model_name or _served_name(args), host=args.host,
+                             port=args.port, api_key=api_key, queue_length=args.queue)
+    lm = load_from_args(args)
+    with lm:  # closes the reader thread and files when the server has stopped
+        print(banner(lm, args), file=sys.stderr)
+
+        def ready(url: str) -> None:
+            print(f"serving {settings.model_name!r} at {url}/v1 (OpenAI-compatible; "
+                  f"{'API key required' if api_key else 'no API key'}); Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+        serve(lm, settings, on_ready=ready)
+    print("specdec serve: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _served_name(args) -> str:
+    """The model id clients see: the preset's name, else the target as the user named it (a
+    hub id as given, a path's last part), else the demo's."""
+    preset = getattr(args, "preset", None) or {}
+    if preset.get("name"):
+        return str(preset["name"])
+    target = args.target or preset.get("target")
+    if target is None:
+        return "specdec-demo"
+    path = Path(target).expanduser()
+    if path.exists():
+        return path.stem if path.suffix == ".gguf" else path.name
+    return target
 
 
 def cmd_info(args) -> int:
