@@ -33,7 +33,7 @@ def banner(lm, args=None) -> str:
 
 def kernels_text(dtype) -> str:
     """'bf16 activations on AVX2 (no bf16 instructions); matmuls: bf16: native at 1, ...'"""
-    from . import compute
+    from .. import compute
 
     m = compute.machine()
     bf16 = "bf16 instructions" if m["bf16_instructions"] else "no bf16 instructions"
