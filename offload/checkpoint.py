@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from .hf_config import text_decoder_config, text_tensor_name
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # A draft may ship without its embedding table and take the target's at load time (they
 # share a vocabulary): this file in the draft's directory says so (a store: its manifest).
@@ -67,7 +69,9 @@ class Checkpoint:
             try:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():
-                        yield name, f.get_tensor(name)
+                        text_name = text_tensor_name(name)  # a multimodal checkpoint's text part
+                        if text_name is not None:
+                            yield text_name, f.get_tensor(name)
             except (OSError, RuntimeError, SafetensorError) as e:
                 raise _unreadable(file, e) from e
 
@@ -183,7 +187,7 @@ def _open_hf_dir(path: Path) -> Checkpoint:
             return _open_gguf(ggufs[0])
         raise CheckpointError(f"{config_file}: missing. A Hugging Face model directory needs "
                               "config.json next to its *.safetensors files.")
-    config = _read_json(config_file)
+    config = text_decoder_config(_read_json(config_file))
     gen_file = path / "generation_config.json"
     gen = _read_json(gen_file) if gen_file.exists() else {}
     return Checkpoint(path, "safetensors", config, gen, _safetensors_files(path))
