@@ -11,11 +11,11 @@ these families change, each following transformers' modeling_gemma2/gemma3/phi3 
   head; LongRoPE.
 
 LongRoPE's two factor sets: transformers picks them per forward call (long when the call's
-last position is past original_max_position_embeddings). Here each token picks by its own
-position, so that a verification pass of many tokens equals one token at a time: that is
-exactly transformers' greedy generate whenever the prompt fits the original context (its
-prefill is short, then each step decides for its own position). A prompt longer than that
-context differs from transformers' prefill, which rotates the whole prompt with long factors.
+last position is past original_max_position_embeddings), and its Phi-3 generate drops the
+cache and recomputes everything with the long factors when the text grows past that length.
+Here each token picks by its own position and nothing is recomputed, so a verification pass
+of many tokens equals one token at a time (speculation stays exact). That equals transformers
+while the text is shorter than original_max_position_embeddings; past it the two differ.
 """
 from __future__ import annotations
 
