@@ -19,6 +19,9 @@ LONGROPE_NAMES = ("longrope", "su", "yarn")  # transformers' Phi3Config reads "s
 
 
 def family_args(cls, cfg: dict, model_type: str, source: str, fix: str):
+    if model_type == "gemma3":  # text_decoder_config has flattened every gemma3 with a text_config
+        raise ConfigError(f"{source}: model_type gemma3 without a text_config object: a Gemma 3 "
+                          "multimodal config must nest its text decoder's settings there. " + fix)
     pos = lambda key, default=None, limit=1 << 20: _positive_int(  # noqa: E731
         cfg, key, source, default, limit, fix)
     hidden, heads = pos("hidden_size"), pos("num_attention_heads")

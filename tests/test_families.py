@@ -239,7 +239,8 @@ def test_unsupported_variants_name_what_is_supported(model_type, says):
     (dict(layer_types=["sliding_attention"]), "layer_types must list 3 entries"),
     (dict(rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 1e6}}),
      "rope scaling 'yarn' on the global layers is not supported"),
-    (dict(use_bidirectional_attention=True), "EmbeddingGemma")])
+    (dict(use_bidirectional_attention=True), "EmbeddingGemma"),
+    (dict(model_type="gemma3"), "gemma3 without a text_config")])
 def test_bad_gemma_configs_are_clear_errors(change, says):
     from family_models import family_config
 
