@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from .hf_config import text_decoder_config, text_tensor_name
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # A draft may ship without its embedding table and take the target's at load time (they
 # share a vocabulary): this file in the draft's directory says so (a store: its manifest).
@@ -67,7 +69,9 @@ class Checkpoint:
             try:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():
-                        yield name, f.get_tensor(name)
+                        text_name = text_tensor_name(name)  # a multimodal checkpoint's text part
+                        if text_name is not None:
+                            yield text_name, f.get_tensor(name)
             except (OSError, RuntimeError, SafetensorError) as e:
                 raise _unreadable(file, e) from e
 
@@ -183,7 +187,7 @@ def _open_hf_dir(path: Path) -> Checkpoint:
             return _open_gguf(ggufs[0])
         raise CheckpointError(f"{config_file}: missing. A Hugging Face model directory needs "
                               "config.json next to its *.safetensors files.")
-    config = _read_json(config_file)
+    config = text_decoder_config(_read_json(config_file))
     gen_file = path / "generation_config.json"
     gen = _read_json(gen_file) if gen_file.exists() else {}
     return Checkpoint(path, "safetensors", config, gen, _safetensors_files(path))
@@ -222,8 +226,24 @@ def _open_gguf(file: Path) -> Checkpoint:
     except (ValueError, OSError, KeyError) as e:
         raise CheckpointError(f"{file}: cannot read GGUF ({e}). The file is corrupt or of an "
                               "unsupported architecture; download it again.") from e
+    config = _gguf_family_config(file, config)
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
     return Checkpoint(file, "gguf", config, gen)
+
+
+def _gguf_family_config(file: Path, config: dict) -> dict:
+    """Gemma 2/3 and Phi-3 settings transformers' GGUF reader leaves out (offload/gguf_config.py)."""
+    from gguf import GGUFReader
+
+    from .gguf_config import GGUFConfigError, family_config
+
+    reader = GGUFReader(str(file))
+    field = reader.get_field("general.architecture")
+    try:
+        return family_config(reader, field.contents() if field is not None else "", config)
+    except (GGUFConfigError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: cannot read its model settings ({e}). The file is corrupt "
+                              "or of an unsupported variant; download it again.") from e
 
 
 def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -233,6 +253,8 @@ def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     cfg = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    if (cfg.pad_token_id or 0) >= cfg.vocab_size:  # a class default (Phi-3's 32000) past a small vocabulary
+        cfg.pad_token_id = None
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(cfg)
     loaded = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=skeleton)

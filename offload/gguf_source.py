@@ -29,27 +29,36 @@ LAYER_PARTS = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
                "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
-# Tensors a GGUF may carry that the model does not read (llama 3's rope_freqs: the config's
-# rope_scaling gives the same frequencies).
-IGNORED = ("rope_freqs.weight",)
+# Gemma's extra norms: llama.cpp calls the pre-MLP norm ffn_norm (Llama's post-attention one).
+GEMMA_PARTS = {**LAYER_PARTS, "post_attention_norm": "post_attention_layernorm",
+               "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+# Phi-3's fused weights: attn_qkv, and ffn_up holding gate and up rows (there is no ffn_gate).
+PHI3_PARTS = {**LAYER_PARTS, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+PARTS_BY_ARCH = {"gemma2": GEMMA_PARTS, "gemma3": GEMMA_PARTS, "phi3": PHI3_PARTS}
+# Tensors a GGUF may carry that the model does not read (llama 3's rope_freqs, Phi-3's LongRoPE
+# factors: the config's rope parameters give the same frequencies, offload/gguf_config.py).
+IGNORED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 PERMUTED_ARCHS = ("llama",)  # llama.cpp's convert permutes q/k rows for these only
+# llama.cpp's convert stores Gemma's RMSNorm weights as 1 + w (its norm multiplies by the weight
+# alone); transformers' Gemma norms multiply by (1 + w): the 1 is taken off again on reading.
+NORM_OFFSET_ARCHS = ("gemma2", "gemma3")
 
 
 class GGUFSourceError(ValueError):
     """A GGUF tensor that cannot be mapped onto the model; the message names it."""
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """llama.cpp tensor name -> Hugging Face name (None: a tensor the model does not read)."""
     if gguf_name in IGNORED:
         return None
     if gguf_name in TOP_LEVEL:
         return TOP_LEVEL[gguf_name]
-    parts = gguf_name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_PARTS:
-        return layer_tensor_name(int(parts[1]), f"{LAYER_PARTS[parts[2]]}.{parts[3]}")
-    raise GGUFSourceError(f"GGUF tensor {gguf_name!r} has no place in a Llama-family model "
-                          f"(known: {', '.join(TOP_LEVEL)}, blk.N.{{{','.join(LAYER_PARTS)}}}); "
+    parts, layer_parts = gguf_name.split("."), PARTS_BY_ARCH.get(arch, LAYER_PARTS)
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in layer_parts:
+        return layer_tensor_name(int(parts[1]), f"{layer_parts[parts[2]]}.{parts[3]}")
+    raise GGUFSourceError(f"GGUF tensor {gguf_name!r} has no place in a {arch or 'llama'} model "
+                          f"(known: {', '.join(TOP_LEVEL)}, blk.N.{{{','.join(layer_parts)}}}); "
                           "this architecture is not supported.")
 
 
@@ -69,7 +78,7 @@ def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
     reader = GGUFReader(str(file))
     arch = architecture(reader)
     for tensor in reader.tensors:
-        name = hf_name(tensor.name)
+        name = hf_name(tensor.name, arch)
         if name is None:
             continue
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml order is reversed
@@ -82,6 +91,8 @@ def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
         # As the output layer the kernel converts them to bf16 per call (a small copy).
         row_scales = torch.float32 if name == EMBED else scale_dtype
         value, message = encode(np.asarray(tensor.data), qtype, shape, quant, order, row_scales)
+        if arch in NORM_OFFSET_ARCHS and name.endswith("norm.weight"):
+            value = _without_offset(value, tensor.name)
         if message:
             note(f"{tensor.name} ({name}): {message}")
         yield name, value
@@ -102,6 +113,13 @@ def encode(raw: np.ndarray, qtype: str, shape: tuple[int, ...], quant: str | Non
         return value, ""
     enc = quantize_float(value, quant, scale_dtype)
     return enc.value, enc.note
+
+
+def _without_offset(value, gguf_name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise GGUFSourceError(f"GGUF tensor {gguf_name!r} is a quantized norm; llama.cpp writes "
+                              "norms as F32. The GGUF is corrupt.")
+    return value.float() - 1  # in float32, as transformers' GGUF loader does
 
 
 def is_linear_weight(shape: tuple[int, ...]) -> bool:

@@ -1,4 +1,4 @@
-"""A Llama-family model's tensors: names, shapes and parameter counts, in one place.
+"""A decoder's tensors (Llama family, Gemma 2/3, Phi-3): names, shapes and parameter counts, in one place.
 
 The weight checks (specdec/weights.py), the packer's size estimate (pack.py), the memory
 plan (specdec/session.py) and the synthetic model maker (specdec/bench/synthetic.py) all
@@ -12,9 +12,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from .hf_config import text_decoder_config
+
 # "model.layers.12.self_attn.q_proj.weight" -> (12, "self_attn.q_proj.weight")
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+SANDWICH_NORM_TYPES = ("gemma2", "gemma3_text")
+FUSED_PROJECTION_TYPES = ("phi3",)
 
 
 def split_layer_name(name: str) -> tuple[int, str] | None:
@@ -39,12 +43,15 @@ class ModelShape:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v biases (qwen2)
     mlp_bias: bool = False
-    qk_norm: bool = False  # per-head RMSNorm on q and k (qwen3)
+    qk_norm: bool = False  # per-head RMSNorm on q and k (qwen3, gemma3)
+    sandwich_norms: bool = False  # gemma: norms after attention and around the MLP too
+    fused_projections: bool = False  # phi3: one qkv_proj and one gate_up_proj per layer
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ModelShape":
         """From an HF config dict, with the same defaults as specdec.config.ModelArgs.from_hf
         (no validation: callers that need clear errors parse with ModelArgs first)."""
+        cfg = text_decoder_config(cfg)
         heads = cfg["num_attention_heads"]
         model_type = cfg.get("model_type")
         bias = cfg.get("attention_bias")
@@ -55,18 +62,26 @@ class ModelShape:
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                    attention_bias=model_type == "qwen2" if bias is None else bool(bias),
-                   mlp_bias=bool(cfg.get("mlp_bias", False)), qk_norm=model_type == "qwen3")
+                   mlp_bias=bool(cfg.get("mlp_bias", False)),
+                   qk_norm=model_type in ("qwen3", "gemma3_text"),
+                   sandwich_norms=model_type in SANDWICH_NORM_TYPES,
+                   fused_projections=model_type in FUSED_PROJECTION_TYPES)
 
     # -- names and shapes ----------------------------------------------------------------
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         """Layer-relative name -> shape for one decoder layer, in checkpoint order."""
         h, inter, hd = self.hidden_size, self.intermediate_size, self.head_dim
         q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        if self.fused_projections:
+            return self._fused_layer_shapes()
         out = {"input_layernorm.weight": (h,), "self_attn.q_proj.weight": (q, h),
                "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
                "self_attn.o_proj.weight": (h, q), "post_attention_layernorm.weight": (h,),
                "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
                "mlp.down_proj.weight": (h, inter)}
+        if self.sandwich_norms:
+            out.update({"pre_feedforward_layernorm.weight": (h,),
+                        "post_feedforward_layernorm.weight": (h,)})
         if self.attention_bias:
             out.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
                         "self_attn.v_proj.bias": (kv,)})
@@ -76,6 +91,14 @@ class ModelShape:
         if self.qk_norm:
             out.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)})
         return out
+
+    def _fused_layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Phi-3: q, k, v rows stacked in one weight, gate and up rows in another."""
+        h, inter, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        return {"input_layernorm.weight": (h,), "self_attn.qkv_proj.weight": (q + 2 * kv, h),
+                "self_attn.o_proj.weight": (h, q), "post_attention_layernorm.weight": (h,),
+                "mlp.gate_up_proj.weight": (2 * inter, h), "mlp.down_proj.weight": (h, inter)}
 
     def resident_shapes(self, output_rows: int | None = None) -> dict[str, tuple[int, ...]]:
         """HF name -> shape of the tensors outside the layers. lm_head is listed even when

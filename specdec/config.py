@@ -1,4 +1,5 @@
-"""Model arguments read from a Hugging Face config.json (llama, mistral, qwen2, qwen3).
+"""Model arguments read from a Hugging Face config.json (llama, mistral, qwen2, qwen3; the
+Gemma 2/3 and Phi-3 options are parsed in specdec/family_config.py).
 
 Handles both the transformers-4 spelling (rope_theta + rope_scaling) and the
 transformers-5 one (rope_parameters). Anything we cannot compute exactly is refused
@@ -6,19 +7,17 @@ here, before any weight is read.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from offload.hf_config import text_decoder_config
+
+from .config_values import (FIX_CONFIG, MAX_DIM, MAX_VOCAB, ConfigError, _flag, _number,  # noqa: F401
+                            _positive_int)
+from .family_config import family_args
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
-FIX_CONFIG = "The config is corrupt; restore it from the original model download."
-# Sizes past these are not models but corrupt numbers (and would overflow tensor shapes).
-MAX_DIM = 1 << 20
-MAX_VOCAB = 1 << 24
-
-
-class ConfigError(ValueError):
-    """A model config we cannot run; the message says what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -40,20 +39,40 @@ class ModelArgs:
     mlp_bias: bool
     qk_norm: bool  # RMSNorm on q and k per head before rope (qwen3)
     sliding_window: int | None  # keys further back than this are not attended (mistral)
+    # Gemma 2/3 and Phi-3 (specdec/family_config.py); the defaults are the Llama family's.
+    hidden_act: str = "silu"  # "gelu_tanh": gemma's GeGLU
+    query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power (None: head_dim's)
+    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap) (gemma2)
+    final_logit_softcapping: float | None = None  # the same on the output logits
+    local_layers: tuple[int, ...] = ()  # layers that attend only within local_window (gemma)
+    local_window: int | None = None
+    local_rope: dict | None = None  # rope of the local layers when it differs (gemma3)
+    rotary_dim: int | None = None  # rope on the first rotary_dim of each head only (phi3)
+
+    @property
+    def family(self) -> str:
+        """Which decoder runs these args: "llama" (llama, mistral, qwen2/3), "gemma" or "phi3"."""
+        if self.model_type in LLAMA_FAMILY:
+            return "llama"
+        return "phi3" if self.model_type == "phi3" else "gemma"
 
     @classmethod
     def from_hf(cls, cfg: dict, source: str = "config.json", fix: str = FIX_CONFIG) -> "ModelArgs":
         """`fix` ends every error about a corrupt value (a store says: re-pack)."""
         if not isinstance(cfg, dict):
             raise ConfigError(f"{source}: the model config is not a JSON object. {fix}")
+        cfg = text_decoder_config(cfg)  # gemma3's text part; family defaults written out
         model_type = cfg.get("model_type")
         if model_type is None:
             raise ConfigError(f"{source}: model_type is missing. {fix}")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
-                f"{source}: model_type {model_type!r} is not supported. specdec runs "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM2 and TinyLlama are llama). "
+                f"{source}: model_type {model_type!r} is not supported{_unsupported_hint(model_type)}. "
+                f"specdec runs {', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM2 and TinyLlama are llama; "
+                "Gemma 3 checkpoints with a vision tower run as text models; Phi-4 is phi3). "
                 "Pick a model of one of these families.")
+        if model_type not in LLAMA_FAMILY:
+            return family_args(cls, cfg, model_type, source, fix)
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (only silu).")
         pos = lambda key, default=None, limit=MAX_DIM: _positive_int(  # noqa: E731
@@ -90,36 +109,21 @@ class ModelArgs:
         )
 
 
-def _positive_int(cfg: dict, key: str, source: str, default: int | None = None,
-                  limit: int = MAX_DIM, fix: str = FIX_CONFIG) -> int:
-    value = cfg.get(key, default)
-    if value is None:
-        raise ConfigError(f"{source}: {key} is missing. The config is incomplete; restore it "
-                          "from the original model download.")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}. {fix}")
-    if value > limit:
-        raise ConfigError(f"{source}: {key}={value} is implausibly large (over {limit}). {fix}")
-    return value
+def _unsupported_hint(model_type: str) -> str:
+    for prefix, hint in UNSUPPORTED_HINTS.items():
+        if str(model_type).startswith(prefix):
+            return f" ({hint})"
+    return ""
 
 
-def _number(cfg: dict, key: str, default: float, source: str, fix: str, positive: bool = False,
-            where: str = "") -> float:
-    value = cfg.get(key, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        need = "a positive number" if positive else "a number >= 0"
-        raise ConfigError(f"{source}: {where}{key} must be {need}, got {value!r}. {fix}")
-    return float(value)
-
-
-def _flag(cfg: dict, key: str, default: bool, source: str, fix: str) -> bool:
-    value = cfg.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}. {fix}")
-    return value
+# Variants of the supported families that are different architectures.
+UNSUPPORTED_HINTS = {
+    "gemma3n": "Gemma 3n's per-layer embeddings and AltUp layers are a different architecture",
+    "phi3small": "Phi-3-small's blocksparse attention is a different architecture",
+    "phimoe": "Phi-3.5-MoE is a mixture of experts",
+    "phi4mm": "Phi-4-multimodal's adapters are a different architecture",
+    "phi3_v": "Phi-3-vision is a multimodal architecture",
+}
 
 
 def _rope(cfg: dict, source: str, fix: str = FIX_CONFIG) -> tuple[float, dict | None]:

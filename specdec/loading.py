@@ -15,6 +15,7 @@ from offload.checkpoint import (DRAFT_SIDECAR, Checkpoint, CheckpointError, borr
                                 open_checkpoint)
 
 from .config import ModelArgs
+from .families import build_model
 from .model import Transformer
 from .weights import OUTPUT_IDS, ResidentWeights, checked_output_ids, split_state_dict, take_rows
 
@@ -90,7 +91,7 @@ def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
         state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
     weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
     del state
-    return LoadedModel(ckpt.path, args, Transformer(args, weights, dtype), ckpt.config,
+    return LoadedModel(ckpt.path, args, build_model(args, weights, dtype), ckpt.config,
                        ckpt.generation_config, _tokenizer_source(ckpt),
                        f"{ckpt.path.name} in RAM ({_mb(weights.nbytes)} MB)")
 

@@ -72,12 +72,34 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def visibility_mask(cache: KVCache, n: int, mask: torch.Tensor | None,
+                    window: int | None) -> torch.Tensor | None:
+    """What n new tokens may attend to: `mask` (None: causal) and, with a window, only keys
+    fewer than `window` rope positions back. Positions, not slots: a tree node's position is
+    its depth, so a node sees its ancestry within the window, as the path would if accepted.
+    None when no mask is needed (one token seeing its whole context)."""
+    start = cache.length
+    if n == 1 and mask is None and (window is None or start < window):
+        return None
+    mask = cache.causal_mask(n) if mask is None else mask.clone()
+    if window is not None:
+        pos = cache.positions[:start + n]
+        mask &= (pos[start:, None] - pos[None, :]) < window
+    return mask
+
+
 class Transformer:
+    """The Llama family's decoder; specdec/families.py derives Gemma's and Phi-3's from it
+    (`families.build_model` picks the class from the args)."""
+
     def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16):
+        if type(self) is Transformer and args.family != "llama":
+            raise TypeError(f"{args.model_type} needs its own decoder: build it with "
+                            "specdec.families.build_model(args, weights, dtype)")
         self.args = args
         self.weights = weights
         self.dtype = dtype
-        self.inv_freq = rope_inv_freq(args)
+        self._setup_rope()
         self.head, self.output_ids = output_layer(weights.resident, args)
 
     def new_cache(self, max_len: int) -> KVCache:
@@ -105,22 +127,35 @@ class Transformer:
             raise ValueError(f"mask must be [{n}, {cache.length + n}] (new tokens x cached + new), "
                              f"got {list(mask.shape)}")
         cache.reserve(positions)
-        cos, sin = self._rope(positions)
+        rope = self._rope(positions)  # cos, sin (a family's decoder may hold one pair per layer kind)
         mask = self._mask(cache, n, mask)
         res = self.weights.resident
-        h = embed(tokens, res["model.embed_tokens.weight"])  # residual in float32
+        h = self._embed(tokens, res["model.embed_tokens.weight"])  # residual in float32
         for i, w in enumerate(self.weights.layers(idle=idle)):
-            h = self._layer(h, w, i, cache, cos, sin, mask)
+            h = self._layer(h, w, i, cache, rope, mask)
         cache.commit(n)
         if num_logits is not None:
             h = h[n - num_logits:]
-        h = rms_norm(h, res["model.norm.weight"], self.args.rms_norm_eps)  # back to compute dtype
-        logits = linear(h, self.head).float()
+        h = self._norm(h, res["model.norm.weight"])  # back to compute dtype
+        logits = self._cap_logits(linear(h, self.head).float())
         if self.output_ids is None:
             return logits
         # A partial output vocabulary: ids outside it get probability 0 (logit -inf).
         full = torch.full((logits.shape[0], self.args.vocab_size), float("-inf"))
         return full.index_copy_(1, self.output_ids, logits)
+
+    # Hooks a family's decoder overrides (specdec/families.py).
+    def _setup_rope(self) -> None:
+        self.inv_freq = rope_inv_freq(self.args)
+
+    def _embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
+        return embed(tokens, table)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, weight, self.args.rms_norm_eps)
+
+    def _cap_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
@@ -128,18 +163,10 @@ class Transformer:
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
     def _mask(self, cache: KVCache, n: int, mask: torch.Tensor | None) -> torch.Tensor | None:
-        start = cache.length
-        window = self.args.sliding_window
-        if n == 1 and mask is None and (window is None or start < window):
-            return None  # one token seeing its whole context: no mask needed
-        mask = cache.causal_mask(n) if mask is None else mask.clone()
-        if window is not None:
-            pos = cache.positions[:start + n]
-            mask &= (pos[start:, None] - pos[None, :]) < window
-        return mask
+        return visibility_mask(cache, n, mask, self.args.sliding_window)
 
-    def _layer(self, h, w, i, cache, cos, sin, mask) -> torch.Tensor:
-        eps = self.args.rms_norm_eps
+    def _layer(self, h, w, i, cache, rope, mask) -> torch.Tensor:
+        eps, (cos, sin) = self.args.rms_norm_eps, rope
         h = h + self._attention(rms_norm(h, w["input_layernorm.weight"], eps), w, i, cache, cos, sin, mask)
         x = rms_norm(h, w["post_attention_layernorm.weight"], eps)
         gate = linear(x, w["mlp.gate_proj.weight"], w.get("mlp.gate_proj.bias"))

@@ -19,7 +19,7 @@ from .cache import KVCache
 from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
-from .model import Transformer
+from .families import build_model
 from . import compute, self_draft
 from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
@@ -128,7 +128,7 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
                               dtype=dtype if store_dtype != dtype else None)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
-        tgt = LoadedModel(store_path, args, Transformer(args, weights, dtype), store.config,
+        tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
                           store.generation_config, tok,
                           f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
                           f"weights: {store.encoding_summary()})")
@@ -155,7 +155,7 @@ def _resident_self_draft(tgt: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 
 def _self_draft_model(tgt: LoadedModel, weights, description: str) -> LoadedModel:
     """The target's own config and tokenizer over the self-draft's weights."""
-    return LoadedModel(tgt.path, tgt.args, Transformer(tgt.args, weights, tgt.model.dtype),
+    return LoadedModel(tgt.path, tgt.args, build_model(tgt.args, weights, tgt.model.dtype),
                        tgt.config, tgt.generation_config, tgt.tokenizer_source, description)
 
 

@@ -37,7 +37,8 @@ def model_shape(args: ModelArgs) -> ModelShape:
                       num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
                       head_dim=args.head_dim, tie_word_embeddings=args.tie_word_embeddings,
                       attention_bias=args.attention_bias, mlp_bias=args.mlp_bias,
-                      qk_norm=args.qk_norm)
+                      qk_norm=args.qk_norm, sandwich_norms=args.family == "gemma",
+                      fused_projections=args.family == "phi3")
 
 
 def expected_shapes(args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:

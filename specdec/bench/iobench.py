@@ -60,7 +60,7 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
     from offload.prefetch import StreamedWeights
 
     from ..config import ModelArgs
-    from ..model import Transformer
+    from ..families import build_model
     from ..session import streaming_plan
 
     io0 = proc_read_bytes()
@@ -72,7 +72,7 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
         plan = streaming_plan(store, args, None, ram, dtype, max(max_context or 0, max(tokens)))
         pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
     with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
-        model = Transformer(args, weights, dtype)
+        model = build_model(args, weights, dtype)
         cache = model.new_cache(max(tokens))
         _pass(model, cache, 1)  # warm-up: first-read checksums, lazy allocations
         weights.wait_prefetched()  # the ring refills, as it does while the draft runs
