@@ -459,41 +459,48 @@ def test_smollm2_store_is_its_native_quantization(smollm2_q4):
     assert s.weights_nbytes < 1.2 * file.stat().st_size
 
 
-def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4, tmp_path):
+def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
     """The demo prompts (chat template) and the float32 reference's own greedy replies, fed
     whole: top-1 of the q4 store in bf16 vs the float32 model transformers dequantizes from the
-    same file, beside the same measure for a plain bf16 store of that file. Measured: q4 0.969
-    on prompt positions / 0.985 on reply positions, bf16 store 0.966 / 0.983: bf16 arithmetic
-    itself misses 0.99 on this model's near-ties (SmolLM2-135M has many), and q4 is no worse."""
+    same file. The q4 store holds the file's own Q4_1 blocks, so only bf16 arithmetic (and bf16
+    scales) separate the two, and bf16 rounds differently on each ISA (AVX512-BF16 in hardware,
+    AVX2 by conversion): SmolLM2-135M has many near-ties, and which way one breaks is not a
+    property of specdec. The rule that holds on every ISA: wherever the reference is clear
+    (its top-1 leads the runner-up by more than CLEAR logits), q4 in bf16 must agree; overall
+    agreement is asserted loosely and printed. Measured (2026-12-03): AVX2 0.968 prompt / 0.981
+    reply overall; AVX512 0.969 / 0.985."""
     import tomllib
     from importlib.resources import files
 
+    clear_gap = 1.0
     file, store = smollm2_q4
-    bf16_store = pack(file, tmp_path / "bf16", quant="bf16", progress=False)
     ref = reference_model(file)
-    lms = {"q4": specdec.load(store, ram="2GB"), "bf16": specdec.load(bf16_store, ram="2GB")}
+    lm = specdec.load(store, ram="2GB")
     prompts = tomllib.loads(files("specdec.configs").joinpath("demo_prompts.toml").read_text())["prompts"]
-    counts = {k: {"prompt": [0, 0], "reply": [0, 0]} for k in lms}
+    agree = {"prompt": [0, 0], "reply": [0, 0], "clear": [0, 0]}
     for prompt in prompts:
-        ids = lms["q4"].tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      add_generation_prompt=True, tokenize=True)
+        ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                               add_generation_prompt=True, tokenize=True)
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         n0 = len(ids)
         with torch.no_grad():
             full = ref.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0]
-            want = ref(full[None]).logits[0].argmax(-1)
-        for name, lm in lms.items():
-            model = lm.target.model
-            cache = model.new_cache(256)
-            same = model.forward(full, cache.next_positions(full.numel()), cache).argmax(-1) == want
-            for part, sel in (("prompt", same[:n0]), ("reply", same[n0 - 1:-1])):
-                counts[name][part][0] += int(sel.sum())
-                counts[name][part][1] += sel.numel()
-    rate = {name: {part: a / b for part, (a, b) in parts.items()} for name, parts in counts.items()}
-    print(f"teacher-forced top-1 agreement vs the float32 reference: {rate}")
-    assert rate["q4"]["reply"] >= 0.98 and rate["q4"]["prompt"] >= 0.96, rate
-    for part in ("prompt", "reply"):
-        assert rate["q4"][part] >= rate["bf16"][part] - 0.005, rate
+            ref_logits = ref(full[None]).logits[0]
+        top2 = ref_logits.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > clear_gap
+        model = lm.target.model
+        cache = model.new_cache(256)
+        same = model.forward(full, cache.next_positions(full.numel()), cache).argmax(-1) == ref_logits.argmax(-1)
+        for part, sel in (("prompt", same[:n0]), ("reply", same[n0 - 1:-1]), ("clear", same[clear])):
+            agree[part][0] += int(sel.sum())
+            agree[part][1] += sel.numel()
+    lm.close()
+    rate = {part: a / b for part, (a, b) in agree.items()}
+    print(f"teacher-forced top-1 agreement vs the float32 reference: {rate}, clear positions "
+          f"{agree['clear'][1]} of {agree['prompt'][1] + agree['reply'][1]}")
+    assert agree["clear"][1] >= 0.5 * (agree["prompt"][1] + agree["reply"][1])  # the rule has teeth
+    assert rate["clear"] >= 0.995, rate
+    assert rate["reply"] >= 0.95 and rate["prompt"] >= 0.94, rate
 
 
 def test_quantized_sizes_from_shapes_equal_the_manifest(q4_pair):

