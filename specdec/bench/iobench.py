@@ -47,7 +47,7 @@ def time_raw_read(files: list[Path], reader: DirectReader | None = None) -> tupl
 
 
 def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
-             max_context: int | None = None) -> dict:
+             max_context: int | None = None, kernels: str | None = None) -> dict:
     """Raw O_DIRECT read of one pass's streamed bytes vs streamed forward passes, same run.
 
     Each token count runs `repeat` passes back to back (so the reader never gets a head
@@ -63,6 +63,10 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
     from ..families import build_model
     from ..session import streaming_plan
 
+    from .. import compute
+    from ..session import install_kernels
+
+    install_kernels(kernels)
     io0 = proc_read_bytes()
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store.path}/manifest.json")
@@ -89,7 +93,9 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
             "stream_only_ratio_to_raw": stream_only / raw_seconds if raw_seconds else None,
             "passes": passes,
             "bytes_read": None if io0 is None or io1 is None else io1 - io0,
-            "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads()}
+            "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads(),
+            "machine": compute.machine(), "kernels": compute.active().summary()
+            if compute.active().timings else "reference (F.linear)"}
 
 
 def _stream_only_seconds(weights, repeat: int) -> float:
@@ -127,7 +133,10 @@ def _timed_passes(model, cache, weights, n: int, repeat: int, raw_seconds: float
 
 def format_bench_io(r: dict) -> str:
     gbps = f"{r['raw_gb_per_s']:.2f} GB/s" if r["raw_gb_per_s"] else "n/a"
+    m = r["machine"]
     lines = [f"store {r['store']} ({r['dtype']}, {r['streamed_layers']}/{r['layers']} layers streamed)",
+             f"CPU {m['cpu']} ({m['isa']}, {'' if m['bf16_instructions'] else 'no '}bf16 instructions), "
+             f"{r['threads']} threads; kernels: {r['kernels']}",
              f"plan: {r['plan']}",
              f"raw {'O_DIRECT' if r['o_direct'] else 'uncached (fallback)'} read of "
              f"{r['streamed_bytes'] / 1e9:.3f} GB: {r['raw_seconds']:.3f} s ({gbps})",

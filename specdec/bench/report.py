@@ -237,6 +237,8 @@ def _markdown_doc(report: dict) -> str:
             f"Machine: {m['cpu_model'] or m['cpu']}, {m['cores']} cores, "
             f"{m['ram_bytes'] / 1e9:.1f} GB RAM, torch {m['torch']} ({report['threads']} threads), "
             f"kernel {m['kernel']}.",
+            f"ISA: {m.get('isa', 'not recorded')} ({'with' if m.get('bf16_instructions') else 'no'} bf16 "
+            f"instructions); matmul paths: {m.get('kernels', 'not recorded')}.",
             f"RAM cap: {', '.join(report['cap_methods'])}.", ""]
     for e in report["workloads"]:
         w = e["workload"]

@@ -107,7 +107,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     contenders = [c for c in available_contenders() if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
-              "machine": machine_info(), "workloads": [], "contenders": [c.__dict__ for c in contenders]}
+              "machine": machine_info(threads), "workloads": [], "contenders": [c.__dict__ for c in contenders]}
     methods = set()
     for w in workloads:
         results = {}
@@ -266,16 +266,30 @@ def _brief(r: dict) -> str:
     return f"{tok} tokens in {sec:.1f} s ({sec / max(tok, 1) * 1e3:.0f} ms/token)"
 
 
-def machine_info() -> dict:
+def machine_info(threads: int | None = None) -> dict:
+    """The machine, its instruction set and the matmul paths specdec's contenders use on it
+    (the kernel probe the workers load, timed at the workers' thread count)."""
     import platform
 
     import psutil
     import torch
 
+    from .. import compute
+    from ..demo_model import cache_root
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        policy = compute.load_or_probe(cache_root(), progress=True)
+    finally:
+        torch.set_num_threads(before)
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
             "torch": torch.__version__, "kernel": platform.release(),
-            "cpu_model": _cpu_model()}
+            "cpu_model": _cpu_model(), "isa": policy.machine.get("isa"),
+            "bf16_instructions": policy.machine.get("bf16_instructions"),
+            "kernels": policy.summary(), "kernel_probe_ms": policy.as_dict()["timings_ms"]}
 
 
 def _cpu_model() -> str:

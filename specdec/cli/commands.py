@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .load_args import load_from_args, read_preset
+from .load_args import add_kernels_argument, load_from_args, read_preset
 from .banner import banner, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
@@ -170,6 +170,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree-nodes", type=_at_least(1), help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=_at_least(1), default=4, help="tree mode: children per node")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
+    add_kernels_argument(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,

@@ -9,6 +9,13 @@ from pathlib import Path
 from .exit_codes import EXIT_PROBLEM
 
 
+def add_kernels_argument(p) -> None:
+    p.add_argument("--kernels", choices=["auto", "reference"], default=None,
+                   help="matmul paths: auto (default, or $SPECDEC_KERNELS) times this CPU's paths "
+                   "once and uses the fastest per weight kind and token count; reference is "
+                   "F.linear everywhere")
+
+
 def load_from_args(args):
     import specdec
 
@@ -21,7 +28,8 @@ def load_from_args(args):
                   max_context=args.max_context or preset.get("max_context"), k=args.k,
                   cache_dir=args.cache_dir, progress=True,
                   speculation=args.speculation or preset.get("speculation"),
-                  tree_nodes=args.tree_nodes, tree_width=args.tree_width)
+                  tree_nodes=args.tree_nodes, tree_width=args.tree_width,
+                  kernels=getattr(args, "kernels", None))
     if target is None:
         from ..demo_model import ensure_demo_gguf
 

@@ -14,6 +14,7 @@ import sys
 import time
 
 from .exit_codes import EXIT_PROBLEM, EXIT_USAGE
+from .load_args import add_kernels_argument
 
 
 def add_offload_commands(subparsers) -> None:
@@ -68,6 +69,7 @@ def add_bench_commands(bench_subparsers) -> None:
     io.add_argument("--ram", default=None, help="RAM budget; pins layers that fit (default: stream all)")
     io.add_argument("--repeat", type=int, default=3, help="back-to-back passes per token count (default 3)")
     io.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_kernels_argument(io)
     io.set_defaults(func=cmd_bench_io, handler=cmd_bench_io)
     _add_bench_offload(bench_subparsers)
 
@@ -197,7 +199,8 @@ def cmd_bench_io(args) -> int:
     from ..bench.iobench import bench_io, format_bench_io  # torch etc. only when it runs
 
     try:
-        result = bench_io(args.store, tokens, ram=args.ram, repeat=max(1, args.repeat))
+        result = bench_io(args.store, tokens, ram=args.ram, repeat=max(1, args.repeat),
+                          kernels=args.kernels)
     except _known_errors() as e:
         return _fail(e)
     print(json.dumps(result, indent=1) if args.json else format_bench_io(result))
