@@ -40,7 +40,7 @@ def test_chat_ends_at_end_of_input(chat_pair):
 def test_generate_json_has_text_and_stats(chat_pair):
     target, draft = chat_pair
     r = run_cli("generate", "--target", str(target), "--draft", str(draft), "--prompt", "Once upon",
-                "--max-new-tokens", "12", "--json", "--dtype", "float32")
+                "--max-new-tokens", "12", "--json", "--dtype", "float32", "--k", "3")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["text"] and len(out["token_ids"]) == 12

@@ -17,7 +17,7 @@ def test_streamed_speculative_greedy_equals_target_alone(tmp_path, family):
     expected = specdec.load(tmp_path / "t", dtype="float32").generate(PROMPT, max_new_tokens=32)
     # A budget just above the minimum pins nothing: every layer streams through the ring.
     ram = DEFAULT_OVERHEAD + 1_300_000
-    with specdec.load(store, draft=tmp_path / "d", dtype="float32", ram=ram) as lm:
+    with specdec.load(store, draft=tmp_path / "d", dtype="float32", ram=ram, k=4) as lm:  # drafts needed
         assert not lm.plan.pinned
         assert lm.plan.streamed, lm.plan.summary
         out = lm.generate(PROMPT, max_new_tokens=32)
