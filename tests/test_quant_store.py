@@ -467,8 +467,9 @@ def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
     AVX2 by conversion): SmolLM2-135M has many near-ties, and which way one breaks is not a
     property of specdec. The rule that holds on every ISA: wherever the reference is clear
     (its top-1 leads the runner-up by more than CLEAR logits), q4 in bf16 must agree; overall
-    agreement is asserted loosely and printed. Measured (2026-12-03): AVX2 0.968 prompt / 0.981
-    reply overall; AVX512 0.969 / 0.985."""
+    agreement is asserted loosely and printed. Measured (2026-12-03, AVX2, these 10 prompts):
+    0.969 prompt / 0.987 reply overall, 1.0 on the 319 clear positions of 534 (all 20 prompts:
+    0.968 / 0.981, clear 668 of 1097 all agreeing); AVX512 (20 prompts): 0.969 / 0.985."""
     import tomllib
     from importlib.resources import files
 
@@ -476,7 +477,8 @@ def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
     file, store = smollm2_q4
     ref = reference_model(file)
     lm = specdec.load(store, ram="2GB")
-    prompts = tomllib.loads(files("specdec.configs").joinpath("demo_prompts.toml").read_text())["prompts"]
+    # the first 10 demo prompts: ~500 clear positions, half the time of all 20
+    prompts = tomllib.loads(files("specdec.configs").joinpath("demo_prompts.toml").read_text())["prompts"][:10]
     agree = {"prompt": [0, 0], "reply": [0, 0], "clear": [0, 0]}
     for prompt in prompts:
         ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
