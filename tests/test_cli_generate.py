@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import make_tiny_chat_model
 from test_cli import run_cli
@@ -115,5 +116,8 @@ def test_info_is_readable_and_json_on_request(tmp_path, smollm2_tokenizer_dir):
     assert "(--ram)" in r.stdout and "(given)" not in r.stdout
     assert r.stdout.count("420.00 MB") == 2  # the banner's budget and the table's budget row
     assert len(r.stdout.splitlines()) < 25
+    assert "compute: bfloat16 activations on " in r.stdout  # the ISA and the matmul paths
     data = json.loads(run_cli(*common, "--json").stdout)
     assert data["plan"]["budget_bytes"] == 420_000_000 and data["max_context"] == 256
+    assert data["compute"]["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert data["compute"]["kernels"] == "reference (F.linear)"  # tests pin SPECDEC_KERNELS

@@ -89,3 +89,14 @@ def _ranges(ids) -> str:
             spans.append(f"{start}-{prev}" if prev != start else str(start))
             start = cur
     return ", ".join(spans)
+
+
+def compute_info(dtype) -> dict:
+    """The compute line's facts for `info --json`: ISA, bf16 instructions, the chosen paths."""
+    from .. import compute
+
+    m, policy = compute.machine(), compute.active()
+    return {"dtype": str(dtype).removeprefix("torch."), "isa": m["isa"], "cpu": m["cpu"],
+            "bf16_instructions": m["bf16_instructions"], "threads": m["threads"],
+            "kernels": policy.summary() if policy.timings else "reference (F.linear)",
+            "probe_ms": policy.as_dict()["timings_ms"]}

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from .load_args import add_kernels_argument, load_from_args, read_preset
-from .banner import banner, plan_text
+from .banner import banner, compute_info, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
@@ -314,7 +314,8 @@ def cmd_info(args) -> int:
             print(json.dumps({"target": str(lm.target.path),
                               "draft": str(lm.draft.path) if lm.draft else None,
                               "max_context": lm.max_context,
-                              "plan": lm.plan.as_dict() if lm.plan is not None else None}, indent=2))
+                              "plan": lm.plan.as_dict() if lm.plan is not None else None,
+                              "compute": compute_info(lm.target.model.dtype)}, indent=2))
             return EXIT_OK
         print(banner(lm, args))
         if lm.plan is not None:
