@@ -8,6 +8,8 @@ import heapq
 import math
 import random
 
+import pytest
+
 from specdec.speculate.chain import DraftLengthPolicy
 from specdec.speculate.tree_model import DraftTree, TreeCostModel
 
@@ -100,3 +102,20 @@ def test_tree_cost_model_learns_the_q4_slope_and_sizes_trees_by_it():
         assert tree_rate(tree, n, curve) >= 0.98 * best
         chosen[name] = n
     assert chosen["q4"] < chosen["bf16"], chosen
+
+
+def test_the_probe_profile_sizes_the_first_passes_before_two_sizes_are_seen():
+    """With the probe's matmul curve c(n), one measured size is enough to size the chain: tokens
+    are free until c(n) outgrows the measured pass (read and matmuls overlap), then cost c(n)."""
+    from specdec.speculate.pass_time import PassTimeFit
+
+    fit = PassTimeFit(profile=lambda n: 0.3 * n)  # a compute-bound kernel: 0.3 s per token
+    fit.observe(1, 1.2)  # a streamed pass of one token: the read, 1.2 s
+    assert fit.seconds(1) == 1.2 and fit.seconds(4) == 1.2  # hidden behind the read
+    assert fit.seconds(10) == 3.0  # the matmuls dominate
+    policy = DraftLengthPolicy(profile=lambda n: 0.3 * n)
+    policy.update(0, 0, 1.2, T_DRAFT, tokens=1)
+    assert 1 <= policy.k <= 4  # drafts up to what the read hides, not k_max
+    fit.observe(5, 1.6)  # a second size: the least-squares fit on c(n) takes over
+    a, b = fit.fit()
+    assert a + b * 0.3 == pytest.approx(1.2) and a + b * 1.5 == pytest.approx(1.6)

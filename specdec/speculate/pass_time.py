@@ -34,6 +34,13 @@ class PassTimeFit:
         return self.profile(tokens) if self.profile is not None else float(tokens)
 
     def seconds(self, tokens: int) -> float:
+        if self.profile is not None and len({n for n, _ in self.samples}) == 1:
+            # One size seen: a streamed pass reads while it computes, so more tokens cost
+            # nothing until the probe's matmul time passes the measured pass; past that they
+            # cost the matmuls. (Adding the matmul growth to the measured pass instead made
+            # the first passes on a slow disk far too cautious.) Two sizes switch to the fit.
+            measured = sum(y for _, y in self.samples) / len(self.samples)
+            return max(measured, self.x(tokens))
         a, b = self.fit()
         return a + b * self.x(tokens)
 
