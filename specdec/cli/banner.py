@@ -23,7 +23,9 @@ def banner(lm, args=None) -> str:
     else:
         lines.append("  target fully in RAM (no --ram given)")
     draft = "none (plain decoding)"
-    if lm.draft is not None:  # a self-draft's path is the target's: its description says more
+    if lm.draft is None and lm.engine.strategy.name != "plain":  # drafting without a model
+        draft = f"none: {_speculation_text(lm)}"
+    elif lm.draft is not None:  # a self-draft's path is the target's: its description says more
         is_self = lm.draft.description.startswith("self-draft")
         draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
     lines.append(f"  draft: {draft}")

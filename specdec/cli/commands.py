@@ -155,7 +155,9 @@ def _probability(text: str) -> float:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target: HF directory, .gguf, store, or hub id")
     p.add_argument("--draft", help="draft model, or `self` (4-bit copies of the target's streamed "
-                   "layers; omit for plain decoding unless a preset names one)")
+                   "layers), or `lookup` (no draft model: n-gram matches of the prompt and reply "
+                   "so far; for rewriting, summarising, editing code); omit for plain decoding "
+                   "unless a preset names one")
     p.add_argument("--config", help="a preset TOML (configs/*.toml, by path or name)")
     p.add_argument("--ram", help="RAM budget, e.g. 4GB or 800MB (decimal; the target streams from disk)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -163,7 +165,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="KV cache length in tokens (default: the model's, at most 4096; demo 2048)")
     p.add_argument("--k", type=_at_least(1, what="drafted tokens per pass must be >= 1 (omit --draft "
                                                  "for plain decoding, omit --k for adaptive)"),
-                   help="chain mode: drafted tokens per pass, >= 1 (default: adaptive)")
+                   help="chain mode (or --draft lookup): drafted tokens per pass, >= 1 (default: adaptive)")
     p.add_argument("--speculation", choices=["chain", "tree", "overlap"], default=None,
                    help="chain (default): k drafts in a row; tree: a draft tree verified in one pass; "
                         "overlap: a tree that keeps growing while the target streams")

@@ -34,11 +34,18 @@ def load_from_args(args):
         from ..demo_model import ensure_demo_gguf
 
         _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
-        return specdec.load(draft=draft if draft == "self" else resolve(draft), **kwargs)
+        return specdec.load(draft=_draft(draft), **kwargs)
     target = resolve(target)
     if kwargs["ram"] is not None:
         _pack_in_child(target, args.dtype, args.cache_dir)
-    return specdec.load(target, draft=draft if draft == "self" else resolve(draft), **kwargs)
+    return specdec.load(target, draft=_draft(draft), **kwargs)
+
+
+def _draft(draft):
+    """A draft model (path or hub id), or a mode that needs none, as load() takes it."""
+    from ..hub import resolve
+
+    return draft if draft in ("self", "lookup") else resolve(draft)
 
 
 def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:

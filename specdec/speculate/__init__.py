@@ -1,11 +1,13 @@
 """Speculation strategies, one module each (see base.py for the interface the loop uses):
-plain (no draft), chain (k drafts in a row), tree (a best-first draft tree) and overlap (a
-tree that outlives the pass and grows while the target streams)."""
+plain (no draft), chain (k drafts in a row), tree (a best-first draft tree), overlap (a
+tree that outlives the pass and grows while the target streams) and lookup (no draft model:
+continuations of the context's own n-grams)."""
 from .base import Outcome, Plan, Step, Strategy
 from .chain import Chain, DraftLengthPolicy
+from .lookup import Lookup, LookupPolicy
 from .overlap import Overlap
 from .plain import Plain
 from .tree import Tree, TreeSettings
 
-__all__ = ["Chain", "DraftLengthPolicy", "Outcome", "Overlap", "Plain", "Plan", "Step", "Strategy", "Tree",
+__all__ = ["Chain", "DraftLengthPolicy", "Lookup", "LookupPolicy", "Outcome", "Overlap", "Plain", "Plan", "Step", "Strategy", "Tree",
            "TreeSettings"]

@@ -154,9 +154,16 @@ class DraftLengthPolicy:
     def best_k(self, a: float, t_target, t_draft: float, k_min: int = 0) -> int:
         """t_target: seconds of a pass, a number (the same for every k) or a function of the
         tokens it verifies (k + 1). k = 0 is plain decoding (no draft cost)."""
-        a = min(a, 0.999)
-        pass_seconds = t_target if callable(t_target) else (lambda n: t_target)
+        return best_draft_length(a, t_target, t_draft, k_min, self.k_max)
 
-        def rate(k):
-            return (1 - a ** (k + 1)) / (1 - a) / (pass_seconds(k + 1) + k * t_draft + 1e-9)
-        return max(range(k_min, self.k_max + 1), key=rate)
+
+def best_draft_length(a: float, t_target, t_draft: float, k_min: int, k_max: int) -> int:
+    """The k in [k_min, k_max] with the most expected tokens per second for per-token
+    acceptance `a`: E(k) = (1 - a^(k+1)) / (1 - a) tokens for a pass verifying k + 1 tokens
+    in t_target(k + 1) seconds (or a number: the same for every k) plus k * t_draft."""
+    a = min(a, 0.999)
+    pass_seconds = t_target if callable(t_target) else (lambda n: t_target)
+
+    def rate(k):
+        return (1 - a ** (k + 1)) / (1 - a) / (pass_seconds(k + 1) + k * t_draft + 1e-9)
+    return max(range(k_min, k_max + 1), key=rate)

@@ -1,0 +1,144 @@
+"""Prompt-lookup speculation (draft="lookup"): no draft model; the drafts are continuations
+of the context's own n-grams (specdec/lookup.py), checked by the target in one pass.
+
+The continuations of a matched suffix form a trie (occurrences that continue differently
+branch), which the target verifies as a draft tree (tree attention, speculate/tree.py's
+layout) and walks with its own draws (verify.accept_tree): exact for greedy and sampled
+decoding alike, since a proposal is a deterministic guess and every emitted token is drawn
+from the target. (A single chain walked this way is rejection sampling with a one-hot q:
+accept x with probability p(x), else draw from p without x.)
+
+How many nodes to offer is sized per pass by LookupPolicy from two measurements: how often
+the target takes a lookup token, kept per match length (a 4-token match continues alike far
+more often than a 1-token one), and what a pass costs per token verified (pass_time.py, from
+this CPU's kernel probe on). Proposing nothing (a plain pass) is one of the choices, so
+lookup never costs more than plain decoding by more than the index upkeep.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..lookup import Candidates, NgramIndex, best_nodes
+from ..penalty import penalize
+from ..verify import accept_tree
+from .base import Outcome, Plan, Step, Strategy
+from .chain import best_draft_length
+from .ema import Ema
+from .pass_time import PassTimeFit
+from .tree import tree_feed
+from .tree_model import DraftTree, node_histories
+
+
+class LookupPolicy:
+    """Nodes to offer for a match of a given order (suffix length): a fixed `k`, or the
+    count with the best expected tokens per second (chain.best_draft_length) at that order's
+    measured per-token acceptance, with exponential forgetting (`decay` per drafted pass).
+    A lookup costs no draft forwards, so only the wider pass is weighed. When offering
+    nothing wins at an order, one token is offered every `recheck_every` such passes to
+    measure again (text moves between quoting and not)."""
+
+    def __init__(self, k: int | None = None, k_max: int = 16, decay: float = 0.9, profile=None,
+                 recheck_every: int = 8):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"k (lookup tokens per pass) must be an integer >= 0, got {k!r}")
+        self.fixed = k
+        self.k_max = k_max
+        self.decay = decay
+        self.recheck_every = recheck_every
+        self.pass_time = PassTimeFit(profile=profile)
+        self._taken: dict[int, float] = {}   # order -> decayed accepted lookup tokens
+        self._missed: dict[int, float] = {}  # order -> decayed passes that ended on a rejection
+        self._idle: dict[int, int] = {}      # order -> matched passes offered nothing in a row
+
+    def acceptance(self, order: int) -> float:
+        """P(the target takes a lookup token | the one before was taken), at this order; a
+        weak prior of 0.5 until measured."""
+        taken, missed = self._taken.get(order, 1.0), self._missed.get(order, 1.0)
+        return taken / (taken + missed)
+
+    def size(self, order: int) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        best = best_draft_length(self.acceptance(order), self.pass_time.seconds, 0.0, 0, self.k_max)
+        if best > 0:
+            self._idle[order] = 0
+            return best
+        self._idle[order] = self._idle.get(order, 0) + 1
+        if self._idle[order] >= self.recheck_every:
+            self._idle[order] = 0
+            return 1
+        return 0
+
+    def observe(self, order: int, offered: int, accepted: int, rejected: bool, tokens: int,
+                seconds: float) -> None:
+        """A decode pass verified `tokens` in `seconds`; of `offered` lookup nodes from a
+        match of `order`, the target took `accepted` and ended on a rejection or not."""
+        self.pass_time.observe(tokens, seconds)
+        if offered:
+            self._taken[order] = self.decay * self._taken.get(order, 1.0) + accepted
+            self._missed[order] = self.decay * self._missed.get(order, 1.0) + rejected
+
+
+class Lookup(Strategy):
+    name = "lookup"
+
+    def __init__(self, policy: LookupPolicy | None = None, index: NgramIndex | None = None):
+        self.policy = policy or LookupPolicy()
+        self.index = index or NgramIndex()
+        self.lookup_seconds = Ema()
+
+    def plan(self, step: Step) -> Plan:
+        started = time.perf_counter()
+        room = step.room - 1  # one token of the pass is always the target's own
+        limit = self.policy.k_max if self.policy.fixed is None else self.policy.fixed
+        found = self.index.propose(step.context, min(limit, room))
+        size = min(self.policy.size(found.order), room) if len(found) else 0
+        tree = draft_tree(found, best_nodes(found, size))
+        self.lookup_seconds.update(time.perf_counter() - started)
+        feed, positions, mask = tree_feed(step, tree)
+        if is_chain(tree):  # a run of tokens in order: the causal default, no mask to build
+            mask = None
+        return Plan(feed, positions, mask, num_logits=len(tree) + 1,
+                    state=(tree, found.order, len(step.uncached)))
+
+    def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
+        tree, order, n_uncached = plan.state
+        logits = penalize(logits, step.params, step.context, node_histories(tree))
+        path, nxt = accept_tree(tree, logits, step.params, step.generator)
+        # The accepted path's entries move to consecutive slots after the context.
+        ctx_end = len(step.context)
+        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
+        rejected = bool(tree.children(path[-1] if path else -1))
+        if n_uncached == 1:  # a prefill pass would distort the pass-time estimate
+            self.policy.observe(order, len(tree), len(path), rejected, plan.tokens.numel(),
+                                pass_seconds)
+        return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree),
+                       accepted=len(path), rejected=rejected, size=len(tree) or None)
+
+    def describe(self) -> str:
+        idx = self.index
+        orders = f"{idx.min_order}-{idx.max_order}" if idx.min_order < idx.max_order else str(idx.max_order)
+        size = (f"{self.policy.fixed} tokens" if self.policy.fixed is not None
+                else f"<= {self.policy.k_max} tokens (cost model)")
+        return f"prompt lookup (no draft model): {orders}-token matches of the context, {size} per pass"
+
+    def timings(self) -> dict[str, float]:
+        return {"lookup_ms_per_pass": self.lookup_seconds.value * 1e3}
+
+
+def draft_tree(found: Candidates, nodes: list[int]) -> DraftTree:
+    """The chosen trie nodes (each after its parent) as a DraftTree; a node's log-probability
+    is the share of the occurrences that agree on its path."""
+    tree, where = DraftTree(), {-1: -1}
+    for node in nodes:
+        share = found.counts[node] / found.matches
+        where[node] = tree.add(found.tokens[node], where[found.parents[node]], math.log(share), 0)
+    return tree
+
+
+def is_chain(tree: DraftTree) -> bool:
+    """Every node follows the one before it (also true of an empty tree)."""
+    return all(parent == i - 1 for i, parent in enumerate(tree.parents))
