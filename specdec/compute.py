@@ -260,6 +260,32 @@ def probe(shape=None, buckets=BUCKETS, progress=None) -> Policy:
     return Policy(paths, timings, machine())
 
 
+PROBE_IN_CHILD = True  # tests that patch the probe's internals run it in-process
+
+
+def _child_probe(threads: int, shape) -> dict:
+    torch.set_num_threads(threads)
+    return probe(shape=shape).as_dict()
+
+
+def probe_in_child(progress=None) -> Policy:
+    """The probe in a spawned child process: its weights (~200 MB at their peak) never count
+    in this process's resident memory, which must stay inside the user's RAM budget. The
+    child has this process's thread count, shape and environment (the ISA variables)."""
+    import multiprocessing
+
+    if progress:
+        progress(0, 1)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        d = pool.apply(_child_probe, (torch.get_num_threads(), PROBE_SHAPE))
+    if progress:
+        progress(1, 1)
+    policy = Policy.from_dict(d)
+    policy.machine = machine()  # the parent's view (same CPU, threads and environment)
+    return policy
+
+
 def cache_file(cache_dir: Path) -> Path:
     import hashlib
     key = hashlib.sha256(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:16]
@@ -283,7 +309,7 @@ def load_or_probe(cache_dir: Path | None, progress: bool = False) -> Policy:
             end = "\n" if i == total else ""
             print(f"\rspecdec: timing this CPU's matmul paths (once per machine): {i}/{total}",
                   end=end, file=sys.stderr, flush=True)
-    policy = probe(progress=report)
+    policy = probe_in_child(report) if PROBE_IN_CHILD else probe(progress=report)
     if path is not None:
         from offload.atomic import write_atomic
         try:

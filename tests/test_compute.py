@@ -4,6 +4,7 @@ is cached per machine, and the pass-time profile the cost models start from adds
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,7 @@ def test_the_probe_picks_the_fastest_timed_path_and_caches_it(tmp_path, monkeypa
         monkeypatch.setitem(compute.PATHS, name,
                             lambda x, w, b=None, n=name, r=real: current.__setitem__(0, n))
     monkeypatch.setattr(compute, "_q4_probe_weight", lambda shape: None)
+    monkeypatch.setattr(compute, "PROBE_IN_CHILD", False)  # the patches live in this process
     policy = compute.load_or_probe(tmp_path, progress=False)
     assert all(p == "upcast" for p in policy.paths["bfloat16"].values())
     assert all(p == "wxt" for p in policy.paths["float32"].values())
@@ -146,3 +148,28 @@ def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp
         assert (logits - ref).abs().max().item() <= 1e-4
     finally:
         lm.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_the_probe_runs_in_a_child_so_its_memory_never_counts_here():
+    """(Linux: VmHWM, the peak of this process image; ru_maxrss survives exec from pytest.)
+    A first load probes once; the probe's weights must not raise the decoder process's
+    peak RSS above the user's budget: it runs in a spawned child. Measured in a fresh process:
+    the child probe adds (almost) nothing to its peak, while 128 MB allocated here does (which
+    shows the measure can see growth)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from specdec import compute\n"
+        "compute.PROBE_SHAPE = (2048, 4096)\n"
+        "peak = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
+        "a = peak(); p = compute.probe_in_child(); b = peak()\n"
+        "assert p.paths['bfloat16'] and p.timings['q4'] and p.machine == compute.machine()\n"
+        "big = torch.ones(32 << 20); c = peak()\n"
+        "print(b - a, c - b)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    child_kib, here_kib = map(int, out.stdout.split())
+    assert child_kib < 16 * 1024 and here_kib > 64 * 1024, (child_kib, here_kib)
