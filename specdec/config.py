@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from offload.hf_config import text_decoder_config
 
 from .config_values import (FIX_CONFIG, MAX_DIM, MAX_VOCAB, ConfigError, _flag, _number,  # noqa: F401
-                            _positive_int)
+                            _check_heads, _positive_int)
 from .family_config import family_args
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3")
@@ -80,12 +80,7 @@ class ModelArgs:
         hidden = pos("hidden_size")
         heads = pos("num_attention_heads")
         kv_heads = pos("num_key_value_heads", default=heads)
-        if heads % kv_heads:
-            raise ConfigError(f"{source}: num_attention_heads ({heads}) must be a multiple of "
-                              f"num_key_value_heads ({kv_heads}). {fix}")
-        if cfg.get("head_dim") is None and hidden % heads:
-            raise ConfigError(f"{source}: hidden_size ({hidden}) is not a multiple of "
-                              f"num_attention_heads ({heads}) and no head_dim is given. {fix}")
+        _check_heads(cfg, hidden, heads, kv_heads, source, fix)
         head_dim = pos("head_dim", default=hidden // heads)
         theta, scaling = _rope(cfg, source, fix)
         return cls(

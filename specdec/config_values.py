@@ -43,3 +43,14 @@ def _flag(cfg: dict, key: str, default: bool, source: str, fix: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{source}: {key} must be true or false, got {value!r}. {fix}")
     return value
+
+
+def _check_heads(cfg: dict, hidden: int, heads: int, kv_heads: int, source: str, fix: str) -> None:
+    """Attention head counts every family shares: kv heads divide heads, and without an
+    explicit head_dim the hidden size splits evenly into heads."""
+    if heads % kv_heads:
+        raise ConfigError(f"{source}: num_attention_heads ({heads}) must be a multiple of "
+                          f"num_key_value_heads ({kv_heads}). {fix}")
+    if cfg.get("head_dim") is None and hidden % heads:
+        raise ConfigError(f"{source}: hidden_size ({hidden}) is not a multiple of "
+                          f"num_attention_heads ({heads}) and no head_dim is given. {fix}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from .config_values import ConfigError, _flag, _number, _positive_int
+from .config_values import ConfigError, _check_heads, _flag, _number, _positive_int
 
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 LOCAL, GLOBAL = "sliding_attention", "full_attention"
@@ -26,12 +26,7 @@ def family_args(cls, cfg: dict, model_type: str, source: str, fix: str):
         cfg, key, source, default, limit, fix)
     hidden, heads = pos("hidden_size"), pos("num_attention_heads")
     kv_heads = pos("num_key_value_heads", default=heads)
-    if heads % kv_heads:
-        raise ConfigError(f"{source}: num_attention_heads ({heads}) must be a multiple of "
-                          f"num_key_value_heads ({kv_heads}). {fix}")
-    if cfg.get("head_dim") is None and hidden % heads:
-        raise ConfigError(f"{source}: hidden_size ({hidden}) is not a multiple of "
-                          f"num_attention_heads ({heads}) and no head_dim is given. {fix}")
+    _check_heads(cfg, hidden, heads, kv_heads, source, fix)
     common = dict(
         model_type=model_type, vocab_size=pos("vocab_size", limit=1 << 24), hidden_size=hidden,
         intermediate_size=pos("intermediate_size"), num_layers=pos("num_hidden_layers"),

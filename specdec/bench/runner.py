@@ -287,19 +287,9 @@ def machine_info(threads: int | None = None) -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
             "torch": torch.__version__, "kernel": platform.release(),
-            "cpu_model": _cpu_model(), "isa": policy.machine.get("isa"),
+            "cpu_model": compute.cpu_model(), "isa": policy.machine.get("isa"),
             "bf16_instructions": policy.machine.get("bf16_instructions"),
             "kernels": policy.summary(), "kernel_probe_ms": policy.as_dict()["timings_ms"]}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux
-    return ""
 
 
 # -- the command ---------------------------------------------------------------------------
