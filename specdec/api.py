@@ -37,7 +37,8 @@ class GenerationOutput:
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
                  k: int | None = None, bytes_read=lambda: 0, plan=None, closer=None,
-                 speculation: str = "chain", tree_nodes: int | None = None, tree_width: int = 4):
+                 speculation: str = "chain", tree_nodes: int | None = None, tree_width: int = 4,
+                 lookup_branches: int | None = None):
         self.target = target
         self.draft = draft
         self.tokenizer = load_tokenizer(target.tokenizer_source)
@@ -46,6 +47,7 @@ class SpecDecoder:
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
                              tree_nodes, tree_width, getattr(target.model.weights, "stats", None),
+                             lookup_branches,
                              compute.pass_profile(target.model))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
@@ -233,14 +235,16 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
 
 def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k: int | None,
               speculation: str, tree_nodes: int | None, tree_width: int,
-              source_stats=None, profile=None) -> Strategy:
+              source_stats=None, lookup_branches: int | None = None, profile=None) -> Strategy:
     """The speculation strategy for these settings (validated even when there is no draft).
     `source_stats`: the target's stream stats (None in RAM), for the overlapped tree's cost
     model. `profile`: the target's pass-time curve from the kernel probe (specdec.compute),
-    which the cost models start from."""
+    which the cost models start from. `lookup_branches`: prompt-lookup nodes grafted onto a
+    tree (None: up to DEFAULT_LOOKUP_BRANCHES on an adaptive tree, none on a fixed one)."""
     if speculation not in SPECULATION_MODES:
         raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
     seconds = profile.seconds if profile is not None else None
+    lookup = _lookup_branches(lookup_branches, speculation, tree_nodes)
     if speculation == "lookup":
         if draft is not None:
             raise ValueError(f"speculation='lookup' drafts from the context, not from a model, but "
@@ -248,7 +252,7 @@ def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k:
                              "speculation='chain' / 'tree' to use the draft model.")
         return Lookup(LookupPolicy(k, profile=seconds))
     policy = DraftLengthPolicy(k, profile=seconds)
-    tree = _tree_settings(tree_nodes, tree_width)
+    tree = _tree_settings(tree_nodes, tree_width, lookup)
     if draft is None:
         return Plain()
     drafter = Drafter(draft.model, max_context, target_vocab)
@@ -259,13 +263,29 @@ def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k:
     return Chain(drafter, policy)
 
 
-def _tree_settings(nodes: int | None, width: int) -> TreeSettings:
+def _tree_settings(nodes: int | None, width: int, lookup: int = 0) -> TreeSettings:
     for name, value in (("tree_nodes", nodes), ("tree_width", width)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if nodes is None:
-        return TreeSettings(width=width)
-    return TreeSettings(max_nodes=nodes, width=width, fixed=True)
+        return TreeSettings(width=width, lookup=lookup)
+    return TreeSettings(max_nodes=nodes, width=width, fixed=True, lookup=lookup)
+
+
+DEFAULT_LOOKUP_BRANCHES = 8  # nodes, on an adaptive tree: sized per pass by their measured worth
+
+
+def _lookup_branches(nodes: int | None, speculation: str, tree_nodes: int | None) -> int:
+    """Prompt-lookup nodes to graft onto each draft tree (speculate/lookup_branches.py)."""
+    if nodes is None:
+        return DEFAULT_LOOKUP_BRANCHES if speculation == "tree" and tree_nodes is None else 0
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
+        raise ValueError(f"lookup_branches must be an integer >= 0 (0: none), got {nodes!r}")
+    if nodes and speculation != "tree":
+        raise ValueError(f"lookup_branches adds prompt-lookup nodes to a draft tree, but speculation="
+                         f"{speculation!r}; use speculation='tree' with a draft model, or "
+                         "draft='lookup' for lookup alone.")
+    return nodes
 
 
 def _tokenizer_eos(tokenizer) -> set[int]:

@@ -32,7 +32,8 @@ FLOAT_DTYPES = ("bfloat16", "float32")
 def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
-         tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None) -> SpecDecoder:
+         tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None,
+         lookup_branches: int | None = None) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
@@ -57,6 +58,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         from disk; specdec/speculate/overlap.py).
     tree_nodes: fixed tree size (default: sized per pass by the measured cost model, <= 64).
     tree_width: children offered per tree node.
+    lookup_branches: at most this many nodes of prompt-lookup branches (continuations of the
+        context's own n-grams) added to each tree, when they pay (specdec/speculate/
+        lookup_branches.py). Default: 8 on an adaptive tree, none on a fixed-size tree; 0: none.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     kernels: "auto" (default, or $SPECDEC_KERNELS): the fastest matmul path per weight kind
         and token count on this CPU, timed once per machine (~3 s) and cached in cache_dir
@@ -65,7 +69,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     install_kernels(kernels, cache_dir, progress)
     # Chain unless asked otherwise, whether or not `k` is given (`k` sizes chain drafts only).
     spec = dict(speculation=DEFAULT_SPECULATION if speculation is None else speculation,
-                tree_nodes=tree_nodes, tree_width=tree_width)
+                tree_nodes=tree_nodes, tree_width=tree_width, lookup_branches=lookup_branches)
     torch_dtype = parse_dtype(dtype)
     pack_dtype = dtype
     if target is None:  # the offline demo pair: its defaults, then the same steps as any target

@@ -171,6 +171,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "overlap: a tree that keeps growing while the target streams")
     p.add_argument("--tree-nodes", type=_at_least(1), help="tree mode: fixed tree size (default: cost model)")
     p.add_argument("--tree-width", type=_at_least(1), default=4, help="tree mode: children per node")
+    p.add_argument("--lookup-branches", type=_at_least(0), default=None,
+                   help="tree mode: at most N nodes of prompt-lookup branches (the context's own "
+                        "n-gram continuations) added to each tree when they pay (default 8 on an "
+                        "adaptive tree, 0 on a fixed one; 0: none)")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
     add_kernels_argument(p)
 

@@ -29,6 +29,7 @@ def load_from_args(args):
                   cache_dir=args.cache_dir, progress=True,
                   speculation=args.speculation or preset.get("speculation"),
                   tree_nodes=args.tree_nodes, tree_width=args.tree_width,
+                  lookup_branches=getattr(args, "lookup_branches", None),
                   kernels=getattr(args, "kernels", None))
     if target is None:
         from ..demo_model import ensure_demo_gguf

@@ -4,7 +4,8 @@ tree that outlives the pass and grows while the target streams) and lookup (no d
 continuations of the context's own n-grams)."""
 from .base import Outcome, Plan, Step, Strategy
 from .chain import Chain, DraftLengthPolicy
-from .lookup import Lookup, LookupPolicy
+from .lookup import Lookup
+from .lookup_policy import LookupPolicy
 from .overlap import Overlap
 from .plain import Plain
 from .tree import Tree, TreeSettings

@@ -25,61 +25,10 @@ from ..lookup import Candidates, NgramIndex, best_nodes
 from ..penalty import penalize
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
-from .chain import best_draft_length
 from .ema import Ema
-from .pass_time import PassTimeFit
+from .lookup_policy import LookupPolicy
 from .tree import tree_feed
 from .tree_model import DraftTree, node_histories
-
-
-class LookupPolicy:
-    """Nodes to offer for a match of a given order (suffix length): a fixed `k`, or the
-    count with the best expected tokens per second (chain.best_draft_length) at that order's
-    measured per-token acceptance, with exponential forgetting (`decay` per drafted pass).
-    A lookup costs no draft forwards, so only the wider pass is weighed. When offering
-    nothing wins at an order, one token is offered every `recheck_every` such passes to
-    measure again (text moves between quoting and not)."""
-
-    def __init__(self, k: int | None = None, k_max: int = 16, decay: float = 0.9, profile=None,
-                 recheck_every: int = 8):
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ValueError(f"k (lookup tokens per pass) must be an integer >= 0, got {k!r}")
-        self.fixed = k
-        self.k_max = k_max
-        self.decay = decay
-        self.recheck_every = recheck_every
-        self.pass_time = PassTimeFit(profile=profile)
-        self._taken: dict[int, float] = {}   # order -> decayed accepted lookup tokens
-        self._missed: dict[int, float] = {}  # order -> decayed passes that ended on a rejection
-        self._idle: dict[int, int] = {}      # order -> matched passes offered nothing in a row
-
-    def acceptance(self, order: int) -> float:
-        """P(the target takes a lookup token | the one before was taken), at this order; a
-        weak prior of 0.5 until measured."""
-        taken, missed = self._taken.get(order, 1.0), self._missed.get(order, 1.0)
-        return taken / (taken + missed)
-
-    def size(self, order: int) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        best = best_draft_length(self.acceptance(order), self.pass_time.seconds, 0.0, 0, self.k_max)
-        if best > 0:
-            self._idle[order] = 0
-            return best
-        self._idle[order] = self._idle.get(order, 0) + 1
-        if self._idle[order] >= self.recheck_every:
-            self._idle[order] = 0
-            return 1
-        return 0
-
-    def observe(self, order: int, offered: int, accepted: int, rejected: bool, tokens: int,
-                seconds: float) -> None:
-        """A decode pass verified `tokens` in `seconds`; of `offered` lookup nodes from a
-        match of `order`, the target took `accepted` and ended on a rejection or not."""
-        self.pass_time.observe(tokens, seconds)
-        if offered:
-            self._taken[order] = self.decay * self._taken.get(order, 1.0) + accepted
-            self._missed[order] = self.decay * self._missed.get(order, 1.0) + rejected
 
 
 class Lookup(Strategy):

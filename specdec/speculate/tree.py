@@ -19,22 +19,27 @@ from ..sampling import SamplingParams, probs_from_logits
 from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
 from .gate import DraftGate
+from .lookup_branches import LOOKUP_RANK, Graft, LookupBranches
 from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
 
 
 @dataclass
 class TreeSettings:
     """Tree speculation: up to `max_nodes` drafted tokens per pass (exactly that many when
-    `fixed`), each node offering its `width` most probable children."""
+    `fixed`), each node offering its `width` most probable children; plus up to `lookup`
+    nodes of prompt-lookup branches (speculate/lookup_branches.py; 0: none)."""
     max_nodes: int = 64
     width: int = 4
     fixed: bool = False
+    lookup: int = 0
 
     def __post_init__(self):
         for name in ("max_nodes", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"tree {name} must be a positive integer, got {value!r}")
+        if isinstance(self.lookup, bool) or not isinstance(self.lookup, int) or self.lookup < 0:
+            raise ValueError(f"lookup branch nodes must be an integer >= 0, got {self.lookup!r}")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class _Pass:
     n_context: int   # uncached context tokens fed before the tree
     draft_seconds: float = 0.0  # building the tree (on the critical path)
     drafting: bool = True       # the gate let the draft run this pass
+    graft: Graft | None = None  # the lookup branches added to the tree
 
 
 class Tree(Strategy):
@@ -55,6 +61,8 @@ class Tree(Strategy):
         self.cost = TreeCostModel(self.settings.width, profile=profile)
         self.gate = DraftGate()
         self.batch = batch
+        s = self.settings
+        self.lookup = LookupBranches(s.lookup, fixed=s.fixed) if s.lookup else None
 
     def plan(self, step: Step) -> Plan:
         s = self.settings
@@ -66,9 +74,22 @@ class Tree(Strategy):
                               step.params, self.cost, n_ctx, s.fixed, self.batch)
         else:  # drafting does not pay here now (speculate/gate.py): a plain pass
             tree = DraftTree()
+        draft_seconds = time.perf_counter() - started
+        graft = self._graft(step, tree, n_ctx, draft_seconds)
         feed, positions, mask = tree_feed(step, tree)
         return Plan(feed, positions, mask, num_logits=len(tree) + 1,
-                    state=_Pass(tree, n_ctx, time.perf_counter() - started, drafting))
+                    state=_Pass(tree, n_ctx, draft_seconds, drafting, graft))
+
+    def _graft(self, step: Step, tree: DraftTree, n_ctx: int, draft_seconds: float) -> Graft | None:
+        """Prompt-lookup branches onto the drafted tree, as many as the cost model says pay."""
+        if self.lookup is None:
+            return None
+        tokens = 1 + tree.expected_accepted()
+
+        def rate(new_nodes: int, extra_tokens: float) -> float:
+            seconds = self.cost.pass_seconds(n_ctx + len(tree) + new_nodes) + draft_seconds
+            return (tokens + extra_tokens) / max(seconds, 1e-9)
+        return self.lookup.graft(tree, step.context, step.room - 1, rate)
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
@@ -76,6 +97,11 @@ class Tree(Strategy):
         logits = penalize(logits, step.params, step.context, node_histories(tree))
         path, nxt = accept_tree(tree, logits, step.params, step.generator)
         self.cost.observe_walk(tree, path, nxt)
+        counters = {}
+        if plan.state.graft is not None:
+            self.lookup.observe(plan.state.graft, tree, path)
+            counters = {"lookup_nodes": plan.state.graft.added,
+                        "lookup_taken": sum(tree.ranks[i] == LOOKUP_RANK for i in path)}
         # Compaction: the accepted path's entries move to consecutive slots after the
         # context in both caches; the other branches are dropped.
         ctx_end = len(step.context)
@@ -87,7 +113,7 @@ class Tree(Strategy):
                               self.cost.pass_seconds(1))
         return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
                        rejected=bool(tree.children(path[-1] if path else -1)),
-                       size=len(tree) or None)
+                       size=len(tree) or None, counters=counters)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)
@@ -95,7 +121,8 @@ class Tree(Strategy):
     def describe(self) -> str:
         s = self.settings
         size = s.max_nodes if s.fixed else f"<= {s.max_nodes} (cost model)"
-        return f"tree speculation, {size} nodes, width {s.width}"
+        lookup = f", {self.lookup.describe()}" if self.lookup else ""
+        return f"tree speculation, {size} nodes, width {s.width}{lookup}"
 
     def timings(self) -> dict[str, float]:
         return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3}

@@ -135,6 +135,8 @@ class TreeCostModel:
             drawn = tree.tokens[path[step]] if step < len(path) else next_token
             for child in tree.children(node):
                 rank = tree.ranks[child]
+                if rank < 0:  # not a draft proposal (lookup branches keep their own rates)
+                    continue
                 self.visits[rank] += 1
                 self.hits[rank] += tree.tokens[child] == drawn
 
