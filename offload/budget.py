@@ -91,6 +91,7 @@ class MemoryPlan:
     streamed: tuple[int, ...]
     streamed_bytes_per_pass: int
     minimum_bytes: int  # the smallest budget that works (with the requested ring)
+    context_fits: int | None = None  # the longest context this budget plans for (None: no KV)
 
     @property
     def num_pinned(self) -> int:
@@ -111,7 +112,13 @@ class MemoryPlan:
         return (f"RAM budget {format_size(self.budget_bytes)} ({self.budget_reason}): {layers}; "
                 f"resident {format_size(self.resident_bytes)}, draft {format_size(self.draft_bytes)}, "
                 f"KV {format_size(self.kv_target_bytes + self.kv_draft_bytes)} at {self.max_context} "
-                f"tokens; planned {format_size(self.total_bytes)}")
+                f"tokens{self._fits}; planned {format_size(self.total_bytes)}")
+
+    @property
+    def _fits(self) -> str:
+        if self.context_fits is None or self.context_fits <= self.max_context:
+            return ""
+        return f" (this budget fits up to {self.context_fits} tokens, with fewer layers pinned)"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -126,6 +133,20 @@ def default_budget(fraction: float = DEFAULT_FRACTION) -> tuple[int, str]:
     budget = int(vm.available * fraction)
     return budget, (f"no budget given: {fraction:.0%} of the {format_size(vm.available)} RAM "
                     "available now")
+
+
+def context_that_fits(budget: int, without_kv: int, kv_per_token: int) -> int | None:
+    """The most context tokens whose KV fits in `budget` beside `without_kv` bytes (None when
+    there is no KV to size)."""
+    if kv_per_token <= 0:
+        return None
+    return max(0, (budget - without_kv) // kv_per_token)
+
+
+def _fits_hint(fits: int | None) -> str:
+    if not fits or fits < 2:
+        return ""
+    return f" (this budget fits a context of up to {fits} tokens: --max-context {fits})"
 
 
 def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, draft_bytes: int = 0,
@@ -147,10 +168,12 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
     ring_bytes = ring_size * max(sizes.layer_nbytes, default=0)
     minimum = fixed + ring_bytes
     everything = fixed + sum(sizes.layer_nbytes)
+    fits = context_that_fits(budget, min(minimum, everything) - kv_t - kv_d,
+                             kv_bytes_per_token_target + kv_bytes_per_token_draft)
     common = dict(budget_bytes=budget, budget_reason=reason, resident_bytes=sizes.resident_nbytes,
                   draft_bytes=draft_bytes, kv_target_bytes=kv_t, kv_draft_bytes=kv_d,
                   max_context=max_context, overhead_bytes=overhead_bytes,
-                  minimum_bytes=min(minimum, everything))
+                  minimum_bytes=min(minimum, everything), context_fits=fits)
     if budget >= everything:  # no streaming at all: no ring needed
         n = len(sizes.layer_nbytes)
         return MemoryPlan(**common, ring_size=0, ring_bytes=0, pinned=tuple(range(n)),
@@ -162,7 +185,7 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
             f"{format_size(draft_bytes)} + KV {format_size(kv_t + kv_d)} at {max_context} tokens + "
             f"{ring_size} layer buffers {format_size(ring_bytes)} + runtime "
             f"{format_size(overhead_bytes)}). Give --ram {-(-minimum // 10**6)}MB "
-            "or more, or a shorter max context, or a smaller draft.")
+            f"or more, or a shorter max context{_fits_hint(fits)}, or a smaller draft.")
     left, n = budget - minimum, 0
     while n < len(sizes.layer_nbytes) and sizes.layer_nbytes[n] <= left:
         left -= sizes.layer_nbytes[n]

@@ -37,6 +37,11 @@ class GenerationStats:
     seconds: float = 0.0
     k_used: list[int] = field(default_factory=list)
     stop_reason: str = ""
+    # Per draft position i (0 = the first drafted token of a pass, a tree's depth 1): passes
+    # that offered a token there (the walk reached it and a draft was there), and that took it.
+    position_offered: list[int] = field(default_factory=list)
+    position_taken: list[int] = field(default_factory=list)
+    draft_seconds: float = 0.0  # in the strategy's plan: drafting on the critical path
     counters: dict[str, float] = field(default_factory=dict)  # a strategy's own (Outcome.counters)
 
     @property
@@ -51,6 +56,25 @@ class GenerationStats:
         for a tree (offered: any of a node's children) as for a chain."""
         offered = self.accepted + self.rejected
         return self.accepted / offered if offered else 0.0
+
+    @property
+    def position_acceptance(self) -> list[float]:
+        """P(the target takes the drafted token at position i | the walk reached it)."""
+        return [t / o for t, o in zip(self.position_taken, self.position_offered) if o]
+
+    @property
+    def draft_ms_per_pass(self) -> float:
+        return self.draft_seconds / self.target_passes * 1e3 if self.target_passes else 0.0
+
+    def count_positions(self, accepted: int, rejected: bool) -> None:
+        reached = accepted + bool(rejected)
+        grow = reached - len(self.position_offered)
+        if grow > 0:
+            self.position_offered += [0] * grow
+            self.position_taken += [0] * grow
+        for i in range(reached):
+            self.position_offered[i] += 1
+            self.position_taken[i] += i < accepted
 
     @property
     def tokens_per_pass(self) -> float:
@@ -70,6 +94,8 @@ class GenerationStats:
                 "seconds": round(self.seconds, 4),
                 "tokens_per_second": round(self.tokens_per_second, 3),
                 "k": round(mean_k, 3), "stop_reason": self.stop_reason,
+                "draft_ms_per_pass": round(self.draft_ms_per_pass, 3),
+                "position_acceptance": [round(a, 4) for a in self.position_acceptance],
                 **{k: round(v, 4) for k, v in self.counters.items()}}
 
 
@@ -129,7 +155,9 @@ class Engine:
         return len(prompt) - self.cache.length
 
     def _pass(self, step: Step, stats: GenerationStats) -> list[int]:
+        planned = time.perf_counter()
         plan = self.strategy.plan(step)
+        stats.draft_seconds += time.perf_counter() - planned
         self.strategy.pass_started(step, plan)
         try:
             started, read_before = time.perf_counter(), self.bytes_read()
@@ -144,6 +172,7 @@ class Engine:
         stats.drafted += out.drafted
         stats.accepted += out.accepted
         stats.rejected += out.rejected
+        stats.count_positions(out.accepted, out.rejected)
         if out.size is not None:
             stats.k_used.append(out.size)
         for key, value in out.counters.items():

@@ -120,6 +120,10 @@ def test_rows_complete_and_sane(bench):
             assert r["bytes_read_per_token"] > 0, r  # streamed from disk, not from RAM
         if r["contender"] in {"chain", "tree", "overlap", "llamacpp_spec"}:
             assert 0 <= r["acceptance_rate"] <= 1
+        if r["contender"] in {"chain", "tree", "overlap"}:  # specdec's own counts
+            assert r["draft_ms_per_pass"] >= 0
+            assert all(0 <= a <= 1 for a in r["position_acceptance"])
+            assert len(r["position_acceptance"]) <= len(r["position_offered"])
         if r["contender"] == "overlap":
             assert 0 <= r["draft_critical_share"] <= 1 and r["tree_nodes_sent_per_pass"] >= 0
         if LLAMA & ran:

@@ -47,6 +47,20 @@ def test_fixed_k_and_stats_add_up(tmp_path):
     assert s.tokens_per_pass == pytest.approx(24 / s.target_passes)
     assert s.target_passes == 4  # 6 tokens per pass with every draft accepted
     assert s.rejected == 0 and s.token_acceptance == 1.0
+    assert s.position_offered == [4, 4, 4, 4, 4] and s.position_acceptance == [1.0] * 5
+    assert s.draft_seconds > 0 and s.to_dict()["position_acceptance"] == [1.0] * 5
+
+
+def test_per_position_counts():
+    from specdec.engine import GenerationStats
+
+    s = GenerationStats()
+    for accepted, rejected in ((2, True), (0, True), (3, False), (0, False)):
+        s.count_positions(accepted, rejected)
+    # position 1: reached in 3 passes (the last offered nothing), taken in 2; position 3:
+    # reached in the 1st pass (refused) and the 3rd (taken)
+    assert s.position_offered == [3, 2, 2] and s.position_taken == [2, 2, 1]
+    assert s.position_acceptance == [2 / 3, 1.0, 0.5]
 
 
 @pytest.mark.parametrize("speculation", ["chain", "tree"])
@@ -61,6 +75,8 @@ def test_token_acceptance_counts_one_rejection_per_pass_at_most(tmp_path, specul
     assert s.token_acceptance == pytest.approx(s.accepted / (s.accepted + s.rejected))
     # passes that ended without a rejection took every draft offered on their path
     assert s.new_tokens == s.accepted + s.target_passes
+    assert sum(s.position_taken) == s.accepted
+    assert sum(s.position_offered) - sum(s.position_taken) == s.rejected
     if speculation == "chain":
         assert s.token_acceptance >= s.acceptance_rate  # drafts after a rejection count only in the latter
 

@@ -60,9 +60,11 @@ def quantized_stores() -> bool:
     return FORMAT_VERSION >= 2
 
 
-def big_workload(name: str, cache: Path, n_prompts: int = 2, max_new_tokens: int = 16,
-                 with_hf: bool = False, ram: str | None = None, progress: bool = True) -> Workload:
-    """One inflated workload, building what it lacks."""
+def big_workload(name: str, cache: Path, n_prompts: int = 4, max_new_tokens: int = 48,
+                 with_hf: bool = False, ram: str | None = None, progress: bool = True,
+                 context: int | None = None) -> Workload:
+    """One inflated workload, building what it lacks. `context`: the KV to plan for (default:
+    what the prompts and replies need; a chat plans 2048-4096)."""
     from offload.budget import parse_size
 
     shape, quant, default_ram = BIG[name]
@@ -107,7 +109,11 @@ def big_workload(name: str, cache: Path, n_prompts: int = 2, max_new_tokens: int
     ids, eos = chat_prompt_ids(draft, prompts)
     # KV for what the runs need, not 1024 positions: at 7B/13B size each position costs
     # 0.5-0.8 MB of target KV that the stream would otherwise not have under the cap
-    context = -(-(max(map(len, ids)) + max_new_tokens + 128) // 128) * 128  # + a draft tree
+    needed = -(-(max(map(len, ids)) + max_new_tokens + 128) // 128) * 128  # + a draft tree
+    if context is not None and context < needed:
+        raise ValueError(f"--context {context} is too short for {name}: its prompts and replies "
+                         f"need {needed} tokens")
+    context = context or needed
     desc = (f"INFLATED {shape} ({quant}: real I/O and compute of a Llama-2-"
             f"{'13B' if shape == 'seed-13b' else '7B'}-sized model, answers of SmolLM2-135M-Instruct)"
             f" + {DRAFT_NOTE}{' in q8' if spec_draft != draft else ''}; {len(prompts)} chat prompts,"

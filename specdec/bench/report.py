@@ -87,10 +87,26 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
                acceptance_rate=accepted / drafted if drafted else None,
                token_acceptance=accepted / offered if all("rejected" in x for x in runs) and offered else None,
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
+    row.update(_draft_figures(runs, passes))
     row.update(_overlap_figures(runs, passes))
     if t == 0 and name in SPECULATIVE:  # each against its own runtime's plain decoding
         row["matches_plain"] = _same_tokens(runs, results, SPECULATIVE[name])
     return row
+
+
+def _draft_figures(runs: list[dict], passes: int) -> dict:
+    """Drafting on the critical path per pass, and the acceptance per draft position (position
+    1: the first drafted token of a pass, a tree's first level), summed over the runs."""
+    if not passes or not all("position_offered" in x for x in runs):
+        return {}  # transformers' and llama.cpp's runs do not count these
+    depth = max((len(x["position_offered"]) for x in runs), default=0)
+
+    def summed(key):
+        return [sum(x[key][i] for x in runs if i < len(x[key])) for i in range(depth)]
+    offered, taken = summed("position_offered"), summed("position_taken")
+    return {"draft_ms_per_pass": sum(x["draft_seconds"] for x in runs) / passes * 1e3,
+            "position_acceptance": [round(t / o, 3) for t, o in zip(taken, offered) if o],
+            "position_offered": offered}
 
 
 def _overlap_figures(runs: list[dict], passes: int) -> dict:
@@ -176,6 +192,7 @@ COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "conten
            ("ms/token", "ms_per_token"), ("tokens/s", "tokens_per_second"),
            ("MB read/token", "bytes_read_per_token"), ("peak RSS MB", "peak_rss_bytes"),
            ("accept", "acceptance_rate"), ("a/token", "token_acceptance"), ("tokens/pass", "tokens_per_pass"),
+           ("draft ms/pass", "draft_ms_per_pass"), ("a by position", "position_acceptance"),
            ("x floor", "x_floor"), ("x llama.cpp", "x_llamacpp"), ("= plain (T=0)", "matches_plain")]
 
 
@@ -197,6 +214,8 @@ def _fmt(key: str, v) -> str:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "NO"
+    if isinstance(v, list):  # per position: the first four
+        return " ".join(f"{x:.2f}" for x in v[:4]) or "-"
     if key in ("bytes_read_per_token", "peak_rss_bytes"):
         return f"{v / 1e6:.1f}"
     if key in ("acceptance_rate", "token_acceptance"):

@@ -367,8 +367,9 @@ def build_workloads(args, cache: Path, llama: bool = False) -> tuple[list[Worklo
         workloads.append(synthetic_workload(cache, preset, args.quick, ram))
     for name in inflated.names(wanted):
         workloads.append(inflated.big_workload(
-            name, cache, n_prompts=args.prompts, max_new_tokens=args.max_new_tokens or 16,
-            with_hf=args.with_hf, ram=getattr(args, name.replace("-", "_") + "_ram", None)))
+            name, cache, n_prompts=args.prompts, max_new_tokens=args.max_new_tokens or (16 if args.quick else 48),
+            with_hf=args.with_hf, ram=getattr(args, name.replace("-", "_") + "_ram", None),
+            context=getattr(args, "context", None)))
     unknown = [n for n in wanted if n not in ("demo", "synthetic") and not inflated.names([n])]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}: choose from demo, synthetic, "

@@ -89,7 +89,9 @@ def run_specdec(job: dict) -> dict:
             s = out.stats
             return out.token_ids, {"target_passes": s.target_passes, "drafted": s.drafted,
                                    "accepted": s.accepted, "rejected": s.rejected,
-                                   "streamed_bytes": s.bytes_read,
+                                   "streamed_bytes": s.bytes_read, "draft_seconds": s.draft_seconds,
+                                   "position_offered": s.position_offered,
+                                   "position_taken": s.position_taken,
                                    **s.counters}  # a strategy's own (overlap: draft seconds hidden/critical)
         runs = _timed_runs(job, generate)
         return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}

@@ -93,7 +93,10 @@ def _add_bench_offload(bench_subparsers) -> None:
                         "inflated-7b-bf16, inflated-7b-q4, seed-13b (default demo,synthetic). The "
                         "inflated ones are INFLATED models: the I/O and compute of a 7B/13B shape, "
                         "the answers of SmolLM2-135M (built once into the cache, ~40 GB of disk)")
-    o.add_argument("--prompts", type=int, default=2, help="bench prompts per inflated workload (default 2)")
+    o.add_argument("--prompts", type=int, default=4, help="bench prompts per inflated workload (default 4: "
+                   "with 48 new tokens each, ~60 passes per mode, enough for the adaptive policies to settle)")
+    o.add_argument("--context", type=int, help="inflated workloads: plan KV for this many tokens, as a "
+                   "chat does (default: what the prompts and replies need)")
     o.add_argument("--with-hf", action="store_true", help="also run transformers + accelerate on the "
                    "inflated workloads (skipped by default: minutes per token)")
     o.add_argument("--llama-python", metavar="PATH", help="interpreter with llama-cpp-python for the "
