@@ -155,3 +155,24 @@ def test_defaults_on_an_adaptive_tree_only_and_clear_errors(pair):
         specdec.load(target, draft=draft, speculation="tree", lookup_branches=-1)
     with pytest.raises(ValueError, match="speculation='lookup'"):
         specdec.load(target, draft="lookup", lookup_branches=4)
+
+
+def test_cli_flag_equals_plain_and_bad_values_are_clear(chat_pair):
+    import json
+
+    from test_cli import run_cli
+
+    target, draft = chat_pair
+    prompt = "one two three one two three one two"
+    common = ["generate", "--target", str(target), "--draft", str(draft), "--dtype", "float32",
+              "--prompt", prompt, "--max-new-tokens", "8", "--temperature", "0"]
+    r = run_cli(*common, "--speculation", "tree", "--tree-nodes", "2", "--lookup-branches", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    plain = specdec.load(target, dtype="float32")
+    ids = plain.encode_chat([{"role": "user", "content": prompt}])
+    expected = plain.generate(ids, max_new_tokens=8, repetition_penalty=1.1)  # generate's default
+    assert json.loads(r.stdout)["token_ids"] == expected.token_ids
+    r = run_cli(*common, "--lookup-branches", "4")  # chain: no tree to graft onto
+    assert r.returncode != 0 and "use speculation='tree'" in r.stderr
+    r = run_cli(*common, "--speculation", "tree", "--lookup-branches", "-1")
+    assert r.returncode == 2 and "--lookup-branches" in r.stderr

@@ -26,11 +26,11 @@ def run(lm, prompt):
     return out
 
 
-plain = specdec.load(dtype="float32", draft="lookup", k=0, progress=False)  # k=0: plain passes
+plain = specdec.load(dtype="float32", ram="2GB", draft="lookup", k=0, progress=False)  # k=0: plain passes
 for name, prompts in SETS.items():
     expected = [run(plain, p).token_ids for p in prompts]
     for lookup in (0, 8):
-        lm = specdec.load(dtype="float32", speculation="tree", tree_nodes=16, lookup_branches=lookup,
+        lm = specdec.load(dtype="float32", ram="2GB", speculation="tree", tree_nodes=16, lookup_branches=lookup,
                           progress=False)
         new = passes = taken = 0
         exact = 0
