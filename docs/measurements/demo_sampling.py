@@ -1,4 +1,6 @@
-# Run: cd REPO && nice -n 19 python docs/measurements/demo_sampling.py 128   (max new tokens)
+# Run: cd REPO && nice -n 19 python docs/measurements/demo_sampling.py 128 [T,TOP_P,PENALTY ...] [--seeds N]
+#   (max new tokens; then the grid rows, default the three greedy rows below; --seeds N: sampled
+#   rows run every prompt with seeds 0..N-1, default 1 and 3 for the capital question)
 """Demo sampling defaults by measurement: the demo pair (float32), a few prompts with checkable
 answers, a grid of (temperature, top-p, repetition penalty); right answers, loops, acceptance."""
 import json, sys, time
@@ -29,7 +31,15 @@ def loops(ids, n=10, times=3):
 
 
 GRID = [(0.0, 1.0, 1.0), (0.0, 1.0, 1.05), (0.0, 1.0, 1.1)]
-max_new = int(sys.argv[1]) if len(sys.argv) > 1 else 96
+argv = sys.argv[1:]
+n_seeds = None
+if "--seeds" in argv:
+    i = argv.index("--seeds")
+    n_seeds = int(argv[i + 1])
+    del argv[i:i + 2]
+max_new = int(argv[0]) if argv else 96
+if argv[1:]:
+    GRID = [tuple(float(x) for x in row.split(",")) for row in argv[1:]]
 lm = specdec.load(dtype="float32", ram="2GB", progress=False)  # float32 doubles the draft: 600 MB is too small
 print("strategy:", lm.engine.strategy.describe(), flush=True)
 for t, p, pen in GRID:
@@ -38,7 +48,7 @@ for t, p, pen in GRID:
     secs = 0.0
     wrong = []
     for prompt, keys in CHECKS.items():
-        for seed in range(1 if t == 0 else SEEDS.get(prompt, 1)):
+        for seed in range(1 if t == 0 else n_seeds or SEEDS.get(prompt, 1)):
             out = lm.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new,
                           temperature=t, top_p=p, repetition_penalty=pen, seed=seed)
             lm.reset()
@@ -49,7 +59,7 @@ for t, p, pen in GRID:
             passes += s.target_passes; new += s.new_tokens; acc += s.accepted; rej += s.rejected
             secs += s.seconds
             print("  ", json.dumps(dict(t=t, pen=pen, prompt=prompt[:30], seed=seed, ok=ok, loop=lp,
-                  tpp=round(s.tokens_per_pass, 2), n=s.new_tokens, text=out.text[:100])), flush=True)
+                  tpp=round(s.tokens_per_pass, 2), n=s.new_tokens, text=out.text)), flush=True)
     print(json.dumps(dict(temperature=t, top_p=p, penalty=pen, right=f"{right}/{total}",
                           loops=looped, token_acceptance=round(acc / max(acc + rej, 1), 3),
                           tokens_per_pass=round(new / passes, 3), tokens=new,
