@@ -181,7 +181,8 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature:
 
     # Unset until check_args: the demo pair brings its own values (fill_sampling_defaults).
     p.set_defaults(sampling_defaults=dict(temperature=temperature, top_p=top_p,
-                                          repetition_penalty=repetition_penalty))
+                                          repetition_penalty=repetition_penalty,
+                                          repetition_window=64))
     p.add_argument("--max-new-tokens", type=_at_least(1), default=max_new_tokens,
                    help=f"reply length cap (default {max_new_tokens})")
     p.add_argument("--temperature", type=_at_least(0.0, float, "temperature must be >= 0"),
@@ -194,8 +195,9 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature:
                    help=f"> 1 discourages tokens seen in the last --repetition-window tokens, as "
                         f"transformers and llama.cpp (repeat_penalty) do; 1 = off (default "
                         f"{repetition_penalty:g}; the demo pair: {demo.repetition_penalty:g})")
-    p.add_argument("--repetition-window", type=_at_least(0), default=64,
-                   help="the last N tokens the penalty looks at; 0 = the whole context (default 64)")
+    p.add_argument("--repetition-window", type=_at_least(0),
+                   help=f"the last N tokens the penalty looks at; 0 = the whole context (default "
+                        f"64; the demo pair: {demo.repetition_window})")
     p.add_argument("--seed", type=int, default=0)
 
 
