@@ -181,19 +181,27 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
                    top_p: float, repetition_penalty: float) -> None:
+    from ..demo import DEMO_SAMPLING as demo
+
+    # Unset until check_args: the demo pair brings its own values (fill_sampling_defaults).
+    p.set_defaults(sampling_defaults=dict(temperature=temperature, top_p=top_p,
+                                          repetition_penalty=repetition_penalty,
+                                          repetition_window=64))
     p.add_argument("--max-new-tokens", type=_at_least(1), default=max_new_tokens,
                    help=f"reply length cap (default {max_new_tokens})")
     p.add_argument("--temperature", type=_at_least(0.0, float, "temperature must be >= 0"),
-                   default=temperature, help=f"0 = greedy (default {temperature:g})")
-    p.add_argument("--top-p", type=_probability, default=top_p, help=f"in (0, 1] (default {top_p:g})")
+                   help=f"0 = greedy (default {temperature:g}; the demo pair: {demo.temperature:g})")
+    p.add_argument("--top-p", type=_probability,
+                   help=f"in (0, 1] (default {top_p:g}; the demo pair: {demo.top_p:g})")
     p.add_argument("--top-k", type=_at_least(0), default=0, help="0 = off (default)")
     p.add_argument("--repetition-penalty", type=_at_least(0.0, float, "the penalty must be > 0 "
                                                           "(1 = off, 1.1 is usual)", strictly=True),
-                   default=repetition_penalty,
                    help=f"> 1 discourages tokens seen in the last --repetition-window tokens, as "
-                        f"transformers and llama.cpp (repeat_penalty) do; 1 = off (default {repetition_penalty:g})")
-    p.add_argument("--repetition-window", type=_at_least(0), default=64,
-                   help="the last N tokens the penalty looks at; 0 = the whole context (default 64)")
+                        f"transformers and llama.cpp (repeat_penalty) do; 1 = off (default "
+                        f"{repetition_penalty:g}; the demo pair: {demo.repetition_penalty:g})")
+    p.add_argument("--repetition-window", type=_at_least(0),
+                   help=f"the last N tokens the penalty looks at; 0 = the whole context (default "
+                        f"64; the demo pair: {demo.repetition_window})")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -208,6 +216,21 @@ def check_args(args) -> None:
             raise UsageError(f"--ram: {e}") from e
     if getattr(args, "config", None):
         args.preset = read_preset(args.config)
+    if hasattr(args, "sampling_defaults"):
+        fill_sampling_defaults(args)
+
+
+def fill_sampling_defaults(args) -> None:
+    """Sampling flags the user did not give: the demo pair's own (specdec.demo.DEMO_SAMPLING)
+    when the demo runs (no target, none in a preset), else the command's defaults."""
+    from ..demo import DEMO_SAMPLING
+
+    preset = getattr(args, "preset", None) or {}
+    demo = not (args.target or preset.get("target"))
+    defaults = DEMO_SAMPLING.as_dict() if demo else args.sampling_defaults
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 # -- commands ---------------------------------------------------------------------------------

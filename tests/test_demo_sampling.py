@@ -1,0 +1,36 @@
+"""The demo pair carries its own sampling (specdec.demo.DEMO_SAMPLING): flags not given take
+it when the demo runs, and the commands' general defaults otherwise; given flags always win."""
+import pytest
+
+from specdec.cli import build_parser
+from specdec.cli.commands import check_args
+from specdec.demo import DEMO_SAMPLING
+
+
+def _sampling(*argv):
+    args = build_parser().parse_args(list(argv))
+    check_args(args)
+    return dict(temperature=args.temperature, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty,
+                repetition_window=args.repetition_window)
+
+
+@pytest.mark.parametrize("command", ["chat", "generate"])
+def test_the_demo_uses_its_own_sampling(command):
+    assert _sampling(command) == DEMO_SAMPLING.as_dict()
+
+
+def test_real_models_keep_the_commands_defaults(tmp_path):
+    assert _sampling("chat", "--target", str(tmp_path)) == dict(
+        temperature=0.7, top_p=0.9, repetition_penalty=1.1, repetition_window=64)
+    assert _sampling("generate", "--target", str(tmp_path)) == dict(
+        temperature=0.0, top_p=1.0, repetition_penalty=1.1, repetition_window=64)
+    # A preset that names a target is a real model too.
+    assert _sampling("chat", "--config", "qwen2.5-7b")["temperature"] == 0.7
+
+
+def test_given_flags_win_over_the_demo():
+    got = _sampling("chat", "--temperature", "0.5", "--repetition-penalty", "1.2",
+                    "--repetition-window", "32")
+    assert got == dict(temperature=0.5, top_p=DEMO_SAMPLING.top_p, repetition_penalty=1.2,
+                       repetition_window=32)
