@@ -251,7 +251,7 @@ def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> 
     why = "killed: out of memory under the cap" if rc in (-9, 137) else f"exit status {rc}"
     last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
     if rc not in (-9, 137) and "Error" in last:  # the worker's own clear error, e.g. a BudgetError
-        why += f" ({last.strip()[:300]})"
+        why += f" ({last.strip()[:600]})"
     return {"ok": False, "error": f"{why}; log {log_path}", "log_tail": tail, "wall_seconds": wall}
 
 
