@@ -147,15 +147,20 @@ def _lookup_prompt(path) -> list[int]:
     return best
 
 
+def sharp_pair(root) -> tuple:
+    """Two unrelated sharpened models on the 16-token vocabulary (a target, and another one:
+    a draft, or the wrong distribution for the power check), and a prompt for lookups."""
+    target, other = root / "t", root / "o"
+    for path, seed in ((target, 0), (other, 1)):
+        make_tiny_model(path, "llama", vocab_size=16, eos_token_id=None, seed=seed)
+        sharpen_lm_head(path, 40.0)
+    return target, other, _lookup_prompt(target)
+
+
 def test_sampling_matches_the_target_distribution(tmp_path):
     from specdec.sampling import SamplingParams
 
-    target, other = tmp_path / "t", tmp_path / "o"
-    make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
-    sharpen_lm_head(target, 40.0)
-    make_tiny_model(other, "llama", vocab_size=16, eos_token_id=None, seed=1)
-    sharpen_lm_head(other, 40.0)
-    prompt = _lookup_prompt(target)
+    target, other, prompt = sharp_pair(tmp_path)
     sampling = dict(temperature=1.0)
     exact = exact_two_token_distribution(target, SamplingParams(**sampling), prompt=prompt)
     lm = specdec.load(target, draft="lookup", dtype="float32", k=3)

@@ -6,12 +6,12 @@ import math
 import pytest
 
 import specdec
-from conftest import make_tiny_model, sharpen_lm_head
+from conftest import make_tiny_model
 from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 from specdec.sampling import SamplingParams
 from specdec.speculate.lookup_branches import LOOKUP_RANK, Graft, LookupBranches
 from specdec.speculate.tree_model import DraftTree, TreeCostModel
-from test_lookup import REPEATING, _lookup_prompt
+from test_lookup import REPEATING, sharp_pair
 
 # "1 2 3 4" occurred twice before, followed by "5 6 7 0 ..." and (most recently) "5 6 9 0 ...":
 # the lookup's trie is 5 -> 6 -> {9 -> 0 -> 1 ..., 7 -> 0 ...}; after the shared 5 and 6, its
@@ -119,12 +119,7 @@ def test_greedy_with_a_repetition_penalty_equals_plain(pair):
 
 
 def test_sampling_matches_the_target_distribution(tmp_path):
-    target, draft = tmp_path / "t", tmp_path / "d"
-    make_tiny_model(target, "llama", vocab_size=16, eos_token_id=None)
-    sharpen_lm_head(target, 40.0)
-    make_tiny_model(draft, "llama", vocab_size=16, eos_token_id=None, seed=1)
-    sharpen_lm_head(draft, 40.0)
-    prompt = _lookup_prompt(target)
+    target, draft, prompt = sharp_pair(tmp_path)
     exact = exact_two_token_distribution(target, SamplingParams(temperature=1.0), prompt=prompt)
     lm = specdec.load(target, draft=draft, dtype="float32", speculation="tree", tree_nodes=1,
                       lookup_branches=3)
