@@ -83,6 +83,7 @@ def test_gpt_oss_is_refused_naming_what_is_missing():
         ModelArgs.from_hf({"model_type": "gpt_oss", "hidden_size": 64, "num_attention_heads": 4})
 
 
+@pytest.mark.slow
 def test_moe_speculative_sampling_matches_target_distribution(tmp_path):
     from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
