@@ -1,4 +1,5 @@
-"""Gemma 2, Gemma 3 and Phi-3 against transformers on tiny random models of each variant:
+"""Gemma 2, Gemma 3, Phi-3 and the mixture-of-experts families (more in test_moe.py) against
+transformers on tiny random models of each variant:
 float32 logits, greedy speculative decoding (chain, tree, overlap), streaming from a store,
 the sliding window inside tree passes, Gemma 3 multimodal checkpoints, clear refusals."""
 import dataclasses
@@ -53,7 +54,9 @@ FLAG_OFF = [("gemma2", dict(attn_logit_softcapping=None)), ("gemma2", dict(final
             ("gemma2-nocap", dict(local_layers=())), ("gemma3", dict(local_rope=None)),
             ("gemma3", dict(query_pre_attn_scalar=None)), ("gemma3-cap", dict(final_logit_softcapping=None)),
             ("phi3", dict(sliding_window=None)), ("phi3", dict(rotary_dim=None)),
-            ("phi3-longrope", dict(rope_scaling=None))]
+            ("phi3-longrope", dict(rope_scaling=None)), ("qwen3_moe", dict(norm_topk_prob=False)),
+            ("qwen3_moe-unnormed", dict(norm_topk_prob=True)), ("qwen3_moe", dict(experts_per_token=1)),
+            ("mixtral", dict(sliding_window=None)), ("olmoe", dict(clip_qkv=None))]
 
 
 @pytest.mark.parametrize("variant, off", FLAG_OFF)
