@@ -6,8 +6,8 @@ import math
 import pytest
 
 import specdec
-from conftest import make_tiny_model
-from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+from helpers.models import make_tiny_model
+from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 from specdec.sampling import SamplingParams
 from specdec.speculate.lookup_branches import LOOKUP_RANK, Graft, LookupBranches
 from specdec.speculate.tree_model import DraftTree, TreeCostModel
@@ -155,7 +155,7 @@ def test_defaults_on_an_adaptive_tree_only_and_clear_errors(pair):
 def test_cli_flag_equals_plain_and_bad_values_are_clear(chat_pair):
     import json
 
-    from test_cli import run_cli
+    from helpers.cli import run_cli
 
     target, draft = chat_pair
     prompt = "one two three one two three one two"

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import specdec
-from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
-from distribution import exact_two_token_distribution, pvalue, sample_two_tokens
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
 from test_speculative import PROMPT, target_alone
 
 from specdec.weights import OUTPUT_IDS

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import specdec
-from interrupts import ctrl_c_storm, generate_error
+from helpers.interrupts import ctrl_c_storm, generate_error
 from offload.reader import DirectReader
 from specdec.bench import soak
 from specdec.speculate.growing_tree import GrowingTree
@@ -176,8 +176,8 @@ def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeyp
     """The first two tokens of 3-token generations (so the second pass verifies a carried
     tree) follow the target's own distribution; the draft's is clearly rejected."""
     from offload.pack import pack
-    from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
-    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+    from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+    from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"

@@ -28,7 +28,7 @@ from gguf import GGUFWriter  # noqa: E402
 from gguf.quants import quantize as gguf_quantize  # noqa: E402
 
 import specdec  # noqa: E402
-from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head  # noqa: E402
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head  # noqa: E402
 from offload import format as fmt  # noqa: E402
 from offload.encodings import Q4Weight, Q8Weight, gguf_types, int4_layout  # noqa: E402
 from offload.format import StoreError, open_store  # noqa: E402
@@ -331,7 +331,7 @@ def test_bf16_greedy_speculation_on_a_q4_target_equals_plain(q4_pair):
 
 @pytest.mark.parametrize("speculation", ["chain", "tree"])
 def test_sampling_on_a_q4_target_follows_its_distribution(tmp_path, speculation):
-    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+    from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"

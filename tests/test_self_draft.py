@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model, sharpen_lm_head
-from distribution import exact_two_token_distribution, pvalue, sample_two_tokens
+from helpers.models import make_tiny_model, sharpen_lm_head
+from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
 from offload.budget import DEFAULT_OVERHEAD, BudgetError
 from offload.encodings import Q4Weight
 from offload.format import open_store

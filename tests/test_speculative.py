@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
-from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 
 PROMPT = [3, 17, 42, 8, 61, 5]
 

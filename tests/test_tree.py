@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from specdec.draft import Drafter
 from specdec.sampling import SamplingParams
 from specdec.speculate.base import Step
