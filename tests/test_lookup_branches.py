@@ -21,8 +21,8 @@ CONTEXT = [1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 9, 0, 1, 2, 3, 4]
 
 def drafted_tree() -> DraftTree:
     t = DraftTree()  # the draft proposed 5 (rank 0) and 8 (rank 1) after the context
-    t.add(5, -1, math.log(0.6), 0)
-    t.add(8, -1, math.log(0.2), 1)
+    t.add(5, parent=-1, rank=0, cum_logp=math.log(0.6))
+    t.add(8, parent=-1, rank=1, cum_logp=math.log(0.2))
     return t
 
 

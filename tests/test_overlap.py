@@ -78,14 +78,14 @@ def _reader_threads() -> list[str]:
 # -- the tree ------------------------------------------------------------------------------------
 def test_growing_tree_best_nodes_form_a_tree_and_a_subtree_is_renumbered():
     t = GrowingTree()
-    a = t.add(10, -1, 0, -0.1)
-    b = t.add(11, -1, 1, -2.0)
+    a = t.add(10, parent=-1, rank=0, score=-0.1)
+    b = t.add(11, parent=-1, rank=1, score=-2.0)
     t.mark_forwarded(t.take_frontier(1))  # a
     assert t.slots[a] == 0 and not t.is_forwarded(b)
-    c = t.add(12, a, 0, -0.2)
-    d = t.add(13, a, 1, -3.0)
+    c = t.add(12, parent=a, rank=0, score=-0.2)
+    d = t.add(13, parent=a, rank=1, score=-3.0)
     t.mark_forwarded(t.take_frontier(2))  # c, then b
-    e = t.add(14, c, 0, -0.3)
+    e = t.add(14, parent=c, rank=0, score=-0.3)
     best = t.best(4)
     assert best == [a, c, e, b]  # by score, parents first
     sent = t.draft_tree(best)
