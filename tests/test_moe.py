@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_noised_copy, sharpen_lm_head
-from family_models import make_family_model as make_moe_model
+from helpers.models import make_noised_copy, sharpen_lm_head
+from helpers.family_models import make_family_model as make_moe_model
 from offload.checkpoint import open_checkpoint
 from specdec.config import ConfigError, ModelArgs
 from test_families import PROMPT, hf_greedy, our_model, reference_logits, target_and_draft
@@ -69,7 +69,7 @@ def test_greedy_speculative_equals_transformers_generate(tmp_path, variant, spec
     (dict(use_sliding_window=True), "use_sliding_window=true"),
     (dict(num_experts=0), "num_experts must be a positive integer")])
 def test_bad_moe_configs_are_clear_errors(change, says):
-    from family_models import family_config as moe_config
+    from helpers.family_models import family_config as moe_config
 
     cfg = moe_config("qwen3_moe").to_dict()
     cfg["num_experts"] = cfg.pop("num_local_experts")  # the spelling of Qwen's own config.json
@@ -83,8 +83,9 @@ def test_gpt_oss_is_refused_naming_what_is_missing():
         ModelArgs.from_hf({"model_type": "gpt_oss", "hidden_size": 64, "num_attention_heads": 4})
 
 
+@pytest.mark.slow
 def test_moe_speculative_sampling_matches_target_distribution(tmp_path):
-    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+    from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"
