@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import specdec.moe
-from family_models import make_family_model
+from helpers.family_models import make_family_model
 from offload.budget import BudgetError, LayerSizes, plan_memory
 from offload.format import (ALIGN, EXPERT_STORE_VERSION, StoreError, forget_verified, open_store,
                             verify)
@@ -185,7 +185,7 @@ def test_speculative_decoding_streams_experts_under_a_budget(tmp_path):
     import re
 
     import specdec
-    from conftest import make_noised_copy, sharpen_lm_head
+    from helpers.models import make_noised_copy, sharpen_lm_head
     from offload.budget import DEFAULT_OVERHEAD
 
     target, draft = tmp_path / "t", tmp_path / "d"
