@@ -146,6 +146,7 @@ def test_the_profile_adds_up_elements_times_the_probes_rate():
     assert not Profile(policy, {"float32": 10}).known  # nothing probed for it
 
 
+@pytest.mark.slow  # a real probe process
 def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp_path, monkeypatch):
     import specdec
 
@@ -166,6 +167,7 @@ def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp
         lm.close()
 
 
+@pytest.mark.slow  # real processes
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_the_probe_runs_in_a_child_so_its_memory_never_counts_here():
     """(Linux: VmHWM, the peak of this process image; ru_maxrss survives exec from pytest.)

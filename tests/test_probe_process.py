@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.models import make_tiny_chat_model
 
 from specdec.compute import probe_process
 from specdec.compute.kernels import CANDIDATES, PLAIN_KINDS
@@ -67,6 +68,7 @@ def _check_probed(out, cache: Path) -> None:
         assert set(policy["paths"][kind].values()) <= set(CANDIDATES[kind])
 
 
+@pytest.mark.slow  # a real process
 def test_a_script_without_a_main_guard_loads_probes_once_and_generates(tiny_llama, tmp_path):
     path, _ = tiny_llama
     script = tmp_path / "quick.py"
@@ -77,6 +79,7 @@ def test_a_script_without_a_main_guard_loads_probes_once_and_generates(tiny_llam
     assert "GENERATED 6" in again.stdout and again.stderr.strip() == "", again.stderr
 
 
+@pytest.mark.slow  # a real process
 def test_a_script_read_from_stdin_loads_and_generates(tiny_llama, tmp_path):
     path, _ = tiny_llama
     cache = tmp_path / "cache"
@@ -98,6 +101,7 @@ FAILING_CHILDREN = {
 }
 
 
+@pytest.mark.slow  # a real process
 @pytest.mark.parametrize("child", sorted(FAILING_CHILDREN))
 def test_a_failing_probe_child_costs_one_line_and_the_load_goes_on(child, tiny_llama, tmp_path):
     path, _ = tiny_llama
@@ -135,11 +139,11 @@ def _answer_end_of_text_at_once(path: Path, eos: int) -> None:
     save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
 
 
+@pytest.mark.slow  # a real process
 def test_the_readme_python_example_runs_as_a_script_on_a_fresh_cache(tmp_path, smollm2_tokenizer_dir):
     """Its model paths ("path/to/..."): the first is the target, the others the draft; a tiny
     chat model and a copy stand in. Everything else runs as written, the demo pair's load
     (packed into the fresh cache) included."""
-    from conftest import make_tiny_chat_model
     from transformers import AutoTokenizer
 
     target, draft = tmp_path / "t", tmp_path / "d"
@@ -160,6 +164,7 @@ def test_the_readme_python_example_runs_as_a_script_on_a_fresh_cache(tmp_path, s
     assert len(_cached(cache)) == 1  # probed once, cached
 
 
+@pytest.mark.slow  # a real process
 def test_the_child_reports_each_bucket_and_returns_a_policy_with_this_machines_view():
     seen = []
     policy = probe_process.run_probe_child(lambda done, total: seen.append((done, total)),
