@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload import format as fmt
 from offload.checkpoint import CheckpointError
 from offload.format import StoreError, is_store, open_store, verify

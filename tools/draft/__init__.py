@@ -1,4 +1,4 @@
-"""Distil the demo draft (specdec/demo_draft) for SmolLM2-135M-Instruct, the offline demo target.
+r"""Distil the demo draft (specdec/demo_draft) for SmolLM2-135M-Instruct, the offline demo target.
 
 Three steps, one subcommand each (all on CPU, one thread by default, fixed seed), run from the
 repository root as a module (so `specdec` and `tools` import without an install or a sys.path edit):
@@ -7,8 +7,18 @@ repository root as a module (so `specdec` and `tools` import without an install 
   python -m tools.draft train --minutes 50   # distil -> specdec/demo_draft
   python -m tools.draft eval                 # the real runtime on specdec/configs/demo_prompts.toml
 
-Recipe
-------
+The broad corpus (the second recipe, which accumulates across sessions), each resumable:
+
+  python -m tools.draft.corpus_gen --data data/draft_corpus --minutes 60   # grow the corpus
+  python -m tools.draft.labels --data data/draft_corpus --cache results/draft_labels
+  python -m tools.draft.distil_corpus --data data/draft_corpus --labels results/draft_labels \
+      --checkpoint results/draft_ckpt.pt --out results/draft_new --init-from specdec/demo_draft
+  python -m tools.draft.measure [--draft DIR]   # held-out prompts: per-depth agreement, runtime
+
+See docs/demo-draft-training.md.
+
+First recipe (the shipped draft)
+--------------------------------
 * Data (the bottleneck, see DESIGN.md): a few thousand chat prompts, none equal to the 20
   evaluation prompts in specdec/configs/demo_prompts.toml. Most (--magpie, default 65%) are written by
   the target itself: its chat template up to the start of a user turn, sampled at temperature

@@ -121,7 +121,42 @@ def _math_prompt(rng: random.Random) -> str:
     ])
 
 
+def template_prompt(rng: random.Random) -> str:
+    """One prompt from the templates, its kind drawn by share (questions 40%, how-tos 18%, ...)."""
+    r = rng.random()
+    if r < 0.40:
+        return rng.choice(Q_TEMPLATES).format(t=rng.choice(THINGS))
+    if r < 0.58:
+        return rng.choice(A_TEMPLATES).format(a=rng.choice(ACTIVITIES))
+    if r < 0.61:
+        t1, t2 = rng.sample(THINGS, 2)
+        return rng.choice(["Compare {} and {}.", "What is the difference between {} and {}?",
+                           "Which is more interesting, {} or {}?"]).format(t1, t2)
+    if r < 0.70:
+        c = rng.choice(COUNTRIES)
+        return rng.choice(["What is the capital of {}?", "Tell me about the culture of {}.",
+                           "What food is {} famous for?", "What should I see if I visit {}?",
+                           "What language is spoken in {}?"]).format(c)
+    if r < 0.78:
+        task = rng.choice(CODE_TASKS)
+        lang = rng.choice(["Python", "Python", "JavaScript"])
+        return rng.choice(["Write a {l} function that {t}.", "How do I write code in {l} that {t}?",
+                           "Show me a short {l} example that {t}."]).format(l=lang, t=task)
+    if r < 0.88:
+        return _math_prompt(rng)
+    if r < 0.96:
+        s = rng.choice(SENTENCES)
+        return rng.choice(["Rewrite this sentence to be more formal: \"{}\"",
+                           "Fix the grammar and capitalization: \"{}\"", "Translate to French: \"{}\"",
+                           "Make this sentence sound more friendly: \"{}\"",
+                           "Summarize in five words: \"{}\"", "Turn this into a question: \"{}\"",
+                           "Write a reply to this message: \"{}\""]).format(s)
+    return rng.choice(CHAT) + " " + rng.choice(["Also, " + rng.choice(Q_TEMPLATES).format(
+        t=rng.choice(THINGS)).lower(), ""]).strip()
+
+
 def build_prompts(n: int, seed: int, exclude: set[str]) -> list[str]:
+    """n distinct prompts: the casual CHAT lines, then template prompts, shuffled; none in exclude."""
     rng = random.Random(seed)
     out: list[str] = []
     seen = {p.lower() for p in exclude}
@@ -136,36 +171,6 @@ def build_prompts(n: int, seed: int, exclude: set[str]) -> list[str]:
     tries = 0
     while len(out) < n and tries < 50 * n:
         tries += 1
-        r = rng.random()
-        if r < 0.40:
-            add(rng.choice(Q_TEMPLATES).format(t=rng.choice(THINGS)))
-        elif r < 0.58:
-            add(rng.choice(A_TEMPLATES).format(a=rng.choice(ACTIVITIES)))
-        elif r < 0.61:
-            t1, t2 = rng.sample(THINGS, 2)
-            add(rng.choice(["Compare {} and {}.", "What is the difference between {} and {}?",
-                            "Which is more interesting, {} or {}?"]).format(t1, t2))
-        elif r < 0.70:
-            c = rng.choice(COUNTRIES)
-            add(rng.choice(["What is the capital of {}?", "Tell me about the culture of {}.",
-                            "What food is {} famous for?", "What should I see if I visit {}?",
-                            "What language is spoken in {}?"]).format(c))
-        elif r < 0.78:
-            task = rng.choice(CODE_TASKS)
-            lang = rng.choice(["Python", "Python", "JavaScript"])
-            add(rng.choice(["Write a {l} function that {t}.", "How do I write code in {l} that {t}?",
-                            "Show me a short {l} example that {t}."]).format(l=lang, t=task))
-        elif r < 0.88:
-            add(_math_prompt(rng))
-        elif r < 0.96:
-            s = rng.choice(SENTENCES)
-            add(rng.choice(["Rewrite this sentence to be more formal: \"{}\"",
-                            "Fix the grammar and capitalization: \"{}\"", "Translate to French: \"{}\"",
-                            "Make this sentence sound more friendly: \"{}\"",
-                            "Summarize in five words: \"{}\"", "Turn this into a question: \"{}\"",
-                            "Write a reply to this message: \"{}\""]).format(s))
-        else:
-            add(rng.choice(CHAT) + " " + rng.choice(["Also, " + rng.choice(Q_TEMPLATES).format(
-                t=rng.choice(THINGS)).lower(), ""]).strip())
+        add(template_prompt(rng))
     rng.shuffle(out)
     return out[:n]
