@@ -1,5 +1,5 @@
 """The mixture-of-experts families (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE) against transformers on
-tiny random models (tests/family_models.py; their float32 logits and option flags are checked
+tiny random models (tests/helpers/family_models.py; their float32 logits and option flags are checked
 in test_families.py): the shared expert, Mixtral's names, bf16, greedy speculative decoding,
 a sampled chi-square run, clear refusals."""
 import pytest
