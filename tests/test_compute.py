@@ -150,6 +150,7 @@ def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp
         lm.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_the_probe_runs_in_a_child_so_its_memory_never_counts_here():
     """(Linux: VmHWM, the peak of this process image; ru_maxrss survives exec from pytest.)

