@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.draft.files import eval_prompts
 from tools.draft.template_prompts import CHAT, build_prompts
 
