@@ -168,8 +168,7 @@ def _store_tensors(store) -> Iterator[tuple[str, object]]:
     from .format import check_first_read
     from .reader import read_tensors
 
-    metas = [(None, store.resident_meta)] + [(i, store.layer_meta(i)) for i in range(store.num_layers)]
-    for index, meta in metas:
+    for index, meta in store.weight_files():
         views = read_tensors(store.path / meta.name, meta.tensors, meta.size,
                              check=lambda buf, name=meta.name: check_first_read(store, name, buf))
         for rel, value in views.items():

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from offload.budget import plan_memory
+from offload.expert_stream import default_expert_slots
 from offload.format import (FORMAT_VERSION, MANIFEST, REPACK, StoreError, is_store,
                             looks_like_store, open_store)
 from offload.pack import pack
@@ -148,7 +149,8 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
         plan = streaming_plan(store, args, drf, ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
-                              dtype=dtype if store_dtype != dtype else None)
+                              dtype=dtype if store_dtype != dtype else None,
+                              expert_slots=plan.expert_slots or None)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
@@ -187,7 +189,7 @@ def check_store_matches(store, args: ModelArgs) -> None:
     source = str(store.path / MANIFEST)
     try:
         check_layer_count(store.num_layers, args, source)
-        layers = [store.layer_tensors(i) for i in range(store.num_layers)]
+        layers = [store.all_layer_tensors(i) for i in range(store.num_layers)]
         check_complete(store.resident_meta.tensors, layers, args, source)
     except WeightsError as e:
         raise StoreError(f"{e} The store is damaged or was packed from a broken checkpoint. "
@@ -205,7 +207,7 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
     return plan_memory(store, ram, draft_bytes=_draft_bytes(drf, dtype, shared),
                        kv_bytes_per_token_target=_kv_per_token(args, dtype),
                        kv_bytes_per_token_draft=_kv_per_token(drf.args, dtype) if drf else 0,
-                       max_context=max_context)
+                       max_context=max_context, expert_slots=default_expert_slots(store))
 
 
 def packed_store_path(src: Path, dtype, cache_dir, quant: str | None = None) -> Path:

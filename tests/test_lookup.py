@@ -157,6 +157,7 @@ def sharp_pair(root) -> tuple:
     return target, other, _lookup_prompt(target)
 
 
+@pytest.mark.slow
 def test_sampling_matches_the_target_distribution(tmp_path):
     from specdec.sampling import SamplingParams
 

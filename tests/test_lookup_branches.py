@@ -118,6 +118,7 @@ def test_greedy_with_a_repetition_penalty_equals_plain(pair):
     assert lm.generate(REPEATING, **kw).token_ids == expected
 
 
+@pytest.mark.slow
 def test_sampling_matches_the_target_distribution(tmp_path):
     target, draft, prompt = sharp_pair(tmp_path)
     exact = exact_two_token_distribution(target, SamplingParams(temperature=1.0), prompt=prompt)

@@ -1,5 +1,5 @@
 """The mixture-of-experts families (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE) against transformers on
-tiny random models (tests/family_models.py; their float32 logits and option flags are checked
+tiny random models (tests/helpers/family_models.py; their float32 logits and option flags are checked
 in test_families.py): the shared expert, Mixtral's names, bf16, greedy speculative decoding,
 a sampled chi-square run, clear refusals."""
 import pytest
@@ -83,6 +83,7 @@ def test_gpt_oss_is_refused_naming_what_is_missing():
         ModelArgs.from_hf({"model_type": "gpt_oss", "hidden_size": 64, "num_attention_heads": 4})
 
 
+@pytest.mark.slow
 def test_moe_speculative_sampling_matches_target_distribution(tmp_path):
     from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams

@@ -172,6 +172,7 @@ def test_greedy_overlap_streamed_equals_plain_decoding(pair, expected, monkeypat
         lm.close()
 
 
+@pytest.mark.slow
 def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeypatch):
     """The first two tokens of 3-token generations (so the second pass verifies a carried
     tree) follow the target's own distribution; the draft's is clearly rejected."""

@@ -131,6 +131,7 @@ def test_a_quantized_target_is_refused_with_what_to_do(tmp_path):
         specdec.load(store, draft="self", ram="1GB", cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_self_draft_sampling_matches_target_distribution(tmp_path):
     from specdec.sampling import SamplingParams
 
