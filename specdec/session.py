@@ -152,7 +152,7 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
-                              expert_slots=plan.expert_slots or None)
+                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
