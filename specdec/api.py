@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from . import compute
+from .compute.profile import pass_profile
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
@@ -48,7 +48,7 @@ class SpecDecoder:
         strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
                              tree_nodes, tree_width, getattr(target.model.weights, "stats", None),
                              lookup_branches,
-                             compute.pass_profile(target.model))
+                             pass_profile(target.model))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None

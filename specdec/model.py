@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import compute
+from .compute import kernels
 from .cache import KVCache
 from .config import ModelArgs
 from .weights import output_layer
@@ -24,10 +24,10 @@ from .weights import output_layer
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Every weight matmul goes through here. A weight that is not a plain tensor (a
     quantized encoding) brings its own kernel: `weight.linear(x, bias)`; a plain one takes
-    the path specdec.compute chose for its dtype and token count on this CPU."""
+    the path specdec.compute.kernels chose for its dtype and token count on this CPU."""
     if not isinstance(weight, torch.Tensor):
         return weight.linear(x, bias)
-    return compute.linear(x, weight, bias)
+    return kernels.linear(x, weight, bias)
 
 
 def embed(tokens: torch.Tensor, table) -> torch.Tensor:

@@ -21,7 +21,9 @@ from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .families import build_model
-from . import compute, self_draft
+from . import self_draft
+from .compute import kernels as compute_kernels
+from .compute.probe_cache import load_or_probe
 from .lookup import is_lookup
 from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
@@ -65,7 +67,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     kernels: "auto" (default, or $SPECDEC_KERNELS): the fastest matmul path per weight kind
         and token count on this CPU, timed once per machine (~3 s) and cached in cache_dir
-        (specdec/compute.py); "reference": F.linear everywhere, as transformers computes.
+        (specdec/compute/); "reference": F.linear everywhere, as transformers computes.
     """
     install_kernels(kernels, cache_dir, progress)
     # Chain unless asked otherwise, whether or not `k` is given (`k` sizes chain drafts only).
@@ -115,7 +117,7 @@ def _lookup_speculation(speculation: str | None, tree_nodes: int | None) -> str:
 KERNEL_CHOICES = ("auto", "reference")
 
 
-def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) -> compute.Policy:
+def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) -> compute_kernels.Policy:
     """Make every linear() of this process use the `kernels` policy (see load())."""
     choice = kernels or os.environ.get("SPECDEC_KERNELS") or "auto"
     if choice not in KERNEL_CHOICES:
@@ -123,13 +125,13 @@ def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) 
         raise ValueError(f"{where}={choice!r}: use one of {', '.join(KERNEL_CHOICES)} ('auto' times "
                          "this CPU's matmul paths once and uses the fastest; 'reference' is F.linear)")
     if choice == "reference":
-        policy = compute.Policy.reference()
-    elif compute.active().timings:  # probed already in this process
-        policy = compute.active()
+        policy = compute_kernels.Policy.reference()
+    elif compute_kernels.active().timings:  # probed already in this process
+        policy = compute_kernels.active()
     else:
         from .demo_model import cache_root
-        policy = compute.load_or_probe(cache_root(cache_dir), progress=progress)
-    compute.use(policy)
+        policy = load_or_probe(cache_root(cache_dir), progress=progress)
+    compute_kernels.use(policy)
     return policy
 
 
@@ -150,7 +152,7 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
-                              expert_slots=plan.expert_slots or None)
+                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,

@@ -17,6 +17,8 @@ import torch
 
 from helpers.models import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
 
+pytestmark = pytest.mark.slow  # the offload benchmark's ~8 subprocesses
+
 STREAMED = {"plain", "chain", "tree", "overlap"}
 LLAMA = {"llamacpp", "llamacpp_spec"}
 # source: 2 q heads on 1 KV head of 32 -> 4 heads on 2 KV slots; 2 layers -> 3

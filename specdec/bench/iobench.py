@@ -63,7 +63,8 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
     from ..families import build_model
     from ..session import streaming_plan
 
-    from .. import compute
+    from ..compute.kernels import active
+    from ..compute.probe import machine
     from ..session import install_kernels
 
     install_kernels(kernels)
@@ -94,8 +95,8 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
             "passes": passes,
             "bytes_read": None if io0 is None or io1 is None else io1 - io0,
             "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads(),
-            "machine": compute.machine(), "kernels": compute.active().summary()
-            if compute.active().timings else "reference (F.linear)"}
+            "machine": machine(), "kernels": active().summary()
+            if active().timings else "reference (F.linear)"}
 
 
 def _stream_only_seconds(weights, repeat: int) -> float:

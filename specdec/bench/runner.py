@@ -274,20 +274,21 @@ def machine_info(threads: int | None = None) -> dict:
     import psutil
     import torch
 
-    from .. import compute
+    from ..compute.probe import cpu_model
+    from ..compute.probe_cache import load_or_probe
     from ..demo_model import cache_root
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        policy = compute.load_or_probe(cache_root(), progress=True)
+        policy = load_or_probe(cache_root(), progress=True)
     finally:
         torch.set_num_threads(before)
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
             "torch": torch.__version__, "kernel": platform.release(),
-            "cpu_model": compute.cpu_model(), "isa": policy.machine.get("isa"),
+            "cpu_model": cpu_model(), "isa": policy.machine.get("isa"),
             "bf16_instructions": policy.machine.get("bf16_instructions"),
             "kernels": policy.summary(), "kernel_probe_ms": policy.as_dict()["timings_ms"]}
 

@@ -35,11 +35,12 @@ def banner(lm, args=None) -> str:
 
 def kernels_text(dtype) -> str:
     """'bf16 activations on AVX2 (no bf16 instructions); matmuls: bf16: native at 1, ...'"""
-    from .. import compute
+    from ..compute.kernels import active
+    from ..compute.probe import machine
 
-    m = compute.machine()
+    m = machine()
     bf16 = "bf16 instructions" if m["bf16_instructions"] else "no bf16 instructions"
-    policy = compute.active()
+    policy = active()
     how = policy.summary() if policy.timings else "F.linear (reference kernels)"
     return (f"{str(dtype).removeprefix('torch.')} activations on {m['isa']} ({bf16}); "
             f"matmuls: {how}; q4/q8: torch's int4 kernel")
@@ -95,9 +96,10 @@ def _ranges(ids) -> str:
 
 def compute_info(dtype) -> dict:
     """The compute line's facts for `info --json`: ISA, bf16 instructions, the chosen paths."""
-    from .. import compute
+    from ..compute.kernels import active
+    from ..compute.probe import machine
 
-    m, policy = compute.machine(), compute.active()
+    m, policy = machine(), active()
     return {"dtype": str(dtype).removeprefix("torch."), "isa": m["isa"], "cpu": m["cpu"],
             "bf16_instructions": m["bf16_instructions"], "threads": m["threads"],
             "kernels": policy.summary() if policy.timings else "reference (F.linear)",
