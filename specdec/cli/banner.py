@@ -17,6 +17,8 @@ def banner(lm, args=None) -> str:
                  f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
         lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
                      f"{where}")
+        if plan.expert_slots:  # a mixture-of-experts store: how many experts fit
+            lines.append(f"  experts: {plan.expert_summary}")
         lines.append(f"  planned: resident {format_size(plan.resident_bytes)}, draft "
                      f"{format_size(plan.draft_bytes)}, KV {format_size(plan.kv_target_bytes + plan.kv_draft_bytes)}"
                      f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
