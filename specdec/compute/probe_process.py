@@ -103,7 +103,7 @@ def _read_reports(lines: queue.Queue, limit: float, progress) -> dict | None:
         try:
             line = lines.get(timeout=limit)
         except queue.Empty:
-            raise ProbeFailed(f"no progress for {limit:g} s (${TIMEOUT_ENV} sets the limit)") from None
+            raise ProbeFailed(f"no progress for {limit:g} s; ${TIMEOUT_ENV} sets the limit") from None
         if line is None:
             return None
         try:
