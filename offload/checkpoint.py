@@ -15,6 +15,7 @@ import torch
 
 from .expert_names import common_name
 from .hf_config import text_decoder_config, text_tensor_name
+from .shapes import MOE_TYPES
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # A draft may ship without its embedding table and take the target's at load time (they
@@ -168,8 +169,7 @@ def _store_tensors(store) -> Iterator[tuple[str, object]]:
     from .format import check_first_read
     from .reader import read_tensors
 
-    metas = [(None, store.resident_meta)] + [(i, store.layer_meta(i)) for i in range(store.num_layers)]
-    for index, meta in metas:
+    for index, meta in store.weight_files():
         views = read_tensors(store.path / meta.name, meta.tensors, meta.size,
                              check=lambda buf, name=meta.name: check_first_read(store, name, buf))
         for rel, value in views.items():
@@ -249,7 +249,13 @@ def _gguf_family_config(file: Path, config: dict) -> dict:
 
 def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
     # transformers dequantizes a GGUF into HF-named float32 tensors. It needs a model
-    # skeleton for the name map; one on the meta device costs no memory.
+    # skeleton for the name map; one on the meta device costs no memory. Its MoE models hold
+    # experts fused, under other names: those are split and dequantized by gguf_source, with
+    # gguf-py's float32 reference (what transformers computes too).
+    if config.get("model_type") in MOE_TYPES:
+        from .gguf_source import gguf_tensors
+
+        return dict(gguf_tensors(file, config, "bf16", note=lambda message: None))
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from . import compute
+from .compute.profile import pass_profile
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
@@ -48,7 +49,7 @@ class SpecDecoder:
         strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
                              tree_nodes, tree_width, getattr(target.model.weights, "stats", None),
                              lookup_branches,
-                             compute.pass_profile(target.model))
+                             pass_profile(target.model))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
@@ -159,11 +160,11 @@ class SpecDecoder:
         self.last_stats = stats
         assembler = TextAssembler(self.tokenizer, stop) if self.tokenizer is not None else None
         with self._guard():
-            started = _clock()
+            started = time.perf_counter()
             run = self.engine.run(ids, max_new_tokens, params, generator, self.eos_ids, stats)
             try:
                 for new in run:
-                    stats.seconds = _clock() - started
+                    stats.seconds = time.perf_counter() - started
                     delta = assembler.push(new) if assembler else ""
                     yield delta, new
                     if assembler and assembler.stopped:
@@ -171,7 +172,7 @@ class SpecDecoder:
                         break
             finally:
                 run.close()
-                stats.seconds = _clock() - started
+                stats.seconds = time.perf_counter() - started
 
     def _guard(self):
         lock = self._lock
@@ -292,9 +293,3 @@ def _tokenizer_eos(tokenizer) -> set[int]:
     if tokenizer is None or tokenizer.eos_token_id is None:
         return set()
     return {int(tokenizer.eos_token_id)}
-
-
-def _clock() -> float:
-    import time
-
-    return time.perf_counter()

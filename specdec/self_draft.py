@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -39,6 +38,8 @@ from offload.encodings import decode, layout_fingerprint
 from offload.encodings.from_float import quantize_float
 from offload.encodings.q4 import UnsupportedShape, choose_group, part_specs
 from offload.reader import read_tensors
+
+from .cache_root import cache_root
 
 SELF = "self"
 ENCODING = "q4"
@@ -85,7 +86,12 @@ def _numel(shape) -> int:
 
 
 def check_target(store) -> None:
-    """Refuse a target whose layers are already quantized (see the module docstring)."""
+    """Refuse a target whose layers are already quantized (see the module docstring), and a
+    mixture-of-experts target (its 4-bit substitutes would need every expert in RAM)."""
+    if store.has_experts:
+        raise SelfDraftError(f"{store.path}: a mixture-of-experts target cannot draft for itself "
+                             "(a 4-bit copy of every expert would not fit where the target does not). "
+                             "Use a separate small draft model (--draft DIR) or draft='lookup'.")
     for i in range(store.num_layers):
         encoded = sorted({m.encoding.get("encoding", "?") for m in store.layer_tensors(i).values()
                           if getattr(m, "encoding", None)})
@@ -132,7 +138,7 @@ class SubstituteCache:
     of this machine and SUBSTITUTE_VERSION, so a repacked store or another CPU gets new ones."""
 
     def __init__(self, store, cache_dir=None):
-        root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+        root = cache_root(cache_dir)
         manifest = store.path / "manifest.json"
         stat = manifest.stat()
         ident = (f"{manifest.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ENCODING}|"

