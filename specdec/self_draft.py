@@ -40,17 +40,12 @@ from offload.encodings.from_float import quantize_float
 from offload.encodings.q4 import UnsupportedShape, choose_group, part_specs
 from offload.reader import read_tensors
 
-SELF = "self"
 ENCODING = "q4"
 SUBSTITUTE_VERSION = 1  # bump when the substitutes' contents change
 
 
 class SelfDraftError(ValueError):
     """draft="self" cannot be used with this target; the message says what to do instead."""
-
-
-def is_self(draft) -> bool:
-    return isinstance(draft, str) and draft == SELF
 
 
 # -- sizes and the plan ---------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model):
     (["--k", "-3"], "drafted tokens per pass must be >= 1"),
     (["--max-new-tokens", "0"], "must be >= 1"),
     (["--ram", "12XB"], "cannot read size '12XB'"),
-    (["--repetition-penalty", "0"], "the penalty must be > 0"),
+    (["--repetition-penalty", "0"], "repetition-penalty must be > 0"),
     (["--repetition-penalty", "nan"], "not a finite number"),
     (["--repetition-window", "-5"], "must be >= 0"),
 ])
