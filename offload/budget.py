@@ -7,6 +7,10 @@ torch, activations). What is left pins whole target layers, the first ones first
 (`StreamedWeights(pinned=N)` takes the same N): a pinned layer is never re-read, so each
 one saves its size in disk reads on every pass. If all layers fit, no ring is needed.
 
+Mixture-of-experts stores: the ring holds a layer's dense part only; the routed experts a pass
+reads go into `expert_slots` buffers of the largest expert (offload/expert_stream.py), counted
+with the ring. Pinning a layer pins its dense part and all its experts.
+
 Sizes: "4GB" = 4e9 bytes, "4GiB" = 4 * 2**30; "4G" (no B) is read as GiB, like `free -g`.
 """
 from __future__ import annotations
@@ -64,14 +68,22 @@ def format_size(n: int) -> str:
 class LayerSizes:
     """The byte sizes planning needs; `LayerSizes.of(store)` reads them from a Store."""
     resident_nbytes: int
-    layer_nbytes: tuple[int, ...]
+    layer_nbytes: tuple[int, ...]  # the dense part of each layer (what the ring reads)
+    expert_nbytes: tuple[int, ...] = ()  # all experts of each layer (mixture of experts)
+    expert_read_nbytes: int = 0  # the largest single expert: one slot buffer
 
     @classmethod
     def of(cls, store_or_sizes) -> "LayerSizes":
         if isinstance(store_or_sizes, LayerSizes):
             return store_or_sizes
         s = store_or_sizes
-        return cls(s.resident_nbytes, tuple(s.layer_nbytes(i) for i in range(s.num_layers)))
+        n = range(s.num_layers)
+        experts = tuple(s.experts_nbytes(i) for i in n) if s.has_experts else ()
+        return cls(s.resident_nbytes, tuple(s.layer_nbytes(i) for i in n), experts, s.max_expert_nbytes)
+
+    def pin_nbytes(self, i: int) -> int:
+        """RAM to pin layer i: its dense part and every expert."""
+        return self.layer_nbytes[i] + (self.expert_nbytes[i] if self.expert_nbytes else 0)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ class MemoryPlan:
     streamed_bytes_per_pass: int
     minimum_bytes: int  # the smallest budget that works (with the requested ring)
     context_fits: int | None = None  # the longest context this budget plans for (None: no KV)
+    expert_slots: int = 0  # buffers for routed experts read per layer (mixture of experts)
+    expert_buffer_bytes: int = 0
 
     @property
     def num_pinned(self) -> int:
@@ -100,7 +114,7 @@ class MemoryPlan:
     @property
     def total_bytes(self) -> int:
         return (self.resident_bytes + self.draft_bytes + self.kv_target_bytes + self.kv_draft_bytes
-                + self.overhead_bytes + self.ring_bytes + self.pinned_bytes)
+                + self.overhead_bytes + self.ring_bytes + self.pinned_bytes + self.expert_buffer_bytes)
 
     @property
     def summary(self) -> str:
@@ -108,11 +122,19 @@ class MemoryPlan:
         layers = (f"all {n} target layers pinned in RAM" if not self.streamed else
                   f"{len(self.pinned)}/{n} target layers pinned, {len(self.streamed)} streamed "
                   f"({format_size(self.streamed_bytes_per_pass)} read per pass, ring of "
-                  f"{self.ring_size} x {format_size(self.ring_bytes // max(self.ring_size, 1))})")
+                  f"{self.ring_size} x {format_size(self.ring_bytes // max(self.ring_size, 1))}"
+                  f"{self._experts})")
         return (f"RAM budget {format_size(self.budget_bytes)} ({self.budget_reason}): {layers}; "
                 f"resident {format_size(self.resident_bytes)}, draft {format_size(self.draft_bytes)}, "
                 f"KV {format_size(self.kv_target_bytes + self.kv_draft_bytes)} at {self.max_context} "
                 f"tokens{self._fits}; planned {format_size(self.total_bytes)}")
+
+    @property
+    def _experts(self) -> str:
+        if not self.expert_slots:
+            return ""
+        return (f"; routed experts read as routed, into {self.expert_slots} expert buffers of "
+                f"{format_size(self.expert_buffer_bytes // self.expert_slots)}")
 
     @property
     def _fits(self) -> str:
@@ -152,9 +174,10 @@ def _fits_hint(fits: int | None) -> str:
 def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, draft_bytes: int = 0,
                 kv_bytes_per_token_target: int = 0, kv_bytes_per_token_draft: int = 0,
                 max_context: int = 4096, ring_size: int = 2,
-                overhead_bytes: int = DEFAULT_OVERHEAD) -> MemoryPlan:
+                overhead_bytes: int = DEFAULT_OVERHEAD, expert_slots: int = 0) -> MemoryPlan:
     """Plan RAM for a store (or LayerSizes). Raises BudgetError, stating the minimum budget,
-    when even streaming every layer does not fit."""
+    when even streaming every layer does not fit. `expert_slots`: buffers for routed experts
+    (a mixture-of-experts store; ignored for a dense one)."""
     sizes = LayerSizes.of(store_or_sizes)
     if ram_bytes is None:
         budget, reason = default_budget()
@@ -166,8 +189,11 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
     fixed = sizes.resident_nbytes + draft_bytes + kv_t + kv_d + overhead_bytes
     ring_size = max(1, ring_size)
     ring_bytes = ring_size * max(sizes.layer_nbytes, default=0)
-    minimum = fixed + ring_bytes
-    everything = fixed + sum(sizes.layer_nbytes)
+    expert_slots = expert_slots if sizes.expert_nbytes else 0
+    expert_bytes = expert_slots * sizes.expert_read_nbytes
+    minimum = fixed + ring_bytes + expert_bytes
+    pin = [sizes.pin_nbytes(i) for i in range(len(sizes.layer_nbytes))]
+    everything = fixed + sum(pin)
     fits = context_that_fits(budget, min(minimum, everything) - kv_t - kv_d,
                              kv_bytes_per_token_target + kv_bytes_per_token_draft)
     common = dict(budget_bytes=budget, budget_reason=reason, resident_bytes=sizes.resident_nbytes,
@@ -175,22 +201,23 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
                   max_context=max_context, overhead_bytes=overhead_bytes,
                   minimum_bytes=min(minimum, everything), context_fits=fits)
     if budget >= everything:  # no streaming at all: no ring needed
-        n = len(sizes.layer_nbytes)
-        return MemoryPlan(**common, ring_size=0, ring_bytes=0, pinned=tuple(range(n)),
-                          pinned_bytes=sum(sizes.layer_nbytes), streamed=(), streamed_bytes_per_pass=0)
+        return MemoryPlan(**common, ring_size=0, ring_bytes=0, pinned=tuple(range(len(pin))),
+                          pinned_bytes=sum(pin), streamed=(), streamed_bytes_per_pass=0)
     if budget < minimum:
+        experts = f" + {expert_slots} expert buffers {format_size(expert_bytes)}" if expert_slots else ""
         raise BudgetError(
             f"RAM budget {format_size(budget)} ({reason}) is too small: at least "
             f"{format_size(minimum)} is needed (resident {format_size(sizes.resident_nbytes)} + draft "
             f"{format_size(draft_bytes)} + KV {format_size(kv_t + kv_d)} at {max_context} tokens + "
-            f"{ring_size} layer buffers {format_size(ring_bytes)} + runtime "
+            f"{ring_size} layer buffers {format_size(ring_bytes)}{experts} + runtime "
             f"{format_size(overhead_bytes)}). Give --ram {-(-minimum // 10**6)}MB "
             f"or more, or a shorter max context{_fits_hint(fits)}, or a smaller draft.")
     left, n = budget - minimum, 0
-    while n < len(sizes.layer_nbytes) and sizes.layer_nbytes[n] <= left:
-        left -= sizes.layer_nbytes[n]
+    while n < len(pin) and pin[n] <= left:
+        left -= pin[n]
         n += 1
-    streamed = tuple(range(n, len(sizes.layer_nbytes)))
+    streamed = tuple(range(n, len(pin)))
     return MemoryPlan(**common, ring_size=ring_size, ring_bytes=ring_bytes, pinned=tuple(range(n)),
-                      pinned_bytes=sum(sizes.layer_nbytes[:n]), streamed=streamed,
-                      streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed))
+                      pinned_bytes=sum(pin[:n]), streamed=streamed,
+                      streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed),
+                      expert_slots=expert_slots, expert_buffer_bytes=expert_bytes)

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from .expert_names import common_name
 from .hf_config import text_decoder_config, text_tensor_name
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -70,8 +71,8 @@ class Checkpoint:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():
                         text_name = text_tensor_name(name)  # a multimodal checkpoint's text part
-                        if text_name is not None:
-                            yield text_name, f.get_tensor(name)
+                        if text_name is not None:  # Mixtral's expert names: the common ones
+                            yield common_name(text_name), f.get_tensor(name)
             except (OSError, RuntimeError, SafetensorError) as e:
                 raise _unreadable(file, e) from e
 
@@ -167,8 +168,7 @@ def _store_tensors(store) -> Iterator[tuple[str, object]]:
     from .format import check_first_read
     from .reader import read_tensors
 
-    metas = [(None, store.resident_meta)] + [(i, store.layer_meta(i)) for i in range(store.num_layers)]
-    for index, meta in metas:
+    for index, meta in store.weight_files():
         views = read_tensors(store.path / meta.name, meta.tensors, meta.size,
                              check=lambda buf, name=meta.name: check_first_read(store, name, buf))
         for rel, value in views.items():

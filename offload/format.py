@@ -16,6 +16,15 @@ bytes were packed for; a store packed for another layout is refused by `check_la
 error says to run `specdec repack STORE`, offload/repack.py). Version 1 stores (plain tensors
 only) are read as before.
 
+Version 3 (written only for mixture-of-experts models; dense stores stay version 2) adds one
+`experts_00000.bin` per layer beside its layer file: the layer file keeps the dense part
+(attention, norms, router, shared expert) and streams as before; the experts file holds every
+routed expert's tensors, each expert ONE contiguous 4096-aligned extent (its tensors back to
+back, each aligned), so a pass reads exactly the experts it routes to, one read each. The
+manifest lists these files under `expert_files` (one per layer), and each file's entry carries
+`extents`: [offset, nbytes, sha256] per expert, so an expert is checksummed on its own first
+read (offload/expert_stream.py).
+
 Every tensor starts at a 4096-aligned offset and every file is padded to a multiple of
 4096, so one layer is ONE sequential O_DIRECT read into a page-aligned buffer and each
 tensor is a zero-copy view of that buffer. Opening a store checks the manifest and the
@@ -37,8 +46,9 @@ import torch
 from . import encodings
 
 FORMAT_NAME = "specdec-layer-store"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # what a dense model's store is written as
+EXPERT_STORE_VERSION = 3  # a mixture-of-experts model's store (expert files)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 RESIDENT_FILE = "resident.bin"
 TOKENIZER_DIR = "tokenizer"
@@ -56,6 +66,10 @@ class StoreError(ValueError):
 
 def layer_file_name(i: int) -> str:
     return f"layer_{i:05d}.bin"
+
+
+def expert_file_name(i: int) -> str:
+    return f"experts_{i:05d}.bin"
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
@@ -83,6 +97,16 @@ class TensorMeta:
 
 
 @dataclass(frozen=True)
+class ExpertExtent:
+    """One expert of one layer: where its bytes lie in the layer's experts file, their checksum,
+    and its tensors by part ("up_proj.weight"), offsets relative to the extent's start."""
+    offset: int
+    nbytes: int
+    sha256: str
+    tensors: dict[str, TensorMeta]
+
+
+@dataclass(frozen=True)
 class FileMeta:
     name: str  # relative to the store directory
     size: int
@@ -106,6 +130,8 @@ class Store:
         self.tokenizer_dir: Path | None = path / tok if tok else None
         self.int4_layout: dict | None = manifest.get("int4_layout")
         self.embeddings_from_target: bool = bool(manifest.get("embeddings_from_target"))
+        self._expert_names: list[str] = list(manifest.get("expert_files") or [])
+        self._extents = [_parse_extents(manifest["files"][n], self.files[n]) for n in self._expert_names]
 
     # -- layers ---------------------------------------------------------------------------
     def layer_file(self, i: int) -> Path:
@@ -121,13 +147,50 @@ class Store:
         """Layer-relative name ("self_attn.q_proj.weight") -> where it lies in layer_file(i)."""
         return self.layer_meta(i).tensors
 
+    # -- experts (version 3) ----------------------------------------------------------------
+    @property
+    def has_experts(self) -> bool:
+        return bool(self._expert_names)
+
+    def expert_file(self, i: int) -> Path:
+        return self.path / self._expert_names[i]
+
+    def expert_meta(self, i: int) -> FileMeta:
+        return self.files[self._expert_names[i]]
+
+    def expert_extents(self, i: int) -> list[ExpertExtent]:
+        """Layer i's experts, indexed by expert id."""
+        return self._extents[i]
+
+    def experts_nbytes(self, i: int) -> int:
+        """Bytes of layer i's experts file (0 for a dense store)."""
+        return self.expert_meta(i).size if self._expert_names else 0
+
+    @property
+    def max_expert_nbytes(self) -> int:
+        """The largest single expert's extent (the size of one expert read)."""
+        return max((x.nbytes for ext in self._extents for x in ext), default=0)
+
+    def all_layer_tensors(self, i: int) -> dict[str, TensorMeta]:
+        """Layer i's tensors, dense and expert, by layer-relative name (for shape checks)."""
+        out = dict(self.layer_tensors(i))
+        if self._expert_names:
+            out.update(self.expert_meta(i).tensors)
+        return out
+
+    def weight_files(self) -> list[tuple[int | None, FileMeta]]:
+        """(layer index or None for the resident file, file) of every weight file."""
+        out = [(None, self.resident_meta)] + [(i, self.layer_meta(i)) for i in range(self.num_layers)]
+        return out + [(i, self.expert_meta(i)) for i in range(len(self._expert_names))]
+
     @property
     def max_layer_nbytes(self) -> int:
         return max((self.layer_nbytes(i) for i in range(self.num_layers)), default=0)
 
     @property
     def layers_nbytes(self) -> int:
-        return sum(self.layer_nbytes(i) for i in range(self.num_layers))
+        """Bytes of every layer, dense parts and experts."""
+        return sum(self.layer_nbytes(i) + self.experts_nbytes(i) for i in range(self.num_layers))
 
     # -- resident part ----------------------------------------------------------------------
     @property
@@ -154,7 +217,7 @@ class Store:
     def encodings(self) -> dict[str, int]:
         """Encoding (or dtype) -> bytes of the tensors stored in it, over the whole store."""
         out: dict[str, int] = {}
-        for meta in [self.resident_meta, *(self.layer_meta(i) for i in range(self.num_layers))]:
+        for _, meta in self.weight_files():
             for t in meta.tensors.values():
                 out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
         return out
@@ -277,6 +340,27 @@ def _check_manifest_types(m: dict) -> None:
             need(meta.get("nbytes"), int, f"{where}.nbytes")
             need(meta.get("encoding"), (dict, type(None)), f"{where}.encoding")
     need(m.get("int4_layout"), (dict, type(None)), "int4_layout")
+    _check_expert_types(m, need)
+
+
+def _check_expert_types(m: dict, need) -> None:
+    experts = m.get("expert_files")
+    need(experts, (list, type(None)), "expert_files")
+    if experts is None:
+        return
+    if len(experts) != len(m["layers"]):
+        raise ValueError(f"expert_files lists {len(experts)} files for {len(m['layers'])} layers")
+    for name in experts:
+        need(name, str, "an expert_files entry")
+        extents = m["files"].get(name, {}).get("extents")
+        need(extents, list, f"files[{name!r}].extents")
+        for extent in extents:
+            need(extent, list, f"files[{name!r}].extents entry")
+            if len(extent) != 3:
+                raise ValueError(f"files[{name!r}].extents entry {extent!r} is not [offset, nbytes, sha256]")
+            need(extent[0], int, f"files[{name!r}].extents offset")
+            need(extent[1], int, f"files[{name!r}].extents nbytes")
+            need(extent[2], str, f"files[{name!r}].extents sha256")
 
 
 def _parse_files(manifest: dict) -> dict[str, FileMeta]:
@@ -290,7 +374,7 @@ def _parse_files(manifest: dict) -> dict[str, FileMeta]:
         meta = FileMeta(name, int(f["size"]), str(f["sha256"]), tensors)
         _check_tensor_layout(meta)
         files[name] = meta
-    for name in [RESIDENT_FILE, *manifest["layers"]]:
+    for name in [RESIDENT_FILE, *manifest["layers"], *(manifest.get("expert_files") or [])]:
         if name not in files:
             raise StoreError(f"manifest lists no size/checksum for {name}. {REPACK}")
     return files
@@ -309,6 +393,32 @@ def _check_tensor_layout(meta: FileMeta) -> None:
                 or math.prod(t.shape) * itemsize != t.nbytes):
             raise StoreError(f"manifest: {meta.name}:{t.name} has an inconsistent layout "
                              f"(offset {t.offset}, {t.nbytes} bytes, shape {t.shape}). {REPACK}")
+
+
+def _parse_extents(entry: dict, meta: FileMeta) -> list[ExpertExtent]:
+    """An experts file's extents, each with its tensors (offsets made relative to the extent);
+    every tensor must lie inside its own expert's aligned extent."""
+    from .expert_names import split_expert_name
+
+    extents = [(int(o), int(n), str(h)) for o, n, h in entry["extents"]]
+    tensors: list[dict[str, TensorMeta]] = [{} for _ in extents]
+    for name, t in meta.tensors.items():
+        where = split_expert_name(name)
+        if where is None or where[0] >= len(extents):
+            raise StoreError(f"manifest: {meta.name}:{name} is not an expert of this file's "
+                             f"{len(extents)} extents. {REPACK}")
+        start, nbytes, _ = extents[where[0]]
+        if t.offset < start or t.offset + t.nbytes > start + nbytes:
+            raise StoreError(f"manifest: {meta.name}:{name} lies outside its expert's extent. {REPACK}")
+        tensors[where[0]][where[1]] = TensorMeta(name, t.dtype, t.shape, t.offset - start, t.nbytes,
+                                                 t.encoding)
+    out = []
+    for (start, nbytes, sha), named in zip(extents, tensors):
+        if start % ALIGN or nbytes % ALIGN or start < 0 or start + nbytes > meta.size or not named:
+            raise StoreError(f"manifest: {meta.name} has an inconsistent expert extent (offset "
+                             f"{start}, {nbytes} bytes). {REPACK}")
+        out.append(ExpertExtent(start, nbytes, sha, named))
+    return out
 
 
 def _check_encoded_layout(meta: FileMeta, t: TensorMeta) -> None:
@@ -393,6 +503,22 @@ def check_first_read(store: Store, name: str, data) -> None:
     digest = hashlib.sha256(memoryview(data)[:meta.size]).hexdigest()
     if digest != meta.sha256:
         raise StoreError(f"{file}: sha256 mismatch on first read (the file is corrupt). {REPACK}")
+    with _verified_lock:
+        _verified.add(key)
+
+
+def check_expert_first_read(store: Store, layer: int, expert: int, data) -> None:
+    """As check_first_read, for one expert's extent (an experts file is never read whole
+    while streaming: each expert carries its own sha256 in the manifest)."""
+    file = store.expert_file(layer)
+    key = (*_file_key(file), expert)
+    with _verified_lock:
+        if key in _verified:
+            return
+    extent = store.expert_extents(layer)[expert]
+    if hashlib.sha256(memoryview(data)[:extent.nbytes]).hexdigest() != extent.sha256:
+        raise StoreError(f"{file}: sha256 mismatch in expert {expert} on first read (the file is "
+                         f"corrupt). {REPACK}")
     with _verified_lock:
         _verified.add(key)
 

@@ -35,8 +35,11 @@ from . import encodings
 from .atomic import fsync_path
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .errors import InternalError
-from .format import (ALIGN, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE, TOKENIZER_DIR,
-                     TensorMeta, align_up, file_sha256, is_store, layer_file_name)
+from .expert_names import split_expert_name
+from .expert_pack import ExpertWriter, IncompleteExperts
+from .format import (ALIGN, EXPERT_STORE_VERSION, FORMAT_NAME, FORMAT_VERSION, MANIFEST, RESIDENT_FILE,
+                     TOKENIZER_DIR, TensorMeta, align_up, expert_file_name, file_sha256, is_store,
+                     layer_file_name)
 from .shapes import LM_HEAD, ModelShape, split_layer_name
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "f32": "float32",
@@ -227,12 +230,10 @@ class _FileWriter:
         self.sha = hashlib.sha256()
         self.size = 0
         self.tensors: dict[str, TensorMeta] = {}
+        self.taps: list = []  # extra hashes fed every byte written (an expert's extent checksum)
 
     def _pad_to(self, size: int) -> None:
-        pad = bytes(size - self.size)
-        self.f.write(pad)
-        self.sha.update(pad)
-        self.size = size
+        self._write(bytes(size - self.size))
 
     def add(self, name: str, tensor) -> None:
         """Append a plain tensor, or an encoded weight (its parts at `part_offsets`)."""
@@ -263,6 +264,8 @@ class _FileWriter:
     def _write(self, data) -> None:
         self.f.write(data)
         self.sha.update(data)
+        for tap in self.taps:
+            tap.update(data)
         self.size += len(data)
 
     def finish(self) -> dict:
@@ -297,27 +300,36 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
     tied = bool(config.get("tie_word_embeddings", False))
     layout = None  # the int4 layout, once an encoded weight is written
     writers: dict[int | None, _FileWriter] = {}  # None = the resident file
+    experts: dict[int, ExpertWriter] = {}  # a mixture-of-experts layer's routed experts
     bar = tqdm(total=estimate, unit="B", unit_scale=True, desc="pack", disable=not progress)
     try:
         for name, tensor in tensors:
             if name == "lm_head.weight" and tied:
                 continue  # tied: the model reuses embed_tokens; storing it would waste RAM
             key, rel = split_layer_name(name) or (None, name)
-            if key not in writers:
-                fname = RESIDENT_FILE if key is None else layer_file_name(key)
-                writers[key] = _FileWriter(tmp / fname)
             if isinstance(tensor, torch.Tensor):
                 t = _convert(tensor, dtype)
             else:
                 t, layout = tensor, tensor.header()["layout"]
-            writers[key].add(rel, t)
+            expert = split_expert_name(rel) if key is not None else None
+            if expert is not None:
+                if key not in experts:
+                    experts[key] = ExpertWriter(_FileWriter(tmp / expert_file_name(key)))
+                experts[key].add(*expert, t)
+            else:
+                if key not in writers:
+                    fname = RESIDENT_FILE if key is None else layer_file_name(key)
+                    writers[key] = _FileWriter(tmp / fname)
+                writers[key].add(rel, t)
             bar.update(t.nbytes)
             del tensor, t
-        layer_ids = _check_layers(config, writers, borrows_embeddings)
-        files = {w.path.name: w.finish() for w in writers.values()}
-    except BaseException:
-        for w in writers.values():
+        layer_ids = _check_layers(config, writers, borrows_embeddings, experts)
+        files = {w.path.name: w.finish() for w in [*writers.values(), *experts.values()]}
+    except BaseException as e:
+        for w in [*writers.values(), *experts.values()]:
             w.abort()
+        if isinstance(e, IncompleteExperts):
+            raise PackError(f"{e} The checkpoint is incomplete or corrupt; download it again.") from e
         raise
     finally:
         bar.close()
@@ -327,15 +339,19 @@ def _write_contents(config, generation_config, tensors, tmp: Path, dtype: str, e
             if file.is_file():
                 fsync_path(file)
                 files[str(file.relative_to(tmp))] = {"size": file.stat().st_size, "sha256": file_sha256(file)}
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "config": config,
+    manifest = {"format": FORMAT_NAME, "version": EXPERT_STORE_VERSION if experts else FORMAT_VERSION,
+                "dtype": dtype, "config": config,
                 "generation_config": generation_config or {}, "tokenizer_dir": tok_dir,
                 "layers": [layer_file_name(i) for i in layer_ids], "files": files}
+    if experts:
+        manifest["expert_files"] = [expert_file_name(i) for i in layer_ids]
     if layout is not None:
         manifest["int4_layout"] = layout
     return manifest
 
 
-def _check_layers(config: dict, writers: dict, borrows_embeddings: bool = False) -> list[int]:
+def _check_layers(config: dict, writers: dict, borrows_embeddings: bool = False,
+                  experts: dict | None = None) -> list[int]:
     expected = config.get("num_hidden_layers")
     ids = sorted(k for k in writers if k is not None)
     if expected is not None and ids != list(range(int(expected))):
@@ -355,7 +371,18 @@ def _check_layers(config: dict, writers: dict, borrows_embeddings: bool = False)
             diff = sorted(set(writers[i].tensors) ^ names)
             raise PackError(f"decoder layer {i} has different tensors from layer {ids[0]} "
                             f"({', '.join(diff[:3])}); the checkpoint is incomplete. Download it again.")
+    _check_expert_layers(ids, experts or {})
     return ids
+
+
+def _check_expert_layers(ids: list[int], experts: dict) -> None:
+    """Every layer of a mixture-of-experts model has the same number of experts (or none has)."""
+    if not experts:
+        return
+    counts = {i: len(experts[i].extents) + len(experts[i].pending) if i in experts else 0 for i in ids}
+    if len(set(counts.values())) > 1:
+        raise PackError(f"decoder layers have different numbers of experts ({counts}); the "
+                        "checkpoint is incomplete. Download it again.")
 
 
 def _ranges(ids: list[int]) -> str:

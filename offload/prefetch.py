@@ -37,7 +37,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .errors import InternalError
-from .format import Store, check_first_read, check_layout, open_store
+from .expert_stream import ExpertReader, default_expert_slots, with_experts
+from .format import FileMeta, Store, check_first_read, check_layout, open_store
 from .reader import DirectReader, aligned_buffer, read_tensors, tensor_views
 
 
@@ -49,6 +50,10 @@ class StreamStats:
     idle_seconds: float = 0.0  # of those waits, time spent in the idle callback (layers(idle=...))
     idle_delay_seconds: float = 0.0  # time layers sat ready until an idle call ended (its cost)
     passes: int = 0  # completed passes over the layers
+    # Mixture-of-experts stores (offload/expert_stream.py); all 0 for a dense store.
+    expert_bytes_read: int = 0  # of bytes_read, the routed experts' extents
+    experts_read: int = 0  # expert extents read from disk
+    experts_used: int = 0  # distinct experts a pass routed to, summed over its streamed layers
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +65,8 @@ class StreamedWeights:
     pinned: None (stream every layer), an int N (pin the first N layers), or an iterable of
     layer indices. Pinned layers are read once and never re-read.
     ring_size: number of layer buffers the reader fills ahead (>= 1; 2 overlaps read and compute).
+    expert_slots: a mixture-of-experts store's buffers for routed experts (offload/expert_stream.py;
+    default: twice the experts one token routes to). A pinned layer keeps all its experts.
     dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
     the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
     ring slot (streamed) or of their own buffer (pinned), and compute in whatever dtype their
@@ -68,7 +75,8 @@ class StreamedWeights:
 
     def __init__(self, store: Store | str | Path, pinned: int | Iterable[int] | None = None,
                  ring_size: int = 2, dtype: torch.dtype | None = None,
-                 chunk_bytes: int | None = None, read_threads: int | None = None):
+                 chunk_bytes: int | None = None, read_threads: int | None = None,
+                 expert_slots: int | None = None):
         self.store = store if isinstance(store, Store) else open_store(store)
         check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
@@ -84,6 +92,10 @@ class StreamedWeights:
         finally:
             self._reader.close()  # join the pool threads; the prefetch thread makes its own
         self._ring = _Ring(self.store, self.streamed_layers, max(1, ring_size), self._reader, self.stats)
+        self._experts = None
+        if self.store.has_experts and self.streamed_layers:
+            slots = expert_slots or default_expert_slots(self.store)
+            self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert)
         self._active: int | None = None  # token of the pass in progress
         self._next_token = 0
         self._closed = False
@@ -104,10 +116,24 @@ class StreamedWeights:
     def streamed_bytes_per_pass(self) -> int:
         return sum(self.store.layer_nbytes(i) for i in self.streamed_layers)
 
+    @property
+    def expert_buffer_nbytes(self) -> int:
+        """RAM of the routed experts' slot buffers (0 without experts or streamed layers)."""
+        return self._experts.buffer_nbytes if self._experts is not None else 0
+
     def _read_owned(self, layer: int | None) -> dict[str, torch.Tensor]:
-        """Read the resident file (layer None) or a layer into its own buffer, checksummed."""
+        """Read the resident file (layer None) or a whole layer, its experts included, into
+        buffers of their own, checksummed."""
         s = self.store
-        meta = s.resident_meta if layer is None else s.layer_meta(layer)
+        if layer is None:
+            return self._read_file(s.resident_meta)
+        views = self._read_file(s.layer_meta(layer))
+        if s.has_experts:
+            views.update(self._read_file(s.expert_meta(layer)))
+        return views
+
+    def _read_file(self, meta: FileMeta) -> dict[str, torch.Tensor]:
+        s = self.store
         t0 = time.perf_counter()
         views = read_tensors(s.path / meta.name, meta.tensors, meta.size, self._reader,
                              check=lambda buf: check_first_read(s, meta.name, buf))
@@ -126,6 +152,7 @@ class StreamedWeights:
             self.stats.bytes_read = self.stats.passes = 0
             self.stats.read_seconds = self.stats.compute_wait_seconds = 0.0
             self.stats.idle_seconds = self.stats.idle_delay_seconds = 0.0
+            self.stats.expert_bytes_read = self.stats.experts_read = self.stats.experts_used = 0
 
     # -- the pass -------------------------------------------------------------------------
     def layers(self, idle: Callable[[float | None], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -166,7 +193,8 @@ class StreamedWeights:
         self.stats.idle_delay_seconds += delay
         if layer != i:  # the ring is strictly ordered; anything else is a bug, not bad input
             raise InternalError(f"prefetch out of order: expected layer {i}, got {layer}")
-        views = tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i))
+        views = with_experts(tensor_views(self._ring.buffers[slot], self.store.layer_tensors(i)),
+                             self._experts, i)
         encoded = any(not isinstance(v, torch.Tensor) for v in views.values())
         if encoded and self.dtype is not None:
             views = self._convert(views)  # the plain tensors only; the slot stays held
@@ -194,6 +222,8 @@ class StreamedWeights:
         self._closed = True
         self._active = None
         self._finalizer()
+        if self._experts is not None:
+            self._experts.close()
 
     def __enter__(self) -> "StreamedWeights":
         return self

@@ -105,6 +105,34 @@ class DirectReader:
                 self.fallback_files += 1
         return nbytes
 
+    def read_ranges(self, path: str | Path, ranges: list[tuple[object, int, int]]) -> int:
+        """Read several aligned ranges of one file, all issued together on the reader's threads:
+        `ranges` lists (buffer, file offset, nbytes), each buffer holding align_up(nbytes). Returns
+        the bytes read (counted in the reader's bytes_read); OSError naming the file on failure."""
+        path = Path(path)
+        t0 = time.perf_counter()
+        fd, direct = self._open(path)
+        try:
+            try:
+                _read_all(self, fd, ranges, direct, path)
+            except OSError as e:
+                if not (direct and e.errno == errno.EINVAL):
+                    raise
+                os.close(fd)  # O_DIRECT accepted at open but not for reads (some FUSE)
+                fd = -1
+                fd, direct = self._open(path, allow_direct=False)
+                _read_all(self, fd, ranges, direct, path)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        total = sum(n for _, _, n in ranges)
+        with self._lock:
+            self.bytes_read += total
+            self.read_seconds += time.perf_counter() - t0
+            self.direct_files += direct
+            self.fallback_files += not direct
+        return total
+
     def _read(self, path: Path, buf, nbytes: int | None, offset: int) -> tuple[int, bool]:
         fd, direct = self._open(path)
         try:
@@ -224,3 +252,25 @@ def read_tensors(path: str | Path, tensors: dict[str, TensorMeta], size: int,
     if check is not None:
         check(buf)
     return tensor_views(buf, tensors, repack)
+
+
+def _read_all(reader: DirectReader, fd: int, ranges, direct: bool, path: Path) -> None:
+    views = [memoryview(buf) for buf, _, _ in ranges]
+    try:
+        jobs = [(view, start, min(reader.chunk_bytes, align_up(n) - start), offset)
+                for view, (_, offset, n) in zip(views, ranges)
+                for start in range(0, align_up(n), reader.chunk_bytes)]
+        pool = reader._pool_get()
+        futures = [pool.submit(_pread_full, fd, *job) for job in jobs]
+        wait(futures)  # every read ends before fd is closed, failed or not
+        got = [f.result() for f in futures]
+    finally:
+        for view in views:
+            view.release()
+    for (view, start, n, offset), count in zip(jobs, got):
+        if count < n:
+            raise OSError(errno.EIO, f"short read at offset {offset + start} ({count} of {n} bytes): "
+                          "the file is truncated. Re-pack the store with `specdec pack SRC OUT`", str(path))
+    if not direct:
+        for _, offset, n in ranges:
+            _drop_cache(fd, offset, n)

@@ -46,8 +46,7 @@ def repack_store(path: str | Path, progress: bool = True) -> bool:
 
 
 def _converted(store) -> Iterator[tuple[str, object]]:
-    files = [(None, store.resident_meta)] + [(i, store.layer_meta(i)) for i in range(store.num_layers)]
-    for index, meta in files:
+    for index, meta in store.weight_files():
         values = read_tensors(store.path / meta.name, meta.tensors, meta.size, repack=True,
                               check=lambda buf, name=meta.name: check_first_read(store, name, buf))
         for rel, value in values.items():

@@ -1,4 +1,4 @@
-"""A decoder's tensors (Llama family, Gemma 2/3, Phi-3): names, shapes and parameter counts, in one place.
+"""A decoder's tensors (Llama family, Gemma 2/3, Phi-3, the mixture-of-experts families): names, shapes and parameter counts, in one place.
 
 The weight checks (specdec/weights.py), the packer's size estimate (pack.py), the memory
 plan (specdec/session.py) and the synthetic model maker (specdec/bench/synthetic.py) all
@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from .expert_names import EXPERT_PARTS, ROUTER, SHARED_GATE, SHARED_PARTS, expert_tensor_name
 from .hf_config import text_decoder_config
 
 # "model.layers.12.self_attn.q_proj.weight" -> (12, "self_attn.q_proj.weight")
@@ -19,6 +20,8 @@ LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
 SANDWICH_NORM_TYPES = ("gemma2", "gemma3_text")
 FUSED_PROJECTION_TYPES = ("phi3",)
+MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe")
+QK_NORM_TYPES = ("qwen3", "gemma3_text", "qwen3_moe")
 
 
 def split_layer_name(name: str) -> tuple[int, str] | None:
@@ -29,6 +32,18 @@ def split_layer_name(name: str) -> tuple[int, str] | None:
 
 def layer_tensor_name(index: int, name: str) -> str:
     return f"model.layers.{index}.{name}"
+
+
+def moe_sizes(cfg: dict) -> dict:
+    """ModelShape's mixture-of-experts fields from an HF config (none for a dense model)."""
+    model_type = cfg.get("model_type")
+    if model_type not in MOE_TYPES:
+        return {}
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    inter = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    shared = cfg.get("shared_expert_intermediate_size") or 0 if model_type == "qwen2_moe" else 0
+    return dict(num_experts=experts, expert_intermediate_size=inter,
+                shared_expert_intermediate_size=shared, whole_qk_norm=model_type == "olmoe")
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,12 @@ class ModelShape:
     qk_norm: bool = False  # per-head RMSNorm on q and k (qwen3, gemma3)
     sandwich_norms: bool = False  # gemma: norms after attention and around the MLP too
     fused_projections: bool = False  # phi3: one qkv_proj and one gate_up_proj per layer
+    # Mixture of experts (offload/expert_names.py): a router and num_experts MLPs of
+    # expert_intermediate_size replace the dense MLP; Qwen2-MoE adds a gated shared expert.
+    num_experts: int = 0
+    expert_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    whole_qk_norm: bool = False  # olmoe: q/k norms over the whole projection, not per head
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ModelShape":
@@ -54,18 +75,18 @@ class ModelShape:
         cfg = text_decoder_config(cfg)
         heads = cfg["num_attention_heads"]
         model_type = cfg.get("model_type")
-        bias = cfg.get("attention_bias")
+        bias = cfg.get("qkv_bias") if model_type == "qwen2_moe" else cfg.get("attention_bias")
         return cls(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
                    intermediate_size=cfg["intermediate_size"],
                    num_layers=cfg["num_hidden_layers"], num_heads=heads,
                    num_kv_heads=cfg.get("num_key_value_heads") or heads,
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                   attention_bias=model_type == "qwen2" if bias is None else bool(bias),
+                   attention_bias=model_type in ("qwen2", "qwen2_moe") if bias is None else bool(bias),
                    mlp_bias=bool(cfg.get("mlp_bias", False)),
-                   qk_norm=model_type in ("qwen3", "gemma3_text"),
+                   qk_norm=model_type in QK_NORM_TYPES or model_type == "olmoe",
                    sandwich_norms=model_type in SANDWICH_NORM_TYPES,
-                   fused_projections=model_type in FUSED_PROJECTION_TYPES)
+                   fused_projections=model_type in FUSED_PROJECTION_TYPES, **moe_sizes(cfg))
 
     # -- names and shapes ----------------------------------------------------------------
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -76,9 +97,10 @@ class ModelShape:
             return self._fused_layer_shapes()
         out = {"input_layernorm.weight": (h,), "self_attn.q_proj.weight": (q, h),
                "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-               "self_attn.o_proj.weight": (h, q), "post_attention_layernorm.weight": (h,),
-               "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
-               "mlp.down_proj.weight": (h, inter)}
+               "self_attn.o_proj.weight": (h, q), "post_attention_layernorm.weight": (h,)}
+        out.update(self._moe_shapes() if self.num_experts else
+                   {"mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
+                    "mlp.down_proj.weight": (h, inter)})
         if self.sandwich_norms:
             out.update({"pre_feedforward_layernorm.weight": (h,),
                         "post_feedforward_layernorm.weight": (h,)})
@@ -89,7 +111,20 @@ class ModelShape:
             out.update({"mlp.gate_proj.bias": (inter,), "mlp.up_proj.bias": (inter,),
                         "mlp.down_proj.bias": (h,)})
         if self.qk_norm:
-            out.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)})
+            qn, kn = (q, kv) if self.whole_qk_norm else (hd, hd)
+            out.update({"self_attn.q_norm.weight": (qn,), "self_attn.k_norm.weight": (kn,)})
+        return out
+
+    def _moe_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The router, every expert's MLP and the optional gated shared expert."""
+        h, inter, shared = self.hidden_size, self.expert_intermediate_size, self.shared_expert_intermediate_size
+        out = {ROUTER: (self.num_experts, h)}
+        for e in range(self.num_experts):
+            out.update({expert_tensor_name(e, p): s for p, s in
+                        zip(EXPERT_PARTS, [(inter, h), (inter, h), (h, inter)])})
+        if shared:
+            out.update(dict(zip(SHARED_PARTS, [(shared, h), (shared, h), (h, shared)])))
+            out[SHARED_GATE] = (1, h)
         return out
 
     def _fused_layer_shapes(self) -> dict[str, tuple[int, ...]]:

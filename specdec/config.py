@@ -1,5 +1,6 @@
 """Model arguments read from a Hugging Face config.json (llama, mistral, qwen2, qwen3; the
-Gemma 2/3 and Phi-3 options are parsed in specdec/family_config.py).
+Gemma 2/3 and Phi-3 options are parsed in specdec/family_config.py, the mixture-of-experts
+families' (qwen3_moe, qwen2_moe, mixtral, olmoe) in specdec/moe_config.py).
 
 Handles both the transformers-4 spelling (rope_theta + rope_scaling) and the
 transformers-5 one (rope_parameters). Anything we cannot compute exactly is refused
@@ -14,9 +15,12 @@ from offload.hf_config import text_decoder_config
 from .config_values import (FIX_CONFIG, MAX_DIM, MAX_VOCAB, ConfigError, _flag, _number,  # noqa: F401
                             _check_heads, _positive_int)
 from .family_config import family_args
+from .moe_config import MOE_TYPES, moe_fields
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3",
+                         *MOE_TYPES)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+QK_NORM_TYPES = ("qwen3", "qwen3_moe", "olmoe")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
@@ -48,12 +52,23 @@ class ModelArgs:
     local_window: int | None = None
     local_rope: dict | None = None  # rope of the local layers when it differs (gemma3)
     rotary_dim: int | None = None  # rope on the first rotary_dim of each head only (phi3)
+    # Mixture of experts (specdec/moe_config.py, specdec/moe.py); 0 experts: a dense MLP.
+    num_experts: int = 0
+    experts_per_token: int = 0  # top-k routed experts per token
+    expert_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # the top-k routing weights renormalised to sum to one
+    shared_expert_intermediate_size: int = 0  # qwen2_moe: an always-on expert behind a sigmoid gate
+    whole_qk_norm: bool = False  # olmoe: q/k norms over the whole projection, not per head
+    clip_qkv: float | None = None  # olmoe: q, k, v clamped to [-clip, clip]
 
     @property
     def family(self) -> str:
-        """Which decoder runs these args: "llama" (llama, mistral, qwen2/3), "gemma" or "phi3"."""
+        """Which decoder runs these args: "llama" (llama, mistral, qwen2/3), "gemma", "phi3" or
+        "moe" (qwen3_moe, qwen2_moe, mixtral, olmoe)."""
         if self.model_type in LLAMA_FAMILY:
             return "llama"
+        if self.model_type in MOE_TYPES:
+            return "moe"
         return "phi3" if self.model_type == "phi3" else "gemma"
 
     @classmethod
@@ -71,8 +86,9 @@ class ModelArgs:
                 f"specdec runs {', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM2 and TinyLlama are llama; "
                 "Gemma 3 checkpoints with a vision tower run as text models; Phi-4 is phi3). "
                 "Pick a model of one of these families.")
-        if model_type not in LLAMA_FAMILY:
+        if model_type not in LLAMA_FAMILY + MOE_TYPES:
             return family_args(cls, cfg, model_type, source, fix)
+        extra = moe_fields(cfg, model_type, source, fix) if model_type in MOE_TYPES else {}
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (only silu).")
         pos = lambda key, default=None, limit=MAX_DIM: _positive_int(  # noqa: E731
@@ -81,7 +97,8 @@ class ModelArgs:
         heads = pos("num_attention_heads")
         kv_heads = pos("num_key_value_heads", default=heads)
         _check_heads(cfg, hidden, heads, kv_heads, source, fix)
-        head_dim = pos("head_dim", default=hidden // heads)
+        # Mixtral's config writes head_dim: null for "hidden_size / heads".
+        head_dim = hidden // heads if cfg.get("head_dim") is None else pos("head_dim")
         theta, scaling = _rope(cfg, source, fix)
         return cls(
             model_type=model_type,
@@ -97,11 +114,18 @@ class ModelArgs:
             rope_scaling=scaling,
             max_position_embeddings=pos("max_position_embeddings", default=4096, limit=1 << 40),
             tie_word_embeddings=_flag(cfg, "tie_word_embeddings", False, source, fix),
-            attention_bias=_flag(cfg, "attention_bias", model_type == "qwen2", source, fix),
+            attention_bias=_attention_bias(cfg, model_type, source, fix),
             mlp_bias=_flag(cfg, "mlp_bias", False, source, fix),
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in QK_NORM_TYPES, whole_qk_norm=model_type == "olmoe",
             sliding_window=_sliding_window(cfg, model_type, source, fix),
+            **extra,
         )
+
+
+def _attention_bias(cfg: dict, model_type: str, source: str, fix: str) -> bool:
+    if model_type == "qwen2_moe":  # transformers' Qwen2MoeConfig calls it qkv_bias (on by default)
+        return _flag(cfg, "qkv_bias", _flag(cfg, "attention_bias", True, source, fix), source, fix)
+    return _flag(cfg, "attention_bias", model_type == "qwen2", source, fix)
 
 
 def _unsupported_hint(model_type: str) -> str:
@@ -115,7 +139,9 @@ def _unsupported_hint(model_type: str) -> str:
 UNSUPPORTED_HINTS = {
     "gemma3n": "Gemma 3n's per-layer embeddings and AltUp layers are a different architecture",
     "phi3small": "Phi-3-small's blocksparse attention is a different architecture",
-    "phimoe": "Phi-3.5-MoE is a mixture of experts",
+    "phimoe": "Phi-3.5-MoE is a mixture of experts whose router (sparsemixer) specdec does not compute",
+    "gpt_oss": "gpt-oss needs attention sinks, alternating sliding windows, biased experts with a "
+               "clamped SwiGLU and MXFP4 expert blocks, none of which specdec computes yet",
     "phi4mm": "Phi-4-multimodal's adapters are a different architecture",
     "phi3_v": "Phi-3-vision is a multimodal architecture",
 }
@@ -146,7 +172,7 @@ def _rope(cfg: dict, source: str, fix: str = FIX_CONFIG) -> tuple[float, dict | 
 
 def _sliding_window(cfg: dict, model_type: str, source: str = "config.json",
                     fix: str = FIX_CONFIG) -> int | None:
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         # Qwen's per-layer window (max_window_layers) is off in every released model.
         if cfg.get("use_sliding_window", False):
             raise ConfigError("use_sliding_window=true is not supported for qwen models; "

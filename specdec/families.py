@@ -30,6 +30,10 @@ LOCAL, GLOBAL = "local", "global"
 
 def build_model(args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16) -> Transformer:
     """The decoder for `args`' family."""
+    if args.family == "moe":
+        from .moe_model import moe_decoder_class
+
+        return moe_decoder_class(args)(args, weights, dtype)
     cls = {"llama": Transformer, "gemma": GemmaTransformer, "phi3": Phi3Transformer}[args.family]
     return cls(args, weights, dtype)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from offload.budget import plan_memory
+from offload.expert_stream import default_expert_slots
 from offload.format import open_store
 
 from .cache import KVCache
@@ -27,7 +28,7 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
     return plan_memory(store, ram, draft_bytes=draft_bytes(drf, dtype, shared),
                        kv_bytes_per_token_target=kv_per_token(args, dtype),
                        kv_bytes_per_token_draft=kv_per_token(drf.args, dtype) if drf else 0,
-                       max_context=max_context)
+                       max_context=max_context, expert_slots=default_expert_slots(store))
 
 
 def kv_per_token(args: ModelArgs, dtype: torch.dtype) -> int:

@@ -80,7 +80,12 @@ def _numel(shape) -> int:
 
 
 def check_target(store) -> None:
-    """Refuse a target whose layers are already quantized (see the module docstring)."""
+    """Refuse a target whose layers are already quantized (see the module docstring), and a
+    mixture-of-experts target (its 4-bit substitutes would need every expert in RAM)."""
+    if store.has_experts:
+        raise SelfDraftError(f"{store.path}: a mixture-of-experts target cannot draft for itself "
+                             "(a 4-bit copy of every expert would not fit where the target does not). "
+                             "Use a separate small draft model (--draft DIR) or draft='lookup'.")
     for i in range(store.num_layers):
         encoded = sorted({m.encoding.get("encoding", "?") for m in store.layer_tensors(i).values()
                           if getattr(m, "encoding", None)})

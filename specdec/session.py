@@ -126,7 +126,8 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
     plan = kind.plan(store, args, s.ram, dtype, ctx)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
-                              dtype=dtype if store_dtype != dtype else None)
+                              dtype=dtype if store_dtype != dtype else None,
+                              expert_slots=plan.expert_slots or None)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
@@ -146,7 +147,7 @@ def check_store_matches(store, args: ModelArgs) -> None:
     source = str(store.path / MANIFEST)
     try:
         check_layer_count(store.num_layers, args, source)
-        layers = [store.layer_tensors(i) for i in range(store.num_layers)]
+        layers = [store.all_layer_tensors(i) for i in range(store.num_layers)]
         check_complete(store.resident_meta.tensors, layers, args, source)
     except WeightsError as e:
         raise StoreError(f"{e} The store is damaged or was packed from a broken checkpoint. "

@@ -38,7 +38,10 @@ def model_shape(args: ModelArgs) -> ModelShape:
                       head_dim=args.head_dim, tie_word_embeddings=args.tie_word_embeddings,
                       attention_bias=args.attention_bias, mlp_bias=args.mlp_bias,
                       qk_norm=args.qk_norm, sandwich_norms=args.family == "gemma",
-                      fused_projections=args.family == "phi3")
+                      fused_projections=args.family == "phi3", num_experts=args.num_experts,
+                      expert_intermediate_size=args.expert_intermediate_size,
+                      shared_expert_intermediate_size=args.shared_expert_intermediate_size,
+                      whole_qk_norm=args.whole_qk_norm)
 
 
 def expected_shapes(args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:

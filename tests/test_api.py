@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_chat_model
+from helpers.models import make_tiny_chat_model
 from specdec.api import DecoderBusy
 from specdec.text import TextAssembler
 
@@ -112,7 +112,7 @@ def _catch(fn):
 
 
 def test_chat_without_template_is_a_clear_error(tmp_path):
-    from conftest import make_tiny_model
+    from helpers.models import make_tiny_model
 
     make_tiny_model(tmp_path, "llama")
     lm = specdec.load(tmp_path, dtype="float32")

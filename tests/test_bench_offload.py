@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
+from helpers.models import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
 
 STREAMED = {"plain", "chain", "tree", "overlap"}
 LLAMA = {"llamacpp", "llamacpp_spec"}

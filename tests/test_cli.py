@@ -1,19 +1,11 @@
 """The command line, driven the way a script would drive it: through pipes."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import make_noised_copy, make_tiny_chat_model
+from helpers.cli import run_cli
+from helpers.models import make_noised_copy, make_tiny_chat_model
 from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
-
-
-def run_cli(*args, stdin="", env_extra=None, timeout=300):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "specdec.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=env)
 
 
 def test_chat_through_a_pipe_multi_turn_with_commands(chat_pair):

@@ -1,6 +1,7 @@
 """`specdec generate` streaming and Ctrl-C, flag checks before loading, exit codes, `info`."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import time
 import pytest
 import torch
 
-from conftest import make_tiny_chat_model
-from test_cli import run_cli
+from helpers.cli import cli_in_process, run_cli
+from helpers.interrupts import python_sigint
+from helpers.models import make_tiny_chat_model
 
 
 @pytest.fixture
@@ -24,7 +26,8 @@ def long_context_model(tmp_path, smollm2_tokenizer_dir):
 def test_generate_streams_and_keeps_partial_text_on_sigint(long_context_model):
     cmd = [sys.executable, "-m", "specdec.cli", "generate", "--target", str(long_context_model),
            "--prompt", "Tell me a story", "--max-new-tokens", "6000", "--dtype", "float32"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with python_sigint():  # the child must not inherit SIGINT ignored from a background job
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = os.read(proc.stdout.fileno(), 64)  # blocks until the first text is written
         assert first
@@ -74,22 +77,30 @@ def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model):
     (["--repetition-penalty", "nan"], "not a finite number"),
     (["--repetition-window", "-5"], "must be >= 0"),
 ])
-def test_flag_errors_come_before_any_model_loads(tmp_path, flags, message):
+def test_flag_errors_come_before_any_model_loads(tmp_path, capsys, flags, message):
     # The target does not exist: had anything loaded, the error would name it instead.
     missing = str(tmp_path / "no-such-model")
     for command in ("chat", "generate"):
-        started = time.monotonic()
-        r = run_cli(command, "--target", missing, "--prompt", "x", *flags) if command == "generate" \
-            else run_cli(command, "--target", missing, *flags)
+        extra = ["--prompt", "x"] if command == "generate" else []
+        r = cli_in_process(capsys, command, "--target", missing, *extra, *flags)
         assert r.returncode == 2, r.stderr
         assert message in r.stderr and "no-such-model" not in r.stderr
         assert "Traceback" not in r.stderr
-        assert time.monotonic() - started < 60
 
 
-def test_help_documents_the_exit_codes():
+def test_a_flag_error_from_the_console_script_is_exit_2():
+    # One real process through the installed entry point: the exit status a shell sees.
+    script = shutil.which("specdec", path=os.path.dirname(sys.executable))
+    assert script, f"the console script is missing beside {sys.executable}: pip install -e ."
+    r = subprocess.run([script, "generate", "--prompt", "x", "--temperature", "-1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "temperature must be >= 0" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_help_documents_the_exit_codes(capsys):
     for command in ([], ["chat"], ["generate"], ["info"], ["serve"]):
-        r = run_cli(*command, "--help")
+        r = cli_in_process(capsys, *command, "--help")
         assert r.returncode == 0
         assert "exit status" in r.stdout and "please report" in r.stdout and "130" in r.stdout
 

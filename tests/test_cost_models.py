@@ -74,7 +74,7 @@ def best_first_tree(nodes: int = 64, width: int = 4, hit: float = 0.7) -> DraftT
     offer(-1, 0.0)
     while len(tree) < nodes:
         neg, _, parent, rank = heapq.heappop(heap)
-        node = tree.add(len(tree), parent, -neg, rank)
+        node = tree.add(len(tree), parent=parent, rank=rank, cum_logp=-neg)
         offer(node, -neg)
     return tree
 

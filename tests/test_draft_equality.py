@@ -1,12 +1,12 @@
 """Greedy speculative decoding == the target's own greedy decoding, for every family and
 both speculation modes, with transformers' greedy generate as the reference (float32).
 Mistral runs with a sliding window shorter than the context; qwen2 has biases, qwen3
-qk-norm (conftest perturbs both so they matter)."""
+qk-norm (helpers.models perturbs both so they matter)."""
 import pytest
 import torch
 
 import specdec
-from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
 
 PROMPT = [3, 17, 42, 8, 61, 5]
 NEW = 24

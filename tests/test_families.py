@@ -1,4 +1,5 @@
-"""Gemma 2, Gemma 3 and Phi-3 against transformers on tiny random models of each variant:
+"""Gemma 2, Gemma 3, Phi-3 and the mixture-of-experts families (more in test_moe.py) against
+transformers on tiny random models of each variant:
 float32 logits, greedy speculative decoding (chain, tree, overlap), streaming from a store,
 the sliding window inside tree passes, Gemma 3 multimodal checkpoints, clear refusals."""
 import dataclasses
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_noised_copy, sharpen_lm_head
-from family_models import VARIANTS, make_family_model
+from helpers.models import make_noised_copy, sharpen_lm_head
+from helpers.family_models import VARIANTS, make_family_model
 from offload.checkpoint import open_checkpoint
 from offload.pack import pack
 from specdec.config import ConfigError, ModelArgs
@@ -53,7 +54,9 @@ FLAG_OFF = [("gemma2", dict(attn_logit_softcapping=None)), ("gemma2", dict(final
             ("gemma2-nocap", dict(local_layers=())), ("gemma3", dict(local_rope=None)),
             ("gemma3", dict(query_pre_attn_scalar=None)), ("gemma3-cap", dict(final_logit_softcapping=None)),
             ("phi3", dict(sliding_window=None)), ("phi3", dict(rotary_dim=None)),
-            ("phi3-longrope", dict(rope_scaling=None))]
+            ("phi3-longrope", dict(rope_scaling=None)), ("qwen3_moe", dict(norm_topk_prob=False)),
+            ("qwen3_moe-unnormed", dict(norm_topk_prob=True)), ("qwen3_moe", dict(experts_per_token=1)),
+            ("mixtral", dict(sliding_window=None)), ("olmoe", dict(clip_qkv=None))]
 
 
 @pytest.mark.parametrize("variant, off", FLAG_OFF)
@@ -242,7 +245,7 @@ def test_unsupported_variants_name_what_is_supported(model_type, says):
     (dict(use_bidirectional_attention=True), "EmbeddingGemma"),
     (dict(model_type="gemma3"), "gemma3 without a text_config")])
 def test_bad_gemma_configs_are_clear_errors(change, says):
-    from family_models import family_config
+    from helpers.family_models import family_config
 
     cfg = {**family_config("gemma3").to_dict(), **change}
     with pytest.raises(ConfigError, match=says):
@@ -250,27 +253,9 @@ def test_bad_gemma_configs_are_clear_errors(change, says):
 
 
 def test_bad_longrope_factors_are_a_clear_error():
-    from family_models import family_config
+    from helpers.family_models import family_config
 
     cfg = family_config("phi3-longrope").to_dict()
     cfg["rope_parameters"]["long_factor"] = [1.0, 2.0]
     with pytest.raises(ConfigError, match="longrope long_factor must list 4 positive numbers"):
         ModelArgs.from_hf(cfg)
-
-
-def test_gemma3_speculative_sampling_matches_target_distribution(tmp_path):
-    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
-    from specdec.sampling import SamplingParams
-
-    target, draft = tmp_path / "t", tmp_path / "d"
-    make_family_model(target, "gemma3", vocab_size=16, eos_token_id=None, tie_word_embeddings=False)
-    sharpen_lm_head(target, 4.0)  # peaked, not deterministic (these weights are 5x the default's)
-    make_noised_copy(target, draft, scale=0.3)
-    sampling = dict(temperature=0.8, top_k=6, top_p=0.9)
-    exact = exact_two_token_distribution(target, SamplingParams(**sampling))
-    draft_exact = exact_two_token_distribution(draft, SamplingParams(**sampling))
-    lm = specdec.load(target, draft=draft, dtype="float32", k=3, speculation="tree", tree_nodes=6)
-    counts, totals = sample_two_tokens(lm, 2000, **sampling)
-    assert 0 < totals["accepted"] < totals["drafted"]  # drafts were both accepted and rejected
-    assert pvalue(counts, exact) > 1e-3
-    assert pvalue_against(counts, draft_exact) < 1e-6  # the test can tell the draft's apart

@@ -1,12 +1,12 @@
-"""Gemma 2 / Gemma 3 / Phi-3 GGUF files written as llama.cpp writes them (tests/family_gguf.py)
+"""Gemma 2 / Gemma 3 / Phi-3 GGUF files written as llama.cpp writes them (tests/helpers/family_gguf.py)
 load to the logits of the transformers model they came from: packed into a store (gguf-py's
 reader, offload/gguf_source.py) and loaded whole (transformers' GGUF loader)."""
 import pytest
 import torch
 
 import specdec
-from family_gguf import write_family_gguf
-from family_models import make_family_model
+from helpers.family_gguf import write_family_gguf
+from helpers.family_models import make_family_model
 from offload.pack import pack
 
 IDS = torch.randint(0, 96, (24,), generator=torch.Generator().manual_seed(7))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("specdec", "offload")
+PACKAGES = ("specdec", "offload", "tools")
 MODEL_CODE = ("specdec.model", "specdec.weights", "specdec.loading", "offload")
 
 
@@ -99,6 +99,15 @@ def test_decoding_and_offload_do_not_import_the_bench(graph):
     """The harness sits on top: the decoding path and offload never reach it."""
     for start in ("specdec", "specdec.session", "offload.prefetch", "offload.pack"):
         assert not sorted(m for m in _reachable(graph, start) if m.startswith("specdec.bench"))
+
+
+def test_the_runtime_never_imports_the_tools(graph):
+    """tools/ (draft data and training, workload builders) sits outside the runtime: nothing
+    under specdec/ or offload/ reaches it, so `import specdec` never loads it."""
+    assert "tools.draft.cli" in graph  # the graph sees the tools (else this passes vacuously)
+    bad = {m: sorted(d for d in _reachable(graph, m) if d.startswith("tools"))
+           for m in graph if m.startswith(("specdec", "offload"))}
+    assert not {m: d for m, d in bad.items() if d}
 
 
 FRONT_ENDS = ("specdec.cli", "specdec.serve")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload.checkpoint import CheckpointError
 from specdec.config import ConfigError
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model, sharpen_lm_head
-from distribution import VOCAB16, exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+from helpers.models import make_tiny_model, sharpen_lm_head
+from helpers.distribution import VOCAB16, exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 from offload.pack import pack
 from specdec.lookup import NgramIndex, best_nodes
 from specdec.speculate.lookup import LookupPolicy
-from test_cli import run_cli
+from helpers.cli import run_cli
 
 # Repeats itself: its suffix "9 10 11 12" occurred twice before, so lookups fire at once.
 REPEATING = [5, 6, 7, 8, 9, 10, 11, 12] * 3
@@ -157,6 +157,7 @@ def sharp_pair(root) -> tuple:
     return target, other, _lookup_prompt(target)
 
 
+@pytest.mark.slow
 def test_sampling_matches_the_target_distribution(tmp_path):
     from specdec.sampling import SamplingParams
 

@@ -6,8 +6,8 @@ import math
 import pytest
 
 import specdec
-from conftest import make_tiny_model
-from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+from helpers.models import make_tiny_model
+from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 from specdec.sampling import SamplingParams
 from specdec.speculate.lookup_branches import LOOKUP_RANK, Graft, LookupBranches
 from specdec.speculate.tree_model import DraftTree, TreeCostModel
@@ -21,8 +21,8 @@ CONTEXT = [1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 9, 0, 1, 2, 3, 4]
 
 def drafted_tree() -> DraftTree:
     t = DraftTree()  # the draft proposed 5 (rank 0) and 8 (rank 1) after the context
-    t.add(5, -1, math.log(0.6), 0)
-    t.add(8, -1, math.log(0.2), 1)
+    t.add(5, parent=-1, rank=0, cum_logp=math.log(0.6))
+    t.add(8, parent=-1, rank=1, cum_logp=math.log(0.2))
     return t
 
 
@@ -118,6 +118,7 @@ def test_greedy_with_a_repetition_penalty_equals_plain(pair):
     assert lm.generate(REPEATING, **kw).token_ids == expected
 
 
+@pytest.mark.slow
 def test_sampling_matches_the_target_distribution(tmp_path):
     target, draft, prompt = sharp_pair(tmp_path)
     exact = exact_two_token_distribution(target, SamplingParams(temperature=1.0), prompt=prompt)
@@ -155,7 +156,7 @@ def test_defaults_on_an_adaptive_tree_only_and_clear_errors(pair):
 def test_cli_flag_equals_plain_and_bad_values_are_clear(chat_pair):
     import json
 
-    from test_cli import run_cli
+    from helpers.cli import run_cli
 
     target, draft = chat_pair
     prompt = "one two three one two three one two"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload.checkpoint import open_checkpoint
 from specdec.config import ModelArgs
 from specdec.model import Transformer

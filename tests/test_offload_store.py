@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload import format as fmt
 from offload.checkpoint import open_checkpoint
 from offload.format import StoreError, is_store, open_store, verify

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload import format as fmt
 from offload.budget import Budget, BudgetError, LayerSizes, parse_size, plan_memory
 from offload.checkpoint import open_checkpoint

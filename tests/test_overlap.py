@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import specdec
-from interrupts import ctrl_c_storm, generate_error
+from helpers.interrupts import ctrl_c_storm, generate_error
 from offload.reader import DirectReader
 from specdec.bench import soak
 from specdec.speculate.growing_tree import GrowingTree
@@ -78,14 +78,14 @@ def _reader_threads() -> list[str]:
 # -- the tree ------------------------------------------------------------------------------------
 def test_growing_tree_best_nodes_form_a_tree_and_a_subtree_is_renumbered():
     t = GrowingTree()
-    a = t.add(10, -1, 0, -0.1)
-    b = t.add(11, -1, 1, -2.0)
+    a = t.add(10, parent=-1, rank=0, score=-0.1)
+    b = t.add(11, parent=-1, rank=1, score=-2.0)
     t.mark_forwarded(t.take_frontier(1))  # a
     assert t.slots[a] == 0 and not t.is_forwarded(b)
-    c = t.add(12, a, 0, -0.2)
-    d = t.add(13, a, 1, -3.0)
+    c = t.add(12, parent=a, rank=0, score=-0.2)
+    d = t.add(13, parent=a, rank=1, score=-3.0)
     t.mark_forwarded(t.take_frontier(2))  # c, then b
-    e = t.add(14, c, 0, -0.3)
+    e = t.add(14, parent=c, rank=0, score=-0.3)
     best = t.best(4)
     assert best == [a, c, e, b]  # by score, parents first
     sent = t.draft_tree(best)
@@ -172,12 +172,13 @@ def test_greedy_overlap_streamed_equals_plain_decoding(pair, expected, monkeypat
         lm.close()
 
 
+@pytest.mark.slow
 def test_sampling_overlap_streamed_matches_target_distribution(tmp_path, monkeypatch):
     """The first two tokens of 3-token generations (so the second pass verifies a carried
     tree) follow the target's own distribution; the draft's is clearly rejected."""
     from offload.pack import pack
-    from conftest import make_noised_copy, make_tiny_model, sharpen_lm_head
-    from distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+    from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+    from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
     from specdec.sampling import SamplingParams
 
     target, draft = tmp_path / "t", tmp_path / "d"

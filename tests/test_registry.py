@@ -4,7 +4,7 @@ settings checks and the decoder take it with nothing else changed (docs/architec
 import pytest
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from specdec.drafts import DRAFT_KINDS, Draft, LookupDraft, ModelDraft, SelfDraft, parse_draft
 from specdec.load_settings import LoadSettings
 from specdec.loading import load_resident

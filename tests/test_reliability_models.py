@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload.checkpoint import CheckpointError
 from specdec.api import VocabularyMismatch
 from specdec.speculate.registry import Speculation
@@ -201,7 +201,7 @@ def test_config_auto_map_code_is_never_run(base_model, tmp_path):
 
 
 def test_tokenizer_auto_map_code_is_refused_and_never_run(tmp_path, smollm2_tokenizer_dir):
-    from conftest import make_tiny_chat_model
+    from helpers.models import make_tiny_chat_model
 
     marker = tmp_path / "REMOTE_CODE_RAN"
     path = tmp_path / "m"

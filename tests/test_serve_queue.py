@@ -13,8 +13,8 @@ import pytest
 
 import specdec
 
-from conftest import make_tiny_chat_model
-from serve_client import HANG_GUARD, error_of, request, wait_until
+from helpers.models import make_tiny_chat_model
+from helpers.serve_client import HANG_GUARD, error_of, request, wait_until
 
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")

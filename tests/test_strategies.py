@@ -3,7 +3,7 @@ pass hooks bracket every target pass (even one that fails)."""
 import pytest
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from specdec.engine import Engine, GenerationStats
 from specdec.sampling import SamplingParams
 from specdec.speculate.plain import Plain

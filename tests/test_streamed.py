@@ -2,7 +2,7 @@
 import pytest
 
 import specdec
-from conftest import make_noised_copy, make_tiny_model
+from helpers.models import make_noised_copy, make_tiny_model
 from offload.budget import DEFAULT_OVERHEAD
 from offload.pack import pack
 

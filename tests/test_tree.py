@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import specdec
-from conftest import make_tiny_model
+from helpers.models import make_tiny_model
 from specdec.draft import Drafter
 from specdec.sampling import SamplingParams
 from specdec.speculate.base import Step
-from specdec.speculate.tree import Tree, TreeSettings, build_tree, node_positions
+from specdec.speculate.tree import Tree, TreeSettings, build_tree
+from specdec.speculate.tree_pass import node_positions
 from specdec.speculate.tree_model import PRIOR_HIT_RATES, DraftTree, TreeCostModel
 
 GREEDY = SamplingParams(0.0, 0, 1.0)
@@ -20,10 +21,10 @@ GREEDY = SamplingParams(0.0, 0, 1.0)
 def small_tree() -> DraftTree:
     # root -> 0 (token 5) -> 1 (token 7) -> 3 (token 9); root -> 2 (token 6)
     t = DraftTree()
-    t.add(5, -1, math.log(0.5), 0)
-    t.add(7, 0, math.log(0.25), 0)
-    t.add(6, -1, math.log(0.1), 1)
-    t.add(9, 1, math.log(0.125), 0)
+    t.add(5, parent=-1, rank=0, cum_logp=math.log(0.5))
+    t.add(7, parent=0, rank=0, cum_logp=math.log(0.25))
+    t.add(6, parent=-1, rank=1, cum_logp=math.log(0.1))
+    t.add(9, parent=1, rank=0, cum_logp=math.log(0.125))
     return t
 
 
@@ -76,9 +77,9 @@ def test_per_rank_rates_follow_the_walks():
     cost = TreeCostModel(width=2)
     assert math.exp(cost.rank_logp(0)) == pytest.approx(PRIOR_HIT_RATES[0])
     t = DraftTree()
-    t.add(5, -1, 0.0, 0)
-    t.add(6, -1, 0.0, 1)
-    t.add(7, 0, 0.0, 0)
+    t.add(5, parent=-1, rank=0, cum_logp=0.0)
+    t.add(6, parent=-1, rank=1, cum_logp=0.0)
+    t.add(7, parent=0, rank=0, cum_logp=0.0)
     cost.observe_walk(t, [0], next_token=9)  # took rank 0 at the root, missed below
     assert cost.hits == [1.0, 0.0] and cost.visits == [2.0, 1.0]
     for _ in range(200):
@@ -116,7 +117,8 @@ def test_builder_stops_when_the_cost_model_says_a_batch_does_not_pay(drafter):
     expensive.observe_draft(100.0)  # a draft forward far dearer than a target pass
     drafter.keep(0)
     assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, expensive, 1, False, batch=4)) == 0
-    cheap = TreeCostModel(3)  # draft forwards cost nothing measured yet
+    cheap = TreeCostModel(3)
+    cheap.observe_draft = lambda seconds: None  # draft forwards stay free, whatever this CPU takes
     for n in (1, 64):
         cheap.observe_pass(n, 1.0)  # and a flat pass cost: every node pays
     drafter.keep(0)

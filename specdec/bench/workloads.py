@@ -85,7 +85,7 @@ def demo_workload(cache: Path, quick: bool, draft=None, ram=None, gguf: bool = F
     draft = Path(draft or DEMO_DRAFT_DIR)
     if not (draft / "config.json").exists():
         raise FileNotFoundError(f"{draft}: no demo draft there (train it with "
-                                "python -m specdec.train_draft, or pass --draft)")
+                                "python -m tools.draft, or pass --draft)")
     store = packed_store(gguf_path, "bfloat16", cache.parent, progress=False)
     hf_dir = export_target_hf(gguf_path, cache / "smollm2-135m-hf")
     hf_draft = export_assistant_hf(draft, hf_dir, cache / f"assistant-{draft.name}")

@@ -10,6 +10,7 @@ from ..draft import Drafter
 from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import accept_greedy, accept_sampled
+from .backoff import Backoff
 from .base import Outcome, Plan, Step, Strategy
 from .ema import Ema
 from .pass_time import PassTimeFit
@@ -96,8 +97,8 @@ class DraftLengthPolicy:
     instructions, the matmuls grow with the tokens and long chains get dear) and T_draft from
     measured times (EMA), and pick the k in [0, k_max] with the best E(k) / cost. When k = 0
     wins, drafting does not pay on this machine at this acceptance: the chain decodes plainly
-    (never slower than plain) and re-checks with one drafted pass every `recheck_every`
-    passes, since acceptance and costs move. A fixed k skips all this.
+    (never slower than plain) and drafts one pass in every `recheck_every` to look again
+    (speculate/backoff.py), since acceptance and costs move. A fixed k skips all this.
     """
 
     def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.9,
@@ -110,9 +111,7 @@ class DraftLengthPolicy:
         self.accepted = 1.0  # weak prior: a = 0.5
         self.rejected = 1.0
         self.pass_time = PassTimeFit(profile=profile)
-        self.recheck_every = recheck_every
-        self._plain_passes = 0  # consecutive passes at k = 0 since drafting last ran
-        self._best_positive = k_start
+        self.backoff = Backoff(recheck_every)
         self.k = k if k is not None else k_start
         if k is None and profile is not None:
             # First passes sized by this CPU's kernel curve (draft cost unknown yet: 0).
@@ -135,21 +134,17 @@ class DraftLengthPolicy:
             self.rejected = self.decay * self.rejected + (1 if accepted < drafted else 0)
         self.pass_time.observe(drafted + 1 if tokens is None else tokens, target_seconds)
         if self.fixed is None:
-            self.k = self._next_k(drafted, draft_seconds)
+            self.k = self._next_k(draft_seconds)
         return self.k
 
-    def _next_k(self, drafted: int, draft_seconds: float) -> int:
+    def _next_k(self, draft_seconds: float) -> int:
         best = self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds)
+        if not self.backoff.draft(best > 0):
+            return 0
         if best > 0:
-            self._plain_passes = 0
-            self._best_positive = best
             return best
-        self._plain_passes = 0 if drafted else self._plain_passes + 1
-        if self._plain_passes >= self.recheck_every:  # look again: one drafted pass
-            self._plain_passes = 0
-            return max(1, self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds,
-                                      k_min=1))
-        return 0
+        # Look again: one drafted pass.
+        return max(1, self.best_k(self.acceptance, self.pass_time.seconds, draft_seconds, k_min=1))
 
     def best_k(self, a: float, t_target, t_draft: float, k_min: int = 0) -> int:
         """t_target: seconds of a pass, a number (the same for every k) or a function of the

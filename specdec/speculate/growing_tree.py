@@ -35,7 +35,8 @@ class GrowingTree:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add(self, token: int, parent: int, rank: int, score: float) -> int:
+    def add(self, token: int, *, parent: int, rank: int, score: float) -> int:
+        """Node number of a new child of `parent` (-1: the root), not forwarded yet."""
         i = len(self.tokens)
         self.tokens.append(token)
         self.parents.append(parent)
@@ -109,8 +110,8 @@ class GrowingTree:
         tree = DraftTree()
         for node in nodes:
             parent = self.parents[node]
-            tree.add(self.tokens[node], index[parent] if parent >= 0 else -1, self.scores[node],
-                     self.ranks[node])
+            tree.add(self.tokens[node], parent=index[parent] if parent >= 0 else -1,
+                     rank=self.ranks[node], cum_logp=self.scores[node])
         return tree
 
     # -- after a pass -----------------------------------------------------------------------
@@ -127,7 +128,7 @@ class GrowingTree:
             if parent is None:
                 continue
             score = (new.scores[parent] if parent >= 0 else 0.0) + rank_logp(self.ranks[node])
-            index[node] = new.add(self.tokens[node], parent, self.ranks[node], score)
+            index[node] = new.add(self.tokens[node], parent=parent, rank=self.ranks[node], score=score)
             if self.slots[node] >= 0:
                 kept.append(node)
         kept.sort(key=lambda node: self.slots[node])

@@ -22,13 +22,11 @@ import time
 import torch
 
 from ..lookup import Candidates, NgramIndex, best_nodes
-from ..penalty import penalize
-from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
 from .ema import Ema
 from .lookup_policy import LookupPolicy
-from .tree import tree_feed
-from .tree_model import DraftTree, node_histories
+from .tree_model import DraftTree
+from .tree_pass import tree_feed, verify_tree
 
 
 class Lookup(Strategy):
@@ -55,17 +53,11 @@ class Lookup(Strategy):
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree, order, n_uncached = plan.state
-        logits = penalize(logits, step.params, step.context, node_histories(tree))
-        path, nxt = accept_tree(tree, logits, step.params, step.generator)
-        # The accepted path's entries move to consecutive slots after the context.
-        ctx_end = len(step.context)
-        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
-        rejected = bool(tree.children(path[-1] if path else -1))
+        walk = verify_tree(step, tree, logits)
         if n_uncached == 1:  # a prefill pass would distort the pass-time estimate
-            self.policy.observe(order, len(tree), len(path), rejected, plan.tokens.numel(),
+            self.policy.observe(order, len(tree), len(walk.path), walk.rejected, plan.tokens.numel(),
                                 pass_seconds)
-        return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree),
-                       accepted=len(path), rejected=rejected, size=len(tree) or None)
+        return walk.outcome()
 
     def describe(self) -> str:
         idx = self.index
@@ -84,7 +76,8 @@ def draft_tree(found: Candidates, nodes: list[int]) -> DraftTree:
     tree, where = DraftTree(), {-1: -1}
     for node in nodes:
         share = found.counts[node] / found.matches
-        where[node] = tree.add(found.tokens[node], where[found.parents[node]], math.log(share), 0)
+        where[node] = tree.add(found.tokens[node], parent=where[found.parents[node]], rank=0,
+                               cum_logp=math.log(share))
     return tree
 
 

@@ -14,7 +14,8 @@ occurrences first), the count with the best expected tokens per second for this 
 tree's cost model prices the wider pass; a node's worth is its share of the occurrences
 times the measured acceptance per token of its depth). With `fixed`, every node up to
 `max_nodes` is grafted (a fixed tree size stays deterministic). When grafting nothing wins
-at a match length, one node is offered every `recheck_every` such passes to measure again.
+at a match length, one node is offered in every `recheck_every` such passes to measure again
+(speculate/backoff.py).
 
 The draft never forwards grafted nodes: the tree strategy keeps the forwarded prefix of the
 accepted path in the draft's cache, and the draft catches up on the rest next pass.
@@ -25,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..lookup import Candidates, NgramIndex, best_nodes
+from .backoff import BackoffPerKey
 from .lookup_policy import LookupPolicy
 from .tree_model import DraftTree
 
@@ -59,8 +61,7 @@ class LookupBranches:
         self.fixed = fixed
         self.index = index or NgramIndex()
         self.policy = LookupPolicy(k_max=max(max_nodes, 1), decay=decay)  # its hit rates only
-        self.recheck_every = recheck_every
-        self._idle: dict[int, int] = {}  # order -> matched passes that grafted nothing in a row
+        self.backoff = BackoffPerKey(recheck_every)  # per match length
 
     def graft(self, tree: DraftTree, context: list[int], room: int, rate) -> Graft:
         """Add lookup branches to `tree` (at most `room` nodes in all). `rate(new_nodes,
@@ -90,14 +91,11 @@ class LookupBranches:
             r = rate(new[count - 1], gain[count - 1])
             if r > best_rate:
                 best, best_rate = count, r
-        if best or not new:
-            self._idle[order] = 0
-            return best
-        self._idle[order] = self._idle.get(order, 0) + 1
-        if self._idle[order] >= self.recheck_every:  # measure again: text moves in and out of quoting
-            self._idle[order] = 0
-            return 1
-        return 0
+        if not new:
+            return 0
+        if not self.backoff.draft(order, best > 0):
+            return 0
+        return max(best, 1)  # 1: grafting nothing wins, but this pass measures again
 
     def describe(self) -> str:
         size = f"{self.max_nodes}" if self.fixed else f"<= {self.max_nodes} (cost model)"
@@ -133,7 +131,7 @@ def _apply(tree: DraftTree, found: Candidates, nodes: list[int]) -> Graft:
         if existing is None:
             share = found.counts[node] / found.matches
             cum = (tree.cum_logp[parent] if parent >= 0 else 0.0) + math.log(share)
-            existing = tree.add(token, parent, cum, LOOKUP_RANK)
+            existing = tree.add(token, parent=parent, rank=LOOKUP_RANK, cum_logp=cum)
             graft.added += 1
         where[node] = existing
         graft.nodes.append(existing)

@@ -4,6 +4,7 @@
 of a draft tree (speculate/lookup_branches.py). Imports no model."""
 from __future__ import annotations
 
+from .backoff import BackoffPerKey
 from .chain import best_draft_length
 from .pass_time import PassTimeFit
 
@@ -13,8 +14,8 @@ class LookupPolicy:
     count with the best expected tokens per second (chain.best_draft_length) at that order's
     measured per-token acceptance, with exponential forgetting (`decay` per drafted pass).
     A lookup costs no draft forwards, so only the wider pass is weighed. When offering
-    nothing wins at an order, one token is offered every `recheck_every` such passes to
-    measure again (text moves between quoting and not)."""
+    nothing wins at an order, one token is offered in every `recheck_every` such passes to
+    measure again (speculate/backoff.py: text moves between quoting and not)."""
 
     def __init__(self, k: int | None = None, k_max: int = 16, decay: float = 0.9, profile=None,
                  recheck_every: int = 8):
@@ -23,11 +24,10 @@ class LookupPolicy:
         self.fixed = k
         self.k_max = k_max
         self.decay = decay
-        self.recheck_every = recheck_every
         self.pass_time = PassTimeFit(profile=profile)
+        self.backoff = BackoffPerKey(recheck_every)  # per order
         self._taken: dict[int, float] = {}   # order -> decayed accepted lookup tokens
         self._missed: dict[int, float] = {}  # order -> decayed passes that ended on a rejection
-        self._idle: dict[int, int] = {}      # order -> matched passes offered nothing in a row
 
     def acceptance(self, order: int) -> float:
         """P(the target takes a lookup token | the one before was taken), at this order; a
@@ -39,14 +39,9 @@ class LookupPolicy:
         if self.fixed is not None:
             return self.fixed
         best = best_draft_length(self.acceptance(order), self.pass_time.seconds, 0.0, 0, self.k_max)
-        if best > 0:
-            self._idle[order] = 0
-            return best
-        self._idle[order] = self._idle.get(order, 0) + 1
-        if self._idle[order] >= self.recheck_every:
-            self._idle[order] = 0
-            return 1
-        return 0
+        if not self.backoff.draft(order, best > 0):
+            return 0
+        return max(best, 1)  # 1: offering nothing wins, but this pass looks again
 
     def observe(self, order: int, offered: int, accepted: int, rejected: bool, tokens: int,
                 seconds: float) -> None:

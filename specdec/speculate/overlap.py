@@ -32,14 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from ..draft import Drafter
-from ..penalty import penalize
-from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
 from .gate import DraftGate
 from .growing_tree import GrowingTree
-from .tree import TreeSettings, draft_proposals, tree_feed
-from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
+from .tree import TreeSettings, draft_proposals
+from .tree_model import DraftTree, TreeCostModel, path_tokens
+from .tree_pass import tree_feed, verify_tree
 
 
 @dataclass
@@ -113,23 +112,18 @@ class Overlap(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         p: _Pass = plan.state
         self.passes.observe(plan.tokens.numel(), pass_seconds, p.wait, p.delay)
-        logits = penalize(logits, step.params, step.context, node_histories(p.sent))
-        path, nxt = accept_tree(p.sent, logits, step.params, step.generator)
-        self.cost.observe_walk(p.sent, path, nxt)
-        # The target keeps the accepted path's entries; the draft's tree is re-rooted by
-        # the next plan, which sees the context these tokens end up in.
-        ctx_end = len(step.context)
-        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
+        # The draft's tree is re-rooted by the next plan, which sees the context these
+        # tokens end up in.
+        walk = verify_tree(step, p.sent, logits)
+        self.cost.observe_walk(p.sent, walk.path, walk.next_token)
         self._counters["pass_wait_seconds"] += p.wait
         self._counters["pass_idle_delay_seconds"] += p.delay
         if p.drafting and p.n_context == 1:  # a decode pass that drafted: did it pay?
-            self.gate.observe(len(path) + 1, pass_seconds + self._counters["draft_seconds_critical"],
+            self.gate.observe(len(walk.path) + 1, pass_seconds + self._counters["draft_seconds_critical"],
                               self.passes.seconds(1))
         counters, self._counters = dict(self._counters), defaultdict(float)
         self._pending = False
-        return Outcome([p.sent.tokens[i] for i in path] + [nxt], drafted=len(p.sent),
-                       accepted=len(path), rejected=bool(p.sent.children(path[-1] if path else -1)),
-                       size=len(p.sent), counters=counters)
+        return walk.outcome(counters)
 
     def rollback(self, valid: int) -> None:
         # The entry of context token `valid` (the pending one) may stay: the next plan
@@ -249,7 +243,7 @@ class Overlap(Strategy):
         path = path_tokens(self.tree, node)
         for token, rank in draft_proposals(self.drafter, logits, self.settings.width, self._params,
                                            self.ctx, path):
-            self.tree.add(token, node, rank, base + self.cost.rank_logp(rank))
+            self.tree.add(token, parent=node, rank=rank, score=base + self.cost.rank_logp(rank))
 
     def _count(self, where: str, seconds: float) -> None:
         self._counters[f"draft_seconds_{where}"] += seconds

@@ -1,8 +1,8 @@
 """Tree speculation (SpecExec-style): the draft grows a best-first tree of candidate
 continuations, the target scores every node in one pass (tree attention), and the
 target's own draws walk down it (verify.accept_tree). The tree and its cost model live
-in tree_model.py; this module builds the tree, lays it out for the target and compacts
-both caches to the accepted path."""
+in tree_model.py, its layout and verification in tree_pass.py; this module builds the
+tree and keeps the draft's cache in step with the accepted path."""
 from __future__ import annotations
 
 import heapq
@@ -16,11 +16,11 @@ import torch
 from ..draft import Drafter
 from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits
-from ..verify import accept_tree
 from .base import Outcome, Plan, Step, Strategy
 from .gate import DraftGate
 from .lookup_branches import LOOKUP_RANK, Graft, LookupBranches
-from .tree_model import DraftTree, TreeCostModel, node_histories, path_tokens
+from .tree_model import DraftTree, TreeCostModel, path_tokens
+from .tree_pass import node_positions, tree_feed, verify_tree
 
 
 @dataclass
@@ -94,26 +94,22 @@ class Tree(Strategy):
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         tree = plan.state.tree
         self.cost.observe_pass(plan.tokens.numel(), pass_seconds)
-        logits = penalize(logits, step.params, step.context, node_histories(tree))
-        path, nxt = accept_tree(tree, logits, step.params, step.generator)
-        self.cost.observe_walk(tree, path, nxt)
+        walk = verify_tree(step, tree, logits)
+        path = walk.path
+        self.cost.observe_walk(tree, path, walk.next_token)
         counters = {}
         if plan.state.graft is not None:
             self.lookup.observe(plan.state.graft, tree, path)
             counters = {"lookup_nodes": plan.state.graft.added,
                         "lookup_taken": sum(tree.ranks[i] == LOOKUP_RANK for i in path)}
-        # Compaction: the accepted path's entries move to consecutive slots after the
-        # context in both caches; the other branches are dropped.
+        # The draft's cache keeps the accepted path's forwarded nodes, as the target's did.
         ctx_end = len(step.context)
-        step.cache.keep(ctx_end, torch.tensor([ctx_end + i for i in path], dtype=torch.long))
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
                                                 dtype=torch.long))
         if plan.state.drafting and plan.state.n_context == 1:  # a decode pass that drafted
             self.gate.observe(len(path) + 1, pass_seconds + plan.state.draft_seconds,
                               self.cost.pass_seconds(1))
-        return Outcome([tree.tokens[i] for i in path] + [nxt], drafted=len(tree), accepted=len(path),
-                       rejected=bool(tree.children(path[-1] if path else -1)),
-                       size=len(tree) or None, counters=counters)
+        return walk.outcome(counters)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)
@@ -126,25 +122,6 @@ class Tree(Strategy):
 
     def timings(self) -> dict[str, float]:
         return {"draft_ms_per_tree_forward": self.cost.draft_forward_seconds * 1e3}
-
-
-def tree_feed(step: Step, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens, positions, mask) of a pass verifying `tree` after the uncached context: the
-    context tokens see in order and never see the tree; a node sees the whole context and
-    its own ancestors."""
-    uncached, cache = step.uncached, step.cache
-    n_ctx, n_tree = len(uncached), len(tree)
-    ctx_positions = cache.next_positions(n_ctx + 1)  # the last one: the root's children
-    positions = torch.cat([ctx_positions[:n_ctx], node_positions(int(ctx_positions[-1]), tree.depths)])
-    mask = cache.causal_mask(n_ctx + n_tree)
-    mask[n_ctx:] = tree.attention_mask(cache.length + n_ctx, 0, n_tree)
-    return torch.tensor(uncached + tree.tokens, dtype=torch.long), positions, mask
-
-
-def node_positions(first_child: int, depths: list[int]) -> torch.Tensor:
-    """Rope positions of tree nodes: the root's children sit at `first_child`, and each
-    level one further (siblings share a position)."""
-    return first_child - 1 + torch.tensor(depths, dtype=torch.long)
 
 
 def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
@@ -168,7 +145,7 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
             break
         first = len(tree)
         for neg_logp, _, parent, token, rank in picked:
-            tree.add(token, parent, -neg_logp, rank)
+            tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp)
         if len(tree) >= max_nodes:
             break  # their children could not be used: skip the forward
         started = time.perf_counter()

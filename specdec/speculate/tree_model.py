@@ -37,7 +37,9 @@ class DraftTree:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add(self, token: int, parent: int, cum_logp: float, rank: int) -> int:
+    def add(self, token: int, *, parent: int, rank: int, cum_logp: float) -> int:
+        """Node number of a new child of `parent` (-1: the root); keyword-only, as
+        GrowingTree.add, so rank and score never swap."""
         i = len(self.tokens)
         self.tokens.append(token)
         self.ranks.append(rank)

@@ -1,18 +1,36 @@
 """Failures mid-generation (a real Ctrl-C at random moments, a disk that fails): shared by the
 runtime and overlap reliability tests."""
+import contextlib
 import random
 import signal
 import threading
 
 
+@contextlib.contextmanager
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt in the main thread) for the duration,
+    the previous one restored after. A job started in the background (`cmd &`, nohup, some CI
+    runners) inherits SIGINT ignored, and so would any process it starts: tests that send
+    SIGINT install the handler they rely on instead of assuming it. A child started inside
+    this block gets the default action at exec, so its Python installs KeyboardInterrupt too."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def ctrl_c_storm(lm, prompts: list[list[int]], expected: dict, duration: float, rounds: int,
                  new_tokens: int = 16, seed: int = 0) -> int:
-    """SIGINT (its default handler: KeyboardInterrupt wherever the main thread is) at a random
+    """SIGINT (Python's handler: KeyboardInterrupt wherever the main thread is) at a random
     moment of each of `rounds` generations, the prompts taken in turn; after each the decoder
     must give `expected[tuple(prompt)][:new_tokens]`. `duration`: seconds one generation takes.
     Returns how many signals interrupted a generation."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    rng = random.Random(seed)
+    with python_sigint():
+        return _storm(lm, prompts, expected, duration, rounds, new_tokens, random.Random(seed))
+
+
+def _storm(lm, prompts, expected, duration, rounds, new_tokens, rng) -> int:
     interrupted = 0
     for i in range(rounds):
         prompt = prompts[i % len(prompts)]

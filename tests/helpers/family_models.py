@@ -1,5 +1,6 @@
-"""Tiny random Gemma 2 / Gemma 3 / Phi-3 models, one per variant flag, saved as safetensors
-with transformers' own config classes (the reference for every parity test)."""
+"""Tiny random Gemma 2 / Gemma 3 / Phi-3 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
+OLMoE) models, one per variant flag, saved as safetensors with transformers' own config
+classes (the reference for every parity test)."""
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,18 @@ VARIANTS = {
                                          partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=2,
                                          eos_token_id=1)),
 }
+# Mixture of experts: 8 experts of which 2 run per token.
+MOE = dict(num_experts_per_tok=2, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+MOE_VARIANTS = {
+    "qwen3_moe": ("Qwen3MoeConfig", dict(**MOE, num_experts=8, moe_intermediate_size=32, norm_topk_prob=True)),
+    "qwen3_moe-unnormed": ("Qwen3MoeConfig", dict(**MOE, num_experts=8, moe_intermediate_size=32,
+                                                  norm_topk_prob=False)),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(**MOE, num_experts=8, moe_intermediate_size=32,
+                                         shared_expert_intermediate_size=40)),
+    "mixtral": ("MixtralConfig", dict(**MOE, num_local_experts=8, intermediate_size=48, sliding_window=6)),
+    "olmoe": ("OlmoeConfig", dict(**MOE, num_experts=8, intermediate_size=48, clip_qkv=3.0)),
+}
+VARIANTS.update(MOE_VARIANTS)
 
 
 def family_config(variant: str, **overrides):

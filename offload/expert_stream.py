@@ -1,0 +1,99 @@
+"""Read a mixture-of-experts layer's routed experts, only those a pass routes to.
+
+A streamed layer's dense part (attention, norms, router, shared expert) arrives through the
+prefetch ring as any layer does (offload/prefetch.py). Its experts do not: the layer's dict
+carries a `LayerExperts` under `expert_names.EXPERT_SOURCE`, and once the model's router has
+run for the pass's tokens it asks for the union of their experts. The missing ones are read
+from the layer's experts file (format version 3: one aligned extent per expert) into a pool
+of slot buffers, all reads issued together (DirectReader.read_ranges, O_DIRECT), and handed back as
+zero-copy views. A union larger than the pool comes in batches of the pool's size, in
+ascending expert order; a batch's views are valid until the next batch is asked for.
+
+Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk) and
+experts_used (distinct experts per layer, summed over the pass's layers).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterator
+
+from .expert_names import EXPERT_SOURCE
+from .format import Store, check_expert_first_read
+from .reader import DirectReader, aligned_buffer, tensor_views
+
+DEFAULT_SLOTS_PER_ROUTED = 2  # slot buffers per routed expert (num_experts_per_tok)
+
+
+def default_expert_slots(store: Store) -> int:
+    """Enough slots for one token's experts twice over (a short verification pass in one batch)."""
+    if not store.has_experts:
+        return 0
+    total = len(store.expert_extents(0))
+    routed = store.config.get("num_experts_per_tok") or 1
+    return max(1, min(total, DEFAULT_SLOTS_PER_ROUTED * int(routed)))
+
+
+class ExpertReader:
+    """The slot buffers and reader every streamed layer's experts go through."""
+
+    def __init__(self, store: Store, slots: int, stats, lock: threading.Condition,
+                 convert: Callable[[dict], dict]):
+        if slots < 1:
+            raise ValueError(f"expert slots must be >= 1, got {slots}")
+        self.store, self.stats, self.lock, self.convert = store, stats, lock, convert
+        self.buffers = [aligned_buffer(store.max_expert_nbytes) for _ in range(slots)]
+        self.reader = DirectReader()
+
+    @property
+    def buffer_nbytes(self) -> int:
+        return sum(len(b) for b in self.buffers)
+
+    def layer(self, i: int) -> "LayerExperts":
+        return LayerExperts(self, i)
+
+    def batches(self, layer: int, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
+        """(expert, {part: tensor}) for `ids` (ascending), at most len(buffers) per batch."""
+        with self.lock:
+            self.stats.experts_used += len(ids)
+        size = len(self.buffers)
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
+            self._read(layer, chunk)
+            yield [(e, self._views(layer, e, buf)) for e, buf in zip(chunk, self.buffers)]
+
+    def _read(self, layer: int, experts: list[int]) -> None:
+        extents = self.store.expert_extents(layer)
+        ranges = [(buf, extents[e].offset, extents[e].nbytes) for e, buf in zip(experts, self.buffers)]
+        t0 = time.perf_counter()
+        nbytes = self.reader.read_ranges(self.store.expert_file(layer), ranges)
+        for e, buf in zip(experts, self.buffers):
+            check_expert_first_read(self.store, layer, e, buf)
+        with self.lock:
+            self.stats.bytes_read += nbytes
+            self.stats.expert_bytes_read += nbytes
+            self.stats.experts_read += len(experts)
+            self.stats.read_seconds += time.perf_counter() - t0
+
+    def _views(self, layer: int, expert: int, buf) -> dict:
+        return self.convert(tensor_views(buf, self.store.expert_extents(layer)[expert].tensors))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class LayerExperts:
+    """What a streamed layer's dict holds under EXPERT_SOURCE: its experts, read on demand."""
+
+    def __init__(self, source: ExpertReader, layer: int):
+        self.source, self.layer = source, layer
+
+    def batches(self, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
+        return self.source.batches(self.layer, ids)
+
+
+def with_experts(views: dict, source: ExpertReader | None, layer: int) -> dict:
+    """A streamed layer's dense views, plus its experts' source when the store has experts."""
+    if source is None:
+        return views
+    return {**views, EXPERT_SOURCE: source.layer(layer)}

@@ -1,0 +1,84 @@
+"""Distilling from the broad corpus (tools/draft/labels.py, distil_corpus.py): the labels are
+the target's own top-k at the right positions, and a run stopped at a checkpoint and resumed
+ends where an unbroken run does."""
+from __future__ import annotations
+
+from argparse import Namespace
+
+import pytest
+import torch
+
+from tools.draft.corpus_shards import Conversation
+from tools.draft.distil import OutputVocab, build_draft
+from tools.draft.distil_corpus import Run, held_out, make_batch
+from tools.draft.labels import label_conversations, target_positions
+
+
+@pytest.fixture(scope="module")
+def target():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def conversations(n: int, seed: int) -> list[Conversation]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(12, 40, (1,), generator=g))
+        ids = torch.randint(3, 96, (length,), generator=g).tolist()
+        out.append(Conversation(ids, [(4, 9), (12, length)]))
+    return out
+
+
+def test_labels_are_the_targets_top_k_at_each_assistant_position(target):
+    convs = conversations(5, 1)
+    examples = label_conversations(target, convs, all_positions=False, batch_tokens=64)
+    for c, e in zip(convs, examples):
+        assert e.targets.tolist() == target_positions(c, False)
+        assert e.ids.tolist() == c.ids
+        with torch.no_grad():
+            logits = target(input_ids=torch.tensor([c.ids])).logits[0]
+        ref_v, ref_i = logits[e.targets - 1].topk(16, -1)
+        assert torch.equal(e.top_i[:, 0].long(), ref_i[:, 0])
+        assert torch.allclose(e.top_v.float(), ref_v, rtol=1e-2, atol=1e-2)
+    assert target_positions(convs[0], True) == list(range(1, len(convs[0].ids)))
+
+
+def test_the_held_out_split_depends_on_the_conversation_only(target):
+    examples = label_conversations(target, conversations(40, 2), all_positions=False)
+    first = [held_out(e, 4) for e in examples]
+    assert first == [held_out(e, 4) for e in reversed(examples)][::-1]
+    assert 0 < sum(first) < len(first)
+
+
+def _run(target, examples):
+    torch.manual_seed(0)
+    draft = build_draft(target, [0, 3])
+    vocab = OutputVocab(torch.arange(96), 96)
+    args = Namespace(lr=1e-3, warmup=2, steps=6, batch_tokens=60, hard_weight=1.0, seed=0)
+    return Run(args, draft, vocab)
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(target, tmp_path):
+    examples = label_conversations(target, conversations(12, 3), all_positions=False)
+    whole = _run(target, examples)
+    for _ in range(6):
+        whole.train_step(examples)
+    first = _run(target, examples)
+    for _ in range(3):
+        first.train_step(examples)
+    first.save(tmp_path / "ckpt.pt")
+    second = _run(target, examples)
+    second.restore(tmp_path / "ckpt.pt")
+    assert second.step == 3
+    for _ in range(3):
+        second.train_step(examples)
+    for (k, a), b in zip(whole.draft.state_dict().items(), second.draft.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    inp, rows, cols, tv, ti = make_batch(examples[:2])
+    assert len(rows) == len(cols) == len(tv) == sum(len(e.targets) for e in examples[:2])

@@ -1,0 +1,159 @@
+"""The draft model and its distillation loss: a llama built from some of the target's layers,
+a partial output layer over the ids the target writes most, soft + hard cross-entropy, the
+teacher-forced agreement, and the atomic save of specdec/demo_draft's files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .files import write_atomic
+
+def make_batch(examples):
+    """Right-padded batch (causal attention: pads at the right never affect real positions)."""
+    L = max(len(e[0]) for e in examples) - 1
+    inp = torch.zeros((len(examples), L), dtype=torch.long)
+    rows, cols, tv, ti = [], [], [], []
+    for r, (ids, npr, v, i) in enumerate(examples):
+        inp[r, :len(ids) - 1] = ids[:-1]
+        n = len(ids) - npr  # reply tokens; position npr-1+s predicts reply token s
+        rows.append(torch.full((n,), r))
+        cols.append(torch.arange(npr - 1, npr - 1 + n))
+        tv.append(v)
+        ti.append(i)
+    return inp, torch.cat(rows), torch.cat(cols), torch.cat(tv), torch.cat(ti)
+
+
+def build_draft(target, layers: list[int], init_from: Path | None = None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tc = target.config
+    cfg = LlamaConfig(vocab_size=tc.vocab_size, hidden_size=tc.hidden_size,
+                      intermediate_size=tc.intermediate_size, num_hidden_layers=len(layers),
+                      num_attention_heads=tc.num_attention_heads, num_key_value_heads=tc.num_key_value_heads,
+                      head_dim=tc.hidden_size // tc.num_attention_heads, rms_norm_eps=tc.rms_norm_eps,
+                      rope_theta=100000.0, max_position_embeddings=tc.max_position_embeddings,
+                      tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,
+                      bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id)
+    cfg.rope_parameters = {"rope_theta": 100000.0, "rope_type": "default"}
+    draft = LlamaForCausalLM(cfg)
+    sd = target.state_dict()
+    new = {"model.embed_tokens.weight": sd["model.embed_tokens.weight"], "model.norm.weight": sd["model.norm.weight"]}
+    for j, src in enumerate(layers):
+        for k, v in sd.items():
+            if k.startswith(f"model.layers.{src}."):
+                new[k.replace(f"model.layers.{src}.", f"model.layers.{j}.")] = v
+    if init_from is not None:  # warm start: a previous draft's layers and norm
+        from safetensors.torch import load_file
+
+        new.update({k: v for k, v in load_file(str(init_from / "model.safetensors")).items()
+                    if k.startswith(("model.layers.", "model.norm."))})
+    missing, unexpected = draft.load_state_dict(new, strict=False)
+    assert not unexpected and all(m == "lm_head.weight" for m in missing), (missing, unexpected)
+    draft.tie_weights()
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft.float()
+
+
+def select_output_ids(train, n: int, vocab: int) -> torch.Tensor:
+    """The draft's output vocabulary (specdec.weights.OUTPUT_IDS): the target's greedy
+    tokens in the training replies by frequency, then its other top-4 candidates, then the
+    lowest ids (BPE merge order: roughly the most common), `n` in all, ascending."""
+    from collections import Counter
+
+    top1, top4 = Counter(), Counter()
+    for _, _, _, ti in train:
+        top1.update(ti[:, 0].tolist())
+        top4.update(ti[:, :4].flatten().tolist())
+    ranked = [t for t, _ in top1.most_common()] + [t for t, _ in top4.most_common() if t not in top1]
+    chosen = dict.fromkeys(ranked[:n])
+    fill = (i for i in range(vocab) if i not in chosen)
+    while len(chosen) < min(n, vocab):
+        chosen[next(fill)] = None
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+class OutputVocab:
+    """Maps between full token ids and rows of the draft's partial output layer."""
+
+    def __init__(self, ids: torch.Tensor, vocab: int):
+        self.ids = ids
+        self.row = torch.full((vocab,), -1, dtype=torch.long)
+        self.row[ids] = torch.arange(len(ids))
+        self._head = None
+
+    def logits(self, draft, h: torch.Tensor) -> torch.Tensor:
+        # The listed ids' rows of the frozen (borrowed) embedding table, as the runtime
+        # scores them: gathered once, not on every step.
+        if self._head is None:
+            self._head = draft.model.embed_tokens.weight[self.ids].detach()
+        return h @ self._head.t()
+
+
+def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float):
+    inp, rows, cols, tv, ti = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = draft.model(input_ids=inp).last_hidden_state
+        logits = vocab.logits(draft, h[rows, cols])
+    logp = torch.log_softmax(logits.float(), -1)
+    r = vocab.row[ti]  # -1: an id the draft cannot propose, left out of both terms
+    inside = r >= 0
+    p = torch.softmax(tv, -1) * inside
+    soft = -(p * logp.gather(1, r.clamp(min=0))).sum(-1).mean()
+    hard = -(logp.gather(1, r[:, :1].clamp(min=0)) * inside[:, :1]).mean()
+    top1 = (vocab.ids[logits.argmax(-1)] == ti[:, 0]).float()
+    return soft + hard_weight * hard, top1
+
+
+@torch.no_grad()
+def agreement(draft, vocab: OutputVocab, held, bs: int = 16) -> dict:
+    draft.eval()
+    hits, n, top4 = 0.0, 0, 0.0
+    for s in range(0, len(held), bs):
+        inp, rows, cols, tv, ti = make_batch(held[s:s + bs])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = vocab.logits(draft, draft.model(input_ids=inp).last_hidden_state[rows, cols]).float()
+        hits += (vocab.ids[logits.argmax(-1)] == ti[:, 0]).sum().item()
+        top4 += (vocab.ids[logits.topk(4, -1).indices] == ti[:, :1]).any(-1).sum().item()
+        n += len(ti)
+    draft.train()
+    return {"top1": hits / max(n, 1), "top4": top4 / max(n, 1), "tokens": n}
+
+
+def save_draft(draft, vocab: OutputVocab, out_dir: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from specdec.weights import OUTPUT_IDS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = draft.config
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps, "rope_theta": 100000.0,
+        "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": True,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "torch_dtype": "bfloat16",
+    }
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
+             if k not in ("model.embed_tokens.weight", "lm_head.weight") and "rotary" not in k}
+    if len(vocab.ids) < c.vocab_size:
+        state[OUTPUT_IDS] = vocab.ids.to(torch.int32)
+    files = {"config.json": lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
+             "model.safetensors": lambda p: save_file(state, str(p), metadata={"format": "pt"}),
+             "specdec_draft.json": lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")}
+    for name, write in files.items():
+        write_atomic(out_dir / name, write)
+
+
+def _previous_run(init_from: Path | None) -> dict | None:
+    """What the warm start had been through (its sidecar's numbers), kept in the new one."""
+    if init_from is None:
+        return None
+    side = init_from / "specdec_draft.json"
+    old = json.loads(side.read_text()) if side.exists() else {}
+    keys = ("train_minutes", "steps", "train_reply_tokens", "heldout_top1", "output_vocab", "warm_start")
+    return {"from": init_from.name, **{k: old[k] for k in keys if k in old}}

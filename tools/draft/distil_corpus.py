@@ -1,0 +1,268 @@
+r"""Distil a draft from the broad corpus, resumable across sessions:
+
+  python -m tools.draft.distil_corpus --data data/draft_corpus --labels results/draft_labels \
+      --checkpoint results/draft_ckpt.pt --steps 4000 --minutes 50 \
+      --init-from specdec/demo_draft --out results/draft_new
+
+Labels first (tools/draft/labels.py: the target's top-16 at every assistant position, cached
+per shard), then AdamW steps on soft cross-entropy to that distribution + cross-entropy to its
+argmax (tools/draft/distil.py's loss), the learning rate a function of the step (warmup, cosine
+to --steps), so a run stopped by --minutes or a signal and started again with the same
+--checkpoint continues the same schedule. The checkpoint (draft layers, optimizer, step,
+random states, output ids) is replaced atomically every --checkpoint-every minutes and at the
+end. One conversation in --holdout-every is held out (by a hash of its tokens, so a growing
+corpus never moves one into training); the best held-out agreement picks what goes to --out.
+The independent prompts (tools/draft/eval_prompts_independent.toml) are never read here:
+measure a result with `python -m tools.draft.measure --draft DIR`."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from specdec.demo import SMOLLM2_GGUF
+
+from .corpus_shards import Corpus
+from .distil import OutputVocab, _previous_run, build_draft, draft_loss, save_draft, select_output_ids
+from .files import TOPK, write_atomic
+from .labels import Example, label_corpus, load_cached
+
+
+def held_out(example: Example, every: int) -> bool:
+    digest = hashlib.sha256(example.ids.numpy().astype("uint16").tobytes()).digest()
+    return int.from_bytes(digest[:4], "little") % every == 0
+
+
+def load_examples(corpus: Corpus, cache: Path, all_positions: bool, every: int):
+    train, held = [], []
+    for entry in corpus.shards:
+        if not entry["conversations"]:
+            continue
+        examples = load_cached(cache, entry, all_positions)
+        if examples is None:
+            raise SystemExit(f"{entry['file']} has no labels in {cache}: run tools.draft.labels")
+        for e in examples:
+            (held if held_out(e, every) else train).append(e)
+    return train, held
+
+
+def make_batch(examples: list[Example]):
+    """Right-padded (causal attention: pads at the right never reach real positions)."""
+    width = max(len(e.ids) for e in examples) - 1
+    inp = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, tv, ti = [], [], [], []
+    for r, e in enumerate(examples):
+        inp[r, :len(e.ids) - 1] = e.ids[:-1]
+        rows.append(torch.full((len(e.targets),), r))
+        cols.append(e.targets - 1)
+        tv.append(e.top_v.float())
+        ti.append(e.top_i.long())
+    return inp, torch.cat(rows), torch.cat(cols), torch.cat(tv), torch.cat(ti)
+
+
+def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches as indices into examples. Length-bucketed: shuffled, sorted by
+    length inside chunks of 256, cut by token count."""
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    out, cur, tok = [], [], 0
+    for i in range(0, len(idx), 256):
+        for j in sorted(idx[i:i + 256], key=lambda j: len(examples[j].ids)):
+            cur.append(j)
+            tok += len(examples[j].ids)
+            if tok >= batch_tokens:
+                out.append(cur)
+                cur, tok = [], 0
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+@torch.no_grad()
+def agreement(draft, vocab: OutputVocab, examples: list[Example], bs: int = 8) -> float:
+    draft.eval()
+    hits = n = 0
+    for s in range(0, len(examples), bs):
+        inp, rows, cols, _, ti = make_batch(examples[s:s + bs])
+        logits = vocab.logits(draft, draft.model(input_ids=inp).last_hidden_state[rows, cols])
+        hits += (vocab.ids[logits.argmax(-1)] == ti[:, 0]).sum().item()
+        n += len(ti)
+    draft.train()
+    return hits / max(n, 1)
+
+
+def lr_at(step: int, args) -> float:
+    warm = min(1.0, (step + 1) / args.warmup)
+    frac = min(step / max(args.steps, 1), 1.0)
+    return args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def output_ids(init_from: Path | None, train: list[Example], n: int, vocab: int) -> torch.Tensor:
+    """A warm start keeps its draft's output ids (its head's rows); else the most written."""
+    if init_from is not None:
+        from safetensors.torch import load_file
+
+        from specdec.weights import OUTPUT_IDS
+
+        ids = load_file(str(init_from / "model.safetensors")).get(OUTPUT_IDS)
+        if ids is not None:
+            return ids.long()
+    return select_output_ids([(None, None, None, e.top_i) for e in train], n, vocab)
+
+
+class Run:
+    """The trainable state and where it is saved."""
+
+    def __init__(self, args, draft, vocab: OutputVocab):
+        self.args, self.draft, self.vocab = args, draft, vocab
+        self.params = [p for p in draft.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.step, self.best, self.curve = 0, -1.0, []
+        self.rng = random.Random(args.seed)
+        self.order: list[list[int]] = []  # the epoch's batches still to run
+        self.n_train = 0
+
+    def state(self) -> dict:
+        trainable = {k: v for k, v in self.draft.state_dict().items()
+                     if k not in ("model.embed_tokens.weight", "lm_head.weight")}
+        return {"draft": trainable, "opt": self.opt.state_dict(), "step": self.step,
+                "best": self.best, "curve": self.curve, "rng": self.rng.getstate(),
+                "torch_rng": torch.get_rng_state(), "vocab_ids": self.vocab.ids,
+                "order": self.order, "n_train": self.n_train}
+
+    def save(self, path: Path) -> None:
+        state = self.state()
+        write_atomic(path, lambda p: torch.save(state, p))
+
+    def restore(self, path: Path) -> None:
+        state = torch.load(path, weights_only=False)
+        if not torch.equal(state["vocab_ids"], self.vocab.ids):
+            raise SystemExit(f"{path}: its output ids differ from this run's (another --init-from "
+                             f"or --output-vocab?); use a new --checkpoint")
+        self.draft.load_state_dict(state["draft"], strict=False)
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.best, self.curve = state["step"], state["best"], state["curve"]
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.order, self.n_train = state["order"], state["n_train"]
+
+    def train_step(self, train: list[Example]) -> float:
+        if len(train) != self.n_train:  # a grown corpus: its indices moved, start a new epoch
+            self.order, self.n_train = [], len(train)
+        if not self.order:
+            self.order = batches(train, self.args.batch_tokens, self.rng)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.args)
+        batch = make_batch([train[j] for j in self.order.pop()])
+        loss, _ = draft_loss(self.draft, self.vocab, batch, self.args.hard_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.step += 1
+        return loss.item()
+
+
+def prepare(args):
+    from .target import load_target
+
+    corpus = Corpus(args.data)
+    if not corpus.shards:
+        raise SystemExit(f"{args.data}: no corpus there (grow one with tools.draft.corpus_gen)")
+    _, _, target = load_target(torch.float32)
+    label_corpus(corpus, Path(args.labels), target, args.all_positions,
+                 log=lambda m: print(m, flush=True))
+    train, held = load_examples(corpus, Path(args.labels), args.all_positions, args.holdout_every)
+    init_from = Path(args.init_from) if args.init_from else None
+    draft = build_draft(target, [int(x) for x in args.init_layers.split(",")], init_from)
+    vocab = OutputVocab(output_ids(init_from, train, args.output_vocab, draft.config.vocab_size),
+                        draft.config.vocab_size)
+    return corpus, train, held, draft, vocab
+
+
+def train(args) -> None:
+    torch.manual_seed(args.seed)
+    corpus, train_set, held, draft, vocab = prepare(args)
+    n_pos = sum(len(e.targets) for e in train_set)
+    print(f"train: {len(train_set)} conversations, {n_pos} positions; held out: {len(held)}", flush=True)
+    run = Run(args, draft, vocab)
+    ckpt = Path(args.checkpoint)
+    if ckpt.exists():
+        run.restore(ckpt)
+        print(f"resumed from {ckpt} at step {run.step}", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
+    start = last = time.time()
+    losses = []
+    try:
+        while run.step < args.steps and time.time() - start < args.minutes * 60 and not stop["now"]:
+            losses.append(run.train_step(train_set))
+            if run.step % args.eval_steps == 0 or run.step == args.steps:
+                evaluate(run, held, losses, args, corpus, n_pos)
+                losses = []
+            if time.time() - last > args.checkpoint_every * 60:
+                run.save(ckpt)
+                last = time.time()
+    except KeyboardInterrupt:
+        print("interrupted: saving the checkpoint", flush=True)
+    run.save(ckpt)
+    print(f"step {run.step} of {args.steps}; checkpoint {ckpt}; best held-out top1 {run.best:.4f}", flush=True)
+
+
+def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: Corpus, n_pos: int) -> None:
+    a = agreement(run.draft, run.vocab, held)
+    run.curve.append({"step": run.step, "heldout_top1": round(a, 4)})
+    print(f"step {run.step} lr {lr_at(run.step, args):.2e} loss {sum(losses) / max(len(losses), 1):.3f} "
+          f"held-out top1 {a:.4f}", flush=True)
+    if a > run.best:
+        run.best = a
+        init_from = Path(args.init_from) if args.init_from else None
+        meta = {"embeddings_from_target": True, "target": SMOLLM2_GGUF,
+                "layers": run.draft.config.num_hidden_layers,
+                "init_from_target_layers": [int(x) for x in args.init_layers.split(",")],
+                "warm_start": _previous_run(init_from), "output_vocab": len(run.vocab.ids),
+                "corpus": {"dir": str(args.data), **corpus.manifest.get("totals", {}),
+                           "recipe": corpus.manifest.get("recipe")},
+                "train_positions": n_pos, "heldout_conversations": len(held), "lr": args.lr,
+                "batch_tokens": args.batch_tokens, "steps": run.step, "schedule_steps": args.steps,
+                "loss": f"soft CE to target top-{TOPK} + {args.hard_weight} x CE to target argmax",
+                "seed": args.seed, "heldout_top1": round(a, 4), "curve": run.curve}
+        save_draft(run.draft, run.vocab, Path(args.out), meta)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="corpus directory (tools.draft.corpus_gen)")
+    ap.add_argument("--labels", required=True, help="label cache directory (tools.draft.labels)")
+    ap.add_argument("--checkpoint", required=True, help="resumed from if it exists")
+    ap.add_argument("--out", required=True, help="the best draft goes here (never the shipped one "
+                    "unless named: compare with tools.draft.measure first)")
+    ap.add_argument("--init-from", default=None)
+    ap.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
+    ap.add_argument("--output-vocab", type=int, default=16384)
+    ap.add_argument("--all-positions", action="store_true")
+    ap.add_argument("--steps", type=int, default=4000, help="the schedule's length")
+    ap.add_argument("--minutes", type=float, default=60, help="this run's time box")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--hard-weight", type=float, default=1.0)
+    ap.add_argument("--holdout-every", type=int, default=25)
+    ap.add_argument("--eval-steps", type=int, default=100)
+    ap.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

