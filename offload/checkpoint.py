@@ -15,6 +15,7 @@ import torch
 
 from .expert_names import common_name
 from .hf_config import text_decoder_config, text_tensor_name
+from .shapes import MOE_TYPES
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # A draft may ship without its embedding table and take the target's at load time (they
@@ -248,7 +249,13 @@ def _gguf_family_config(file: Path, config: dict) -> dict:
 
 def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
     # transformers dequantizes a GGUF into HF-named float32 tensors. It needs a model
-    # skeleton for the name map; one on the meta device costs no memory.
+    # skeleton for the name map; one on the meta device costs no memory. Its MoE models hold
+    # experts fused, under other names: those are split and dequantized by gguf_source, with
+    # gguf-py's float32 reference (what transformers computes too).
+    if config.get("model_type") in MOE_TYPES:
+        from .gguf_source import gguf_tensors
+
+        return dict(gguf_tensors(file, config, "bf16", note=lambda message: None))
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 

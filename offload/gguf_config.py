@@ -1,4 +1,4 @@
-"""The parts of a Gemma 2 / Gemma 3 / Phi-3 config that transformers' GGUF reader drops.
+"""The parts of a Gemma 2 / Gemma 3 / Phi-3 / Qwen MoE config that transformers' GGUF reader drops.
 
 transformers maps a GGUF's sizes and rope base onto a config but not these families' extras;
 a config without them would compute a different model. They come from the GGUF's metadata
@@ -25,7 +25,28 @@ def family_config(reader, arch: str, config: dict) -> dict:
         return _gemma(reader, arch, dict(config))
     if arch == "phi3":
         return _phi3(reader, dict(config))
+    if arch in QWEN_MOE_ARCHS:
+        return _qwen_moe(reader, arch, dict(config))
     return config
+
+
+QWEN_MOE_ARCHS = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+
+
+def _qwen_moe(reader, arch: str, cfg: dict) -> dict:
+    width = _field(reader, f"{arch}.expert_feed_forward_length")
+    if width is None:
+        raise GGUFConfigError(f"{arch}.expert_feed_forward_length is missing: the experts' width is "
+                              "unknown. The GGUF is corrupt.")
+    cfg.update(model_type=QWEN_MOE_ARCHS[arch], moe_intermediate_size=int(width),
+               norm_topk_prob=arch == "qwen3moe", decoder_sparse_step=1, mlp_only_layers=[])
+    if arch == "qwen2moe":
+        shared = _field(reader, f"{arch}.expert_shared_feed_forward_length")
+        if shared is None:
+            raise GGUFConfigError(f"{arch}.expert_shared_feed_forward_length is missing: the shared "
+                                  "expert's width is unknown. The GGUF is corrupt.")
+        cfg.update(shared_expert_intermediate_size=int(shared), qkv_bias=True)
+    return cfg
 
 
 def _field(reader, key: str, default=None):

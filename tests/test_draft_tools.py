@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.draft.files import eval_prompts
 from tools.draft.template_prompts import CHAT, build_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_wrapper_script_and_the_module_parse_their_commands():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for cmd in (["scripts/train_demo_draft.py"], ["-m", "tools.draft"]):

@@ -197,6 +197,7 @@ def test_banner_names_lookup(tiny):
     assert "draft: none: prompt lookup (no draft model): 1-4-token matches" in text
 
 
+@pytest.mark.slow
 def test_cli_generate_with_draft_lookup_equals_plain(chat_pair):
     target, _ = chat_pair
     prompt = "one two three one two three one two"

@@ -153,6 +153,7 @@ def test_defaults_on_an_adaptive_tree_only_and_clear_errors(pair):
         specdec.load(target, draft="lookup", lookup_branches=4)
 
 
+@pytest.mark.slow
 def test_cli_flag_equals_plain_and_bad_values_are_clear(chat_pair):
     import json
 

@@ -7,11 +7,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import specdec
-from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
 from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
-from test_speculative import PROMPT, target_alone
-
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
 from specdec.weights import OUTPUT_IDS
+
+PROMPT = [3, 17, 42, 8, 61, 5]
+
+
+def target_alone(path, n=40):
+    return specdec.load(path, dtype="float32").generate(PROMPT, max_new_tokens=n).token_ids
 
 
 def restrict_output(src, dst, ids, tie: bool = False):

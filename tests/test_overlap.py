@@ -317,6 +317,7 @@ def test_overlap_is_a_speculation_mode_with_its_stats_in_the_dict(pair):
         specdec.load(pair[0], draft=pair[1], dtype="float32", speculation="overlapped")
 
 
+@pytest.mark.slow
 def test_real_ctrl_c_at_random_moments_leaves_a_correct_decoder(pair, expected, monkeypatch):
     """SIGINT lands wherever the main thread is: in a draft forward inside a layer wait, in
     the re-rooting, in a pass. After each, the decoder still gives the reference output."""

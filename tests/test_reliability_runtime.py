@@ -165,6 +165,7 @@ def test_io_error_while_prefetching_between_passes_is_retried_then_surfaces(pair
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_ctrl_c_at_random_moments_of_generate_leaves_a_correct_decoder(pair, expected):
     """SIGINT's default handler raises KeyboardInterrupt wherever the main thread is: in
     the draft, in a streamed pass waiting for a layer, in a rollback. After each one the

@@ -205,6 +205,7 @@ def _pack_and_kill(src: Path, out: Path, tmp_path: Path) -> None:
         proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_pack_killed_midway_leaves_no_store_and_rerun_completes(src, tmp_path):
     out = tmp_path / "out"
     expected = specdec.load(src, dtype="float32").generate(PROMPT, max_new_tokens=8).token_ids

@@ -19,6 +19,8 @@ import specdec
 from helpers.models import make_noised_copy, make_tiny_chat_model
 from helpers.serve_client import HANG_GUARD, error_of, request, wait_until
 
+pytestmark = pytest.mark.slow  # a real `specdec serve` process per module
+
 openai = pytest.importorskip("openai")
 
 KEY = "test-key-0123"

