@@ -9,7 +9,10 @@ one saves its size in disk reads on every pass. If all layers fit, no ring is ne
 
 Mixture-of-experts stores: the ring holds a layer's dense part only; the routed experts a pass
 reads go into `expert_slots` buffers of the largest expert (offload/expert_stream.py), counted
-with the ring. Pinning a layer pins its dense part and all its experts.
+with the ring. Unless the whole model fits (then every layer is pinned with all its experts),
+what is left pins the layers' dense parts, first ones first (they are read on every pass),
+and then becomes expert cache: more expert buffers, kept least-recently-used
+(offload/expert_cache.py); the plan says how many experts fit.
 
 Sizes: "4GB" = 4e9 bytes, "4GiB" = 4 * 2**30; "4G" (no B) is read as GiB, like `free -g`.
 """
@@ -104,8 +107,10 @@ class MemoryPlan:
     streamed_bytes_per_pass: int
     minimum_bytes: int  # the smallest budget that works (with the requested ring)
     context_fits: int | None = None  # the longest context this budget plans for (None: no KV)
-    expert_slots: int = 0  # buffers for routed experts read per layer (mixture of experts)
+    expert_slots: int = 0  # buffers for routed experts, cache included (mixture of experts)
     expert_buffer_bytes: int = 0
+    expert_cache: int = 0  # of expert_slots, those past what one batch of reads needs
+    experts_pinned: bool = True  # pinned layers keep their experts (False: dense parts only)
 
     @property
     def num_pinned(self) -> int:
@@ -119,7 +124,7 @@ class MemoryPlan:
     @property
     def summary(self) -> str:
         n = len(self.pinned) + len(self.streamed)
-        layers = (f"all {n} target layers pinned in RAM" if not self.streamed else
+        layers = (f"all {n} target layers pinned in RAM" if not self.streamed and self.experts_pinned else
                   f"{len(self.pinned)}/{n} target layers pinned, {len(self.streamed)} streamed "
                   f"({format_size(self.streamed_bytes_per_pass)} read per pass, ring of "
                   f"{self.ring_size} x {format_size(self.ring_bytes // max(self.ring_size, 1))}"
@@ -131,10 +136,17 @@ class MemoryPlan:
 
     @property
     def _experts(self) -> str:
+        return f"; {self.expert_summary}" if self.expert_slots else ""
+
+    @property
+    def expert_summary(self) -> str:
+        """How a mixture-of-experts store's experts are held ("" for a dense store)."""
         if not self.expert_slots:
             return ""
-        return (f"; routed experts read as routed, into {self.expert_slots} expert buffers of "
-                f"{format_size(self.expert_buffer_bytes // self.expert_slots)}")
+        pinned = "" if self.experts_pinned else f"dense parts of {len(self.pinned)} layers pinned; "
+        return (f"{pinned}experts read as routed, into {self.expert_slots} expert buffers of "
+                f"{format_size(self.expert_buffer_bytes // self.expert_slots)} "
+                f"({self.expert_cache} of them cache)")
 
     @property
     def _fits(self) -> str:
@@ -212,6 +224,8 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
             f"{ring_size} layer buffers {format_size(ring_bytes)}{experts} + runtime "
             f"{format_size(overhead_bytes)}). Give --ram {-(-minimum // 10**6)}MB "
             f"or more, or a shorter max context{_fits_hint(fits)}, or a smaller draft.")
+    if expert_slots:
+        return _moe_plan(sizes, common, budget - minimum, ring_size, ring_bytes, expert_slots)
     left, n = budget - minimum, 0
     while n < len(pin) and pin[n] <= left:
         left -= pin[n]
@@ -221,3 +235,22 @@ def plan_memory(store_or_sizes, ram_bytes: int | str | Budget | None = None, dra
                       pinned_bytes=sum(pin[:n]), streamed=streamed,
                       streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed),
                       expert_slots=expert_slots, expert_buffer_bytes=expert_bytes)
+
+
+def _moe_plan(sizes: LayerSizes, common: dict, left: int, ring_size: int, ring_bytes: int,
+              slots: int) -> MemoryPlan:
+    """`left` bytes past the minimum: dense parts pinned first to last, the rest expert cache."""
+    n = 0
+    while n < len(sizes.layer_nbytes) and sizes.layer_nbytes[n] <= left:
+        left -= sizes.layer_nbytes[n]
+        n += 1
+    if n == len(sizes.layer_nbytes):  # every dense part pinned: no ring, its bytes are cache too
+        left, ring_size, ring_bytes = left + ring_bytes, 0, 0
+    every_expert = sum(sizes.expert_nbytes) // max(sizes.expert_read_nbytes, 1)
+    cache = max(0, min(left // max(sizes.expert_read_nbytes, 1), every_expert - slots))
+    streamed = tuple(range(n, len(sizes.layer_nbytes)))
+    return MemoryPlan(**common, ring_size=ring_size, ring_bytes=ring_bytes, pinned=tuple(range(n)),
+                      pinned_bytes=sum(sizes.layer_nbytes[:n]), streamed=streamed,
+                      streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed),
+                      expert_slots=slots + cache, expert_cache=cache, experts_pinned=False,
+                      expert_buffer_bytes=(slots + cache) * sizes.expert_read_nbytes)

@@ -5,12 +5,13 @@ prefetch ring as any layer does (offload/prefetch.py). Its experts do not: the l
 carries a `LayerExperts` under `expert_names.EXPERT_SOURCE`, and once the model's router has
 run for the pass's tokens it asks for the union of their experts. The missing ones are read
 from the layer's experts file (format version 3: one aligned extent per expert) into a pool
-of slot buffers, all reads issued together (DirectReader.read_ranges, O_DIRECT), and handed back as
-zero-copy views. A union larger than the pool comes in batches of the pool's size, in
+of buffers, all reads issued together (DirectReader.read_ranges, O_DIRECT), and handed back as
+zero-copy views. The buffers are an LRU cache (offload/expert_cache.py): an expert still in one
+is not read again. A union larger than the pool comes in batches of the pool's size, in
 ascending expert order; a batch's views are valid until the next batch is asked for.
 
-Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk) and
-experts_used (distinct experts per layer, summed over the pass's layers).
+Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk), experts_used
+(distinct experts per layer, summed over the pass's layers) and expert_cache_hits.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import time
 from typing import Callable, Iterator
 
 from .expert_names import EXPERT_SOURCE
+from .expert_cache import ExpertPool
 from .format import Store, check_expert_first_read
-from .reader import DirectReader, aligned_buffer, tensor_views
+from .reader import DirectReader, tensor_views
 
 DEFAULT_SLOTS_PER_ROUTED = 2  # slot buffers per routed expert (num_experts_per_tok)
 
@@ -35,44 +37,52 @@ def default_expert_slots(store: Store) -> int:
 
 
 class ExpertReader:
-    """The slot buffers and reader every streamed layer's experts go through."""
+    """The expert buffers (an LRU cache, offload/expert_cache.py) and the reader every
+    streamed layer's experts go through. `buffers`: read buffers plus cache, one expert each."""
 
-    def __init__(self, store: Store, slots: int, stats, lock: threading.Condition,
+    def __init__(self, store: Store, buffers: int, stats, lock: threading.Condition,
                  convert: Callable[[dict], dict]):
-        if slots < 1:
-            raise ValueError(f"expert slots must be >= 1, got {slots}")
         self.store, self.stats, self.lock, self.convert = store, stats, lock, convert
-        self.buffers = [aligned_buffer(store.max_expert_nbytes) for _ in range(slots)]
+        self.pool = ExpertPool(buffers, store.max_expert_nbytes)
         self.reader = DirectReader()
 
     @property
     def buffer_nbytes(self) -> int:
-        return sum(len(b) for b in self.buffers)
+        return self.pool.nbytes
 
     def layer(self, i: int) -> "LayerExperts":
         return LayerExperts(self, i)
 
     def batches(self, layer: int, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
-        """(expert, {part: tensor}) for `ids` (ascending), at most len(buffers) per batch."""
+        """(expert, {part: tensor}) for `ids` (ascending), at most len(pool) per batch."""
         with self.lock:
             self.stats.experts_used += len(ids)
-        size = len(self.buffers)
+        size = len(self.pool)
         for start in range(0, len(ids), size):
             chunk = ids[start:start + size]
-            self._read(layer, chunk)
-            yield [(e, self._views(layer, e, buf)) for e, buf in zip(chunk, self.buffers)]
+            where, misses = self.pool.assign(layer, chunk)
+            try:
+                self._read(layer, {e: where[e] for e in misses})
+            except BaseException:
+                self.pool.forget(layer, misses)
+                raise
+            with self.lock:
+                self.stats.expert_cache_hits += len(chunk) - len(misses)
+            yield [(e, self._views(layer, e, self.pool.buffers[where[e]])) for e in chunk]
 
-    def _read(self, layer: int, experts: list[int]) -> None:
+    def _read(self, layer: int, buffers: dict[int, int]) -> None:
+        if not buffers:
+            return
         extents = self.store.expert_extents(layer)
-        ranges = [(buf, extents[e].offset, extents[e].nbytes) for e, buf in zip(experts, self.buffers)]
+        ranges = [(self.pool.buffers[b], extents[e].offset, extents[e].nbytes) for e, b in buffers.items()]
         t0 = time.perf_counter()
         nbytes = self.reader.read_ranges(self.store.expert_file(layer), ranges)
-        for e, buf in zip(experts, self.buffers):
-            check_expert_first_read(self.store, layer, e, buf)
+        for e, b in buffers.items():
+            check_expert_first_read(self.store, layer, e, self.pool.buffers[b])
         with self.lock:
             self.stats.bytes_read += nbytes
             self.stats.expert_bytes_read += nbytes
-            self.stats.experts_read += len(experts)
+            self.stats.experts_read += len(buffers)
             self.stats.read_seconds += time.perf_counter() - t0
 
     def _views(self, layer: int, expert: int, buf) -> dict:

@@ -54,9 +54,15 @@ class StreamStats:
     expert_bytes_read: int = 0  # of bytes_read, the routed experts' extents
     experts_read: int = 0  # expert extents read from disk
     experts_used: int = 0  # distinct experts a pass routed to, summed over its streamed layers
+    expert_cache_hits: int = 0  # of those, found in the expert buffers (no read)
+
+    @property
+    def expert_hit_rate(self) -> float | None:
+        """Of the experts passes routed to, the share found in the expert buffers (None: none routed)."""
+        return self.expert_cache_hits / self.experts_used if self.experts_used else None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "expert_hit_rate": self.expert_hit_rate}
 
 
 class StreamedWeights:
@@ -66,7 +72,9 @@ class StreamedWeights:
     layer indices. Pinned layers are read once and never re-read.
     ring_size: number of layer buffers the reader fills ahead (>= 1; 2 overlaps read and compute).
     expert_slots: a mixture-of-experts store's buffers for routed experts (offload/expert_stream.py;
-    default: twice the experts one token routes to). A pinned layer keeps all its experts.
+    default: twice the experts one token routes to; more buffers are an expert cache).
+    pin_experts: a pinned layer of such a store keeps all its experts in RAM (True), or only
+    its dense part, its experts read as routed like a streamed layer's (False).
     dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
     the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
     ring slot (streamed) or of their own buffer (pinned), and compute in whatever dtype their
@@ -76,7 +84,7 @@ class StreamedWeights:
     def __init__(self, store: Store | str | Path, pinned: int | Iterable[int] | None = None,
                  ring_size: int = 2, dtype: torch.dtype | None = None,
                  chunk_bytes: int | None = None, read_threads: int | None = None,
-                 expert_slots: int | None = None):
+                 expert_slots: int | None = None, pin_experts: bool = True):
         self.store = store if isinstance(store, Store) else open_store(store)
         check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
@@ -84,6 +92,7 @@ class StreamedWeights:
         self.pinned_layers = _normalize_pinned(pinned, self.num_layers)
         self.streamed_layers = [i for i in range(self.num_layers) if i not in self.pinned_layers]
         self.stats = StreamStats()
+        self.pin_experts = pin_experts
         opts = {k: v for k, v in (("chunk_bytes", chunk_bytes), ("threads", read_threads)) if v}
         self._reader = DirectReader(**opts)
         try:
@@ -93,7 +102,7 @@ class StreamedWeights:
             self._reader.close()  # join the pool threads; the prefetch thread makes its own
         self._ring = _Ring(self.store, self.streamed_layers, max(1, ring_size), self._reader, self.stats)
         self._experts = None
-        if self.store.has_experts and self.streamed_layers:
+        if self.store.has_experts and (self.streamed_layers or not pin_experts):
             slots = expert_slots or default_expert_slots(self.store)
             self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert)
         self._active: int | None = None  # token of the pass in progress
@@ -128,7 +137,7 @@ class StreamedWeights:
         if layer is None:
             return self._read_file(s.resident_meta)
         views = self._read_file(s.layer_meta(layer))
-        if s.has_experts:
+        if s.has_experts and self.pin_experts:
             views.update(self._read_file(s.expert_meta(layer)))
         return views
 
@@ -153,6 +162,7 @@ class StreamedWeights:
             self.stats.read_seconds = self.stats.compute_wait_seconds = 0.0
             self.stats.idle_seconds = self.stats.idle_delay_seconds = 0.0
             self.stats.expert_bytes_read = self.stats.experts_read = self.stats.experts_used = 0
+            self.stats.expert_cache_hits = 0
 
     # -- the pass -------------------------------------------------------------------------
     def layers(self, idle: Callable[[float | None], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -174,7 +184,7 @@ class StreamedWeights:
         try:
             for i in range(self.num_layers):
                 if i in self._pinned:
-                    yield self._pinned[i]
+                    yield with_experts(self._pinned[i], None if self.pin_experts else self._experts, i)
                     continue
                 yield from self._streamed(i, token, idle)
             completed = True

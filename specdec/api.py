@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -159,11 +160,11 @@ class SpecDecoder:
         self.last_stats = stats
         assembler = TextAssembler(self.tokenizer, stop) if self.tokenizer is not None else None
         with self._guard():
-            started = _clock()
+            started = time.perf_counter()
             run = self.engine.run(ids, max_new_tokens, params, generator, self.eos_ids, stats)
             try:
                 for new in run:
-                    stats.seconds = _clock() - started
+                    stats.seconds = time.perf_counter() - started
                     delta = assembler.push(new) if assembler else ""
                     yield delta, new
                     if assembler and assembler.stopped:
@@ -171,7 +172,7 @@ class SpecDecoder:
                         break
             finally:
                 run.close()
-                stats.seconds = _clock() - started
+                stats.seconds = time.perf_counter() - started
 
     def _guard(self):
         lock = self._lock
@@ -292,9 +293,3 @@ def _tokenizer_eos(tokenizer) -> set[int]:
     if tokenizer is None or tokenizer.eos_token_id is None:
         return set()
     return {int(tokenizer.eos_token_id)}
-
-
-def _clock() -> float:
-    import time
-
-    return time.perf_counter()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -17,13 +16,14 @@ from offload.repack import needs_repack, repack_store
 
 from .api import SpecDecoder
 from .cache import KVCache
+from .cache_root import cache_root
 from .config import ModelArgs
 from .demo import demo_pair
 from .loading import LoadedModel, OpenedModel, load_resident, open_model, parse_dtype
 from .families import build_model
 from . import self_draft
-from .compute import kernels as compute_kernels
-from .compute.probe_cache import load_or_probe
+from .compute.choice import kernel_policy
+from .compute.kernels import Policy
 from .lookup import is_lookup
 from .weights import ResidentWeights, WeightsError, check_complete, check_layer_count, model_shape
 
@@ -66,10 +66,11 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         lookup_branches.py). Default: 8 on an adaptive tree, none on a fixed-size tree; 0: none.
     cache_dir: where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec).
     kernels: "auto" (default, or $SPECDEC_KERNELS): the fastest matmul path per weight kind
-        and token count on this CPU, timed once per machine (~3 s) and cached in cache_dir
-        (specdec/compute/); "reference": F.linear everywhere, as transformers computes.
+        and token count on this CPU, timed once per machine (~5 s, in a child process) and
+        cached in cache_dir (docs/kernels.md); "reference": F.linear everywhere, as
+        transformers computes. The models of this decoder use it; another decoder has its own.
     """
-    install_kernels(kernels, cache_dir, progress)
+    policy = kernel_policy(kernels, cache_root(cache_dir), progress)
     # Chain unless asked otherwise, whether or not `k` is given (`k` sizes chain drafts only).
     spec = dict(speculation=DEFAULT_SPECULATION if speculation is None else speculation,
                 tree_nodes=tree_nodes, tree_width=tree_width, lookup_branches=lookup_branches)
@@ -88,13 +89,13 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
         open_store(target)  # a damaged store: raises the store's own error, naming the fix
     drf = draft if self_draft.is_self(draft) else open_model(draft) if draft is not None else None
     if not is_store(target) and ram is None:  # 2. no budget: everything in RAM
-        tgt = load_resident(target, torch_dtype)
+        tgt = load_resident(target, torch_dtype, kernels=policy)
         if self_draft.is_self(drf):
             drf_model = _resident_self_draft(tgt, torch_dtype)
         else:
-            drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt) if drf else None
+            drf_model = load_resident(drf, torch_dtype, embeddings_from=tgt, kernels=policy) if drf else None
         return SpecDecoder(tgt, drf_model, _context(max_context, tgt.args), k=k, **spec)
-    streamed = dict(cache_dir=cache_dir, progress=progress)
+    streamed = dict(cache_dir=cache_dir, progress=progress, kernels=policy)
     if is_store(target):
         return _load_streamed(target, drf, ram, torch_dtype, max_context, k, spec, **streamed)
     store_path = packed_store(target, pack_dtype, cache_dir, progress)
@@ -114,30 +115,9 @@ def _lookup_speculation(speculation: str | None, tree_nodes: int | None) -> str:
     return "lookup"
 
 
-KERNEL_CHOICES = ("auto", "reference")
-
-
-def install_kernels(kernels: str | None, cache_dir=None, progress: bool = True) -> compute_kernels.Policy:
-    """Make every linear() of this process use the `kernels` policy (see load())."""
-    choice = kernels or os.environ.get("SPECDEC_KERNELS") or "auto"
-    if choice not in KERNEL_CHOICES:
-        where = "kernels" if kernels else "$SPECDEC_KERNELS"
-        raise ValueError(f"{where}={choice!r}: use one of {', '.join(KERNEL_CHOICES)} ('auto' times "
-                         "this CPU's matmul paths once and uses the fastest; 'reference' is F.linear)")
-    if choice == "reference":
-        policy = compute_kernels.Policy.reference()
-    elif compute_kernels.active().timings:  # probed already in this process
-        policy = compute_kernels.active()
-    else:
-        from .demo_model import cache_root
-        policy = load_or_probe(cache_root(cache_dir), progress=progress)
-    compute_kernels.use(policy)
-    return policy
-
-
 def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: torch.dtype,
-                   max_context, k, spec, origin: str = "", cache_dir=None, progress: bool = True
-                   ) -> SpecDecoder:
+                   max_context, k, spec, origin: str = "", cache_dir=None, progress: bool = True,
+                   kernels: Policy | None = None) -> SpecDecoder:
     """Open the store, plan memory, build the weight source and the models, then the decoder."""
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store_path}/{MANIFEST}",
@@ -152,10 +132,10 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
-                              expert_slots=plan.expert_slots or None)
+                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned)
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
-        tgt = LoadedModel(store_path, args, build_model(args, weights, dtype), store.config,
+        tgt = LoadedModel(store_path, args, build_model(args, weights, dtype, kernels), store.config,
                           store.generation_config, tok,
                           f"{store_path.name} streamed from disk ({origin + '; ' if origin else ''}"
                           f"weights: {store.encoding_summary()})")
@@ -165,7 +145,7 @@ def _load_streamed(store_path: Path, drf: OpenedModel | str | None, ram, dtype: 
             drf_model = _self_draft_model(tgt, ResidentWeights(weights.resident, layers, dtype),
                                           self_draft.describe(plan, args.num_layers))
         else:
-            drf_model = load_resident(drf, dtype, embeddings_from=tgt) if drf else None
+            drf_model = load_resident(drf, dtype, embeddings_from=tgt, kernels=kernels) if drf else None
         return SpecDecoder(tgt, drf_model, ctx, k=k, bytes_read=lambda: weights.stats.bytes_read,
                            plan=plan, closer=weights.close, **spec)
     except BaseException:
@@ -182,7 +162,7 @@ def _resident_self_draft(tgt: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 
 def _self_draft_model(tgt: LoadedModel, weights, description: str) -> LoadedModel:
     """The target's own config and tokenizer over the self-draft's weights."""
-    return LoadedModel(tgt.path, tgt.args, build_model(tgt.args, weights, tgt.model.dtype),
+    return LoadedModel(tgt.path, tgt.args, build_model(tgt.args, weights, tgt.model.dtype, tgt.model.kernels),
                        tgt.config, tgt.generation_config, tgt.tokenizer_source, description)
 
 
@@ -216,7 +196,7 @@ def packed_store_path(src: Path, dtype, cache_dir, quant: str | None = None) -> 
     """Where the cache keeps checkpoint `src`'s store. The name carries the source's identity
     (path, size, mtime), the store format version and `quant`, so an updated checkpoint or
     format re-packs."""
-    root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+    root = cache_root(cache_dir)
     src = src.resolve()
     stat = src.stat()
     ident = f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}|{quant}"

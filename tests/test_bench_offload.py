@@ -1,5 +1,5 @@
 """Smoke test of `specdec bench offload` (the report, not the speed): a tiny INFLATED pair (a
-tiny random source inflated to a bigger tiny shape by specdec/bench/inflate.py, as the 7B/13B
+tiny random source inflated to a bigger tiny shape by tools/inflate/builder.py, as the 7B/13B
 workloads are; its draft a noised copy of the source), every contender in its own process
 under the cap, the report complete and sane.
 
@@ -27,16 +27,16 @@ SOURCE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_at
 
 
 def contender_names() -> set[str]:
-    from specdec.bench.runner import available_contenders
+    from specdec.bench.runner import CONTENDERS
 
-    return {c.name for c in available_contenders()}
+    return {c.name for c in CONTENDERS}
 
 
 def inflate_tiny(source_dir, out_dir, tokenizer_dir):
     """The saved tiny source inflated (float32) to a bigger tiny shape, tokenizer beside it."""
     from safetensors.torch import load_file
 
-    from specdec.bench.inflate import Shape, Source, write_hf
+    from tools.inflate.builder import Shape, Source, write_hf
 
     cfg = json.loads((source_dir / "config.json").read_text())
     state = load_file(str(source_dir / "model.safetensors"))

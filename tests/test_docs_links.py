@@ -121,3 +121,16 @@ def test_no_issue_numbers_in_user_facing_docs(doc):
     hits = [f"{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
             if re.search(r"\bissues?\s+#?\d+", line, re.IGNORECASE)]
     assert hits == []
+
+
+# A repository path the docs name in code spans: `specdec/session.py`, `offload/encodings/`.
+REPO_PATH = re.compile(r"`((?:specdec|offload|tests|tools|scripts|docs|\.ci)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_named_in_the_docs_exists(doc):
+    """A renamed or removed module must take its mentions in the docs with it."""
+    text = doc.read_text(encoding="utf-8")
+    missing = sorted({m.group(1) for _, line in prose_lines(text) for m in REPO_PATH.finditer(line)
+                      if not (ROOT / m.group(1)).exists()})
+    assert missing == []

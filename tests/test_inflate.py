@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from specdec.bench.inflate import (CHUNK, InflateError, Shape, Source, plan_layout, write_gguf,
+from tools.inflate.builder import (CHUNK, InflateError, Shape, Source, plan_layout, write_gguf,
                                    write_hf)
 
 # 3 q heads on 1 KV head -> 8 heads on 4 KV slots of 2: one padded q head shares a real KV
@@ -198,8 +198,8 @@ def test_gguf_real_part_is_the_source(tmp_path):
 
 def test_layer_by_layer_check_matches_the_model():
     """The builder's real-size check (teacher forcing, one layer at a time) on a tiny model."""
-    from specdec.bench.inflate import inflate_tensors, inflated_config
-    from specdec.bench.inflate_check import teacher_forced_logits
+    from tools.inflate.builder import inflate_tensors, inflated_config
+    from tools.inflate.check import teacher_forced_logits
 
     model, src = tiny_source()
     seq = PROMPT[0]
@@ -231,3 +231,18 @@ def test_inflated_partial_vocabulary_draft_drafts_the_same(tmp_path):
         runs.append((out.token_ids, out.stats.drafted, out.stats.accepted))
     assert runs[0] == runs[1]
     assert runs[0][2] > 0  # some drafts were accepted: the comparison means something
+
+
+def test_the_bench_names_the_command_that_builds_a_missing_inflated_workload(tmp_path, capsys):
+    """The inflater is tooling (tools/inflate), not the runtime: the bench does not build the
+    big models, it says how."""
+    import re
+
+    from specdec.bench.inflated import WorkloadError, big_workload
+    from tools.inflate.cli import main
+
+    command = f"python -m tools.inflate workload seed-13b --cache-dir {tmp_path}"
+    with pytest.raises(WorkloadError, match=re.escape(command)):
+        big_workload("seed-13b", tmp_path / "bench")
+    assert main(["workload", "no-such-workload"]) == 2
+    assert "unknown workload 'no-such-workload'" in capsys.readouterr().err

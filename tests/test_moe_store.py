@@ -166,16 +166,61 @@ MOE_SIZES = LayerSizes(resident_nbytes=100, layer_nbytes=(50,) * 4, expert_nbyte
                        expert_read_nbytes=25)
 
 
-def test_plan_counts_expert_buffers_and_pins_whole_layers():
-    plan = plan_memory(MOE_SIZES, 100 + 100 + 4 * 25 + 250, ring_size=2, overhead_bytes=0,
-                       max_context=1, expert_slots=4)
-    assert (plan.expert_slots, plan.expert_buffer_bytes) == (4, 100)
-    assert plan.num_pinned == 1 and plan.pinned_bytes == 250  # dense part + its experts
-    assert plan.total_bytes <= plan.budget_bytes and "4 expert buffers" in plan.summary
+def test_plan_pins_dense_parts_then_caches_experts():
+    # minimum: resident 100 + ring 2 x 50 + 4 expert buffers x 25 = 300; 125 left: two dense
+    # parts (100), then one more expert buffer (cache).
+    plan = plan_memory(MOE_SIZES, 425, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
+    assert plan.pinned == (0, 1) and plan.pinned_bytes == 100 and not plan.experts_pinned
+    assert (plan.expert_slots, plan.expert_cache, plan.expert_buffer_bytes) == (5, 1, 125)
+    assert plan.total_bytes == 425 and "5 expert buffers" in plan.summary and "1 of them cache" in plan.summary
+    # All four dense parts pinned: the ring is not needed, its 100 bytes become cache as well.
+    plan = plan_memory(MOE_SIZES, 550, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
+    assert plan.ring_bytes == 0 and plan.pinned_bytes == 200 and plan.expert_slots == 10
+    assert plan.total_bytes == 550
     with pytest.raises(BudgetError, match="4 expert buffers 100 B"):
         plan_memory(MOE_SIZES, 299, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
     everything = plan_memory(MOE_SIZES, 10**6, overhead_bytes=0, max_context=1, expert_slots=4)
-    assert everything.pinned_bytes == 1000 and everything.expert_buffer_bytes == 0
+    assert everything.pinned_bytes == 1000 and everything.expert_buffer_bytes == 0 and everything.experts_pinned
+    almost = plan_memory(MOE_SIZES, 1099, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
+    assert almost.expert_slots == 4 + (599 + 100) // 25 and almost.total_bytes <= 1099
+
+
+def test_expert_pool_keeps_the_least_recently_used_out():
+    from offload.expert_cache import ExpertPool
+
+    pool = ExpertPool(3, ALIGN)
+    where, misses = pool.assign(0, [1, 2])
+    assert misses == [1, 2]
+    assert pool.assign(0, [1])[1] == []  # a hit; expert 2 is now the least recent
+    _, misses = pool.assign(1, [4, 5])  # needs two buffers: the free one and expert 2's
+    assert misses == [4, 5] and pool.assign(0, [1])[1] == [] and pool.assign(0, [2])[1] == [2]
+    with pytest.raises(ValueError, match="4 experts in one batch"):
+        pool.assign(0, [0, 1, 2, 3])
+
+
+def test_the_expert_cache_serves_a_repeated_pass_without_reads(moe_store):
+    _, store = moe_store
+    model, weights = streamed_model(store, expert_slots=24)  # every expert of the 3 layers
+    with weights:
+        cache = model.new_cache(16)
+        first = model.forward(torch.tensor([21]), torch.tensor([0]), cache)
+        cache.crop(0)
+        read = weights.stats.experts_read
+        again = model.forward(torch.tensor([21]), torch.tensor([0]), cache)
+        assert weights.stats.experts_read == read == 6 and weights.stats.expert_cache_hits == 6
+        assert weights.stats.expert_hit_rate == 0.5 == weights.stats.as_dict()["expert_hit_rate"]
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("pin_experts", [True, False])
+def test_pinned_dense_parts_with_streamed_experts(moe_store, pin_experts):
+    _, store = moe_store
+    ids = torch.randint(0, 96, (12,), generator=torch.Generator().manual_seed(9))
+    in_ram, w_ram = streamed_model(store, pinned=range(3))
+    pinned, w_pinned = streamed_model(store, pinned=range(3), pin_experts=pin_experts, expert_slots=2)
+    with w_ram, w_pinned:
+        assert torch.equal(run(pinned, ids), run(in_ram, ids))
+        assert (w_pinned.stats.experts_read > 0) == (not pin_experts)
 
 
 def test_speculative_decoding_streams_experts_under_a_budget(tmp_path):

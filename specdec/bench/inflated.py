@@ -1,6 +1,6 @@
 """The big workloads of `specdec bench offload` (issue 19): INFLATED models.
 
-THESE ARE INFLATED MODELS (specdec/bench/inflate.py): SmolLM2-135M-Instruct embedded exactly
+THESE ARE INFLATED MODELS (tools/inflate): SmolLM2-135M-Instruct embedded exactly
 into a Llama-2-7B or -13B shape, so a pass costs the real I/O and compute of the big shape
 while the answers are SmolLM2-135M's, and the (inflated) demo draft agrees with it as it does
 with SmolLM2. The draft is the demo draft inflated to a Qwen2.5-0.5B-class cost
@@ -11,8 +11,10 @@ with SmolLM2. The draft is the demo draft inflated to a Qwen2.5-0.5B-class cost
   (store format v2), 2 GB cap.
 * seed-13b: Llama-2-13B-sized Q4_1 (~8.5 GB), 3.5 GB cap: the seed's own scenario.
 
-`--workloads inflated-7b` runs both 7B variants; each can be named alone. Everything is built
-once into <cache>/bench/ on first use (disk-space check, progress bars):
+`--workloads inflated-7b` runs both 7B variants; each can be named alone. The inflated models
+are built once into <cache>/bench/ by the tooling, from a checkout (disk-space check, progress
+bars): `python -m tools.inflate workload NAME`; the bench packs their stores and writes the
+draft's GGUF on first use:
 
     inflated-7b-bf16/            HF dir (13.8 GB)         inflated-7b-bf16-store/   (13.8 GB)
     inflated-7b.q4_1.gguf        (4.5 GB)                 inflated-7b-q4-store/     (5.7 GB)
@@ -22,7 +24,8 @@ once into <cache>/bench/ on first use (disk-space check, progress bars):
 
 No seed-13b bf16 HF dir is built (33 GB): transformers + accelerate do not run on seed-13b.
 The 7B HF dir is needed only to pack its store and by transformers (--with-hf): once the store
-exists it may be deleted to make room, and is written again when --with-hf asks for it.
+exists it may be deleted to make room (`python -m tools.inflate workload inflated-7b-bf16
+--with-hf` writes it again).
 """
 from __future__ import annotations
 
@@ -69,18 +72,15 @@ def big_workload(name: str, cache: Path, n_prompts: int = 4, max_new_tokens: int
 
     shape, quant, default_ram = BIG[name]
     cache.mkdir(parents=True, exist_ok=True)
-    draft = inflated_draft(cache, progress)
+    require_built(name, cache, with_hf)
+    draft = inflated_files(name, cache, with_hf)["draft-hf"]
     draft_gguf = inflated_draft_gguf(cache, draft)
-    gguf = target_gguf(cache, shape, progress) if quant == "q4" else None
+    gguf = cache / f"{shape}.q4_1.gguf" if quant == "q4" else None
     skip, hf_dir, store, spec_draft = {}, "", "", draft
     if quant == "bf16":
-        from offload.format import is_store
-
         # the HF dir (13.8 GB) is needed to pack the store and by transformers only: once the
-        # store exists it may be deleted to make room (--with-hf writes it again)
+        # store exists it may be deleted to make room (--with-hf needs it again)
         hf, store = cache / f"{shape}-bf16", cache / f"{shape}-bf16-store"
-        if with_hf or not is_store(store):
-            target_hf(cache, shape, progress)
         store = str(packed(hf, store, progress))
         hf_dir = str(hf) if (hf / "config.json").exists() else ""
         why = (f"llama.cpp runs the Q4_1 GGUF (workload {shape}-q4); a bf16 GGUF would be "
@@ -129,15 +129,38 @@ def _dir_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
 
 
-def inflated_draft(cache: Path, progress: bool = True) -> Path:
-    out = cache / "inflated-draft-bf16"
-    if not (out / "config.json").exists():
-        from ..demo import DEMO_DRAFT_DIR
-        from .inflate import SHAPES, draft_source, target_source, write_hf
+class WorkloadError(ValueError):
+    """An inflated workload cannot be prepared (not built, or no room on the disk)."""
 
-        write_hf(draft_source(DEMO_DRAFT_DIR, target_source()), SHAPES["inflated-draft"], out,
-                 keep_free=KEEP_FREE, progress=progress)
-    return out
+
+def inflated_files(name: str, cache: Path, with_hf: bool = False) -> dict[str, Path]:
+    """The inflated models workload `name` reads from `cache`, by kind: "draft-hf" (the
+    inflated demo draft), "target-hf" (a bf16 target's HF dir: to pack its store, and for
+    transformers under --with-hf), "target-gguf" (a q4 target). tools/inflate writes them."""
+    from offload.format import is_store
+
+    shape, quant, _ = BIG[name]
+    files = {"draft-hf": cache / "inflated-draft-bf16"}
+    if quant == "q4":
+        files["target-gguf"] = cache / f"{shape}.q4_1.gguf"
+    elif with_hf or not is_store(cache / f"{shape}-bf16-store"):
+        files["target-hf"] = cache / f"{shape}-bf16"
+    return files
+
+
+def is_built(path: Path) -> bool:
+    return (path / "config.json").exists() if path.suffix != ".gguf" else path.exists()
+
+
+def require_built(name: str, cache: Path, with_hf: bool = False) -> None:
+    """Raise WorkloadError naming the command that builds what `name` lacks."""
+    missing = [p for p in inflated_files(name, cache, with_hf).values() if not is_built(p)]
+    if missing:
+        hf = " --with-hf" if with_hf else ""
+        raise WorkloadError(
+            f"workload {name}: the inflated models are not built yet ({', '.join(map(str, missing))}). "
+            f"Build them once from a checkout of specdec (tens of GB of disk, see docs/benchmarks.md): "
+            f"python -m tools.inflate workload {name} --cache-dir {cache.parent}{hf}")
 
 
 def inflated_draft_gguf(cache: Path, draft: Path) -> Path:
@@ -148,27 +171,6 @@ def inflated_draft_gguf(cache: Path, draft: Path) -> Path:
 
         _check_space(cache, 10**9)
         write_draft_gguf(draft, out, smollm2_gguf_path())
-    return out
-
-
-def target_hf(cache: Path, shape: str, progress: bool = True) -> Path:
-    out = cache / f"{shape}-bf16"
-    if not (out / "config.json").exists():
-        import torch
-
-        from .inflate import SHAPES, target_source, write_hf
-
-        write_hf(target_source(), SHAPES[shape], out, torch.bfloat16, keep_free=KEEP_FREE,
-                 progress=progress)
-    return out
-
-
-def target_gguf(cache: Path, shape: str, progress: bool = True) -> Path:
-    out = cache / f"{shape}.q4_1.gguf"
-    if not out.exists():
-        from .inflate import SHAPES, write_gguf
-
-        write_gguf(None, SHAPES[shape], out, keep_free=KEEP_FREE, progress=progress)
     return out
 
 
@@ -188,10 +190,8 @@ def packed(src: Path, out: Path, progress: bool = True, quant: str | None = None
 
 
 def _check_space(directory: Path, need: int) -> None:
-    from .inflate import InflateError
-
     free = shutil.disk_usage(directory).free
     if free - need < KEEP_FREE:
-        raise InflateError(f"{directory}: writing {need / 1e9:.1f} GB would leave "
+        raise WorkloadError(f"{directory}: writing {need / 1e9:.1f} GB would leave "
                            f"{(free - need) / 1e9:.1f} GB free (the bench keeps "
                            f"{KEEP_FREE / 1e9:.0f} GB free). Free some space or pass another --cache-dir.")

@@ -83,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="the prompt (default: read stdin)")
     gen.add_argument("--raw", action="store_true",
                      help="plain completion of the prompt, without the chat template")
-    gen.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # now the default
     gen.add_argument("--json", action="store_true",
                      help="print text, token ids and stats as one JSON object at the end")
     gen.set_defaults(handler=cmd_generate)
@@ -236,7 +235,7 @@ def fill_sampling_defaults(args) -> None:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from .chat_repl import ChatSession, ChatSettings, LineReader
-    from ..demo_model import cache_root
+    from ..cache_root import cache_root
 
     lm = load_from_args(args)
     with lm:
@@ -344,7 +343,7 @@ def cmd_info(args) -> int:
                               "draft": str(lm.draft.path) if lm.draft else None,
                               "max_context": lm.max_context,
                               "plan": lm.plan.as_dict() if lm.plan is not None else None,
-                              "compute": compute_info(lm.target.model.dtype)}, indent=2))
+                              "compute": compute_info(lm.target.model)}, indent=2))
             return EXIT_OK
         print(banner(lm, args))
         if lm.plan is not None:

@@ -5,13 +5,13 @@ of a draft tree (speculate/lookup_branches.py). Imports no model."""
 from __future__ import annotations
 
 from .backoff import BackoffPerKey
-from .chain import best_draft_length
+from .chain_policy import best_draft_length
 from .pass_time import PassTimeFit
 
 
 class LookupPolicy:
     """Nodes to offer for a match of a given order (suffix length): a fixed `k`, or the
-    count with the best expected tokens per second (chain.best_draft_length) at that order's
+    count with the best expected tokens per second (chain_policy.best_draft_length) at that order's
     measured per-token acceptance, with exponential forgetting (`decay` per drafted pass).
     A lookup costs no draft forwards, so only the wider pass is weighed. When offering
     nothing wins at an order, one token is offered in every `recheck_every` such passes to

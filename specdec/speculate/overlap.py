@@ -241,8 +241,8 @@ class Overlap(Strategy):
         # A node's history (ctx + its path) stays the same when the tree is re-rooted below
         # a longer ctx, so proposals made under the penalty stay right across passes.
         path = path_tokens(self.tree, node)
-        for token, rank in draft_proposals(self.drafter, logits, self.settings.width, self._params,
-                                           self.ctx, path):
+        for token, rank, _ in draft_proposals(self.drafter, logits, self.settings.width, self._params,
+                                              self.ctx, path):
             self.tree.add(token, parent=node, rank=rank, score=base + self.cost.rank_logp(rank))
 
     def _count(self, where: str, seconds: float) -> None:

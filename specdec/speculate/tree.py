@@ -137,15 +137,15 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
     base = drafter.cache.length
     first_child = int(drafter.cache.next_positions(1)[0])
     tree, heap, order = DraftTree(), [], itertools.count()
-    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [])
+    _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [], 1)
     forwards = 1
     while heap and len(tree) < max_nodes:
         picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
         if not fixed_size and not _worth_it(tree, picked, cost, fed_before_tree, forwards):
             break
         first = len(tree)
-        for neg_logp, _, parent, token, rank in picked:
-            tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp)
+        for neg_logp, _, parent, token, rank, confidence in picked:
+            tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp, confidence=confidence)
         if len(tree) >= max_nodes:
             break  # their children could not be used: skip the forward
         started = time.perf_counter()
@@ -158,7 +158,7 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
         for j, row in enumerate(logits):
             node = first + j
             _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost,
-                            context, path_tokens(tree, node))
+                            context, path_tokens(tree, node), tree.depths[node] + 1)
     return tree
 
 
@@ -173,21 +173,22 @@ def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: 
 
 def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
                     width: int, params: SamplingParams, cost: TreeCostModel,
-                    context: list[int], path: list[int]) -> None:
-    # Each proposal is scored by how often the target takes a proposal of that rank.
-    for token, rank in draft_proposals(drafter, logits, width, params, context, path):
-        score = cum_logp + cost.rank_logp(rank)
-        heapq.heappush(heap, (-score, next(order), node, token, rank))
+                    context: list[int], path: list[int], depth: int) -> None:
+    # Each proposal is scored by how often the target takes a proposal of that rank, draft
+    # probability and depth.
+    for token, rank, confidence in draft_proposals(drafter, logits, width, params, context, path):
+        score = cum_logp + cost.hit_logp(rank, depth, confidence)
+        heapq.heappush(heap, (-score, next(order), node, token, rank, confidence))
 
 
 def draft_proposals(drafter: Drafter, logits: torch.Tensor, width: int, params: SamplingParams,
-                    context: list[int], path: list[int]) -> list[tuple[int, int]]:
-    """The draft's `width` favourites after one node, as (token, rank): under the same
+                    context: list[int], path: list[int]) -> list[tuple[int, int, float]]:
+    """The draft's `width` favourites after one node, as (token, rank, probability): under the same
     sampling settings (plain softmax when greedy, as a one-hot would not order the
     runners-up), leaving out tokens the settings give no mass. `path`: the tree's tokens
     from the context to the node, which the repetition penalty counts with the context."""
     logits = penalize(drafter.align(logits), params, context, [path])
     probs = torch.softmax(logits.float(), -1) if params.greedy else probs_from_logits(logits, params)
     top = torch.topk(probs, min(width, probs.numel()))
-    return [(token, rank) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+    return [(token, rank, p) for rank, (p, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
             if p > 0]

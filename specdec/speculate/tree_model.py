@@ -9,9 +9,12 @@ always inserted before its children, so every prefix of the numbering is a tree.
 
 Reach probabilities are positional, as in Sequoia: the chance that the target's token at
 a node is the draft's rank-r proposal is measured as we go (per rank), and a path's
-chance is the product along it. The draft's own softmax would do worse at temperature 0:
-a draft that agrees with the target 90% of the time may give its favourite only 30%, and
-a tree built on that goes wide where it should go deep.
+chance is the product along it. The draft's own softmax alone would do worse at
+temperature 0: a draft that agrees with the target 90% of the time may give its favourite
+only 30%, and a tree built on that goes wide where it should go deep. But it does rank its
+proposals' chances, so the hit rates are also kept per rank, draft-probability bin and
+depth (speculate/acceptance.py), each shrunk toward the coarser rate: the tree grows deep
+where the draft is sure and its sure tokens are taken, and wide where it is not.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .acceptance import HitRates, confidence_bin, depth_group
 from .ema import Ema
 from .pass_time import PassTimeFit
 
@@ -31,18 +35,22 @@ class DraftTree:
     depths: list[int] = field(default_factory=list)
     cum_logp: list[float] = field(default_factory=list)
     ranks: list[int] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)  # the draft's probability of the token
     forwarded: int = 0  # nodes [0, forwarded) are in the draft's cache, in order
     _children: dict = field(default_factory=dict)  # parent -> {token: node}
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add(self, token: int, *, parent: int, rank: int, cum_logp: float) -> int:
+    def add(self, token: int, *, parent: int, rank: int, cum_logp: float,
+            confidence: float | None = None) -> int:
         """Node number of a new child of `parent` (-1: the root); keyword-only, as
-        GrowingTree.add, so rank and score never swap."""
+        GrowingTree.add, so rank and score never swap. `confidence`: the draft's probability
+        of `token` (None: not a draft proposal, or not known)."""
         i = len(self.tokens)
         self.tokens.append(token)
         self.ranks.append(rank)
+        self.confidences.append(confidence)
         self.parents.append(parent)
         self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
         self.cum_logp.append(cum_logp)
@@ -120,6 +128,7 @@ class TreeCostModel:
         # One slot per rank a node's children can have (ranks 0..width-1).
         self.hits = [0.0] * width
         self.visits = [0.0] * width
+        self.detailed = HitRates(decay=0.98)  # by rank, draft-probability bin and depth
 
     @property
     def draft_forward_seconds(self) -> float:
@@ -127,9 +136,21 @@ class TreeCostModel:
 
     def rank_logp(self, rank: int) -> float:
         """log P(the target's token at a node is the draft's rank-`rank` proposal)."""
+        return math.log(self._rank_rate(rank))
+
+    def hit_logp(self, rank: int, depth: int, confidence: float | None) -> float:
+        """log P(the target's token at a node is its rank-`rank` proposal, at `depth`, which
+        the draft gives probability `confidence`): the rank's rate refined by what was
+        measured for proposals of that rank, draft probability and depth."""
+        if confidence is None:
+            return self.rank_logp(rank)
+        keys = _detail_keys(rank, depth, confidence)
+        return math.log(self.detailed.rate(keys, self._rank_rate(rank)))
+
+    def _rank_rate(self, rank: int) -> float:
         prior = PRIOR_HIT_RATES[rank] if rank < len(PRIOR_HIT_RATES) else PRIOR_HIT_RATES[-1] / (rank - 2)
         rate = (self.hits[rank] + prior * PRIOR_WEIGHT) / (self.visits[rank] + PRIOR_WEIGHT)
-        return math.log(min(max(rate, 1e-4), 1.0))
+        return min(max(rate, 1e-4), 1.0)
 
     def observe_walk(self, tree: DraftTree, path: list[int], next_token: int) -> None:
         """Count, at every node the target visited, which of its children it took."""
@@ -139,8 +160,12 @@ class TreeCostModel:
                 rank = tree.ranks[child]
                 if rank < 0:  # not a draft proposal (lookup branches keep their own rates)
                     continue
+                hit = tree.tokens[child] == drawn
                 self.visits[rank] += 1
-                self.hits[rank] += tree.tokens[child] == drawn
+                self.hits[rank] += hit
+                if tree.confidences[child] is not None:
+                    for key in _detail_keys(rank, tree.depths[child], tree.confidences[child]):
+                        self.detailed.observe(key, hit)
 
     def observe_pass(self, tokens: int, seconds: float) -> None:
         self.pass_time.observe(tokens, seconds)
@@ -156,3 +181,8 @@ class TreeCostModel:
         tokens = 1 + tree.expected_accepted(n)
         seconds = self.pass_seconds(fed_before_tree + n) + draft_forwards * self.draft_forward_seconds
         return tokens / max(seconds, 1e-9)
+
+
+def _detail_keys(rank: int, depth: int, confidence: float) -> list[tuple]:
+    b = confidence_bin(confidence)
+    return [("conf", rank, b), ("conf-depth", rank, b, depth_group(depth))]

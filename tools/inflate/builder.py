@@ -3,7 +3,7 @@
 THESE ARE INFLATED MODELS: a pass costs the I/O and compute of the big shape (every byte is
 read and multiplied), but the answers are those of the 135M model. They exist so that the
 benchmarks measure a big model on a small machine while the demo draft agrees with the
-target as it does with SmolLM2 (issue 19).
+target as it does with SmolLM2.
 
 Design (source: hidden d, q heads n_q on n_kv KV heads of head_dim hd, intermediate I, L
 layers; inflated: hidden H, n_q' heads on n_kv' KV heads of the SAME head_dim, I', L'):
@@ -48,7 +48,7 @@ exact 0), so the noise never reaches the real computation, whatever its size. In
 point the results differ only by rounding: the norm's mean over H and the sqrt(d/H) scale,
 and the summation order of longer dot products (adding exact zeros changes nothing, but
 BLAS may block the sum differently). tests/test_inflate.py and `python -m
-specdec.bench.inflate_check` measure it (greedy tokens equal, logits to ~1e-5).
+tools.inflate.check` measure it (greedy tokens equal, logits to ~1e-5).
 
 llama.cpp (the GGUF writer): the real part is SmolLM2's own Q4_1/Q8_0 blocks, byte for byte,
 and zero/noise blocks contribute exact zeros (the Q8 activation blocks there are all 0).
@@ -66,13 +66,10 @@ generated) for llama.cpp; `target_source` / `draft_source` open SmolLM2 and the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -479,7 +476,7 @@ def draft_source(draft_dir: str | Path, target: Source) -> Source:
 
 
 def _smollm2() -> Path:
-    from ..demo import smollm2_gguf_path
+    from specdec.demo import smollm2_gguf_path
 
     path = smollm2_gguf_path()
     if path is None:
@@ -666,43 +663,4 @@ def _copy_metadata(reader, writer, layout: Layout) -> None:
     writer.add_name(f"INFLATED {s.hidden}x{s.layers} (answers of {name})")
     writer.add_string("general.inflated_from", (
         f"INFLATED MODEL: {src.get('_name', 'the source')} embedded exactly into this shape by "
-        "specdec.bench.inflate; real I/O and compute of this shape, answers of the small model."))
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-def main(argv=None) -> None:
-    """python -m specdec.bench.inflate {hf,gguf} --shape NAME --out PATH [--draft]"""
-    ap = argparse.ArgumentParser(description="Write an INFLATED model: SmolLM2-135M-Instruct (or the "
-                                 "demo draft) embedded exactly into a bigger Llama shape.")
-    ap.add_argument("format", choices=["hf", "gguf"], help="hf: safetensors directory; gguf: llama.cpp "
-                    "file in the source's quantization (Q4_1 + Q8_0 embeddings for SmolLM2)")
-    ap.add_argument("--shape", default="inflated-7b", choices=sorted(SHAPES))
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--draft", type=Path, help="inflate this draft directory (e.g. specdec/demo_draft) "
-                    "instead of SmolLM2 (hf only)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--noise", type=float, default=NOISE_STD, help="std of the padding noise (exact at any value)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep-free-gb", type=float, default=25.0, help="refuse if less would stay free")
-    a = ap.parse_args(argv)
-    keep = int(a.keep_free_gb * 1e9)
-    t0 = time.time()
-    try:
-        if a.format == "gguf":
-            if a.draft:
-                raise InflateError("--draft: the GGUF writer inflates SmolLM2's GGUF only.")
-            out = write_gguf(None, SHAPES[a.shape], a.out, a.noise, a.seed, keep)
-        else:
-            source = target_source()
-            if a.draft:
-                source = draft_source(a.draft, source)
-            out = write_hf(source, SHAPES[a.shape], a.out, getattr(torch, a.dtype), a.noise, a.seed, keep)
-    except (InflateError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    size = sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir()))
-    print(json.dumps({"out": str(out), "bytes": size, "seconds": round(time.time() - t0, 1)}))
-
-
-if __name__ == "__main__":
-    main()
+        "tools.inflate; real I/O and compute of this shape, answers of the small model."))

@@ -8,8 +8,8 @@ sequences with transformers' own LlamaDecoderLayer, and dropped). If its argmax 
 continuation position equals SmolLM2's token, the inflated model's greedy decoding produces
 exactly SmolLM2's tokens (by induction over positions: same prefix, same next token).
 
-    python -m specdec.bench.inflate_check --shape inflated-7b [--layers 32] [--max-new-tokens 32]
-    python -m specdec.bench.inflate_check --shape inflated-draft --draft
+    python -m tools.inflate.check --shape inflated-7b [--layers 32] [--max-new-tokens 32]
+    python -m tools.inflate.check --shape inflated-draft --draft
 
 Measured (2026-11-25, noise std 0.02, float32): inflated-7b (hidden 4096, 64 heads of 64,
 intermediate 11008, 32 layers = SmolLM2's 30 + 2 identity layers), 20 demo prompts x 32
@@ -25,14 +25,14 @@ import json
 import time
 import tomllib
 from dataclasses import replace
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from .inflate import SHAPES, Shape, inflate_tensors, inflated_config, target_source
+from specdec.configs import resource
 
-PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "demo_prompts.toml"
+from .builder import SHAPES, Shape, inflate_tensors, inflated_config, target_source
+
 
 
 def teacher_forced_logits(tensors: Iterator[tuple[str, torch.Tensor]], cfg: dict,
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM
 
     from ..demo import DEMO_DRAFT_DIR, smollm2_gguf_path
-    from .inflate import draft_source
+    from .builder import draft_source
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="inflated-7b", choices=sorted(SHAPES))
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32).eval()
     target = target_source(gguf, model=model)
-    prompts = tomllib.loads(PROMPTS.read_text())["prompts"][:a.prompts]
+    prompts = tomllib.loads(resource("demo_prompts.toml").read_text())["prompts"][:a.prompts]
     seqs = demo_sequences(model, target.tokenizer, a.max_new_tokens, prompts)
     shape = SHAPES[a.shape] if a.layers is None else replace(SHAPES[a.shape], layers=a.layers)
     source = draft_source(DEMO_DRAFT_DIR, target) if a.draft else target

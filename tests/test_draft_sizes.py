@@ -1,0 +1,84 @@
+"""Chain lengths from the measured acceptance per depth and the draft's confidence
+(speculate/acceptance.py, speculate/chain_policy.py), on simulated chains: pure, no model."""
+import random
+
+from specdec.speculate.acceptance import ChainAcceptance, HitRates
+from specdec.speculate.chain_policy import DraftLengthPolicy, best_draft_length
+
+RISING = (0.6, 0.8, 0.9, 0.95)  # P(taken | the drafts before it were), by depth; then 0.95
+
+
+def rising(depth: int) -> float:
+    return RISING[min(depth, len(RISING)) - 1]
+
+
+def simulate(policy: DraftLengthPolicy, passes: int, accept, confidence, seed: int = 0) -> list[int]:
+    """Passes of a chain whose draft token at depth d has confidence `confidence(rng)` and is
+    taken with probability `accept(d, conf)`; returns the lengths drafted."""
+    rng, lengths = random.Random(seed), []
+    for _ in range(passes):
+        confs, taken = [], None
+        while policy.k > 0:
+            confs.append(confidence(rng))
+            if taken is None and rng.random() >= accept(len(confs), confs[-1]):
+                taken = len(confs) - 1
+            if not policy.keep_drafting(confs, policy.k_max):
+                break
+        n = len(confs) if taken is None else taken
+        policy.update(len(confs), n, 1.0 + 0.002 * (len(confs) + 1), 0.05, confidences=confs)
+        lengths.append(len(confs))
+    return lengths
+
+
+def test_rates_are_measured_per_depth_and_rise_where_acceptance_rises():
+    policy = DraftLengthPolicy()
+    simulate(policy, 400, lambda d, c: rising(d), lambda rng: 0.5)
+    est = [policy.model.at_depth(d) for d in (1, 2, 3, 5)]
+    assert est == sorted(est) and abs(est[0] - 0.6) < 0.15 and est[-1] > 0.85, est
+    # One rate for all depths (the overall one) would plan a shorter chain.
+    one_rate = best_draft_length(policy.acceptance, lambda n: 1.0 + 0.002 * n, 0.05, 0, policy.k_max)
+    assert policy.k > one_rate, (policy.k, one_rate)
+
+
+def test_the_chain_stops_where_the_draft_is_unsure_and_runs_on_where_it_is_sure():
+    """Tokens the draft gives >= 0.9 are always taken, those it gives < 0.3 never: the chain
+    learns to stop right after an unsure token and to run long on sure ones."""
+    policy = DraftLengthPolicy()
+
+    def accept(depth, conf):
+        return 1.0 if conf >= 0.9 else 0.0 if conf < 0.3 else 0.5
+    simulate(policy, 300, accept, lambda rng: rng.choice((0.1, 0.5, 0.95, 0.97)))
+    assert not policy.keep_drafting([0.95, 0.1], policy.k_max)
+    assert policy.keep_drafting([0.95, 0.97, 0.95, 0.96, 0.95, 0.97], policy.k_max)
+    assert not policy.keep_drafting([0.95] * 5, 5)  # never past the limit
+    assert DraftLengthPolicy(k=3).keep_drafting([0.01, 0.01], 3)  # a fixed k drafts k
+
+
+def test_unmeasured_keys_start_at_the_general_rate_and_forgetting_follows_the_text():
+    rates = HitRates(decay=0.9)
+    for _ in range(50):
+        rates.observe(("all",), True)
+    assert rates.rate([("all",), ("depth", 7)], 0.5) == rates.rate([("all",)], 0.5) > 0.9  # depth 7 unseen
+    model = ChainAcceptance(decay=0.9)
+    for _ in range(40):
+        model.observe(4, 4, [0.9] * 4)
+    high = model.at_depth(2)
+    for _ in range(40):
+        model.observe(4, 0, [0.9] * 4)  # the text changed: nothing is taken any more
+    assert high > 0.9 and model.at_depth(1) < 0.1 and model.drafted(1, 0.9) < 0.1
+
+
+def test_the_tree_scores_a_proposal_by_rank_draft_probability_and_depth():
+    """The target takes the draft's favourite when the draft gives it >= 0.9 and refuses it
+    when the draft gives it < 0.3: the tree's estimate for a rank-0 proposal follows."""
+    from specdec.speculate.tree_model import DraftTree, TreeCostModel
+
+    cost = TreeCostModel(width=2)
+    for sure in [True, False] * 40:
+        tree = DraftTree()
+        tree.add(5, parent=-1, rank=0, cum_logp=0.0, confidence=0.95 if sure else 0.2)
+        tree.add(6, parent=-1, rank=1, cum_logp=0.0, confidence=0.02)
+        cost.observe_walk(tree, [0] if sure else [], 9)  # taken when sure, else the target's 9
+    assert cost.hit_logp(0, 1, 0.95) > -0.1 > cost.rank_logp(0) > cost.hit_logp(0, 1, 0.2)
+    assert cost.hit_logp(0, 3, 0.95) == cost.hit_logp(0, 4, 0.97)  # deep, same bin: shrunk alike
+    assert cost.hit_logp(1, 1, None) == cost.rank_logp(1)  # no draft probability: by rank alone
