@@ -418,6 +418,7 @@ def test_inconsistent_encoding_header_is_refused(q4_pair):
 FOREIGN_CAPABILITY = {"split64": "avx2", "split32": "default", "pairs32": None}
 
 
+@pytest.mark.slow
 def test_store_packed_for_another_int4_layout_is_refused_then_repacked(tmp_path):
     capability = FOREIGN_CAPABILITY.get(int4_layout.current_layout())
     if capability is None:
