@@ -508,7 +508,7 @@ def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
 
 
 def test_quantized_sizes_from_shapes_equal_the_manifest(q4_pair):
-    """offload/shapes.py's stored_bytes (the pack estimate, the 7B figures in the README) is
+    """offload/shapes.py's stored_bytes (the pack estimate, the 7B figures in docs/store-format.md) is
     exactly what a q4 store's tensors take: 5 bits per linear weight at group 32."""
     from offload.shapes import ModelShape
 
