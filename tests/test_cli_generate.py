@@ -119,6 +119,7 @@ def test_an_internal_error_is_exit_3_with_traceback(monkeypatch, capsys):
     assert "Traceback" in err and "cache length went negative" in err and "please report" in err
 
 
+@pytest.mark.slow
 def test_info_is_readable_and_json_on_request(tmp_path, smollm2_tokenizer_dir, capsys):
     target = tmp_path / "t"
     make_tiny_chat_model(target, smollm2_tokenizer_dir, intermediate_size=4096)

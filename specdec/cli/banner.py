@@ -14,7 +14,8 @@ def banner(lm, args=None) -> str:
         n = len(plan.pinned) + len(plan.streamed)
         where = (f"{len(plan.pinned)}/{n} layers pinned in RAM, {len(plan.streamed)} streamed from "
                  f"disk ({format_size(plan.streamed_bytes_per_pass)} read per pass, ring of "
-                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
+                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM"
+                 + ("" if plan.experts_pinned else " (their dense parts)"))
         lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
                      f"{where}")
         if plan.expert_slots:  # a mixture-of-experts store: how many experts fit
@@ -64,10 +65,13 @@ def _speculation_text(lm) -> str:
 def plan_text(plan) -> str:
     from offload.budget import format_size
 
-    rows = [("pinned layers", _ranges(plan.pinned), format_size(plan.pinned_bytes)),
+    pinned = "pinned layers" if plan.experts_pinned else "pinned dense parts"
+    rows = [(pinned, _ranges(plan.pinned), format_size(plan.pinned_bytes)),
             ("streamed layers", _ranges(plan.streamed),
              f"{format_size(plan.streamed_bytes_per_pass)} per pass"),
             ("ring buffers", str(plan.ring_size), format_size(plan.ring_bytes)),
+            *([("expert buffers (cache)", f"{plan.expert_slots} ({plan.expert_cache})",
+                format_size(plan.expert_buffer_bytes))] if plan.expert_slots else []),
             ("resident (embeddings, norms, head)", "", format_size(plan.resident_bytes)),
             ("draft", "", format_size(plan.draft_bytes)),
             ("KV caches", f"{plan.max_context} tokens", format_size(plan.kv_target_bytes + plan.kv_draft_bytes)),
