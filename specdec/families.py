@@ -22,20 +22,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .compute.kernels import Policy
 from .config import ModelArgs
 from .model import Transformer, embed, linear, rotate_half, visibility_mask
 
 LOCAL, GLOBAL = "local", "global"
 
 
-def build_model(args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16) -> Transformer:
-    """The decoder for `args`' family."""
+def build_model(args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16,
+                kernels: Policy | None = None) -> Transformer:
+    """The decoder for `args`' family; `kernels`: its matmul paths (None: F.linear)."""
     if args.family == "moe":
         from .moe_model import moe_decoder_class
 
-        return moe_decoder_class(args)(args, weights, dtype)
+        return moe_decoder_class(args)(args, weights, dtype, kernels)
     cls = {"llama": Transformer, "gemma": GemmaTransformer, "phi3": Phi3Transformer}[args.family]
-    return cls(args, weights, dtype)
+    return cls(args, weights, dtype, kernels)
 
 
 def rope_frequencies(theta: float, dim: int, scaling: dict | None = None) -> torch.Tensor:
@@ -119,8 +121,9 @@ class _FamilyTransformer(Transformer):
 class GemmaTransformer(_FamilyTransformer):
     """Gemma 2 and Gemma 3 (text)."""
 
-    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16):
-        super().__init__(args, weights, dtype)
+    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16,
+                 kernels: Policy | None = None):
+        super().__init__(args, weights, dtype, kernels)
         self.local = frozenset(args.local_layers)
         self.scale = (args.query_pre_attn_scalar or args.head_dim) ** -0.5
         self.attn_cap = args.attn_logit_softcapping
@@ -170,8 +173,9 @@ class GemmaTransformer(_FamilyTransformer):
 class Phi3Transformer(_FamilyTransformer):
     """Phi-3 and Phi-4 (model_type phi3)."""
 
-    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16):
-        super().__init__(args, weights, dtype)
+    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16,
+                 kernels: Policy | None = None):
+        super().__init__(args, weights, dtype, kernels)
         self.scale = args.head_dim ** -0.5
         a = args
         q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim

@@ -14,6 +14,7 @@ import torch
 from offload.checkpoint import (DRAFT_SIDECAR, Checkpoint, CheckpointError, borrows_target_embeddings,
                                 open_checkpoint)
 
+from .compute.kernels import Policy
 from .config import ModelArgs
 from .families import build_model
 from .model import Transformer
@@ -82,8 +83,10 @@ def open_model(path: str | Path) -> OpenedModel:
 
 
 def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
-                  embeddings_from: LoadedModel | None = None) -> LoadedModel:
-    """A checkpoint fully in RAM (`source`: a path, or a checkpoint already opened)."""
+                  embeddings_from: LoadedModel | None = None, kernels: Policy | None = None
+                  ) -> LoadedModel:
+    """A checkpoint fully in RAM (`source`: a path, or a checkpoint already opened);
+    `kernels`: its matmul paths (None: F.linear)."""
     opened = source if isinstance(source, OpenedModel) else open_model(source)
     ckpt, args = opened.ckpt, opened.args
     state = ckpt.state_dict()
@@ -91,7 +94,7 @@ def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
         state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
     weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
     del state
-    return LoadedModel(ckpt.path, args, build_model(args, weights, dtype), ckpt.config,
+    return LoadedModel(ckpt.path, args, build_model(args, weights, dtype, kernels), ckpt.config,
                        ckpt.generation_config, _tokenizer_source(ckpt),
                        f"{ckpt.path.name} in RAM ({_mb(weights.nbytes)} MB)")
 

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .compute import kernels
+from .compute import kernels as kernels_module
 from .cache import KVCache
 from .config import ModelArgs
 from .weights import output_layer
@@ -24,10 +24,11 @@ from .weights import output_layer
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Every weight matmul goes through here. A weight that is not a plain tensor (a
     quantized encoding) brings its own kernel: `weight.linear(x, bias)`; a plain one takes
-    the path specdec.compute.kernels chose for its dtype and token count on this CPU."""
+    the path the running model's kernel policy chose for its dtype and token count on this CPU
+    (specdec/compute/kernels.py)."""
     if not isinstance(weight, torch.Tensor):
         return weight.linear(x, bias)
-    return kernels.linear(x, weight, bias)
+    return kernels_module.linear(x, weight, bias)
 
 
 def embed(tokens: torch.Tensor, table) -> torch.Tensor:
@@ -92,13 +93,15 @@ class Transformer:
     """The Llama family's decoder; specdec/families.py derives Gemma's and Phi-3's from it
     (`families.build_model` picks the class from the args)."""
 
-    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, args: ModelArgs, weights, dtype: torch.dtype = torch.bfloat16,
+                 kernels: kernels_module.Policy | None = None):
         if type(self) is Transformer and args.family != "llama":
             raise TypeError(f"{args.model_type} needs its own decoder: build it with "
                             "specdec.families.build_model(args, weights, dtype)")
         self.args = args
         self.weights = weights
         self.dtype = dtype
+        self.kernels = kernels or kernels_module.REFERENCE  # which path each plain matmul takes
         self._setup_rope()
         self.head, self.output_ids = output_layer(weights.resident, args)
 
@@ -106,7 +109,6 @@ class Transformer:
         a = self.args
         return KVCache(a.num_layers, a.num_kv_heads, a.head_dim, max_len, self.dtype)
 
-    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 mask: torch.Tensor | None = None, num_logits: int | None = None,
                 idle=None) -> torch.Tensor:
@@ -117,7 +119,13 @@ class Transformer:
         entries and the new tokens; None means causal (`cache.causal_mask`). Mistral's
         sliding window applies on top of either. The new keys/values are committed.
         `idle` (a callable(eta) -> bool) goes to the weights source, which runs it while it waits
-        for a layer from disk (offload/prefetch.py, idle work)."""
+        for a layer from disk (offload/prefetch.py, idle work). Every plain matmul follows
+        this model's kernel policy."""
+        with kernels_module.using(self.kernels):
+            return self._forward(tokens, positions, cache, mask, num_logits, idle)
+
+    @torch.inference_mode()
+    def _forward(self, tokens, positions, cache, mask, num_logits, idle) -> torch.Tensor:
         tokens = tokens.reshape(-1)
         n = tokens.numel()
         positions = positions.reshape(-1)

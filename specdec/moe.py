@@ -46,9 +46,12 @@ def swiglu(x: torch.Tensor, gate, up, down) -> torch.Tensor:
     return linear(F.silu(linear(x, gate)) * linear(x, up), down)
 
 
-def routed_mlp(x: torch.Tensor, w: dict, top_k: int, normalize: bool) -> torch.Tensor:
-    """The sparse block's output [T, hidden] in float32 for normed hidden states x [T, hidden]."""
+def routed_mlp(x: torch.Tensor, w: dict, top_k: int, normalize: bool, observe=None) -> torch.Tensor:
+    """The sparse block's output [T, hidden] in float32 for normed hidden states x [T, hidden].
+    `observe(ids)`, if given, sees the expert ids [T, k] chosen (routing statistics)."""
     weights, ids = route(x, w[ROUTER], top_k, normalize)
+    if observe is not None:
+        observe(ids)
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
     hit = ids.T  # [k, T]: tokens grouped by routing slot, as transformers' expert mask orders them
     for batch in expert_batches(w, torch.unique(ids).tolist()):

@@ -13,14 +13,18 @@ from .moe import routed_mlp
 
 
 class MoeTransformer(Transformer):
-    """Qwen3-MoE, Qwen2-MoE and Mixtral."""
+    """Qwen3-MoE, Qwen2-MoE and Mixtral. `routing_observer` (None, or a callable(layer, ids)
+    such as specdec.moe_routing.RoutingTrace) sees every layer's routing."""
+    routing_observer = None
 
     def _layer(self, h, w, i, cache, rope, mask) -> torch.Tensor:
         a, (cos, sin) = self.args, rope
         h = h + self._attention(rms_norm(h, w["input_layernorm.weight"], a.rms_norm_eps), w, i, cache,
                                 cos, sin, mask)
         x = rms_norm(h, w["post_attention_layernorm.weight"], a.rms_norm_eps)
-        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob)
+        observer = self.routing_observer
+        observe = None if observer is None else lambda ids: observer(i, ids)
+        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob, observe)
 
 
 class OlmoeTransformer(MoeTransformer):

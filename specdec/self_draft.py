@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -40,17 +39,14 @@ from offload.encodings.from_float import quantize_float
 from offload.encodings.q4 import UnsupportedShape, choose_group, part_specs
 from offload.reader import read_tensors
 
-SELF = "self"
+from .cache_root import cache_root
+
 ENCODING = "q4"
 SUBSTITUTE_VERSION = 1  # bump when the substitutes' contents change
 
 
 class SelfDraftError(ValueError):
     """draft="self" cannot be used with this target; the message says what to do instead."""
-
-
-def is_self(draft) -> bool:
-    return isinstance(draft, str) and draft == SELF
 
 
 # -- sizes and the plan ---------------------------------------------------------------------
@@ -137,7 +133,7 @@ class SubstituteCache:
     of this machine and SUBSTITUTE_VERSION, so a repacked store or another CPU gets new ones."""
 
     def __init__(self, store, cache_dir=None):
-        root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+        root = cache_root(cache_dir)
         manifest = store.path / "manifest.json"
         stat = manifest.stat()
         ident = (f"{manifest.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ENCODING}|"

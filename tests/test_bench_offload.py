@@ -27,9 +27,9 @@ SOURCE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_at
 
 
 def contender_names() -> set[str]:
-    from specdec.bench.runner import available_contenders
+    from specdec.bench.runner import CONTENDERS
 
-    return {c.name for c in available_contenders()}
+    return {c.name for c in CONTENDERS}
 
 
 def inflate_tiny(source_dir, out_dir, tokenizer_dir):

@@ -10,18 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from specdec.compute import kernels, probe, probe_cache, probe_process
+from specdec.compute import choice, kernels, probe, probe_cache, probe_process
 from specdec.compute.profile import Profile
 
 PLAIN = [("native", torch.bfloat16), ("upcast", torch.bfloat16), ("native", torch.float32),
          ("wxt", torch.float32)]
-
-
-@pytest.fixture(autouse=True)
-def restore_policy():
-    before = kernels.active()
-    yield
-    kernels.use(before)
 
 
 def _weights(dtype, rows=300, cols=96, seed=0):
@@ -73,15 +66,55 @@ def test_linear_dispatches_by_kind_and_bucket(monkeypatch):
         monkeypatch.setitem(kernels.PATHS, name, lambda x, w, b=None, n=name: calls.append(n) or x)
     policy = kernels.Policy({"bfloat16": {b: ("native" if b == 1 else "upcast") for b in kernels.BUCKETS},
                              "float32": {b: "wxt" for b in kernels.BUCKETS}})
-    kernels.use(policy)
     w16, w32 = torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(4, 8)
-    kernels.linear(torch.zeros(1, 8, dtype=torch.bfloat16), w16)
-    kernels.linear(torch.zeros(3, 8, dtype=torch.bfloat16), w16)
-    kernels.linear(torch.zeros(300, 8, dtype=torch.bfloat16), w16)  # past the last bucket
-    kernels.linear(torch.zeros(1, 8), w32)
-    assert calls == ["native", "upcast", "upcast", "wxt"]
+    with kernels.using(policy):
+        kernels.linear(torch.zeros(1, 8, dtype=torch.bfloat16), w16)
+        kernels.linear(torch.zeros(3, 8, dtype=torch.bfloat16), w16)
+        kernels.linear(torch.zeros(300, 8, dtype=torch.bfloat16), w16)  # past the last bucket
+        kernels.linear(torch.zeros(1, 8), w32)
+    kernels.linear(torch.zeros(3, 8), w32)  # outside any model's forward: the reference
+    assert calls == ["native", "upcast", "upcast", "wxt", "native"]
     assert kernels.bucket(3) == 4 and kernels.bucket(1000) == kernels.BUCKETS[-1]
     assert "upcast at 2-256" in policy.summary() and "fp32: wxt at 1-256" in policy.summary()
+
+
+def _recording_paths(monkeypatch) -> list[str]:
+    """Every path call appends its name, then computes as the real path does."""
+    calls = []
+    for name, real in list(kernels.PATHS.items()):
+        monkeypatch.setitem(kernels.PATHS, name,
+                            lambda x, w, b=None, n=name, r=real: calls.append(n) or r(x, w, b))
+    return calls
+
+
+def test_two_models_in_one_process_each_follow_their_own_policy(tiny_llama, monkeypatch):
+    """The policy is the model's, given at build time: loading a second model with another
+    policy changes nothing for the first, and a forward nested in another (a draft's, run
+    while the target waits for a layer) uses its own model's and gives the outer one back."""
+    from specdec.loading import load_resident
+
+    path, hf = tiny_llama
+    calls = _recording_paths(monkeypatch)
+    every = lambda path: kernels.Policy({"float32": {b: path for b in kernels.BUCKETS}})
+    wxt = load_resident(path, torch.float32, kernels=every("wxt")).model
+    native = load_resident(path, torch.float32).model  # no policy: F.linear, the reference
+    ids = torch.tensor([1, 5, 9, 13, 2, 7])
+    with torch.no_grad():
+        ref = hf(ids[None]).logits[0]
+    for model, expected in ((wxt, "wxt"), (native, "native"), (wxt, "wxt")):
+        calls.clear()
+        cache = model.new_cache(32)
+        logits = model.forward(ids, cache.next_positions(6), cache)
+        assert set(calls) == {expected} and len(calls) == 7 * 3 + 1  # 7 per layer, the head
+        assert (logits - ref).abs().max().item() <= 1e-4
+    calls.clear()
+    x, w = torch.zeros(2, 8), torch.zeros(4, 8)
+    with kernels.using(every("wxt")):
+        kernels.linear(x, w)
+        with kernels.using(every("native")):
+            kernels.linear(x, w)
+        kernels.linear(x, w)
+    assert calls == ["wxt", "native", "wxt"]
 
 
 def test_the_probe_picks_the_fastest_timed_path_and_caches_it(tmp_path, monkeypatch):
@@ -152,10 +185,11 @@ def test_a_model_loaded_with_probed_kernels_matches_transformers(tiny_llama, tmp
 
     path, hf = tiny_llama
     monkeypatch.setattr(probe, "PROBE_SHAPE", (64, 128))  # a quick probe
-    monkeypatch.setattr(kernels, "_active", kernels.Policy.reference())
+    monkeypatch.setattr(choice, "_measured", {})  # nothing probed yet in this process
     lm = specdec.load(path, dtype="float32", kernels="auto", progress=False, cache_dir=tmp_path)
     try:
-        assert kernels.active().timings  # probed (or read from this machine's cache)
+        assert lm.target.model.kernels.timings  # probed: the model holds the policy
+        assert len(list(tmp_path.glob("compute/probe-*.json"))) == 1
         ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
         model = lm.target.model
         cache = model.new_cache(32)

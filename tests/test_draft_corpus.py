@@ -151,3 +151,13 @@ def test_strong_pair_copies_keep_or_change_the_target():
     assert torch.equal(TargetCopy(target, round_weights(16, 32)).argmax(ids), ref)
     assert not torch.equal(TargetCopy(target, keep_layers([2])).argmax(ids), ref)
     assert len(target.model.layers) == 3  # the target itself untouched
+
+
+def test_an_opener_and_the_targets_continuation_keep_the_space_between_them():
+    writer = FakeWriter([" about the sea, with three verses please"])
+    convs, _, _ = corpus_gen.build_batch(writer, HeldOut(), random.Random(3), [], lambda p: 40)
+    steered = [c for c in convs if c.meta["kind"] in OPENERS]
+    assert steered
+    for c in steered:
+        assert c.meta["users"][0].endswith(" about the sea, with three verses please")
+        assert "  " not in c.meta["users"][0] and not c.meta["users"][0].startswith(" ")

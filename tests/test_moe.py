@@ -100,3 +100,39 @@ def test_moe_speculative_sampling_matches_target_distribution(tmp_path):
     assert 0 < totals["accepted"] < totals["drafted"]
     assert pvalue(counts, exact) > 1e-3
     assert pvalue_against(counts, draft_exact) < 1e-6
+
+
+def test_routing_statistics_of_a_traced_pass(tmp_path):
+    from specdec.moe_routing import RoutingTrace, independent_union, routing_statistics
+
+    make_moe_model(tmp_path, "qwen3_moe")
+    model = our_model(tmp_path)
+    trace = RoutingTrace()
+    model.routing_observer = trace
+    ids = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
+    model.forward(ids, torch.arange(20), model.new_cache(32))
+    stats = routing_statistics(trace, experts=8, pass_sizes=(1, 4, 8))
+    assert stats["tokens"] == 20 and sorted(trace.layers) == [0, 1, 2]
+    assert stats["distinct_per_pass"][1] == 2  # k distinct experts per token
+    assert 2 < stats["distinct_per_pass"][4] <= 8 and stats["distinct_per_pass"][8] >= stats["distinct_per_pass"][4]
+    assert 0 <= stats["neighbour_reuse"] <= 1
+    assert independent_union(128, 8, 4) == pytest.approx(29.0, abs=0.5)  # the figure the docs quote
+    assert independent_union(128, 8, 8) == pytest.approx(51.6, abs=0.5)
+
+
+def test_routing_statistics_by_hand():
+    from specdec.moe_routing import RoutingTrace, routing_statistics
+
+    trace = RoutingTrace()
+    trace(0, torch.tensor([[0, 1], [1, 2]]))  # two calls: a prompt pass, then one token
+    trace(0, torch.tensor([[3, 4]]))
+    stats = routing_statistics(trace, experts=8, pass_sizes=(1, 2, 3))
+    assert stats["distinct_per_pass"] == {1: 2, 2: 3.5, 3: 5}  # windows {0,1,2}, {1,2,3,4}
+    assert stats["neighbour_reuse"] == 0.25  # 1 of 2 shared, then 0 of 2
+
+
+def test_routing_statistics_need_a_trace():
+    from specdec.moe_routing import RoutingTrace, routing_statistics
+
+    with pytest.raises(ValueError, match="the trace is empty"):
+        routing_statistics(RoutingTrace(), experts=8)

@@ -167,18 +167,22 @@ MOE_SIZES = LayerSizes(resident_nbytes=100, layer_nbytes=(50,) * 4, expert_nbyte
 
 
 def test_plan_pins_dense_parts_then_caches_experts():
-    # minimum: resident 100 + ring 2 x 50 + 4 expert buffers x 25 = 300; 250 left: the four
-    # dense parts (200), then two more expert buffers (cache).
+    # minimum: resident 100 + ring 2 x 50 + 4 expert buffers x 25 = 300; 125 left: two dense
+    # parts (100), then one more expert buffer (cache).
+    plan = plan_memory(MOE_SIZES, 425, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
+    assert plan.pinned == (0, 1) and plan.pinned_bytes == 100 and not plan.experts_pinned
+    assert (plan.expert_slots, plan.expert_cache, plan.expert_buffer_bytes) == (5, 1, 125)
+    assert plan.total_bytes == 425 and "5 expert buffers" in plan.summary and "1 of them cache" in plan.summary
+    # All four dense parts pinned: the ring is not needed, its 100 bytes become cache as well.
     plan = plan_memory(MOE_SIZES, 550, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
-    assert plan.pinned == (0, 1, 2, 3) and plan.pinned_bytes == 200 and not plan.experts_pinned
-    assert (plan.expert_slots, plan.expert_cache, plan.expert_buffer_bytes) == (6, 2, 150)
-    assert plan.total_bytes == 550 and "6 expert buffers" in plan.summary and "2 of them cache" in plan.summary
+    assert plan.ring_bytes == 0 and plan.pinned_bytes == 200 and plan.expert_slots == 10
+    assert plan.total_bytes == 550
     with pytest.raises(BudgetError, match="4 expert buffers 100 B"):
         plan_memory(MOE_SIZES, 299, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
     everything = plan_memory(MOE_SIZES, 10**6, overhead_bytes=0, max_context=1, expert_slots=4)
     assert everything.pinned_bytes == 1000 and everything.expert_buffer_bytes == 0 and everything.experts_pinned
     almost = plan_memory(MOE_SIZES, 1099, ring_size=2, overhead_bytes=0, max_context=1, expert_slots=4)
-    assert almost.expert_slots == 4 + 599 // 25 and almost.total_bytes <= 1099
+    assert almost.expert_slots == 4 + (599 + 100) // 25 and almost.total_bytes <= 1099
 
 
 def test_expert_pool_keeps_the_least_recently_used_out():

@@ -198,3 +198,14 @@ def test_the_time_limit_defaults_and_reads_the_environment(monkeypatch):
     assert probe_process.timeout_s() == probe_process.DEFAULT_TIMEOUT_S
     monkeypatch.setenv(probe_process.TIMEOUT_ENV, "7.5")
     assert probe_process.timeout_s() == 7.5
+
+
+def test_a_child_that_cannot_start_is_a_failed_probe(monkeypatch, tmp_path, capsys):
+    from specdec.compute import probe_cache
+    from specdec.compute.kernels import REFERENCE
+
+    monkeypatch.setattr(probe_process, "CHILD", [str(tmp_path / "no-such-python")])
+    assert probe_cache.load_or_probe(tmp_path / "cache", progress=True) == REFERENCE
+    [line] = capsys.readouterr().err.splitlines()
+    assert WARNING in line and "could not start" in line and "no-such-python" in line, line
+    assert _cached(tmp_path / "cache") == []

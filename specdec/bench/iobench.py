@@ -61,13 +61,13 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
 
     from ..config import ModelArgs
     from ..families import build_model
-    from ..session import streaming_plan
+    from ..memory_plan import streaming_plan
 
-    from ..compute.kernels import active
+    from ..compute.choice import kernel_policy
     from ..compute.probe import machine
-    from ..session import install_kernels
+    from ..cache_root import cache_root
 
-    install_kernels(kernels)
+    policy = kernel_policy(kernels, cache_root())
     io0 = proc_read_bytes()
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config, source=f"{store.path}/manifest.json")
@@ -77,7 +77,7 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
         plan = streaming_plan(store, args, None, ram, dtype, max(max_context or 0, max(tokens)))
         pinned, ring, plan_text = plan.pinned, max(plan.ring_size, 1), plan.summary
     with StreamedWeights(store, pinned=pinned, ring_size=ring) as weights:
-        model = build_model(args, weights, dtype)
+        model = build_model(args, weights, dtype, policy)
         cache = model.new_cache(max(tokens))
         _pass(model, cache, 1)  # warm-up: first-read checksums, lazy allocations
         weights.wait_prefetched()  # the ring refills, as it does while the draft runs
@@ -95,8 +95,8 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
             "passes": passes,
             "bytes_read": None if io0 is None or io1 is None else io1 - io0,
             "peak_rss_bytes": peak_rss_bytes(), "threads": torch.get_num_threads(),
-            "machine": machine(), "kernels": active().summary()
-            if active().timings else "reference (F.linear)"}
+            "machine": machine(), "kernels": policy.summary()
+            if policy.timings else "reference (F.linear)"}
 
 
 def _stream_only_seconds(weights, repeat: int) -> float:

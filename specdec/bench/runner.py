@@ -71,20 +71,6 @@ LLAMA_MISSING = ("llama.cpp contender skipped: llama-cpp-python not importable "
                  "(pip install 'specdec[bench]')")
 
 
-def available_contenders() -> tuple[Contender, ...]:
-    """The contenders this specdec has: speculation modes that exist (overlap, self_draft
-    land in other branches)."""
-    import importlib.util
-
-    from ..api import SPECULATION_MODES
-
-    def exists(c):
-        if c.draft_source == "self":
-            return importlib.util.find_spec("specdec.self_draft") is not None
-        return c.kind != "specdec" or c.name == "plain" or c.speculation in SPECULATION_MODES
-    return tuple(c for c in CONTENDERS if exists(c))
-
-
 def llama_python(requested: str | None) -> tuple[str | None, str]:
     """The interpreter for llama_worker.py, or (None, why) when none can import llama_cpp."""
     py = requested or sys.executable
@@ -104,7 +90,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
     """Run every contender (or those named in `only`) on every workload; return the report
     dict (see specdec/bench/report.py). `llama_py`: the interpreter of the llama.cpp
     contenders (None: they are skipped with `llama_why`)."""
-    contenders = [c for c in available_contenders() if not only or c.name in only]
+    contenders = [c for c in CONTENDERS if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
               "machine": machine_info(threads), "workloads": [], "contenders": [c.__dict__ for c in contenders]}
@@ -276,7 +262,7 @@ def machine_info(threads: int | None = None) -> dict:
 
     from ..compute.probe import cpu_model
     from ..compute.probe_cache import load_or_probe
-    from ..demo_model import cache_root
+    from ..cache_root import cache_root
 
     before = torch.get_num_threads()
     if threads:

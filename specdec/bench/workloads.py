@@ -11,7 +11,6 @@ Everything derived (HF exports, stores, synthetic checkpoints) is cached under
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache_root import cache_root
 from ..configs import resource
 
 # Not configs/*.toml: those are model presets (specdec --config NAME).
@@ -65,7 +65,7 @@ class Workload:
 
 
 def bench_cache(cache_dir=None) -> Path:
-    root = Path(cache_dir or os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec")
+    root = cache_root(cache_dir)
     return root / "bench"
 
 
@@ -148,7 +148,7 @@ def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
 
     from ..config import ModelArgs
     from ..loading import parse_dtype
-    from ..session import streaming_plan
+    from ..memory_plan import streaming_plan
 
     s = open_store(store)
     return streaming_plan(s, ModelArgs.from_hf(s.config), draft, ram, parse_dtype(dtype),

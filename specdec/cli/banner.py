@@ -14,9 +14,12 @@ def banner(lm, args=None) -> str:
         n = len(plan.pinned) + len(plan.streamed)
         where = (f"{len(plan.pinned)}/{n} layers pinned in RAM, {len(plan.streamed)} streamed from "
                  f"disk ({format_size(plan.streamed_bytes_per_pass)} read per pass, ring of "
-                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM")
+                 f"{plan.ring_size})" if plan.streamed else f"all {n} layers pinned in RAM"
+                 + ("" if plan.experts_pinned else " (their dense parts)"))
         lines.append(f"  RAM budget {format_size(plan.budget_bytes)} ({_budget_source(plan, args)}): "
                      f"{where}")
+        if plan.expert_slots:  # a mixture-of-experts store: how many experts fit
+            lines.append(f"  experts: {plan.expert_summary}")
         lines.append(f"  planned: resident {format_size(plan.resident_bytes)}, draft "
                      f"{format_size(plan.draft_bytes)}, KV {format_size(plan.kv_target_bytes + plan.kv_draft_bytes)}"
                      f" at {plan.max_context} tokens; total {format_size(plan.total_bytes)}")
@@ -29,18 +32,16 @@ def banner(lm, args=None) -> str:
         is_self = lm.draft.description.startswith("self-draft")
         draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
     lines.append(f"  draft: {draft}")
-    lines.append(f"  compute: {kernels_text(t.model.dtype)}")
+    lines.append(f"  compute: {kernels_text(t.model)}")
     return "\n".join(lines)
 
 
-def kernels_text(dtype) -> str:
+def kernels_text(model) -> str:
     """'bf16 activations on AVX2 (no bf16 instructions); matmuls: bf16: native at 1, ...'"""
-    from ..compute.kernels import active
     from ..compute.probe import machine
 
-    m = machine()
+    m, dtype, policy = machine(), model.dtype, model.kernels
     bf16 = "bf16 instructions" if m["bf16_instructions"] else "no bf16 instructions"
-    policy = active()
     how = policy.summary() if policy.timings else "F.linear (reference kernels)"
     return (f"{str(dtype).removeprefix('torch.')} activations on {m['isa']} ({bf16}); "
             f"matmuls: {how}; q4/q8: torch's int4 kernel")
@@ -64,10 +65,13 @@ def _speculation_text(lm) -> str:
 def plan_text(plan) -> str:
     from offload.budget import format_size
 
-    rows = [("pinned layers", _ranges(plan.pinned), format_size(plan.pinned_bytes)),
+    pinned = "pinned layers" if plan.experts_pinned else "pinned dense parts"
+    rows = [(pinned, _ranges(plan.pinned), format_size(plan.pinned_bytes)),
             ("streamed layers", _ranges(plan.streamed),
              f"{format_size(plan.streamed_bytes_per_pass)} per pass"),
             ("ring buffers", str(plan.ring_size), format_size(plan.ring_bytes)),
+            *([("expert buffers (cache)", f"{plan.expert_slots} ({plan.expert_cache})",
+                format_size(plan.expert_buffer_bytes))] if plan.expert_slots else []),
             ("resident (embeddings, norms, head)", "", format_size(plan.resident_bytes)),
             ("draft", "", format_size(plan.draft_bytes)),
             ("KV caches", f"{plan.max_context} tokens", format_size(plan.kv_target_bytes + plan.kv_draft_bytes)),
@@ -94,13 +98,12 @@ def _ranges(ids) -> str:
     return ", ".join(spans)
 
 
-def compute_info(dtype) -> dict:
-    """The compute line's facts for `info --json`: ISA, bf16 instructions, the chosen paths."""
-    from ..compute.kernels import active
+def compute_info(model) -> dict:
+    """The compute line's facts for `info --json`: ISA, bf16 instructions, the model's paths."""
     from ..compute.probe import machine
 
-    m, policy = machine(), active()
-    return {"dtype": str(dtype).removeprefix("torch."), "isa": m["isa"], "cpu": m["cpu"],
+    m, policy = machine(), model.kernels
+    return {"dtype": str(model.dtype).removeprefix("torch."), "isa": m["isa"], "cpu": m["cpu"],
             "bf16_instructions": m["bf16_instructions"], "threads": m["threads"],
             "kernels": policy.summary() if policy.timings else "reference (F.linear)",
             "probe_ms": policy.as_dict()["timings_ms"]}

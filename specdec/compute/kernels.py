@@ -19,13 +19,17 @@ per-batch activation quantization, no batch-dependent scaling), so a token's res
 depend on the other tokens in the pass and speculation stays lossless. Paths differ from each
 other only in float summation order, as F.linear itself does between 1 and 8 tokens.
 
-Until `use()` installs a probed policy (specdec.load does, once per process), `linear()` is
-plain F.linear: a model built directly (tests, tools) computes exactly as transformers does.
+The policy belongs to a model (`build_model(..., kernels=policy)`; specdec.load resolves it,
+specdec/compute/choice.py): two decoders in one process each run their own. A model built
+without one (tests, tools) computes with F.linear, exactly as transformers does.
 """
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -139,25 +143,28 @@ class Policy:
         return cls(paths, timings, d.get("machine", {}))
 
 
-_active = Policy.reference()
+REFERENCE = Policy.reference()
+# The policy of the model whose forward is running in this context (thread, and the forward
+# nested in it: a draft's forward run while the target waits for a layer). Each model holds
+# its own policy and sets it for its forward only (`using`); outside any forward: REFERENCE.
+_current: ContextVar[Policy] = ContextVar("specdec_kernel_policy", default=REFERENCE)
 
 
-def use(policy: Policy) -> None:
-    """Install `policy` for every linear() in this process."""
-    global _active
-    _active = policy
-
-
-def active() -> Policy:
-    return _active
+@contextmanager
+def using(policy: Policy) -> Iterator[None]:
+    """linear() follows `policy` inside the block (in this context only)."""
+    token = _current.set(policy)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
-    """A plain weight's linear by the active policy (x and w share a dtype, as for F.linear)."""
+    """A plain weight's linear by the running model's policy (x and w share a dtype, as for
+    F.linear)."""
     kind = "bfloat16" if w.dtype == torch.bfloat16 else "float32" if w.dtype == torch.float32 else None
     if kind is None or x.dtype != w.dtype:
         return F.linear(x, w, bias)
     n = x.numel() // x.shape[-1]
-    return PATHS[_active.path(kind, n)](x, w, bias)
-
-
+    return PATHS[_current.get().path(kind, n)](x, w, bias)

@@ -64,6 +64,8 @@ def run_probe_child(progress=None, shape=None, timeout: float | None = None) -> 
     `progress(done, total)` as it reports."""
     limit = timeout_s() if timeout is None else timeout
     cmd = child_command(shape)
+    if not cmd[0]:  # an embedding application that reports no interpreter
+        raise ProbeFailed("no Python interpreter to run it in (sys.executable is empty)")
     try:
         # cwd: the child imports the same specdec as this process, whatever the caller's cwd
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -103,7 +105,7 @@ def _read_reports(lines: queue.Queue, limit: float, progress) -> dict | None:
         try:
             line = lines.get(timeout=limit)
         except queue.Empty:
-            raise ProbeFailed(f"no progress for {limit:g} s (${TIMEOUT_ENV} sets the limit)") from None
+            raise ProbeFailed(f"no progress for {limit:g} s; ${TIMEOUT_ENV} sets the limit") from None
         if line is None:
             return None
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import BUCKETS, Policy, active
+from .kernels import BUCKETS, Policy
 from .probe import PROBE_SHAPE
 
 class Profile:
@@ -88,10 +88,10 @@ def linear_elements(model) -> dict[str, int]:
     return counts
 
 
-def pass_profile(model, policy: Policy | None = None) -> Profile | None:
-    """The probe's matmul-seconds curve for one pass of `model`, or None when the active
+def pass_profile(model) -> Profile | None:
+    """The probe's matmul-seconds curve for one pass of `model`, or None when its kernel
     policy was not probed (then the cost models learn from passes alone)."""
-    policy = policy or active()
+    policy = model.kernels
     if not policy.timings:
         return None
     profile = Profile(policy, linear_elements(model))

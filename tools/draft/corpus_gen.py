@@ -83,6 +83,7 @@ class ConversationBuilder:
         if todo:
             written = self._user_turns([heads[j] + self.w.encode(openings[j].opener) for j in todo])
             for j, text in zip(todo, written):
+                # the continuation keeps its leading space ("How do I" + " bake ...")
                 texts[j] = (openings[j].opener + text).strip() if text is not None else None
         convs = []
         for o, head, text in zip(openings, heads, texts):
@@ -110,6 +111,7 @@ class ConversationBuilder:
         written = self._user_turns([c.ids + self._user_tag for c in convs])
         going = []
         for c, text in zip(convs, written):
+            text = text.strip() if text is not None else None
             if text is None or self._refuse(text):
                 continue
             c.ids += self._user_tag + self.w.encode(text) + self._assistant_tag
@@ -121,7 +123,7 @@ class ConversationBuilder:
         out = self.w.generate(prefixes, USER_TOKENS, True, self.plan.user_temperature, 0.95)
         texts = []
         for new, ended in out:
-            text = self.w.tok.decode(new[:-1]).strip() if ended else ""
+            text = self.w.tok.decode(new[:-1]) if ended else ""
             texts.append(text if len(text.split()) >= 2 else None)
         return texts
 
@@ -210,7 +212,7 @@ def grow_one(corpus: Corpus, writer: TargetWriter, held: HeldOut, material: list
                                  lambda p: args.long_batch if p.max_new_tokens > 256 else args.batch)
     # a shard with no conversation (every opening refused or unfinished) is still written:
     # it keeps the shard indices, and so the seeds, in step
-    entry = corpus.append(convs, seed, {"refused_user_turns": refused})
+    entry = corpus.append(convs, seed, {"refused_user_turns": refused, "recipe_version": RECIPE_VERSION})
     material.append(material_of(writer, convs))
     tot = corpus.manifest["totals"]
     print(f"[{(time.time() - start) / 60:6.1f} min] shard {index}: {entry['conversations']} convs, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .template_prompts import template_prompt
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 1: user turns up to T 1.2 (mostly noise at 135M), openers lost a space
 
 # None: the model's default system prompt (what `specdec chat` sends), the most common case.
 SYSTEM_PROMPTS = [
@@ -99,7 +99,7 @@ def plan_batch(rng: random.Random) -> BatchPlan:
                      top_p=1.0 if greedy else rng.choice([0.9, 0.95, 1.0]),
                      max_new_tokens=rng.choices([128, 256, 512], weights=[4, 4, 2])[0],
                      turns=rng.choices([1, 2, 3], weights=[6, 3, 1])[0],
-                     user_temperature=rng.choice([0.8, 1.0, 1.0, 1.2]))
+                     user_temperature=rng.choice([0.7, 0.8, 0.9, 1.0]))
 
 
 def plan_opening(rng: random.Random, material: list[str]) -> Opening:

@@ -68,6 +68,8 @@ def round_weights(bits: int, group: int):
         for name, mod in model.model.layers.named_modules():
             if isinstance(mod, torch.nn.Linear):
                 w = mod.weight.data
+                if w.shape[1] % group:
+                    raise SystemExit(f"rtn group {group} does not divide {name}'s {w.shape[1]} inputs")
                 g = w.reshape(w.shape[0], -1, group)
                 lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
                 scale = (hi - lo).clamp(min=1e-8) / (2 ** bits - 1)

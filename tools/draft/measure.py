@@ -17,12 +17,14 @@ Two parts, neither depends on the machine's load:
   acceptance (accepted / offered), tokens per target pass, acceptance by drafted position.
 
 Sets: `open` and `hidden` (tools/draft/eval_prompts_independent.toml, written by hand and held
-out), `demo` (the README's 20 evaluation prompts), `generator` (prompts from the first
+out), `demo` (the demo draft's 20 evaluation prompts), `generator` (prompts from the first
 recipe's templates with a seed its data did not use: generator-style, though one may equal a
 training prompt by chance)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import time
 from pathlib import Path
@@ -85,12 +87,29 @@ def depth_rates(matches: list[list[bool]], depths: int = DEPTHS) -> dict:
             "chain_tokens_per_pass": chain}
 
 
-def teacher_forced(drafter, model, tok, prompts: list[str], n: int) -> dict:
+class ReplyCache:
+    """The target's greedy replies by prompt and length, kept in a JSON file (they are the
+    slow part, and the same for every draft measured)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path and path.exists() else {}
+
+    def get(self, model, ids: list[int], n: int, end: int) -> list[int]:
+        key = hashlib.sha256(json.dumps([ids, n]).encode()).hexdigest()
+        if key not in self.data:
+            self.data[key] = greedy_reply(model, ids, n, end)
+            if self.path:
+                write_json_atomic(self.path, self.data)
+        return self.data[key]
+
+
+def teacher_forced(drafter, model, tok, prompts: list[str], n: int, cache: ReplyCache) -> dict:
     end = tok.convert_tokens_to_ids("<|im_end|>")
     matches = []
     for p in prompts:
         ids = chat_ids(tok, p)
-        reply = greedy_reply(model, ids, n, end)
+        reply = cache.get(model, ids, n, end)
         guesses = drafter.argmax(ids + reply)[len(ids) - 1:len(ids) - 1 + len(reply)]
         matches.append([int(g) == r for g, r in zip(guesses.tolist(), reply)])
     return depth_rates(matches)
@@ -147,15 +166,18 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default="chain,tree")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the figures here as JSON")
+    ap.add_argument("--reply-cache", default="results/target_greedy_replies.json",
+                    help="the target's replies, reused across runs ('' for none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = {k: v[:args.limit] if args.limit else v for k, v in prompt_sets(args.sets.split(",")).items()}
     _, tok, model = load_target(torch.float32)
     drafter = make_drafter(args.draft, model, DEMO_DRAFT_DIR)
+    cache = ReplyCache(Path(args.reply_cache) if args.reply_cache else None)
     report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "draft": args.draft,
               "max_new_tokens": args.max_new_tokens, "sets": {}}
     for name, prompts in sets.items():
-        r = teacher_forced(drafter, model, tok, prompts, args.max_new_tokens)
+        r = teacher_forced(drafter, model, tok, prompts, args.max_new_tokens, cache)
         report["sets"][name] = {"prompts": len(prompts), "teacher_forced": r}
         print(f"[{name}, {len(prompts)} prompts] teacher forced: {fmt_tf(r)}", flush=True)
         save(args.out, report)  # each figure as it comes: a long run stopped keeps what it has
