@@ -51,7 +51,7 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
     k: fixed number of drafted tokens per pass in chain mode, or of lookup tokens with
         draft="lookup" (default: adaptive).
     speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
-        or faster on the demo pair, README Benchmarks), "tree" (a best-first draft tree
+        or faster on the demo pair, docs/demo-draft.md), "tree" (a best-first draft tree
         verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it) or
         "overlap" (a tree that outlives the pass and grows while the target's layers stream
         from disk; specdec/speculate/overlap.py).
