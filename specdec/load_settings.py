@@ -14,7 +14,7 @@ from .drafts import Draft, parse_draft
 from .loading import parse_dtype
 from .speculate.registry import DEFAULT_LOOKUP_BRANCHES, MODES, Speculation, check_mode
 
-DEFAULT_MODE = "chain"  # as fast or faster than a tree on the demo pair (README, Benchmarks)
+DEFAULT_MODE = "chain"  # as fast or faster than a tree on the demo pair (docs/demo-draft.md)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ SAMPLING_PRESETS: dict[str, SamplingParams] = {
     # The demo pair, in every front end (as an Ollama model file carries its parameters). A
     # 135M model sampled hot answers wrongly about half the time, so greedy; a penalty of 1.1
     # over the last 16 tokens was the setting with no loop, the most right answers and the
-    # most acceptance in the README's grid (docs/measurements/demo_sampling.py); over the
+    # most acceptance in the grid of docs/usage.md (docs/measurements/demo_sampling.py); over the
     # usual 64 tokens it costs the small model right answers and acceptance.
     "demo": SamplingParams(temperature=0.0, repetition_penalty=1.1, repetition_window=16),
 }

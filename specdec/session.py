@@ -28,7 +28,7 @@ from .weights import WeightsError, check_complete, check_layer_count
 DEFAULT_MAX_CONTEXT = 4096
 
 
-def load(target: str | Path | None = None, draft: str | Path | None = None, ram=None,
+def load(target: str | Path | None = None, draft: str | Path | Draft | None = None, ram=None,
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
          tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None,
@@ -39,8 +39,8 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     draft: a draft model (directory, .gguf or store), "self" (the target drafts for itself:
         4-bit substitutes of its streamed layers in RAM, its pinned layers shared; see
         specdec/self_draft.py), "lookup" (no draft model: continuations of the context's own
-        n-grams, for replies that quote, rewrite or edit their prompt; specdec/lookup.py), or
-        None (plain decoding).
+        n-grams, for replies that quote, rewrite or edit their prompt; specdec/lookup.py), a
+        specdec.drafts.Draft, or None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
         No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
@@ -51,7 +51,7 @@ def load(target: str | Path | None = None, draft: str | Path | None = None, ram=
     k: fixed number of drafted tokens per pass in chain mode, or of lookup tokens with
         draft="lookup" (default: adaptive).
     speculation: "chain" (k drafts in a row, rejection sampling; the default: it was as fast
-        or faster on the demo pair, README Benchmarks), "tree" (a best-first draft tree
+        or faster on the demo pair, docs/demo-draft.md), "tree" (a best-first draft tree
         verified in one pass; see specdec/speculate/tree.py; `k` does not apply to it) or
         "overlap" (a tree that outlives the pass and grows while the target's layers stream
         from disk; specdec/speculate/overlap.py).
