@@ -8,5 +8,9 @@
     reader.DirectReader                       O_DIRECT reads into aligned buffers, zero-copy tensors
     reader.read_tensors(path, tensors, size)  one file -> aligned buffer -> zero-copy tensor views
     shapes.ModelShape                         a model's tensor names, shapes, parameter counts
+    expert_names                              one spelling of a mixture-of-experts layer's tensors
+    expert_pack.ExpertWriter                  each expert one aligned, checksummed extent (pack)
+    expert_stream.ExpertReader                a pass reads only the experts it routes to
+    expert_cache.ExpertPool                   the expert buffers, an LRU cache inside the budget
     errors.InternalError                      a broken invariant (a bug), never bad input
 """

@@ -27,7 +27,20 @@ def family_config(reader, arch: str, config: dict) -> dict:
         return _phi3(reader, dict(config))
     if arch in QWEN_MOE_ARCHS:
         return _qwen_moe(reader, arch, dict(config))
+    if arch == "llama" and _field(reader, "llama.expert_count"):
+        return _mixtral(reader, dict(config))
     return config
+
+
+def _mixtral(reader, cfg: dict) -> dict:
+    """llama.cpp writes Mixtral as a llama model with experts (merged ffn_*_exps tensors)."""
+    cfg.update(model_type="mixtral", architectures=["MixtralForCausalLM"],
+               num_local_experts=int(_field(reader, "llama.expert_count")),
+               num_experts_per_tok=int(_field(reader, "llama.expert_used_count", 2)),
+               sliding_window=None)  # released Mixtral models have none; llama.cpp stores none
+    for key in ("mlp_bias", "pretraining_tp"):
+        cfg.pop(key, None)
+    return cfg
 
 
 QWEN_MOE_ARCHS = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}

@@ -45,8 +45,9 @@ MOE_PARTS = {**LAYER_PARTS, "ffn_gate_inp": "mlp.gate", "ffn_gate_shexp": "mlp.s
              "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
 EXPERT_PARTS = {"ffn_gate_exps": "gate_proj.weight", "ffn_up_exps": "up_proj.weight",
                 "ffn_down_exps": "down_proj.weight"}
+# "llama" includes Mixtral, which llama.cpp writes as a llama model with experts.
 PARTS_BY_ARCH = {"gemma2": GEMMA_PARTS, "gemma3": GEMMA_PARTS, "phi3": PHI3_PARTS,
-                 "qwen2moe": MOE_PARTS, "qwen3moe": MOE_PARTS}
+                 "qwen2moe": MOE_PARTS, "qwen3moe": MOE_PARTS, "llama": MOE_PARTS}
 NOT_REQUANTIZED = (ROUTER, SHARED_GATE)  # routing decisions: kept as the file stores them
 # Tensors a GGUF may carry that the model does not read (llama 3's rope_freqs, Phi-3's LongRoPE
 # factors: the config's rope parameters give the same frequencies, offload/gguf_config.py).

@@ -12,12 +12,11 @@ from .compute.profile import pass_profile
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
-from .sampling import SamplingParams
-from .speculate import (Chain, DraftLengthPolicy, Lookup, LookupPolicy, Overlap, Plain, Strategy, Tree,
-                        TreeSettings)
+from .sampling_params import SAMPLING_PRESETS, SamplingParams
+from .speculate.registry import MODES, Inputs, Speculation, build_strategy
 from .text import TextAssembler
 
-SPECULATION_MODES = ("chain", "tree", "overlap", "lookup")  # lookup: no draft model (draft="lookup")
+SPECULATION_MODES = tuple(MODES)  # speculate/registry.py
 
 
 class VocabularyMismatch(ValueError):
@@ -37,19 +36,21 @@ class GenerationOutput:
 
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
-                 k: int | None = None, bytes_read=lambda: 0, plan=None, closer=None,
-                 speculation: str = "chain", tree_nodes: int | None = None, tree_width: int = 4,
-                 lookup_branches: int | None = None):
+                 speculation: Speculation = Speculation(), bytes_read=lambda: 0, plan=None,
+                 closer=None):
+        """`speculation`: resolved settings (LoadSettings.resolved_speculation); a mode that
+        drafts with a model falls back to plain decoding when `draft` is None."""
         self.target = target
         self.draft = draft
         self.tokenizer = load_tokenizer(target.tokenizer_source)
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
-        strategy = _strategy(draft, max_context, target.args.vocab_size, k, speculation,
-                             tree_nodes, tree_width, getattr(target.model.weights, "stats", None),
-                             lookup_branches,
-                             pass_profile(target.model))
+        profile = pass_profile(target.model)
+        drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
+        strategy = build_strategy(Inputs(
+            speculation, drafter, profile.seconds if profile is not None else None,
+            getattr(target.model.weights, "stats", None)))
         self.engine = Engine(target.model, strategy, max_context, bytes_read)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
@@ -57,42 +58,35 @@ class SpecDecoder:
         self._closer = closer
 
     # -- public -------------------------------------------------------------------------
-    def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
-                 repetition_penalty: float = 1.0, repetition_window: int = 64,
-                 stop: list[str] | None = None) -> GenerationOutput:
+    # Sampling, in every method: `sampling` (a SamplingParams; default: the "default"
+    # preset, greedy with seed 0), with any of its fields given as keywords on top
+    # (temperature=0.7, top_p=0.9, top_k, repetition_penalty, repetition_window, seed).
+    # Speculation stays exact: the output is what the target alone gives under the same settings.
+    def generate(self, prompt, max_new_tokens: int = 128, *, sampling: SamplingParams | None = None,
+                 stop: list[str] | None = None, **settings) -> GenerationOutput:
         ids = self._encode(prompt)
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
-        return self._collect(ids, max_new_tokens, params, seed, stop)
+        return self._collect(ids, max_new_tokens, _sampling(sampling, settings), stop)
 
-    def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
-               repetition_penalty: float = 1.0, repetition_window: int = 64,
-               stop: list[str] | None = None) -> Iterator[str]:
-        """Text deltas as tokens are accepted; stats of the run in `last_stats`.
-
-        Sampling (every method): temperature 0 is greedy; top_k / top_p narrow the choice;
-        repetition_penalty > 1 discourages tokens among the last `repetition_window` (0 =
-        the whole context), as transformers and llama.cpp do. Speculation stays exact: the
-        output is what the target alone gives under the same settings."""
+    def stream(self, prompt, max_new_tokens: int = 128, *, sampling: SamplingParams | None = None,
+               stop: list[str] | None = None, **settings) -> Iterator[str]:
+        """Text deltas as tokens are accepted; stats of the run in `last_stats`."""
         ids = self._encode(prompt)
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
-        for delta, _ in self._run(ids, max_new_tokens, params, seed, stop):
+        params = _sampling(sampling, settings)
+        for delta, _ in self._run(ids, max_new_tokens, params, stop):
             if delta:
                 yield delta
 
-    def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
-             repetition_penalty: float = 1.0, repetition_window: int = 64,
-             stop: list[str] | None = None, stream: bool = False):
+    def chat(self, messages: list[dict], max_new_tokens: int = 256, *,
+             sampling: SamplingParams | None = None, stop: list[str] | None = None,
+             stream: bool = False, **settings):
         """Reply to a conversation using the tokenizer's chat template. The caches are kept
         between calls, so a next turn only prefills what is new. With stream=True, returns
         an iterator of text deltas (stats in `last_stats`)."""
         ids = self._chat_ids(messages)
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
+        params = _sampling(sampling, settings)
         if stream:
-            return (d for d, _ in self._run(ids, max_new_tokens, params, seed, stop) if d)
-        return self._collect(ids, max_new_tokens, params, seed, stop)
+            return (d for d, _ in self._run(ids, max_new_tokens, params, stop) if d)
+        return self._collect(ids, max_new_tokens, params, stop)
 
     # -- for front ends that manage the context themselves (the chat REPL, `generate`) -----
     @property
@@ -116,14 +110,12 @@ class SpecDecoder:
     def has_chat_template(self) -> bool:
         return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0, seed: int | None = 0,
-                   repetition_penalty: float = 1.0, repetition_window: int = 64,
-                   stop: list[str] | None = None) -> Iterator[tuple[str, list[int]]]:
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, *,
+                   sampling: SamplingParams | None = None, stop: list[str] | None = None,
+                   **settings) -> Iterator[tuple[str, list[int]]]:
         """(text delta, new token ids) as tokens are accepted, for prompt `ids`; stats of
         the run in `last_stats`. The caches are reused for a shared prefix, as in chat()."""
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, repetition_window)
-        return self._run(list(ids), max_new_tokens, params, seed, stop)
+        return self._run(list(ids), max_new_tokens, _sampling(sampling, settings), stop)
 
     def reset(self) -> None:
         """Forget the cached conversation."""
@@ -141,20 +133,21 @@ class SpecDecoder:
         self.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _collect(self, ids, max_new_tokens, params, seed, stop) -> GenerationOutput:
+    def _collect(self, ids, max_new_tokens, params, stop) -> GenerationOutput:
         out_ids: list[int] = []
         text = ""
-        for delta, new in self._run(ids, max_new_tokens, params, seed, stop):
+        for delta, new in self._run(ids, max_new_tokens, params, stop):
             out_ids.extend(new)
             text += delta
         return GenerationOutput(text, out_ids, self.last_stats)
 
-    def _run(self, ids: list[int], max_new_tokens: int, params: SamplingParams, seed, stop
+    def _run(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop
              ) -> Iterator[tuple[str, list[int]]]:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model has none.")
+        seed = params.seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         stats = GenerationStats()
         self.last_stats = stats
@@ -213,6 +206,16 @@ class SpecDecoder:
         return list(ids)
 
 
+def _sampling(sampling: SamplingParams | None, settings: dict) -> SamplingParams:
+    """`sampling` (default: the "default" preset) with the fields given as keywords."""
+    if sampling is None:
+        sampling = SAMPLING_PRESETS["default"]
+    elif not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}; "
+                        "e.g. sampling=specdec.SamplingParams(temperature=0.7, top_p=0.9)")
+    return sampling.replace(**settings) if settings else sampling
+
+
 def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokenizer) -> None:
     """Draft ids must mean the same tokens as the target's; padded sizes may differ."""
     draft_tokenizer = load_tokenizer(draft.tokenizer_source)
@@ -232,61 +235,6 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokeni
             f"draft {draft.path} and target {target.path} have different vocabularies "
             f"({len(d)} vs {len(t)} tokens, {differing} entries differ). Speculative decoding "
             "needs a draft from the same model family with the same tokenizer.")
-
-
-def _strategy(draft: LoadedModel | None, max_context: int, target_vocab: int, k: int | None,
-              speculation: str, tree_nodes: int | None, tree_width: int,
-              source_stats=None, lookup_branches: int | None = None, profile=None) -> Strategy:
-    """The speculation strategy for these settings (validated even when there is no draft).
-    `source_stats`: the target's stream stats (None in RAM), for the overlapped tree's cost
-    model. `profile`: the target's pass-time curve from the kernel probe (specdec.compute),
-    which the cost models start from. `lookup_branches`: prompt-lookup nodes grafted onto a
-    tree (None: up to DEFAULT_LOOKUP_BRANCHES on an adaptive tree, none on a fixed one)."""
-    if speculation not in SPECULATION_MODES:
-        raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
-    seconds = profile.seconds if profile is not None else None
-    lookup = _lookup_branches(lookup_branches, speculation, tree_nodes)
-    if speculation == "lookup":
-        if draft is not None:
-            raise ValueError(f"speculation='lookup' drafts from the context, not from a model, but "
-                             f"draft {draft.path} was given; pass draft='lookup' alone, or "
-                             "speculation='chain' / 'tree' to use the draft model.")
-        return Lookup(LookupPolicy(k, profile=seconds))
-    policy = DraftLengthPolicy(k, profile=seconds)
-    tree = _tree_settings(tree_nodes, tree_width, lookup)
-    if draft is None:
-        return Plain()
-    drafter = Drafter(draft.model, max_context, target_vocab)
-    if speculation == "overlap":
-        return Overlap(drafter, tree, source_stats=source_stats, profile=seconds)
-    if speculation == "tree":
-        return Tree(drafter, tree, profile=seconds)
-    return Chain(drafter, policy)
-
-
-def _tree_settings(nodes: int | None, width: int, lookup: int = 0) -> TreeSettings:
-    for name, value in (("tree_nodes", nodes), ("tree_width", width)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if nodes is None:
-        return TreeSettings(width=width, lookup=lookup)
-    return TreeSettings(max_nodes=nodes, width=width, fixed=True, lookup=lookup)
-
-
-DEFAULT_LOOKUP_BRANCHES = 8  # nodes, on an adaptive tree: sized per pass by their measured worth
-
-
-def _lookup_branches(nodes: int | None, speculation: str, tree_nodes: int | None) -> int:
-    """Prompt-lookup nodes to graft onto each draft tree (speculate/lookup_branches.py)."""
-    if nodes is None:
-        return DEFAULT_LOOKUP_BRANCHES if speculation == "tree" and tree_nodes is None else 0
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
-        raise ValueError(f"lookup_branches must be an integer >= 0 (0: none), got {nodes!r}")
-    if nodes and speculation != "tree":
-        raise ValueError(f"lookup_branches adds prompt-lookup nodes to a draft tree, but speculation="
-                         f"{speculation!r}; use speculation='tree' with a draft model, or "
-                         "draft='lookup' for lookup alone.")
-    return nodes
 
 
 def _tokenizer_eos(tokenizer) -> set[int]:

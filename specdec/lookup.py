@@ -16,12 +16,6 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-LOOKUP = "lookup"  # draft="lookup": no draft model, drafts from the context's n-grams
-
-
-def is_lookup(draft) -> bool:
-    return isinstance(draft, str) and draft == LOOKUP
-
 
 @dataclass
 class Candidates:

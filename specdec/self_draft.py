@@ -41,17 +41,12 @@ from offload.reader import read_tensors
 
 from .cache_root import cache_root
 
-SELF = "self"
 ENCODING = "q4"
 SUBSTITUTE_VERSION = 1  # bump when the substitutes' contents change
 
 
 class SelfDraftError(ValueError):
     """draft="self" cannot be used with this target; the message says what to do instead."""
-
-
-def is_self(draft) -> bool:
-    return isinstance(draft, str) and draft == SELF
 
 
 # -- sizes and the plan ---------------------------------------------------------------------

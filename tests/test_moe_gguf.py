@@ -1,6 +1,6 @@
-"""Qwen2-MoE / Qwen3-MoE GGUF files as llama.cpp writes them (merged 3-D expert tensors, the
-router as ffn_gate_inp, the shared expert as *_shexp): packed into a store by expert, their
-quantization kept, and loaded whole into RAM."""
+"""Qwen2-MoE / Qwen3-MoE / Mixtral GGUF files as llama.cpp writes them (merged 3-D expert
+tensors, the router as ffn_gate_inp, the shared expert as *_shexp, Mixtral as a llama model with
+experts): packed into a store by expert, their quantization kept, and loaded whole into RAM."""
 import pytest
 import torch
 
@@ -23,9 +23,13 @@ def store_logits(store, ids):
         return model.forward(ids, torch.arange(len(ids)), model.new_cache(32))
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
+# llama.cpp stores no sliding window for Mixtral (released Mixtral models have none).
+OVERRIDES = {"mixtral": dict(sliding_window=None)}
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "mixtral"])
 def test_f32_gguf_packs_to_the_same_store_as_its_safetensors(tmp_path, family):
-    make_family_model(tmp_path / "m", family, tie_word_embeddings=False)
+    make_family_model(tmp_path / "m", family, tie_word_embeddings=False, **OVERRIDES.get(family, {}))
     gguf = write_moe_gguf(tmp_path / "m", tmp_path / "m.gguf")
     from_gguf = open_store(pack(gguf, tmp_path / "g", dtype="float32", progress=False))
     from_st = open_store(pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False))
@@ -50,8 +54,9 @@ def test_q8_gguf_keeps_its_experts_8_bit_and_the_router_plain(tmp_path):
     assert (store_logits(store, ids) - store_logits(exact, ids)).abs().mean() < 0.05
 
 
-def test_a_moe_gguf_loads_whole_into_ram(tmp_path):
-    make_family_model(tmp_path / "m", "qwen2_moe", tie_word_embeddings=False)
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_a_moe_gguf_loads_whole_into_ram(tmp_path, family):
+    make_family_model(tmp_path / "m", family, tie_word_embeddings=False, **OVERRIDES.get(family, {}))
     gguf = write_moe_gguf(tmp_path / "m", tmp_path / "m.gguf")
     want = specdec.load(tmp_path / "m", dtype="float32").generate(PROMPT, max_new_tokens=10).token_ids
     assert specdec.load(gguf, dtype="float32").generate(PROMPT, max_new_tokens=10).token_ids == want

@@ -128,7 +128,7 @@ def test_output_rows_that_disagree_with_the_ids_are_refused(tmp_path):
 
 def test_memory_plan_counts_the_copied_output_rows(tmp_path):
     from specdec.loading import open_model
-    from specdec.session import _draft_bytes
+    from specdec.memory_plan import draft_bytes as _draft_bytes
 
     make_tiny_model(tmp_path / "full", "llama")
     restrict_output(tmp_path / "full", tmp_path / "tied", range(10), tie=True)

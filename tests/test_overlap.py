@@ -228,6 +228,7 @@ def test_same_weights_streamed_carries_the_tree_and_drafts_off_the_critical_path
 
 
 # -- failures -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_io_error_mid_pass_while_the_draft_grows(pair, expected, monkeypatch):
     lm = streamed(pair, tree_nodes=8)  # fixed: the adaptive gate may rightly stop drafting
     weights = lm.target.model.weights
@@ -249,6 +250,7 @@ def test_io_error_mid_pass_while_the_draft_grows(pair, expected, monkeypatch):
     assert _reader_threads() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expected, monkeypatch, when):
     """KeyboardInterrupt from a draft forward run in the target's wait: before it (nothing
@@ -289,6 +291,7 @@ def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expect
     assert _reader_threads() == []
 
 
+@pytest.mark.slow
 def test_soak_2000_tokens_flat_threads_and_ram(pair):
     # Draft == target, sampled: long accepted paths, trees carried over and re-rooted on most
     # passes, and still a rollback now and then (a sample outside the draft's proposals).

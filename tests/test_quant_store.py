@@ -418,6 +418,7 @@ def test_inconsistent_encoding_header_is_refused(q4_pair):
 FOREIGN_CAPABILITY = {"split64": "avx2", "split32": "default", "pairs32": None}
 
 
+@pytest.mark.slow
 def test_store_packed_for_another_int4_layout_is_refused_then_repacked(tmp_path):
     capability = FOREIGN_CAPABILITY.get(int4_layout.current_layout())
     if capability is None:
@@ -507,7 +508,7 @@ def test_smollm2_teacher_forced_top1_agreement_in_bf16(smollm2_q4):
 
 
 def test_quantized_sizes_from_shapes_equal_the_manifest(q4_pair):
-    """offload/shapes.py's stored_bytes (the pack estimate, the 7B figures in the README) is
+    """offload/shapes.py's stored_bytes (the pack estimate, the 7B figures in docs/store-format.md) is
     exactly what a q4 store's tensors take: 5 bits per linear weight at group 32."""
     from offload.shapes import ModelShape
 

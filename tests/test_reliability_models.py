@@ -13,6 +13,7 @@ import specdec
 from helpers.models import make_tiny_model
 from offload.checkpoint import CheckpointError
 from specdec.api import VocabularyMismatch
+from specdec.speculate.registry import Speculation
 from specdec.config import ConfigError
 from specdec.weights import WeightsError
 
@@ -128,7 +129,7 @@ def test_draft_with_smaller_padded_vocab_cannot_crash_and_stays_exact(base_model
     plain = specdec.load(base_model, dtype="float32").generate([70, 80, 90], max_new_tokens=12)
     # equal tokenizers would pass the vocabulary check; these token-id models cannot show it
     monkeypatch.setattr(specdec.api, "check_same_vocabulary", lambda *a: None)
-    lm = SpecDecoder(target, draft, 64, k=3)
+    lm = SpecDecoder(target, draft, 64, Speculation(k=3))
     out = lm.generate([70, 80, 90], max_new_tokens=12)  # ids >= 50 reach the draft
     assert out.token_ids == plain.token_ids and out.stats.drafted > 0
 

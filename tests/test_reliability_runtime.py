@@ -180,6 +180,7 @@ def test_real_ctrl_c_at_random_moments_of_generate_leaves_a_correct_decoder(pair
     assert _reader_threads() == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_chat_repl_stops_the_reply_and_the_next_turn_is_right(tmp_path, smollm2_tokenizer_dir,
                                                                            monkeypatch):
     from helpers.models import make_noised_copy, make_tiny_chat_model
@@ -249,6 +250,7 @@ def test_two_threads_on_one_decoder_are_refused_or_serialised_never_corrupted(pa
 
 
 # -- soak (short) ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_soak_no_thread_or_fd_leak_and_flat_ram(pair):
     _, draft, store, _ = pair
     ram = soak.streaming_budget(store, draft, dtype="float32", max_context=1024)

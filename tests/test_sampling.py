@@ -53,6 +53,7 @@ def test_residual_is_normalised_positive_part():
     assert torch.allclose(r, torch.tensor([1.0, 0.0, 0.0]))
 
 
+@pytest.mark.slow
 def test_single_step_speculative_sampling_is_exact():
     # One draft token: P(first emitted = y) must equal p(y) exactly. Computed in closed
     # form from accept_sampled's rule by enumerating the draft token x ~ q.

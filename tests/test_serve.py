@@ -152,7 +152,7 @@ def test_the_next_turn_reuses_the_cache_and_equals_chat(server, lm):
 
 
 def test_seeded_sampling_repeats_and_equals_chat(server, lm):
-    """A fixed k (--k 2) makes a seeded sampled reply repeat exactly (README, Sampling)."""
+    """A fixed k (--k 2) makes a seeded sampled reply repeat exactly (docs/usage.md, Sampling defaults)."""
     client = server.client()
     ask = dict(model=MODEL, messages=HELLO, max_tokens=8, temperature=0.9, top_p=0.95, seed=7)
     replies = [client.chat.completions.create(**ask).choices[0].message.content for _ in range(2)]

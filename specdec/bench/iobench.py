@@ -61,7 +61,7 @@ def bench_io(store_path, tokens: list[int], ram=None, repeat: int = 3,
 
     from ..config import ModelArgs
     from ..families import build_model
-    from ..session import streaming_plan
+    from ..memory_plan import streaming_plan
 
     from ..compute.choice import kernel_policy
     from ..compute.probe import machine

@@ -148,7 +148,7 @@ def specdec_plan(store, draft, ram, max_context: int, dtype: str = "bfloat16"):
 
     from ..config import ModelArgs
     from ..loading import parse_dtype
-    from ..session import streaming_plan
+    from ..memory_plan import streaming_plan
 
     s = open_store(store)
     return streaming_plan(s, ModelArgs.from_hf(s.config), draft, ram, parse_dtype(dtype),

@@ -7,13 +7,15 @@ prompt stays), and the caches are reused for what is still a shared prefix.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.atomic import replacing, write_atomic
 
+from ..sampling_params import SETTINGS, SamplingError, SamplingParams, parse_text
 from .reply_stats import MARKERS, ReplyTiming, stats_rows, summary_line, table
 
 HELP = """commands:
@@ -34,41 +36,53 @@ SAVE_FORMAT = "specdec-chat"
 
 @dataclass
 class ChatSettings:
+    """What a chat (or `specdec generate`) runs with; /set changes it, /save writes it (flat)."""
     system: str | None = None
     max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    repetition_penalty: float = 1.0
-    repetition_window: int = 64
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
     def from_args(cls, args) -> "ChatSettings":
-        """From `specdec chat` / `generate` options (generate has no --system)."""
-        return cls(getattr(args, "system", None), args.max_new_tokens, args.temperature, args.top_p,
-                   args.top_k, args.seed, args.repetition_penalty, args.repetition_window)
+        """From `specdec chat` / `generate` options (generate has no --system); `args.sampling`
+        is filled by the command's argument check (commands.check_args)."""
+        return cls(getattr(args, "system", None), args.max_new_tokens, args.sampling)
 
-    def generation(self) -> dict:
-        """The keyword arguments of SpecDecoder.stream_ids these settings stand for."""
-        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                    top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                    repetition_penalty=self.repetition_penalty,
-                    repetition_window=self.repetition_window)
+    def as_dict(self) -> dict:
+        """The /save form: one flat object, as files written by older versions have it."""
+        return {"system": self.system, "max_new_tokens": self.max_new_tokens,
+                **self.sampling.as_dict()}
+
+    def with_values(self, values: dict) -> "ChatSettings":
+        """These settings with the flat `values` (as_dict's names) changed, each checked."""
+        values = dict(values)
+        system = values.pop("system", self.system)
+        max_new_tokens = values.pop("max_new_tokens", self.max_new_tokens)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}",
+                                "max_new_tokens")
+        return ChatSettings(system, max_new_tokens, self.sampling.replace(**values))
 
 
-# /set NAME VALUE: the name users type -> (field, parser, check, what a valid value is)
-SETTABLE = {
-    "temperature": ("temperature", float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
-    "top_p": ("top_p", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": ("top_k", int, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
-    "max_tokens": ("max_new_tokens", int, lambda v: v >= 1, "an integer >= 1"),
-    "seed": ("seed", int, lambda v: True, "an integer"),
-    "repetition_penalty": ("repetition_penalty", float, lambda v: 0 < v < float("inf"),
-                           "a number > 0 (1 = off)"),
-    "repetition_window": ("repetition_window", int, lambda v: v >= 0,
-                          "an integer >= 0 (the last N tokens; 0 = all)"),
-}
+# /set NAME: the name users type -> the ChatSettings field it sets
+SETTABLE = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+            "max_tokens": "max_new_tokens", "seed": "seed",
+            "repetition_penalty": "repetition_penalty", "repetition_window": "repetition_window"}
+
+
+def parse_setting(field_name: str, text: str):
+    """A /set value typed by the user -> the field's value; SamplingError says what is valid."""
+    if field_name == "max_new_tokens":
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise SamplingError(f"{text!r} is not an integer >= 1", field_name)
+        return value
+    try:
+        return parse_text(field_name, text)
+    except SamplingError:
+        raise SamplingError(f"{text!r} is not {SETTINGS[field_name].valid}", field_name) from None
 
 
 @dataclass
@@ -237,22 +251,20 @@ class ChatSession:
         if len(parts) != 2 or parts[0] not in SETTABLE:
             self._say(f"usage: /set NAME VALUE with NAME one of {', '.join(SETTABLE)}")
             return
-        attr, parse, ok, valid = SETTABLE[parts[0]]
+        name = SETTABLE[parts[0]]
         try:
-            value = parse(parts[1])
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            self._say(f"/set {parts[0]}: {parts[1]!r} is not {valid}; unchanged")
+            value = parse_setting(name, parts[1])
+        except SamplingError as e:
+            self._say(f"/set {parts[0]}: {e}; unchanged")
             return
-        setattr(self.settings, attr, value)
+        self.settings = self.settings.with_values({name: value})
         self._say(f"{parts[0]} = {value}")
 
     def _cmd_save(self, path: str) -> None:
         if not path:
             self._say("usage: /save FILE")
             return
-        data = {"format": SAVE_FORMAT, "version": 1, "settings": asdict(self.settings),
+        data = {"format": SAVE_FORMAT, "version": 1, "settings": self.settings.as_dict(),
                 "messages": self.messages}
         try:
             target = Path(path).expanduser()
@@ -278,11 +290,11 @@ class ChatSession:
         self._say(f"loaded {len(messages)} messages from {path}")
 
     def settings_text(self) -> str:
-        s = self.settings
+        s = self.settings.sampling
         return (f"temperature {s.temperature}, top_p {s.top_p}, top_k {s.top_k}, "
-                f"max_tokens {s.max_new_tokens}, seed {s.seed}, repetition_penalty "
+                f"max_tokens {self.settings.max_new_tokens}, seed {s.seed}, repetition_penalty "
                 f"{s.repetition_penalty} over the last {s.repetition_window or 'all'} tokens, system prompt: "
-                + (repr(s.system) if s.system else "none"))
+                + (repr(self.settings.system) if self.settings.system else "none"))
 
     # -- a reply ----------------------------------------------------------------------------
     def reply(self, text: str) -> None:
@@ -295,7 +307,8 @@ class ChatSession:
         timing = ReplyTiming.start()
         interrupted = False
         try:
-            for piece, new in self.lm.stream_ids(ids, **self.settings.generation()):
+            for piece, new in self.lm.stream_ids(ids, self.settings.max_new_tokens,
+                                                sampling=self.settings.sampling):
                 if new:
                     timing.saw_tokens()
                 if piece:
@@ -366,12 +379,6 @@ def _isatty(stream) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def _valid_setting(value, entry) -> bool:
-    _, parse, ok, _ = entry
-    kinds = (int,) if parse is int else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and ok(value)
-
-
 def read_conversation(path: Path, defaults: ChatSettings | None = None) -> tuple[ChatSettings, list[dict]]:
     """Settings and messages from a /save file, checked; ValueError names what is wrong.
     Settings the file lacks (one saved by an older specdec) keep their `defaults`."""
@@ -389,15 +396,13 @@ def read_conversation(path: Path, defaults: ChatSettings | None = None) -> tuple
             and isinstance(m.get("content"), str) for m in messages):
         raise ValueError(f"{path}: \"messages\" must be a list of {{role: system|user|assistant, "
                          "content: text}}")
-    known = {f.name for f in fields(ChatSettings)}
     raw = data.get("settings") or {}
+    known = set(ChatSettings().as_dict())
     if not isinstance(raw, dict) or set(raw) - known:
         raise ValueError(f"{path}: \"settings\" may only hold {sorted(known)}")
-    for name, value in raw.items():
-        entry = next((e for key, e in SETTABLE.items() if e[0] == name), None)
-        if entry is not None and not _valid_setting(value, entry):
-            raise ValueError(f"{path}: setting {name} = {value!r} is not {entry[3]}")
-    settings = ChatSettings(**{**asdict(defaults or ChatSettings()), **raw})
+    try:
+        settings = (defaults or ChatSettings()).with_values(raw)
+    except SamplingError as e:
+        raise ValueError(f"{path}: setting {e.field} = {raw[e.field]!r} is not valid: {e}") from None
     system = next((m["content"] for m in messages[:1] if m["role"] == "system"), None)
-    settings.system = system
-    return settings, [dict(role=m["role"], content=m["content"]) for m in messages]
+    return dataclasses.replace(settings, system=system), [dict(role=m["role"], content=m["content"]) for m in messages]

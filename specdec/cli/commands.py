@@ -67,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (no arguments: the offline demo pair)",
                           epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(chat)
-    # Sampled by default, and a light repetition penalty (llama.cpp's and Ollama's 1.1 over
-    # the last 64 tokens): greedy decoding of small instruct models (the demo's) loops.
-    _sampling_args(chat, max_new_tokens=512, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+    _sampling_args(chat, "chat", max_new_tokens=512)
     chat.add_argument("--system", help="system prompt")
     chat.set_defaults(handler=cmd_chat)
     gen = sub.add_parser("generate", help="one prompt in, text out (streamed)",
@@ -78,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "template when it has one (--raw: plain completion).",
                          epilog=EXIT_CODES, formatter_class=formatter)
     _model_args(gen)
-    # Greedy (deterministic) by default, with the chat's penalty so that it does not loop.
-    _sampling_args(gen, max_new_tokens=128, temperature=0.0, top_p=1.0, repetition_penalty=1.1)
+    _sampling_args(gen, "generate", max_new_tokens=128)
     gen.add_argument("--prompt", help="the prompt (default: read stdin)")
     gen.add_argument("--raw", action="store_true",
                      help="plain completion of the prompt, without the chat template")
@@ -141,16 +138,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: top-p must be in (0, 1]")
-    return value
-
-
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target: HF directory, .gguf, store, or hub id")
     p.add_argument("--draft", help="draft model, or `self` (4-bit copies of the target's streamed "
@@ -165,7 +152,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_at_least(1, what="drafted tokens per pass must be >= 1 (omit --draft "
                                                  "for plain decoding, omit --k for adaptive)"),
                    help="chain mode (or --draft lookup): drafted tokens per pass, >= 1 (default: adaptive)")
-    p.add_argument("--speculation", choices=["chain", "tree", "overlap"], default=None,
+    from ..speculate.registry import MODES
+
+    drafting = [name for name, mode in MODES.items() if mode.needs_model]  # lookup: --draft lookup
+    p.add_argument("--speculation", choices=drafting, default=None,
                    help="chain (default): k drafts in a row; tree: a draft tree verified in one pass; "
                         "overlap: a tree that keeps growing while the target streams")
     p.add_argument("--tree-nodes", type=_at_least(1), help="tree mode: fixed tree size (default: cost model)")
@@ -178,30 +168,45 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     add_kernels_argument(p)
 
 
-def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
-                   top_p: float, repetition_penalty: float) -> None:
-    from ..demo import DEMO_SAMPLING as demo
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "repetition_penalty", "repetition_window",
+                  "seed")
+SAMPLING_HELP = {
+    "temperature": "0 = greedy",
+    "top_p": "in (0, 1]",
+    "top_k": "0 = off",
+    "repetition_penalty": "> 1 discourages tokens seen in the last --repetition-window tokens, as "
+                          "transformers and llama.cpp (repeat_penalty) do; 1 = off",
+    "repetition_window": "the last N tokens the penalty looks at; 0 = the whole context",
+    "seed": "the sampler's seed",
+}
 
-    # Unset until check_args: the demo pair brings its own values (fill_sampling_defaults).
-    p.set_defaults(sampling_defaults=dict(temperature=temperature, top_p=top_p,
-                                          repetition_penalty=repetition_penalty,
-                                          repetition_window=64))
+
+def _sampling_args(p: argparse.ArgumentParser, preset_name: str, max_new_tokens: int) -> None:
+    """The sampling flags. Unset until check_args, which fills the ones not given from the
+    command's preset (specdec.sampling_params.SAMPLING_PRESETS), or the demo's."""
+    from ..sampling_params import preset
+
+    ours, demo = preset(preset_name), preset("demo")
+    p.set_defaults(sampling_preset=preset_name)
     p.add_argument("--max-new-tokens", type=_at_least(1), default=max_new_tokens,
                    help=f"reply length cap (default {max_new_tokens})")
-    p.add_argument("--temperature", type=_at_least(0.0, float, "temperature must be >= 0"),
-                   help=f"0 = greedy (default {temperature:g}; the demo pair: {demo.temperature:g})")
-    p.add_argument("--top-p", type=_probability,
-                   help=f"in (0, 1] (default {top_p:g}; the demo pair: {demo.top_p:g})")
-    p.add_argument("--top-k", type=_at_least(0), default=0, help="0 = off (default)")
-    p.add_argument("--repetition-penalty", type=_at_least(0.0, float, "the penalty must be > 0 "
-                                                          "(1 = off, 1.1 is usual)", strictly=True),
-                   help=f"> 1 discourages tokens seen in the last --repetition-window tokens, as "
-                        f"transformers and llama.cpp (repeat_penalty) do; 1 = off (default "
-                        f"{repetition_penalty:g}; the demo pair: {demo.repetition_penalty:g})")
-    p.add_argument("--repetition-window", type=_at_least(0),
-                   help=f"the last N tokens the penalty looks at; 0 = the whole context (default "
-                        f"64; the demo pair: {demo.repetition_window})")
-    p.add_argument("--seed", type=int, default=0)
+    for name in SAMPLING_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=_sampling_type(name, flag), default=None,
+                       help=f"{SAMPLING_HELP[name]} (default {getattr(ours, name)}; the demo pair: "
+                            f"{getattr(demo, name)})")
+
+
+def _sampling_type(name: str, flag: str):
+    from ..sampling_params import SamplingError, parse_text
+
+    def parse(text: str):
+        try:
+            return parse_text(name, text, flag)
+        except SamplingError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse
 
 
 def check_args(args) -> None:
@@ -215,21 +220,22 @@ def check_args(args) -> None:
             raise UsageError(f"--ram: {e}") from e
     if getattr(args, "config", None):
         args.preset = read_preset(args.config)
-    if hasattr(args, "sampling_defaults"):
+    if hasattr(args, "sampling_preset"):
         fill_sampling_defaults(args)
 
 
 def fill_sampling_defaults(args) -> None:
-    """Sampling flags the user did not give: the demo pair's own (specdec.demo.DEMO_SAMPLING)
-    when the demo runs (no target, none in a preset), else the command's defaults."""
-    from ..demo import DEMO_SAMPLING
+    """args.sampling: the sampling flags given, over the demo preset when the demo runs (no
+    target, none in a preset), else over the command's own."""
+    from ..sampling_params import preset
 
+    given = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    args.sampling = preset("demo" if _is_demo(args) else args.sampling_preset).replace(**given)
+
+
+def _is_demo(args) -> bool:
     preset = getattr(args, "preset", None) or {}
-    demo = not (args.target or preset.get("target"))
-    defaults = DEMO_SAMPLING.as_dict() if demo else args.sampling_defaults
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    return not (args.target or preset.get("target"))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -254,7 +260,6 @@ def cmd_chat(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .chat_repl import ChatSettings
     from .reply_stats import MARKERS, ReplyTiming, summary_line
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -269,7 +274,7 @@ def cmd_generate(args) -> int:
         text, token_ids, timing = [], [], ReplyTiming.start()
         interrupted = False
         try:
-            for piece, new in lm.stream_ids(ids, **ChatSettings.from_args(args).generation()):
+            for piece, new in lm.stream_ids(ids, args.max_new_tokens, sampling=args.sampling):
                 if new:
                     timing.saw_tokens()
                 token_ids.extend(new)
@@ -305,8 +310,12 @@ def cmd_serve(args) -> int:
         check_exposure(args.host, api_key)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    from ..sampling_params import preset
+
+    # Fields a request leaves out: the demo's own settings for the demo pair, else OpenAI's.
     settings = ServeSettings(model_name=args.model_name or _served_name(args), host=args.host,
-                             port=args.port, api_key=api_key, queue_length=args.queue)
+                             port=args.port, api_key=api_key, queue_length=args.queue,
+                             sampling=preset("demo" if _is_demo(args) else "serve"))
     lm = load_from_args(args)
     with lm:  # closes the reader thread and files when the server has stopped
         print(banner(lm, args), file=sys.stderr)

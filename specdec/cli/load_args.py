@@ -16,37 +16,39 @@ def add_kernels_argument(p) -> None:
                    "F.linear everywhere")
 
 
-def load_from_args(args):
-    import specdec
-
+def settings_from_args(args):
+    """The LoadSettings of the model flags (a preset's values where a flag is not given),
+    checked before any hub id is fetched, then with hub ids resolved to local paths."""
+    from ..drafts import ModelDraft
     from ..hub import resolve
+    from ..load_settings import LoadSettings
 
     preset = getattr(args, "preset", None) or {}
-    target = args.target or preset.get("target")
-    draft = args.draft or preset.get("draft")
-    kwargs = dict(ram=args.ram or preset.get("ram"), dtype=args.dtype,
-                  max_context=args.max_context or preset.get("max_context"), k=args.k,
-                  cache_dir=args.cache_dir, progress=True,
-                  speculation=args.speculation or preset.get("speculation"),
-                  tree_nodes=args.tree_nodes, tree_width=args.tree_width,
-                  lookup_branches=getattr(args, "lookup_branches", None),
-                  kernels=getattr(args, "kernels", None))
-    if target is None:
+    settings = LoadSettings(
+        target=args.target or preset.get("target"), draft=args.draft or preset.get("draft"),
+        ram=args.ram or preset.get("ram"), dtype=args.dtype,
+        max_context=args.max_context or preset.get("max_context"), k=args.k,
+        cache_dir=args.cache_dir, progress=True,
+        speculation=args.speculation or preset.get("speculation"), tree_nodes=args.tree_nodes,
+        tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
+        kernels=getattr(args, "kernels", None))
+    draft = settings.draft
+    if isinstance(draft, ModelDraft):  # a path as is, an `org/name` fetched
+        draft = ModelDraft(resolve(draft.path))
+    return settings.replace(target=resolve(settings.target), draft=draft)
+
+
+def load_from_args(args):
+    from ..session import open_decoder
+
+    settings = settings_from_args(args)
+    if settings.target is None:
         from ..demo_model import ensure_demo_gguf
 
         _pack_in_child(ensure_demo_gguf(args.cache_dir), "bfloat16", args.cache_dir)
-        return specdec.load(draft=_draft(draft), **kwargs)
-    target = resolve(target)
-    if kwargs["ram"] is not None:
-        _pack_in_child(target, args.dtype, args.cache_dir)
-    return specdec.load(target, draft=_draft(draft), **kwargs)
-
-
-def _draft(draft):
-    """A draft model (path or hub id), or a mode that needs none, as load() takes it."""
-    from ..hub import resolve
-
-    return draft if draft in ("self", "lookup") else resolve(draft)
+    elif settings.ram is not None:
+        _pack_in_child(settings.target, args.dtype, args.cache_dir)
+    return open_decoder(settings)
 
 
 def _pack_in_child(src: Path, dtype: str, cache_dir) -> None:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..sampling_params import SAMPLING_PRESETS, SamplingParams
 from .errors import APIError
 from .generation import Finished, Piece, prompt_ids, reply_budget, run_generation
 from .middleware import RequestLog, RequireAPIKey, error_response
@@ -37,6 +38,7 @@ class AppSettings:
     model_name: str
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
+    sampling: SamplingParams = SAMPLING_PRESETS["serve"]  # for the fields a request omits
 
 
 def build_app(lm, jobs: GenerationQueue, settings: AppSettings) -> Starlette:
@@ -87,7 +89,8 @@ class Routes:
             return error_response(_internal(e))
 
     async def _generate(self, request: Request, parse):
-        req = parse(parse_json(await _read_body(request, self.settings.max_body_bytes)))
+        body = parse_json(await _read_body(request, self.settings.max_body_bytes))
+        req = parse(body, self.settings.sampling)
         self._check_model(req.model)
         ids = prompt_ids(self.lm, req)
         budget = reply_budget(ids, req.max_tokens, self.lm.max_context,

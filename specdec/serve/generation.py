@@ -70,8 +70,8 @@ def run_generation(lm, ids: list[int], max_new_tokens: int, request: GenerationR
     Closing it early (a cancelled job) closes the decoder's stream, which frees the decoder."""
     started = time.perf_counter()
     first_token = None
-    stream = lm.stream_ids(ids, max_new_tokens=max_new_tokens, stop=request.stop or None,
-                           **request.sampling.keywords())
+    stream = lm.stream_ids(ids, max_new_tokens=max_new_tokens, sampling=request.sampling,
+                           stop=request.stop or None)
     with contextlib.closing(stream):
         for text, new in stream:
             if new and first_token is None:

@@ -8,9 +8,9 @@ vLLM and llama.cpp's server accept too: `top_k`, `repetition_penalty`, `repetiti
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
+from ..sampling_params import SAMPLING_PRESETS, SETTINGS, SamplingError, SamplingParams
 from .errors import bad_request
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -51,22 +51,6 @@ UNSUPPORTED = {
 
 
 @dataclass
-class Sampling:
-    temperature: float = 1.0  # OpenAI's defaults
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    repetition_window: int = 64
-
-    def keywords(self) -> dict:
-        """Keyword arguments of SpecDecoder.stream_ids."""
-        return dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                    seed=self.seed, repetition_penalty=self.repetition_penalty,
-                    repetition_window=self.repetition_window)
-
-
-@dataclass
 class GenerationRequest:
     """One checked request. `prompt`: the messages (chat: [{"role", "content": str}]) or
     the prompt (completion: text or token ids)."""
@@ -74,7 +58,7 @@ class GenerationRequest:
     model: str
     prompt: list | str
     max_tokens: int | None  # None: up to the end of the context
-    sampling: Sampling
+    sampling: SamplingParams
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
@@ -91,20 +75,22 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def chat_request(body: dict) -> GenerationRequest:
+def chat_request(body: dict, defaults: SamplingParams = SAMPLING_PRESETS["serve"]
+                 ) -> GenerationRequest:
     if "messages" not in body:
         raise bad_request("missing required field `messages` (a list of {\"role\", \"content\"})",
                           "messages")
-    return _request("chat", body, _messages(body["messages"]))
+    return _request("chat", body, _messages(body["messages"]), defaults)
 
 
-def completion_request(body: dict) -> GenerationRequest:
+def completion_request(body: dict, defaults: SamplingParams = SAMPLING_PRESETS["serve"]
+                       ) -> GenerationRequest:
     if "prompt" not in body:
         raise bad_request("missing required field `prompt` (text or a list of token ids)", "prompt")
-    return _request("completion", body, _prompt(body["prompt"]))
+    return _request("completion", body, _prompt(body["prompt"]), defaults)
 
 
-def _request(kind: str, body: dict, prompt) -> GenerationRequest:
+def _request(kind: str, body: dict, prompt, defaults: SamplingParams) -> GenerationRequest:
     for name, (honoured, why) in UNSUPPORTED.items():
         if name in body and not honoured(body[name]):
             raise bad_request(f"{name}={json.dumps(body[name])[:80]}: {why}", name,
@@ -120,26 +106,33 @@ def _request(kind: str, body: dict, prompt) -> GenerationRequest:
     if options is not None and not isinstance(options, dict):
         raise bad_request("stream_options must be an object, e.g. {\"include_usage\": true}",
                           "stream_options")
-    return GenerationRequest(kind, model, prompt, _max_tokens(body), _sampling(body),
+    return GenerationRequest(kind, model, prompt, _max_tokens(body), _sampling(body, defaults),
                              _stop(body.get("stop")), stream,
                              _boolean(options or {}, "include_usage", False, "stream_options."))
 
 
-def _sampling(body: dict) -> Sampling:
-    s = Sampling()
-    s.temperature = _number(body, "temperature", s.temperature, 0.0, 2.0, "in [0, 2] (0 = greedy)")
-    s.top_p = _number(body, "top_p", s.top_p, 0.0, 1.0, "in (0, 1] (for greedy use temperature 0)",
-                      low_open=True)
-    s.top_k = _integer(body, "top_k", s.top_k, 0, "an integer >= 0 (0 = off)")
-    seed = _integer(body, "seed", None, 0, "an integer in [0, 2^63)")
-    if seed is not None and seed >= 2 ** 63:
-        raise bad_request(f"seed={seed} is out of range: must be an integer in [0, 2^63)", "seed")
-    s.seed = seed
-    s.repetition_penalty = _number(body, "repetition_penalty", s.repetition_penalty, 0.0, math.inf,
-                                   "> 0 (1 = off, 1.1 is usual)", low_open=True)
-    s.repetition_window = _integer(body, "repetition_window", s.repetition_window, 0,
-                                   "an integer >= 0 (0 = the whole context)")
-    return s
+def _sampling(body: dict, defaults: SamplingParams) -> SamplingParams:
+    """The request's sampling fields (JSON types checked here, ranges by SamplingParams) over
+    the server's `defaults` for the fields it omits."""
+    given = {}
+    for name in SETTINGS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer() and SETTINGS[name].kind is int:
+            value = int(value)  # JSON from some clients writes 256 as 256.0
+        given[name] = value
+    # OpenAI's range: clients built for its API may send up to 2, never more.
+    if isinstance(given.get("temperature"), (int, float)) and not 0 <= given["temperature"] <= 2:
+        raise bad_request(f"temperature={given['temperature']} is out of range: must be a number "
+                          "in [0, 2] (0 = greedy)", "temperature")
+    if isinstance(given.get("seed"), int) and not 0 <= given["seed"] < 2 ** 63:
+        raise bad_request(f"seed={given['seed']} is out of range: must be an integer in [0, 2^63)",
+                          "seed")
+    try:
+        return defaults.replace(**given)
+    except SamplingError as e:
+        raise bad_request(f"{e}", e.field) from None
 
 
 def _max_tokens(body: dict) -> int | None:
@@ -228,18 +221,6 @@ def _boolean(body: dict, name: str, default: bool, prefix: str = "") -> bool:
         raise bad_request(f"{prefix}{name} must be true or false, got {json.dumps(value)[:40]}",
                           prefix + name)
     return value
-
-
-def _number(body: dict, name: str, default, low: float, high: float, what: str,
-            low_open: bool = False):
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad_request(f"{name} must be a number {what}, got {json.dumps(value)[:40]}", name)
-    if value < low or value > high or (low_open and value == low):
-        raise bad_request(f"{name}={value} is out of range: must be {what}", name)
-    return float(value)
 
 
 def _integer(body: dict, name: str, default, low: int, what: str):

@@ -13,6 +13,7 @@ from typing import Callable
 
 import uvicorn
 
+from ..sampling_params import SAMPLING_PRESETS, SamplingParams
 from .app import AppSettings, build_app
 from .worker import GenerationQueue
 
@@ -27,6 +28,7 @@ class ServeSettings:
     api_key: str | None = None
     queue_length: int = 16
     max_body_bytes: int = 1 << 20
+    sampling: SamplingParams = SAMPLING_PRESETS["serve"]  # for the fields a request omits
 
 
 def is_loopback(host: str) -> bool:
@@ -54,7 +56,7 @@ def serve(lm, settings: ServeSettings, on_ready: Callable[[str], None] = lambda 
     _log_requests_to_stderr()
     jobs = GenerationQueue(settings.queue_length)
     app = build_app(lm, jobs, AppSettings(settings.model_name, settings.api_key,
-                                          settings.max_body_bytes))
+                                          settings.max_body_bytes, settings.sampling))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS)

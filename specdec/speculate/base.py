@@ -25,8 +25,8 @@ layer is not read from disk yet (offload/prefetch.py, idle work), on the loop's 
 overlap.py grows its draft tree there, one draft forward per call; the next `plan` uses
 what it grew. A strategy's own counters (Outcome.counters) are summed into the stats.
 
-Adding a mode: a new module here with a Strategy subclass, and the line in
-api._strategy that builds it from the load settings; the loop does not change. A draft
+Adding a mode: a new module here with a Strategy subclass, and its line in registry.py's
+MODES (docs/architecture.md shows one); the loop does not change. A draft
 that is a quantized copy of the target is a Drafter over that model, so chain or tree
 serve it as they are.
 """

@@ -1,6 +1,7 @@
-"""Write a tiny Qwen2-MoE / Qwen3-MoE model as llama.cpp's convert_hf_to_gguf.py does: its tensor
-names, each layer's experts merged into one 3-D tensor per part (experts first), the shared
-expert's gate as a vector, and the metadata keys it writes."""
+"""Write a tiny Qwen2-MoE / Qwen3-MoE / Mixtral model as llama.cpp's convert_hf_to_gguf.py does:
+its tensor names, each layer's experts merged into one 3-D tensor per part (experts first), the
+shared expert's gate as a vector, Mixtral as a llama model (q/k rows permuted), and the metadata
+keys it writes."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from gguf import GGUFWriter
 from gguf import quantize as gguf_quantize
 from safetensors.numpy import load_file
 
-ARCH = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+from offload.expert_names import common_name
+from specdec.bench.draft_gguf import permute_rotary
+
+ARCH = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "mixtral": "llama"}
 TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
        "lm_head.weight": "output.weight"}
 PARTS = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -34,7 +38,8 @@ def _add(w: GGUFWriter, name: str, value: np.ndarray, linear_type: str) -> None:
 
 def write_moe_gguf(hf_dir: Path, out: Path, linear_type: str = "F32") -> Path:
     cfg = json.loads((hf_dir / "config.json").read_text())
-    state = {k: v.astype(np.float32) for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
+    state = {common_name(k): v.astype(np.float32)  # Mixtral's w1/w2/w3: the common spelling
+             for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
     arch = ARCH[cfg["model_type"]]
     w = GGUFWriter(str(out), arch)
     _metadata(w, cfg)
@@ -50,6 +55,9 @@ def write_moe_gguf(hf_dir: Path, out: Path, linear_type: str = "F32") -> Path:
             part, kind = rest.rsplit(".", 1)
             if part == "mlp.shared_expert_gate":
                 value = value.reshape(-1)
+            if arch == "llama" and part in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = cfg["num_attention_heads"] if part.endswith("q_proj") else cfg["num_key_value_heads"]
+                value = permute_rotary(value, heads)
             _add(w, f"blk.{index}.{PARTS[part]}.{kind}", value, linear_type)
     for (layer, part), by_expert in sorted(experts.items()):
         merged = np.stack([by_expert[e] for e in range(len(by_expert))])
@@ -74,9 +82,12 @@ def _metadata(w: GGUFWriter, cfg: dict) -> None:
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    if cfg["model_type"] == "mixtral":
+        w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
     w.add_expert_count(cfg.get("num_experts") or cfg["num_local_experts"])
     w.add_expert_used_count(cfg["num_experts_per_tok"])
-    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if cfg.get("moe_intermediate_size"):
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     if cfg.get("shared_expert_intermediate_size"):
         w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
     w.add_vocab_size(vocab)

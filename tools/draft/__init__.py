@@ -19,7 +19,7 @@ See docs/demo-draft-training.md.
 
 First recipe (the shipped draft)
 --------------------------------
-* Data (the bottleneck, see DESIGN.md): a few thousand chat prompts, none equal to the 20
+* Data (the bottleneck, see docs/demo-draft.md): a few thousand chat prompts, none equal to the 20
   evaluation prompts in specdec/configs/demo_prompts.toml. Most (--magpie, default 65%) are written by
   the target itself: its chat template up to the start of a user turn, sampled at temperature
   1 (the Magpie idea), which follows what its chat tuning taught it users ask; the rest are

@@ -26,5 +26,5 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def eval_prompts() -> list[str]:
-    """The README's 20 evaluation prompts (specdec/configs/demo_prompts.toml)."""
+    """The demo draft's 20 evaluation prompts (specdec/configs/demo_prompts.toml, docs/demo-draft.md)."""
     return list(tomllib.loads(PROMPTS_TOML.read_text())["prompts"])

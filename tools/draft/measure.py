@@ -17,7 +17,7 @@ Two parts, neither depends on the machine's load:
   acceptance (accepted / offered), tokens per target pass, acceptance by drafted position.
 
 Sets: `open` and `hidden` (tools/draft/eval_prompts_independent.toml, written by hand and held
-out), `demo` (the README's 20 evaluation prompts), `generator` (prompts from the first
+out), `demo` (the demo draft's 20 evaluation prompts), `generator` (prompts from the first
 recipe's templates with a seed its data did not use: generator-style, though one may equal a
 training prompt by chance)."""
 from __future__ import annotations
