@@ -1,4 +1,4 @@
-"""The big workloads of `specdec bench offload` (issue 19): INFLATED models.
+"""The big workloads of `specdec bench offload`: INFLATED models.
 
 THESE ARE INFLATED MODELS (tools/inflate): SmolLM2-135M-Instruct embedded exactly
 into a Llama-2-7B or -13B shape, so a pass costs the real I/O and compute of the big shape

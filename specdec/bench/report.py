@@ -138,7 +138,7 @@ def goals(rows: list[dict], real_draft: dict[str, bool] | None = None,
           kinds: dict[str, str] | None = None) -> list[dict]:
     """The issue's targets, measured (reported, never asserted). Speculative goals only for
     workloads with a real draft (`real_draft` by workload name; default: all). `kinds`
-    (workload -> "inflated-7b" | "seed-13b" | ""): issue 19's goals for the inflated ones."""
+    (workload -> "inflated-7b" | "seed-13b" | ""): the goals set for the inflated ones."""
     def ms(workload, contender, t):
         for r in rows:
             if (r["workload"], r["contender"], r["temperature"]) == (workload, contender, t):

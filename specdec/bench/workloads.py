@@ -51,7 +51,7 @@ class Workload:
     draft_gguf: str | None = None  # the draft for llama.cpp's speculative contender
     # contender name -> why it does not run on this workload (said in the report)
     skip: dict[str, str] = field(default_factory=dict)
-    goals: str = ""  # which of issue 19's goal sets apply: "", "inflated-7b", "seed-13b"
+    goals: str = ""  # which goal set applies: "", "inflated-7b", "seed-13b"
 
     def as_dict(self) -> dict:
         d = asdict(self)

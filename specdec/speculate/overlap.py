@@ -1,4 +1,4 @@
-"""Overlapped tree speculation (issue 16): the draft keeps one tree that outlives the pass
+"""Overlapped tree speculation: the draft keeps one tree that outlives the pass
 and grows it while the target's weights stream from disk.
 
 Where the draft runs. On the loop's own thread, inside the target's waits: the plan gives
