@@ -18,6 +18,7 @@ pass over n tokens costs A + B*n, a draft token D (the seconds unit is one pass)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,9 @@ import torch
 from specdec.speculate.chain_policy import DraftLengthPolicy
 
 
-def record(prompts: list[str], max_new_tokens: int, ram: str) -> list[dict]:
+def record(prompts: list[str], max_new_tokens: int, ram: str, replies: dict | None = None) -> list[dict]:
+    """`replies`: a tools.draft.measure reply cache (the target's greedy replies under
+    transformers, keyed by prompt ids and length); prompts it lacks are answered here."""
     import specdec
 
     lm = specdec.load(speculation="chain", dtype="float32", ram=ram)
@@ -37,7 +40,10 @@ def record(prompts: list[str], max_new_tokens: int, ram: str) -> list[dict]:
         lm.reset()
         messages = [{"role": "user", "content": prompt}]
         ids = lm.encode_chat(messages)
-        reply = lm.chat(messages, max_new_tokens=max_new_tokens, temperature=0.0).token_ids
+        key = hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()
+        reply = (replies or {}).get(key)
+        if reply is None:
+            reply = lm.chat(messages, max_new_tokens=max_new_tokens, temperature=0.0).token_ids
         drafter.keep(0)
         with torch.no_grad():
             logits = drafter.forward(torch.tensor(ids + reply[:-1]), num_logits=len(reply))
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--max-new-tokens", type=int, default=64)
     rec.add_argument("--ram", default="2GB")
     rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--replies", type=Path, help="a tools.draft.measure reply cache to take replies from")
     rep = sub.add_parser("replay", help="replay greedy chain policies on a trace")
     rep.add_argument("trace", type=Path)
     rep.add_argument("--pass", dest="pass_cost", default="1.0,0.002",
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if not prompts:
             ap.error(f"{args.prompts} holds no prompts (one a line)")
         from offload.atomic import write_atomic
-        write_atomic(args.out, json.dumps(record(prompts, args.max_new_tokens, args.ram)))
+        replies = json.loads(args.replies.read_text()) if args.replies else None
+        write_atomic(args.out, json.dumps(record(prompts, args.max_new_tokens, args.ram, replies)))
         return 0
     trace = json.loads(args.trace.read_text())
     print("teacher forced, P(draft d right | 1..d-1 right):", depth_rates(trace))

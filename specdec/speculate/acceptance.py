@@ -10,7 +10,7 @@ moves as it is measured), so sparse keys neither start at 0 nor at 1.
 from __future__ import annotations
 
 # Draft confidence bins: a token's bin is the number of edges its probability reaches.
-CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.85, 0.95)
+CONFIDENCE_EDGES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 0.95)
 # Depth groups for keys that also carry a confidence bin (deep positions are rarer).
 DEPTH_GROUPS = (1, 2, 4)
 
@@ -58,8 +58,14 @@ class ChainAcceptance:
         self.prior = prior
 
     def at_depth(self, depth: int) -> float:
-        """For a token not drafted yet (its confidence unknown)."""
-        return self.rates.rate([("all",), ("depth", depth)], self.prior)
+        """For a token not drafted yet (its confidence unknown). Never below the rate of the
+        depth before it: once on track a draft stays on track, and a depth measured low on a
+        few chains would otherwise never be drafted again to correct it (the chain only
+        reaches a depth it expects to pay)."""
+        rate = 0.0
+        for d in range(1, depth + 1):
+            rate = max(rate, self.rates.rate([("all",), ("depth", d)], self.prior))
+        return rate
 
     def drafted(self, depth: int, confidence: float) -> float:
         """For a drafted token whose draft probability is `confidence`."""
