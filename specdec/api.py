@@ -37,7 +37,7 @@ class GenerationOutput:
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
                  speculation: Speculation = Speculation(), bytes_read=lambda: 0, plan=None,
-                 closer=None):
+                 closer=None, source_counters=dict):
         """`speculation`: resolved settings (LoadSettings.resolved_speculation); a mode that
         drafts with a model falls back to plain decoding when `draft` is None."""
         self.target = target
@@ -51,7 +51,7 @@ class SpecDecoder:
         strategy = build_strategy(Inputs(
             speculation, drafter, profile.seconds if profile is not None else None,
             getattr(target.model.weights, "stats", None)))
-        self.engine = Engine(target.model, strategy, max_context, bytes_read)
+        self.engine = Engine(target.model, strategy, max_context, bytes_read, source_counters)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
