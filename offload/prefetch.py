@@ -136,6 +136,11 @@ class StreamedWeights:
         return sum(self.store.layer_nbytes(i) for i in self.streamed_layers)
 
     @property
+    def streams_experts(self) -> bool:
+        """Some layer's experts are read as routed (not all held in RAM)."""
+        return self._experts is not None
+
+    @property
     def expert_buffer_nbytes(self) -> int:
         """RAM of the routed experts' slot buffers (0 without experts or streamed layers)."""
         return self._experts.buffer_nbytes if self._experts is not None else 0

@@ -110,15 +110,19 @@ class GenerationStats:
 class Engine:
     def __init__(self, target: Transformer, strategy: Strategy, max_context: int,
                  bytes_read: Callable[[], int] = lambda: 0,
-                 source_counters: Callable[[], dict[str, float]] = dict):
+                 source_counters: Callable[[], dict[str, float]] = dict,
+                 observe_pass: Callable[[int, dict[str, float]], None] | None = None):
         """`bytes_read`, `source_counters`: the weight source's cumulative bytes read and
-        other counters (e.g. StreamStats.expert_counters); each pass adds their change."""
+        other counters (e.g. StreamStats.expert_counters); each pass adds their change.
+        `observe_pass(tokens, change of the counters)` learns from each pass before the
+        strategy commits it (e.g. specdec/moe_pass_cost.py)."""
         self.target = target
         self.strategy = strategy
         self.cache = target.new_cache(max_context)
         self.max_context = max_context
         self.bytes_read = bytes_read
         self.source_counters = source_counters
+        self.observe_pass = observe_pass
         self.context: list[int] = []
 
     def reset(self) -> None:
@@ -177,7 +181,10 @@ class Engine:
                                          num_logits=plan.num_logits, idle=plan.idle)
             pass_seconds = time.perf_counter() - started
             stats.bytes_read += self.bytes_read() - read_before
-            add_counters(stats.source, counter_delta(counted, self.source_counters()))
+            counted = counter_delta(counted, self.source_counters())
+            add_counters(stats.source, counted)
+            if self.observe_pass is not None:
+                self.observe_pass(plan.tokens.numel(), counted)
         finally:  # work started beside the pass is collected even when the pass fails
             self.strategy.pass_ended(step, plan)
         out = self.strategy.commit(step, plan, logits, pass_seconds)
