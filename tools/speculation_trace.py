@@ -28,12 +28,10 @@ import torch
 from specdec.speculate.chain_policy import DraftLengthPolicy
 
 
-def record(prompts: list[str], max_new_tokens: int, ram: str, replies: dict | None = None) -> list[dict]:
-    """`replies`: a tools.draft.measure reply cache (the target's greedy replies under
-    transformers, keyed by prompt ids and length); prompts it lacks are answered here."""
-    import specdec
-
-    lm = specdec.load(speculation="chain", dtype="float32", ram=ram)
+def record(lm, prompts: list[str], max_new_tokens: int, replies: dict | None = None) -> list[dict]:
+    """`lm`: the demo pair in float32, chain mode. `replies`: a tools.draft.measure reply cache
+    (the target's greedy replies under transformers, keyed by prompt ids and length); prompts
+    it lacks are answered here."""
     drafter = lm.engine.strategy.drafter
     rows = []
     for prompt in prompts:
@@ -52,7 +50,6 @@ def record(prompts: list[str], max_new_tokens: int, ram: str, replies: dict | No
         rows.append({"prompt": prompt, "reply": reply,
                      "hit": [int(t) == r for t, r in zip(top.indices.tolist(), reply)],
                      "confidence": [round(p, 5) for p in top.values.tolist()]})
-    lm.close()
     return rows
 
 
@@ -142,27 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", type=Path, required=True)
     rec.add_argument("--replies", type=Path, help="a tools.draft.measure reply cache to take replies from")
     rep = sub.add_parser("replay", help="replay greedy chain policies on a trace")
-    rep.add_argument("trace", type=Path)
+    rep.add_argument("trace", type=Path, nargs="?", help="a recorded trace (or --prompts)")
+    rep.add_argument("--prompts", type=Path, help="record the trace first, from these prompts")
+    rep.add_argument("--replies", type=Path, help="with --prompts: a tools.draft.measure reply cache")
+    rep.add_argument("--max-new-tokens", type=int, default=64)
     rep.add_argument("--pass", dest="pass_cost", default="1.0,0.002",
                      type=lambda s: tuple(float(x) for x in s.split(",")))
     rep.add_argument("--draft", default="0.05,0.15", help="draft token costs, in passes (comma list)")
     rep.add_argument("--fixed", default="", help="also replay these fixed chain lengths (1,2,4)")
     rep.add_argument("--ram", default="2GB")
     args = ap.parse_args(argv)
-    if args.command == "record":
+    import specdec
+
+    if args.command == "record" or getattr(args, "trace", None) is None:
+        if args.prompts is None:
+            ap.error("give a trace file or --prompts")
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
         if not prompts:
             ap.error(f"{args.prompts} holds no prompts (one a line)")
-        from offload.atomic import write_atomic
+    lm = specdec.load(speculation="chain", dtype="float32", ram=args.ram)
+    if args.command == "record" or getattr(args, "trace", None) is None:
         replies = json.loads(args.replies.read_text()) if args.replies else None
-        write_atomic(args.out, json.dumps(record(prompts, args.max_new_tokens, args.ram, replies)))
-        return 0
-    trace = json.loads(args.trace.read_text())
+        trace = record(lm, prompts, args.max_new_tokens, replies)
+        if args.command == "record":
+            from offload.atomic import write_atomic
+            write_atomic(args.out, json.dumps(trace))
+            lm.close()
+            return 0
+    else:
+        trace = json.loads(args.trace.read_text())
     print("teacher forced, P(draft d right | 1..d-1 right):", depth_rates(trace))
     print("teacher forced, (draft probability from, positions, share right):", calibration(trace))
-    import specdec
-
-    lm = specdec.load(speculation="chain", dtype="float32", ram=args.ram)
     for cost in (float(c) for c in args.draft.split(",")):
         policies = {"adaptive": DraftLengthPolicy}
         policies.update({f"k={k}": (lambda k=int(k): DraftLengthPolicy(k=k)) for k in filter(None, args.fixed.split(","))})
