@@ -33,6 +33,7 @@ class LoadSettings:
     tree_width: int = 4
     lookup_branches: int | None = None  # None: DEFAULT_LOOKUP_BRANCHES on an adaptive tree
     pack_dtype: str | None = None  # a packed checkpoint's plain tensors (None: dtype)
+    expert_prefetch: bool = False  # a MoE target reads the next layer's guessed experts early
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
