@@ -4,6 +4,7 @@ drafts with a model (or a chain length, or a tree size) brings the shipped draft
 the target streams."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import specdec
 from offload.budget import Budget, parse_size
 from offload.format import open_store
+from specdec.cli.banner import banner
 from specdec.config import ModelArgs
 from specdec.demo import DEMO_DRAFT_DIR, DEMO_MAX_CONTEXT, DEMO_RAM, demo_draft
 from specdec.drafts import Draft, LookupDraft, ModelDraft
@@ -81,6 +83,8 @@ def test_the_demo_default_reads_nothing_per_pass(demo_cache):
     with specdec.load(cache_dir=cache, progress=False) as lm:
         assert lm.engine.strategy.name == "plain" and lm.draft is None
         assert lm.plan.streamed == () and lm.plan.budget_bytes == parse_size(DEMO_RAM)
+        shown = banner(lm, argparse.Namespace(target=None, ram=None, preset=None))
+        assert "all 30 layers pinned" in shown and "--speculation chain" in shown
         out = lm.chat([{"role": "user", "content": "What is the capital of France?"}], 8,
                       sampling=preset("demo"))
     assert out.stats.new_tokens == out.stats.target_passes > 0  # one token a pass
