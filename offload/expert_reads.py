@@ -7,26 +7,32 @@ for each one only when it gets to it, so the reads of the later experts overlap 
 the earlier ones (and whatever the model computes before it asks: a shared expert). Guessed
 experts of the next layer go through the same queue (offload/expert_stream.py).
 
+`page_cache=True` reads through the page cache instead (buffered pread, pages left cached): the
+kernel, not the expert buffers, then keeps the hot experts, within whatever memory cap the
+process runs under. It exists to compare the two (docs/moe.md); O_DIRECT is the default.
+
 Counters (StreamStats, under the stream's lock): bytes_read, expert_bytes_read, experts_read
 and read_seconds when a read ends (worker time, summed over threads); expert_read_seconds is the
 time the consumer waited for expert reads: what they cost the pass.
 """
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from .format import Store, check_expert_first_read
-from .reader import DirectReader
+from .reader import DirectReader, _pread_full
 
 DEFAULT_EXPERT_THREADS = 4  # experts read at once (each one read of one extent)
 
 
 class ExpertReads:
     def __init__(self, store: Store, stats, lock: threading.Condition,
-                 threads: int = DEFAULT_EXPERT_THREADS):
-        self.store, self.stats, self.lock = store, stats, lock
+                 threads: int = DEFAULT_EXPERT_THREADS, page_cache: bool = False):
+        self.store, self.stats, self.lock, self.page_cache = store, stats, lock, page_cache
         self.reader = DirectReader()
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="specdec-experts")
         self.inflight: dict[tuple[int, int], Future] = {}
@@ -37,7 +43,10 @@ class ExpertReads:
     def _read(self, layer: int, expert: int, buf) -> None:
         extent = self.store.expert_extents(layer)[expert]
         t0 = time.perf_counter()
-        nbytes = self.reader.read_ranges(self.store.expert_file(layer), [(buf, extent.offset, extent.nbytes)])
+        if self.page_cache:
+            nbytes = _buffered_read(self.store.expert_file(layer), buf, extent.offset, extent.nbytes)
+        else:
+            nbytes = self.reader.read_ranges(self.store.expert_file(layer), [(buf, extent.offset, extent.nbytes)])
         check_expert_first_read(self.store, layer, expert, buf)
         with self.lock:
             self.stats.bytes_read += nbytes
@@ -77,3 +86,18 @@ class ExpertReads:
         self._threads.shutdown(wait=True)
         self.inflight.clear()
         self.reader.close()
+
+
+def _buffered_read(path, buf, offset: int, nbytes: int) -> int:
+    """One extent through the page cache (its pages stay cached); OSError on a short read."""
+    fd = os.open(path, os.O_RDONLY)
+    view = memoryview(buf)
+    try:
+        got = _pread_full(fd, view, 0, nbytes, offset)
+    finally:
+        view.release()
+        os.close(fd)
+    if got < nbytes:
+        raise OSError(errno.EIO, f"short read at offset {offset + got} ({got} of {nbytes} bytes): the "
+                      "file is truncated. Re-pack the store with `specdec pack SRC OUT`", str(path))
+    return nbytes

@@ -64,13 +64,14 @@ class ExpertReader:
     """The expert buffers (an LRU cache, offload/expert_cache.py) and the reads every streamed
     layer's experts go through. `buffers`: read buffers plus cache, one expert each. `layers`:
     the layers whose experts come through here; `prefetch`: None, or a guess such as
-    PreviousPass for the next of those layers."""
+    PreviousPass for the next of those layers; `page_cache`: buffered reads (expert_reads.py)."""
 
     def __init__(self, store: Store, buffers: int, stats, lock: threading.Condition,
-                 convert: Callable[[dict], dict], layers: Iterable[int] = (), prefetch=None):
+                 convert: Callable[[dict], dict], layers: Iterable[int] = (), prefetch=None,
+                 page_cache: bool = False):
         self.store, self.stats, self.lock, self.convert = store, stats, lock, convert
         self.pool = ExpertPool(buffers, store.max_expert_nbytes)
-        self.reads = ExpertReads(store, stats, lock)
+        self.reads = ExpertReads(store, stats, lock, page_cache=page_cache)
         self.layers, self.prefetch = frozenset(layers), prefetch
         self._guessed: set[tuple[int, int]] = set()
 

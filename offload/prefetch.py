@@ -89,6 +89,7 @@ class StreamedWeights:
     its dense part, its experts read as routed like a streamed layer's (False).
     expert_prefetch: read the next layer's guessed experts while a layer computes (the ones the
     previous pass's last token routed to; offload/expert_stream.py). Only bytes depend on it.
+    expert_page_cache: read experts through the page cache (buffered) instead of O_DIRECT.
     dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
     the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
     ring slot (streamed) or of their own buffer (pinned), and compute in whatever dtype their
@@ -99,7 +100,7 @@ class StreamedWeights:
                  ring_size: int = 2, dtype: torch.dtype | None = None,
                  chunk_bytes: int | None = None, read_threads: int | None = None,
                  expert_slots: int | None = None, pin_experts: bool = True,
-                 expert_prefetch: bool = False):
+                 expert_prefetch: bool = False, expert_page_cache: bool = False):
         self.store = store if isinstance(store, Store) else open_store(store)
         check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
@@ -121,7 +122,8 @@ class StreamedWeights:
             slots = expert_slots or default_expert_slots(self.store)
             routed = range(self.num_layers) if not pin_experts else self.streamed_layers
             self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert,
-                                         layers=routed, prefetch=PreviousPass() if expert_prefetch else None)
+                                         layers=routed, prefetch=PreviousPass() if expert_prefetch else None,
+                                         page_cache=expert_page_cache)
         self._active: int | None = None  # token of the pass in progress
         self._next_token = 0
         self._closed = False

@@ -94,3 +94,22 @@ def test_routing_report_counts_a_tokens_paired_experts(built):
     assert 4 <= m["distinct_per_pass"][4] <= 8 and m["independent"][1] == 4
     text = report_text(report)
     assert "published for Qwen3-30B-A3B" in text and "T  distinct/layer" in text
+
+
+def test_the_moe_bench_worker_reports_bytes_and_expert_figures(tmp_path):
+    """The benchmark's child (in this process; the timings are not checked): bytes per token
+    from /proc, the expert figures, the ISA; the table prints a row per contender."""
+    from helpers.family_models import make_family_model
+    from helpers.moe_budget import minimum_ram
+    from tools.inflate.moe_bench import raw_expert_read, table, worker
+
+    make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
+    store = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
+    job = {"store": str(store), "ram": minimum_ram(store) + 100_000, "prompts": [[3, 17, 42], [5, 9]],
+           "tokens": 6, "settings": {"expert_reads": "page-cache"}}
+    row = worker(job)
+    assert row["tokens"] == 12 and row["isa"] and row["experts_per_layer_pass"] >= 2
+    assert row["bytes_read_per_token"] >= 0 and "expert buffers" in row["plan"]
+    text = table([{"contender": "plain-page-cache", "peak_cgroup_bytes": None, **row},
+                  {"contender": "chain-direct", "error": "exit -9 (OOM-killed?)"}], raw_expert_read(store))
+    assert "plain-page-cache | " in text and "chain-direct | failed: exit -9" in text

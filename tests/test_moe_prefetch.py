@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers.family_models import make_family_model
+from helpers.moe_budget import minimum_ram
 from offload.format import forget_verified, open_store
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
@@ -113,19 +114,34 @@ def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
 
 
 def test_load_with_expert_prefetch_decodes_as_without(tmp_path):
-    import re
-
     import specdec
-    from offload.budget import DEFAULT_OVERHEAD, BudgetError
 
     make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
     path = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
-    with pytest.raises(BudgetError) as e:
-        specdec.load(path, dtype="float32", ram=DEFAULT_OVERHEAD, max_context=64)
-    ram = int(float(re.search(r"at least ([0-9.]+) MB", str(e.value)).group(1)) * 1e6) + 100_000
+    ram = minimum_ram(path) + 100_000
     outs = []
     for prefetch in (False, True):
         with specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_prefetch=prefetch) as lm:
             out = lm.generate([3, 17, 42, 8], max_new_tokens=12)
             outs.append((out.token_ids, out.stats.source["expert_prefetched"]))
     assert outs[0][0] == outs[1][0] and outs[0][1] == 0 and outs[1][1] > 0
+
+
+def test_page_cache_reads_give_the_same_output_with_no_expert_cache(tmp_path):
+    import specdec
+
+    make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
+    path = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
+    ram = minimum_ram(path) + 300_000
+    runs = {}
+    for reads in ("direct", "page-cache"):
+        with specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_reads=reads) as lm:
+            out = lm.generate([3, 17, 42, 8], max_new_tokens=12)
+            runs[reads] = (out.token_ids, lm.plan, out.stats.source)
+    assert runs["direct"][0] == runs["page-cache"][0]
+    direct, cached = runs["direct"][1], runs["page-cache"][1]
+    assert direct.expert_cache > 0 and cached.expert_cache == 0
+    assert cached.expert_slots == direct.expert_slots - direct.expert_cache == 4
+    assert runs["page-cache"][2]["experts_read"] > runs["direct"][2]["experts_read"]  # no own cache
+    with pytest.raises(ValueError, match="expert_reads must be one of"):
+        specdec.load(path, expert_reads="mmap")

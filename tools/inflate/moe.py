@@ -47,6 +47,9 @@ class MoeShape:
 MOE_SHAPES = {
     "inflated-30b-a3b": MoeShape(Shape(hidden=2048, layers=48, heads=32, kv_heads=8, intermediate=1536),
                                  experts=128, routed=8),
+    # The same experts' width and routing on a smaller frame (2.9 GB): quick runs under a 1.5 GB cap.
+    "inflated-moe-small": MoeShape(Shape(hidden=1024, layers=30, heads=16, kv_heads=4, intermediate=1536),
+                                   experts=64, routed=8),
 }
 ROUTER_STD = 1.0
 PARTS = {"ffn_gate": "ffn_gate_exps", "ffn_up": "ffn_up_exps", "ffn_down": "ffn_down_exps"}
