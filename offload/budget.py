@@ -18,6 +18,7 @@ Sizes: "4GB" = 4e9 bytes, "4GiB" = 4 * 2**30; "4G" (no B) is read as GiB, like `
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass
 
@@ -111,6 +112,7 @@ class MemoryPlan:
     expert_buffer_bytes: int = 0
     expert_cache: int = 0  # of expert_slots, those past what one batch of reads needs
     experts_pinned: bool = True  # pinned layers keep their experts (False: dense parts only)
+    experts_total: int = 0  # every expert of every layer (mixture of experts)
 
     @property
     def num_pinned(self) -> int:
@@ -146,13 +148,22 @@ class MemoryPlan:
         pinned = "" if self.experts_pinned else f"dense parts of {len(self.pinned)} layers pinned; "
         return (f"{pinned}experts read as routed, into {self.expert_slots} expert buffers of "
                 f"{format_size(self.expert_buffer_bytes // self.expert_slots)} "
-                f"({self.expert_cache} of them cache)")
+                f"({self.expert_cache} of them cache; the model has {self.experts_total} experts)")
 
     @property
     def _fits(self) -> str:
         if self.context_fits is None or self.context_fits <= self.max_context:
             return ""
         return f" (this budget fits up to {self.context_fits} tokens, with fewer layers pinned)"
+
+    def without_expert_cache(self) -> "MemoryPlan":
+        """The same plan with only the expert buffers one batch of reads needs (the page cache,
+        not the expert buffers, is to keep hot experts)."""
+        if not self.expert_cache:
+            return self
+        slots = self.expert_slots - self.expert_cache
+        return dataclasses.replace(self, expert_slots=slots, expert_cache=0,
+                                   expert_buffer_bytes=self.expert_buffer_bytes // self.expert_slots * slots)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -253,4 +264,5 @@ def _moe_plan(sizes: LayerSizes, common: dict, left: int, ring_size: int, ring_b
                       pinned_bytes=sum(sizes.layer_nbytes[:n]), streamed=streamed,
                       streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed),
                       expert_slots=slots + cache, expert_cache=cache, experts_pinned=False,
+                      experts_total=every_expert,
                       expert_buffer_bytes=(slots + cache) * sizes.expert_read_nbytes)
