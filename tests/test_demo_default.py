@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import specdec
+from helpers.demo_cache import demo_cache
 from offload.budget import Budget, parse_size
 from offload.format import open_store
 from specdec.cli.banner import banner
@@ -19,7 +20,6 @@ from specdec.demo import DEMO_DRAFT_DIR, DEMO_MAX_CONTEXT, DEMO_RAM, demo_draft
 from specdec.drafts import Draft, LookupDraft, ModelDraft
 from specdec.load_settings import LoadSettings
 from specdec.sampling_params import preset
-from specdec.session import packed_store
 
 needs_draft = pytest.mark.skipif(not (DEMO_DRAFT_DIR / "config.json").exists(),
                                  reason="needs the shipped demo draft")
@@ -48,18 +48,16 @@ def test_demo_settings_pick_the_draft(smollm2_gguf, settings, mode, kind):
     assert s.target is not None and s.max_context == DEMO_MAX_CONTEXT
 
 
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory, smollm2_gguf):
-    """A cache holding the demo target's store, packed as `specdec chat` packs it."""
-    cache = tmp_path_factory.mktemp("demo_cache")
-    store = packed_store(smollm2_gguf, "bfloat16", cache, progress=False)
-    return cache, store
+@pytest.fixture
+def cached_demo(tmp_path, smollm2_store, smollm2_gguf):
+    """A cache holding the demo target's store as `specdec chat` packs it, and that store."""
+    return demo_cache(tmp_path / "cache", smollm2_store, smollm2_gguf), smollm2_store
 
 
 @needs_draft
 @pytest.mark.slow
-def test_at_the_demo_budget_plain_pins_the_target_and_the_draft_makes_it_stream(demo_cache):
-    _, store_path = demo_cache
+def test_at_the_demo_budget_plain_pins_the_target_and_the_draft_makes_it_stream(smollm2_store):
+    store_path = smollm2_store
     store = open_store(store_path)
     args = ModelArgs.from_hf(store.config)
     budget = Budget(DEMO_RAM, "the demo's default")
@@ -78,8 +76,8 @@ def test_at_the_demo_budget_plain_pins_the_target_and_the_draft_makes_it_stream(
 
 @needs_draft
 @pytest.mark.slow
-def test_the_demo_default_reads_nothing_per_pass(demo_cache):
-    cache, _ = demo_cache
+def test_the_demo_default_reads_nothing_per_pass(cached_demo):
+    cache, _ = cached_demo
     with specdec.load(cache_dir=cache, progress=False) as lm:
         assert lm.engine.strategy.name == "plain" and lm.draft is None
         assert lm.plan.streamed == () and lm.plan.budget_bytes == parse_size(DEMO_RAM)
