@@ -111,6 +111,7 @@ class MemoryPlan:
     expert_buffer_bytes: int = 0
     expert_cache: int = 0  # of expert_slots, those past what one batch of reads needs
     experts_pinned: bool = True  # pinned layers keep their experts (False: dense parts only)
+    experts_total: int = 0  # every expert of every layer (mixture of experts)
 
     @property
     def num_pinned(self) -> int:
@@ -146,7 +147,7 @@ class MemoryPlan:
         pinned = "" if self.experts_pinned else f"dense parts of {len(self.pinned)} layers pinned; "
         return (f"{pinned}experts read as routed, into {self.expert_slots} expert buffers of "
                 f"{format_size(self.expert_buffer_bytes // self.expert_slots)} "
-                f"({self.expert_cache} of them cache)")
+                f"({self.expert_cache} of them cache; the model has {self.experts_total} experts)")
 
     @property
     def _fits(self) -> str:
@@ -253,4 +254,5 @@ def _moe_plan(sizes: LayerSizes, common: dict, left: int, ring_size: int, ring_b
                       pinned_bytes=sum(sizes.layer_nbytes[:n]), streamed=streamed,
                       streamed_bytes_per_pass=sum(sizes.layer_nbytes[i] for i in streamed),
                       expert_slots=slots + cache, expert_cache=cache, experts_pinned=False,
+                      experts_total=every_expert,
                       expert_buffer_bytes=(slots + cache) * sizes.expert_read_nbytes)

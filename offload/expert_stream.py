@@ -11,7 +11,9 @@ is not read again. A union larger than the pool comes in batches of the pool's s
 ascending expert order; a batch's views are valid until the next batch is asked for.
 
 Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk), experts_used
-(distinct experts per layer, summed over the pass's layers) and expert_cache_hits.
+(distinct experts per layer, summed over the pass's layers), expert_layers (the layers that
+asked: experts_used / expert_layers is the mean union per layer), expert_cache_hits and
+expert_read_seconds.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class ExpertReader:
         """(expert, {part: tensor}) for `ids` (ascending), at most len(pool) per batch."""
         with self.lock:
             self.stats.experts_used += len(ids)
+            self.stats.expert_layers += 1
         size = len(self.pool)
         for start in range(0, len(ids), size):
             chunk = ids[start:start + size]
@@ -83,7 +86,9 @@ class ExpertReader:
             self.stats.bytes_read += nbytes
             self.stats.expert_bytes_read += nbytes
             self.stats.experts_read += len(buffers)
-            self.stats.read_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.stats.read_seconds += seconds
+            self.stats.expert_read_seconds += seconds
 
     def _views(self, layer: int, expert: int, buf) -> dict:
         return self.convert(tensor_views(buf, self.store.expert_extents(layer)[expert].tensors))

@@ -55,6 +55,8 @@ class StreamStats:
     experts_read: int = 0  # expert extents read from disk
     experts_used: int = 0  # distinct experts a pass routed to, summed over its streamed layers
     expert_cache_hits: int = 0  # of those, found in the expert buffers (no read)
+    expert_layers: int = 0  # layers of passes that asked for experts (divides experts_used)
+    expert_read_seconds: float = 0.0  # of read_seconds, the experts' (the consumer waits for them)
 
     @property
     def expert_hit_rate(self) -> float | None:
@@ -63,6 +65,14 @@ class StreamStats:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "expert_hit_rate": self.expert_hit_rate}
+
+    def expert_counters(self) -> dict[str, float]:
+        """The cumulative expert counters (a generation's figures are differences of two)."""
+        return {k: getattr(self, k) for k in EXPERT_COUNTERS}
+
+
+EXPERT_COUNTERS = ("expert_layers", "experts_used", "experts_read", "expert_cache_hits",
+                   "expert_bytes_read", "expert_read_seconds")
 
 
 class StreamedWeights:
@@ -126,6 +136,11 @@ class StreamedWeights:
         return sum(self.store.layer_nbytes(i) for i in self.streamed_layers)
 
     @property
+    def streams_experts(self) -> bool:
+        """Some layer's experts are read as routed (not all held in RAM)."""
+        return self._experts is not None
+
+    @property
     def expert_buffer_nbytes(self) -> int:
         """RAM of the routed experts' slot buffers (0 without experts or streamed layers)."""
         return self._experts.buffer_nbytes if self._experts is not None else 0
@@ -161,8 +176,8 @@ class StreamedWeights:
             self.stats.bytes_read = self.stats.passes = 0
             self.stats.read_seconds = self.stats.compute_wait_seconds = 0.0
             self.stats.idle_seconds = self.stats.idle_delay_seconds = 0.0
-            self.stats.expert_bytes_read = self.stats.experts_read = self.stats.experts_used = 0
-            self.stats.expert_cache_hits = 0
+            for name in EXPERT_COUNTERS:
+                setattr(self.stats, name, type(getattr(self.stats, name))())
 
     # -- the pass -------------------------------------------------------------------------
     def layers(self, idle: Callable[[float | None], bool] | None = None) -> Iterator[dict[str, torch.Tensor]]:

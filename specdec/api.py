@@ -12,6 +12,7 @@ from .compute.profile import pass_profile
 from .draft import Drafter
 from .engine import Engine, GenerationStats
 from .loading import LoadedModel, load_tokenizer
+from .moe_pass_cost import expert_pass_cost, pass_curve
 from .sampling_params import SAMPLING_PRESETS, SamplingParams
 from .speculate.registry import MODES, Inputs, Speculation, build_strategy
 from .text import TextAssembler
@@ -37,7 +38,7 @@ class GenerationOutput:
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
                  speculation: Speculation = Speculation(), bytes_read=lambda: 0, plan=None,
-                 closer=None):
+                 closer=None, source_counters=dict):
         """`speculation`: resolved settings (LoadSettings.resolved_speculation); a mode that
         drafts with a model falls back to plain decoding when `draft` is None."""
         self.target = target
@@ -47,11 +48,14 @@ class SpecDecoder:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
         profile = pass_profile(target.model)
+        # A MoE target reads more experts the more tokens a pass verifies: sizes know it.
+        self.expert_cost = expert_pass_cost(target.model.weights, target.args)
         drafter = Drafter(draft.model, max_context, target.args.vocab_size) if draft else None
         strategy = build_strategy(Inputs(
-            speculation, drafter, profile.seconds if profile is not None else None,
+            speculation, drafter, pass_curve(profile, self.expert_cost),
             getattr(target.model.weights, "stats", None)))
-        self.engine = Engine(target.model, strategy, max_context, bytes_read)
+        self.engine = Engine(target.model, strategy, max_context, bytes_read, source_counters,
+                             self.expert_cost.observe if self.expert_cost is not None else None)
         self.plan = plan
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 
 from .model import Transformer
+from .moe_stats import add_counters, counter_delta, expert_figures
 from .sampling import SamplingParams
 from .speculate.base import Step, Strategy, common_prefix
 
@@ -43,6 +44,12 @@ class GenerationStats:
     position_taken: list[int] = field(default_factory=list)
     draft_seconds: float = 0.0  # in the strategy's plan: drafting on the critical path
     counters: dict[str, float] = field(default_factory=dict)  # a strategy's own (Outcome.counters)
+    source: dict[str, float] = field(default_factory=dict)  # the weight source's counters, summed per pass
+
+    @property
+    def experts(self) -> dict[str, float]:
+        """A mixture-of-experts target's figures (specdec/moe_stats.py); {} otherwise."""
+        return expert_figures(self.source, self.target_passes, self.new_tokens)
 
     @property
     def acceptance_rate(self) -> float:
@@ -96,17 +103,26 @@ class GenerationStats:
                 "k": round(mean_k, 3), "stop_reason": self.stop_reason,
                 "draft_ms_per_pass": round(self.draft_ms_per_pass, 3),
                 "position_acceptance": [round(a, 4) for a in self.position_acceptance],
-                **{k: round(v, 4) for k, v in self.counters.items()}}
+                **{k: round(v, 4) for k, v in self.counters.items()},
+                **{k: round(v, 4) for k, v in self.experts.items()}}
 
 
 class Engine:
     def __init__(self, target: Transformer, strategy: Strategy, max_context: int,
-                 bytes_read: Callable[[], int] = lambda: 0):
+                 bytes_read: Callable[[], int] = lambda: 0,
+                 source_counters: Callable[[], dict[str, float]] = dict,
+                 observe_pass: Callable[[int, dict[str, float]], None] | None = None):
+        """`bytes_read`, `source_counters`: the weight source's cumulative bytes read and
+        other counters (e.g. StreamStats.expert_counters); each pass adds their change.
+        `observe_pass(tokens, change of the counters)` learns from each pass before the
+        strategy commits it (e.g. specdec/moe_pass_cost.py)."""
         self.target = target
         self.strategy = strategy
         self.cache = target.new_cache(max_context)
         self.max_context = max_context
         self.bytes_read = bytes_read
+        self.source_counters = source_counters
+        self.observe_pass = observe_pass
         self.context: list[int] = []
 
     def reset(self) -> None:
@@ -160,11 +176,15 @@ class Engine:
         stats.draft_seconds += time.perf_counter() - planned
         self.strategy.pass_started(step, plan)
         try:
-            started, read_before = time.perf_counter(), self.bytes_read()
+            started, read_before, counted = time.perf_counter(), self.bytes_read(), self.source_counters()
             logits = self.target.forward(plan.tokens, plan.positions, self.cache, mask=plan.mask,
                                          num_logits=plan.num_logits, idle=plan.idle)
             pass_seconds = time.perf_counter() - started
             stats.bytes_read += self.bytes_read() - read_before
+            counted = counter_delta(counted, self.source_counters())
+            add_counters(stats.source, counted)
+            if self.observe_pass is not None:
+                self.observe_pass(plan.tokens.numel(), counted)
         finally:  # work started beside the pass is collected even when the pass fails
             self.strategy.pass_ended(step, plan)
         out = self.strategy.commit(step, plan, logits, pass_seconds)

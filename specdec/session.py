@@ -117,7 +117,7 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
                           f"weights: {store.encoding_summary()})")
         drf_model = kind.streamed_model(tgt, store, weights, plan, dtype, s.cache_dir, s.progress)
         return SpecDecoder(tgt, drf_model, ctx, spec, bytes_read=lambda: weights.stats.bytes_read,
-                           plan=plan, closer=weights.close)
+                           plan=plan, closer=weights.close, source_counters=weights.stats.expert_counters)
     except BaseException:
         weights.close()
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from offload.atomic import write_atomic
 
+from ..moe_stats import add_counters, expert_figures
 from .worker import floor_seconds
 
 # each speculative contender -> its own runtime's plain decoding (greedy output must match)
@@ -89,9 +90,19 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
     row.update(_draft_figures(runs, passes))
     row.update(_overlap_figures(runs, passes))
+    row.update(_expert_figures(runs, passes, tokens))
     if t == 0 and name in SPECULATIVE:  # each against its own runtime's plain decoding
         row["matches_plain"] = _same_tokens(runs, results, SPECULATIVE[name])
     return row
+
+
+def _expert_figures(runs: list[dict], passes: int, tokens: int) -> dict:
+    """A mixture-of-experts target's union per layer and pass, hit rate and expert bytes,
+    over the runs' summed counters ({} for a dense target or another runtime)."""
+    total: dict[str, float] = {}
+    for x in runs:
+        add_counters(total, x.get("source_counters") or {})
+    return expert_figures(total, passes, tokens)
 
 
 def _draft_figures(runs: list[dict], passes: int) -> dict:
@@ -196,16 +207,22 @@ COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "conten
            ("x floor", "x_floor"), ("x llama.cpp", "x_llamacpp"), ("= plain (T=0)", "matches_plain")]
 
 
+# Shown when some row has them: a mixture-of-experts target's figures (specdec/moe_stats.py).
+EXPERT_COLUMNS = [("experts/layer/pass", "experts_per_layer_pass"), ("expert hit", "expert_hit_rate"),
+                  ("MB experts/token", "expert_bytes_per_token")]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    columns = COLUMNS + [c for c in EXPERT_COLUMNS if any(c[1] in r for r in rows)]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
         if not r["ok"]:
             why = r["error"] if r.get("skipped") else "failed: " + r["error"].split(";")[0]
             lines.append(f"| {r['workload']} | {_fmt('temperature', r['temperature'])} | "
-                         f"{r['contender']} | {why} |" + " |" * (len(COLUMNS) - 4))
+                         f"{r['contender']} | {why} |" + " |" * (len(columns) - 4))
             continue
-        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -216,9 +233,9 @@ def _fmt(key: str, v) -> str:
         return "yes" if v else "NO"
     if isinstance(v, list):  # per position: the first four
         return " ".join(f"{x:.2f}" for x in v[:4]) or "-"
-    if key in ("bytes_read_per_token", "peak_rss_bytes"):
+    if key in ("bytes_read_per_token", "peak_rss_bytes", "expert_bytes_per_token"):
         return f"{v / 1e6:.1f}"
-    if key in ("acceptance_rate", "token_acceptance"):
+    if key in ("acceptance_rate", "token_acceptance", "expert_hit_rate"):
         return f"{v:.2f}"
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"

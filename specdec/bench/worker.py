@@ -92,6 +92,7 @@ def run_specdec(job: dict) -> dict:
                                    "streamed_bytes": s.bytes_read, "draft_seconds": s.draft_seconds,
                                    "position_offered": s.position_offered,
                                    "position_taken": s.position_taken,
+                                   "source_counters": s.source,  # a MoE target's expert counters
                                    **s.counters}  # a strategy's own (overlap: draft seconds hidden/critical)
         runs = _timed_runs(job, generate)
         return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}

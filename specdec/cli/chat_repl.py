@@ -15,6 +15,7 @@ from pathlib import Path
 
 from offload.atomic import replacing, write_atomic
 
+from ..moe_stats import add_counters, expert_figures
 from ..sampling_params import SETTINGS, SamplingError, SamplingParams, parse_text
 from .reply_stats import MARKERS, ReplyTiming, stats_rows, summary_line, table
 
@@ -96,6 +97,11 @@ class SessionTotals:
     rejected: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
+    source: dict = field(default_factory=dict)  # the weight source's counters (expert figures)
+
+    @property
+    def experts(self) -> dict[str, float]:
+        return expert_figures(self.source, self.passes, self.tokens)
 
     def add(self, s) -> None:
         self.replies += 1
@@ -107,6 +113,7 @@ class SessionTotals:
         self.rejected += s.rejected
         self.bytes_read += s.bytes_read
         self.seconds += s.seconds
+        add_counters(self.source, s.source)
 
 
 class LineReader:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..moe_stats import expert_line
+
 MARKERS = {"max_new_tokens": "[max tokens]", "context_full": "[context full]",
            "interrupted": "[stopped]"}
 
@@ -50,6 +52,9 @@ def summary_line(stats, timing: ReplyTiming | None = None, ctx: tuple[int, int] 
     parts += [f"{stats.tokens_per_second:.2f} tok/s", f"{stats.tokens_per_pass:.2f} tokens/pass",
               f"acceptance {stats.token_acceptance:.0%}", f"{stats.bytes_read / 1e9:.2f} GB read",
               f"RAM {rss_bytes() / 1e6:.0f} MB"]
+    experts = expert_line(stats.experts)
+    if experts:
+        parts.append(experts)
     return "[" + " | ".join(parts) + "]"
 
 
@@ -86,4 +91,18 @@ def stats_rows(last, totals, last_timing: ReplyTiming | None) -> list[tuple[str,
              lambda t: f"{t.bytes_read / 1e9:.3f}"),
         both("ended on", lambda s: s.stop_reason or "-", lambda t: "-"),
         ("RAM now (RSS, MB)", "-", f"{rss_bytes() / 1e6:.0f}"),
-    ]
+    ] + expert_rows(last, totals)
+
+
+def expert_rows(last, totals) -> list[tuple[str, str, str]]:
+    """/stats rows for a mixture-of-experts target (none for a dense one)."""
+    figures = [s.experts if s is not None else {} for s in (last, totals)]
+    if not any(figures):
+        return []
+    rows = (("distinct experts per layer per pass", "experts_per_layer_pass", "{:.2f}", 1),
+            ("experts read per pass", "experts_read_per_pass", "{:.1f}", 1),
+            ("MB of experts read per pass", "expert_bytes_per_pass", "{:.2f}", 1e-6),
+            ("MB of experts read per token", "expert_bytes_per_token", "{:.2f}", 1e-6),
+            ("expert cache hit rate", "expert_hit_rate", "{:.0%}", 1))
+    cell = lambda f, key, fmt, scale: fmt.format(f[key] * scale) if key in f else "-"  # noqa: E731
+    return [(name, *(cell(f, key, fmt, scale) for f in figures)) for name, key, fmt, scale in rows]

@@ -14,19 +14,34 @@ first passes are sized by this machine's measured kernel curve, not by a guess, 
 passes by what they really cost. Without a profile (a model the probe cannot describe) c(n)
 is n and, until two sizes have been seen, a 256-token pass is assumed to cost twice a
 1-token one (the bf16-on-AVX512 regime) until the first differently sized pass corrects it.
+
+A known growth the fit should not have to learn from a few pass sizes (a mixture-of-experts
+target reads more experts the more tokens a pass verifies: specdec/moe_pass_cost.py) comes in
+a PassCurve: it is taken off each measured pass before the fit and added to its estimates.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 
+@dataclass(frozen=True)
+class PassCurve:
+    """The profile with a growth term: `matmul(n)` the probe's curve (None: not probed),
+    `growth(n)` the seconds a pass of n tokens costs over a 1-token pass for a known reason."""
+    matmul: Callable[[int], float] | None = None
+    growth: Callable[[int], float] | None = None
+
+
 class PassTimeFit:
-    def __init__(self, history: int = 32, profile: Callable[[int], float] | None = None):
+    def __init__(self, history: int = 32, profile: Callable[[int], float] | PassCurve | None = None):
         self.samples: list[tuple[int, float]] = []
         self.history = history
-        self.profile = profile
+        curve = profile if isinstance(profile, PassCurve) else PassCurve(profile)
+        self.profile, self.growth = curve.matmul, curve.growth or (lambda tokens: 0.0)
 
     def observe(self, tokens: int, seconds: float) -> None:
+        seconds = max(seconds - self.growth(tokens), 1e-9)
         self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
 
     def x(self, tokens: int) -> float:
@@ -34,6 +49,9 @@ class PassTimeFit:
         return self.profile(tokens) if self.profile is not None else float(tokens)
 
     def seconds(self, tokens: int) -> float:
+        return self._fitted(tokens) + self.growth(tokens)
+
+    def _fitted(self, tokens: int) -> float:
         if self.profile is not None and len({n for n, _ in self.samples}) == 1:
             # One size seen: a streamed pass reads while it computes, so more tokens cost
             # nothing until the probe's matmul time passes the measured pass; past that they
