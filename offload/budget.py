@@ -18,6 +18,7 @@ Sizes: "4GB" = 4e9 bytes, "4GiB" = 4 * 2**30; "4G" (no B) is read as GiB, like `
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass
 
@@ -154,6 +155,15 @@ class MemoryPlan:
         if self.context_fits is None or self.context_fits <= self.max_context:
             return ""
         return f" (this budget fits up to {self.context_fits} tokens, with fewer layers pinned)"
+
+    def without_expert_cache(self) -> "MemoryPlan":
+        """The same plan with only the expert buffers one batch of reads needs (the page cache,
+        not the expert buffers, is to keep hot experts)."""
+        if not self.expert_cache:
+            return self
+        slots = self.expert_slots - self.expert_cache
+        return dataclasses.replace(self, expert_slots=slots, expert_cache=0,
+                                   expert_buffer_bytes=self.expert_buffer_bytes // self.expert_slots * slots)
 
     def as_dict(self) -> dict:
         d = asdict(self)

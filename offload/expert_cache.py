@@ -29,12 +29,18 @@ class ExpertPool:
     def nbytes(self) -> int:
         return sum(len(b) for b in self.buffers)
 
-    def assign(self, layer: int, experts: list[int]) -> tuple[dict[int, int], list[int]]:
+    def holds(self, layer: int, expert: int) -> bool:
+        return (layer, expert) in self._held
+
+    def assign(self, layer: int, experts: list[int], keep: frozenset = frozenset()
+               ) -> tuple[dict[int, int], list[int]]:
         """Buffers for `experts` of `layer` (at most len(self) of them): ({expert: buffer},
-        the experts that are misses, whose buffers must now be read). All become most recent."""
-        if len(experts) > len(self.buffers):
-            raise ValueError(f"{len(experts)} experts in one batch, {len(self.buffers)} buffers")
-        wanted = {(layer, e) for e in experts}
+        the experts that are misses, whose buffers must now be read). All become most recent.
+        `keep`: (layer, expert) keys whose buffers must not be taken (still in use or being read)."""
+        if len(experts) + len(keep) > len(self.buffers):
+            raise ValueError(f"{len(experts)} experts in one batch and {len(keep)} kept, "
+                             f"{len(self.buffers)} buffers")
+        wanted = {(layer, e) for e in experts} | keep
         out, misses = {}, []
         for e in experts:
             key = (layer, e)

@@ -5,26 +5,35 @@ prefetch ring as any layer does (offload/prefetch.py). Its experts do not: the l
 carries a `LayerExperts` under `expert_names.EXPERT_SOURCE`, and once the model's router has
 run for the pass's tokens it asks for the union of their experts. The missing ones are read
 from the layer's experts file (format version 3: one aligned extent per expert) into a pool
-of buffers, all reads issued together (DirectReader.read_ranges, O_DIRECT), and handed back as
-zero-copy views. The buffers are an LRU cache (offload/expert_cache.py): an expert still in one
-is not read again. A union larger than the pool comes in batches of the pool's size, in
-ascending expert order; a batch's views are valid until the next batch is asked for.
+of buffers, all reads submitted together as soon as the union is asked for
+(offload/expert_reads.py), and handed back as zero-copy views, each when its read has ended:
+the model computes the first experts while the later ones are still being read. The buffers
+are an LRU cache (offload/expert_cache.py): an expert still in one is not read again. A union
+larger than the pool comes in batches of the pool's size, in ascending expert order; a batch's
+views are valid until the next batch is asked for.
+
+Prefetch (optional): once a layer's reads are submitted, the experts a guess names for the next
+layer are read into buffers the layer does not use. The guess is the experts the next layer
+routed the previous pass's last token to (`PreviousPass`): neighbouring tokens share experts.
+A guess only decides what is read early; the next layer still asks for what its router
+chose, and a wrong guess costs the read and the buffer it took, never a different output.
 
 Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk), experts_used
 (distinct experts per layer, summed over the pass's layers), expert_layers (the layers that
-asked: experts_used / expert_layers is the mean union per layer), expert_cache_hits and
-expert_read_seconds.
+asked: experts_used / expert_layers is the mean union per layer), expert_cache_hits,
+expert_read_seconds (the consumer's waits), expert_prefetched (guessed experts read) and
+expert_prefetch_used (of those, routed to by the layer they were read for).
 """
 from __future__ import annotations
 
 import threading
-import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from .expert_names import EXPERT_SOURCE
 from .expert_cache import ExpertPool
-from .format import Store, check_expert_first_read
-from .reader import DirectReader, tensor_views
+from .expert_names import EXPERT_SOURCE
+from .expert_reads import ExpertReads
+from .format import Store
+from .reader import tensor_views
 
 DEFAULT_SLOTS_PER_ROUTED = 2  # slot buffers per routed expert (num_experts_per_tok)
 
@@ -38,15 +47,33 @@ def default_expert_slots(store: Store) -> int:
     return max(1, min(total, DEFAULT_SLOTS_PER_ROUTED * int(routed)))
 
 
+class PreviousPass:
+    """Guess a layer's experts: those its last token was routed to in the previous pass."""
+
+    def __init__(self):
+        self.last: dict[int, list[int]] = {}
+
+    def record(self, layer: int, last: list[int]) -> None:
+        self.last[layer] = list(last)
+
+    def guess(self, layer: int) -> list[int]:
+        return self.last.get(layer, [])
+
+
 class ExpertReader:
-    """The expert buffers (an LRU cache, offload/expert_cache.py) and the reader every
-    streamed layer's experts go through. `buffers`: read buffers plus cache, one expert each."""
+    """The expert buffers (an LRU cache, offload/expert_cache.py) and the reads every streamed
+    layer's experts go through. `buffers`: read buffers plus cache, one expert each. `layers`:
+    the layers whose experts come through here; `prefetch`: None, or a guess such as
+    PreviousPass for the next of those layers; `page_cache`: buffered reads (expert_reads.py)."""
 
     def __init__(self, store: Store, buffers: int, stats, lock: threading.Condition,
-                 convert: Callable[[dict], dict]):
+                 convert: Callable[[dict], dict], layers: Iterable[int] = (), prefetch=None,
+                 page_cache: bool = False):
         self.store, self.stats, self.lock, self.convert = store, stats, lock, convert
         self.pool = ExpertPool(buffers, store.max_expert_nbytes)
-        self.reader = DirectReader()
+        self.reads = ExpertReads(store, stats, lock, page_cache=page_cache)
+        self.layers, self.prefetch = frozenset(layers), prefetch
+        self._guessed: set[tuple[int, int]] = set()
 
     @property
     def buffer_nbytes(self) -> int:
@@ -55,46 +82,87 @@ class ExpertReader:
     def layer(self, i: int) -> "LayerExperts":
         return LayerExperts(self, i)
 
-    def batches(self, layer: int, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
-        """(expert, {part: tensor}) for `ids` (ascending), at most len(pool) per batch."""
+    def batches(self, layer: int, ids: list[int], last: list[int] | None = None
+                ) -> Iterator[Iterator[tuple[int, dict]]]:
+        """Batches of (expert, {part: tensor}) for `ids` (ascending), at most len(pool) per
+        batch. The first batch's reads are submitted before this returns. `last`: the experts
+        the pass's last token routed to (what a guess for the next pass may use)."""
+        self._settle()
+        used_guesses = sum((layer, e) in self._guessed and self.pool.holds(layer, e) for e in ids)
+        self._guessed.clear()
         with self.lock:
             self.stats.experts_used += len(ids)
             self.stats.expert_layers += 1
+            self.stats.expert_prefetch_used += used_guesses
+        if self.prefetch is not None and last is not None:
+            self.prefetch.record(layer, last)
         size = len(self.pool)
-        for start in range(0, len(ids), size):
-            chunk = ids[start:start + size]
-            where, misses = self.pool.assign(layer, chunk)
-            try:
-                self._read(layer, {e: where[e] for e in misses})
-            except BaseException:
-                self.pool.forget(layer, misses)
-                raise
-            with self.lock:
-                self.stats.expert_cache_hits += len(chunk) - len(misses)
-            yield [(e, self._views(layer, e, self.pool.buffers[where[e]])) for e in chunk]
+        chunks = [ids[s:s + size] for s in range(0, len(ids), size)] or [[]]
+        first = self._issue(layer, chunks[0], last_chunk=len(chunks) == 1)
+        return self._arrivals(layer, chunks, first)
 
-    def _read(self, layer: int, buffers: dict[int, int]) -> None:
-        if not buffers:
-            return
-        extents = self.store.expert_extents(layer)
-        ranges = [(self.pool.buffers[b], extents[e].offset, extents[e].nbytes) for e, b in buffers.items()]
-        t0 = time.perf_counter()
-        nbytes = self.reader.read_ranges(self.store.expert_file(layer), ranges)
-        for e, b in buffers.items():
-            check_expert_first_read(self.store, layer, e, self.pool.buffers[b])
+    def _arrivals(self, layer: int, chunks: list[list[int]], first: dict[int, int]):
+        where = first
+        for n, chunk in enumerate(chunks):
+            if n:
+                self._settle()  # the previous batch's buffers are free again
+                where = self._issue(layer, chunk, last_chunk=n == len(chunks) - 1)
+            yield self._ready(layer, chunk, where)
+
+    def _issue(self, layer: int, chunk: list[int], last_chunk: bool) -> dict[int, int]:
+        where, misses = self.pool.assign(layer, chunk)
+        for e in misses:
+            self.reads.submit(layer, e, self.pool.buffers[where[e]])
         with self.lock:
-            self.stats.bytes_read += nbytes
-            self.stats.expert_bytes_read += nbytes
-            self.stats.experts_read += len(buffers)
-            seconds = time.perf_counter() - t0
-            self.stats.read_seconds += seconds
-            self.stats.expert_read_seconds += seconds
+            self.stats.expert_cache_hits += len(chunk) - len(misses)
+        if last_chunk:
+            self._guess_next(layer, frozenset((layer, e) for e in chunk))
+        return where
+
+    def _ready(self, layer: int, chunk: list[int], where: dict[int, int]) -> Iterator[tuple[int, dict]]:
+        for e in chunk:
+            try:
+                self.reads.wait(layer, e)
+            except BaseException:
+                self.pool.forget(layer, [e])
+                self._drop_failed()
+                self._guessed.clear()
+                raise
+            yield e, self._views(layer, e, self.pool.buffers[where[e]])
+
+    def _guess_next(self, layer: int, busy: frozenset) -> None:
+        following = layer + 1
+        if self.prefetch is None or following not in self.layers:
+            return
+        room = len(self.pool) - len(busy)
+        ids = sorted(e for e in set(self.prefetch.guess(following)) if not self.pool.holds(following, e))[:room]
+        if not ids:
+            return
+        where, misses = self.pool.assign(following, ids, keep=busy)
+        self._guessed = {(following, e) for e in misses}
+        for e in misses:
+            self.reads.submit(following, e, self.pool.buffers[where[e]])
+        with self.lock:
+            self.stats.expert_prefetched += len(misses)
+
+    def _settle(self) -> None:
+        """Every read in flight ended; a failed one leaves no expert behind and raises, unless
+        it was a guess (an expert routed to is read again, and fails then)."""
+        failed = [error for key, error in self._drop_failed() if key not in self._guessed]
+        if failed:
+            raise failed[0]
+
+    def _drop_failed(self) -> list[tuple[tuple[int, int], BaseException]]:
+        failed = self.reads.settle()
+        for (layer, e), _ in failed:
+            self.pool.forget(layer, [e])
+        return failed
 
     def _views(self, layer: int, expert: int, buf) -> dict:
         return self.convert(tensor_views(buf, self.store.expert_extents(layer)[expert].tensors))
 
     def close(self) -> None:
-        self.reader.close()
+        self.reads.close()
 
 
 class LayerExperts:
@@ -103,8 +171,8 @@ class LayerExperts:
     def __init__(self, source: ExpertReader, layer: int):
         self.source, self.layer = source, layer
 
-    def batches(self, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
-        return self.source.batches(self.layer, ids)
+    def batches(self, ids: list[int], last: list[int] | None = None) -> Iterator[Iterator[tuple[int, dict]]]:
+        return self.source.batches(self.layer, ids, last)
 
 
 def with_experts(views: dict, source: ExpertReader | None, layer: int) -> dict:

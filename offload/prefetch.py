@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .errors import InternalError
-from .expert_stream import ExpertReader, default_expert_slots, with_experts
+from .expert_stream import ExpertReader, PreviousPass, default_expert_slots, with_experts
 from .format import FileMeta, Store, check_first_read, check_layout, open_store
 from .reader import DirectReader, aligned_buffer, read_tensors, tensor_views
 
@@ -56,7 +56,9 @@ class StreamStats:
     experts_used: int = 0  # distinct experts a pass routed to, summed over its streamed layers
     expert_cache_hits: int = 0  # of those, found in the expert buffers (no read)
     expert_layers: int = 0  # layers of passes that asked for experts (divides experts_used)
-    expert_read_seconds: float = 0.0  # of read_seconds, the experts' (the consumer waits for them)
+    expert_read_seconds: float = 0.0  # time the pass waited for expert reads
+    expert_prefetched: int = 0  # guessed experts read ahead for the next layer (expert_stream.py)
+    expert_prefetch_used: int = 0  # of those, routed to by the layer they were read for
 
     @property
     def expert_hit_rate(self) -> float | None:
@@ -72,7 +74,7 @@ class StreamStats:
 
 
 EXPERT_COUNTERS = ("expert_layers", "experts_used", "experts_read", "expert_cache_hits",
-                   "expert_bytes_read", "expert_read_seconds")
+                   "expert_bytes_read", "expert_read_seconds", "expert_prefetched", "expert_prefetch_used")
 
 
 class StreamedWeights:
@@ -85,6 +87,9 @@ class StreamedWeights:
     default: twice the experts one token routes to; more buffers are an expert cache).
     pin_experts: a pinned layer of such a store keeps all its experts in RAM (True), or only
     its dense part, its experts read as routed like a streamed layer's (False).
+    expert_prefetch: read the next layer's guessed experts while a layer computes (the ones the
+    previous pass's last token routed to; offload/expert_stream.py). Only bytes depend on it.
+    expert_page_cache: read experts through the page cache (buffered) instead of O_DIRECT.
     dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
     the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
     ring slot (streamed) or of their own buffer (pinned), and compute in whatever dtype their
@@ -94,7 +99,8 @@ class StreamedWeights:
     def __init__(self, store: Store | str | Path, pinned: int | Iterable[int] | None = None,
                  ring_size: int = 2, dtype: torch.dtype | None = None,
                  chunk_bytes: int | None = None, read_threads: int | None = None,
-                 expert_slots: int | None = None, pin_experts: bool = True):
+                 expert_slots: int | None = None, pin_experts: bool = True,
+                 expert_prefetch: bool = False, expert_page_cache: bool = False):
         self.store = store if isinstance(store, Store) else open_store(store)
         check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
@@ -114,7 +120,10 @@ class StreamedWeights:
         self._experts = None
         if self.store.has_experts and (self.streamed_layers or not pin_experts):
             slots = expert_slots or default_expert_slots(self.store)
-            self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert)
+            routed = range(self.num_layers) if not pin_experts else self.streamed_layers
+            self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert,
+                                         layers=routed, prefetch=PreviousPass() if expert_prefetch else None,
+                                         page_cache=expert_page_cache)
         self._active: int | None = None  # token of the pass in progress
         self._next_token = 0
         self._closed = False

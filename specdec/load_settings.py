@@ -14,6 +14,7 @@ from .drafts import Draft, parse_draft
 from .loading import parse_dtype
 from .speculate.registry import DEFAULT_LOOKUP_BRANCHES, MODES, Speculation, check_mode
 
+EXPERT_READS = ("direct", "page-cache")  # offload/expert_reads.py
 DEFAULT_MODE = "chain"  # as fast or faster than a tree on the demo pair (docs/demo-draft.md)
 
 
@@ -33,6 +34,8 @@ class LoadSettings:
     tree_width: int = 4
     lookup_branches: int | None = None  # None: DEFAULT_LOOKUP_BRANCHES on an adaptive tree
     pack_dtype: str | None = None  # a packed checkpoint's plain tensors (None: dtype)
+    expert_prefetch: bool = False  # a MoE target reads the next layer's guessed experts early
+    expert_reads: str = "direct"  # a MoE target's expert reads: "direct" (O_DIRECT + own cache) or "page-cache"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -49,6 +52,8 @@ class LoadSettings:
         _check_int("tree_nodes", self.tree_nodes, 1, "None: sized per pass by the cost model")
         _check_int("tree_width", self.tree_width, 1, "children per tree node", optional=False)
         _check_int("lookup_branches", self.lookup_branches, 0, "0: none")
+        if self.expert_reads not in EXPERT_READS:
+            raise ValueError(f"expert_reads must be one of {EXPERT_READS}, got {self.expert_reads!r}")
         if self.speculation is not None:
             check_mode(self.speculation)
         self._check_draft_drives_mode()

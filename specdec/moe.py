@@ -8,12 +8,13 @@ a sigmoid gate. The sum is kept in float32 (the residual stream's dtype; see mod
 
 Experts come from the layer's weights: by name when the whole layer is in RAM, else from the
 layer's expert source (offload/expert_names.EXPERT_SOURCE), which reads only the experts asked
-for, in batches that fit its buffers. Experts are visited in ascending id whatever the source,
+for, in batches that fit its buffers, each expert handed over when its read has ended (the
+reads run while the shared expert and the earlier experts compute). Experts are visited in ascending id whatever the source,
 so a streamed layer sums in the same order as the same layer in RAM (exact in float32).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +34,14 @@ def route(x: torch.Tensor, router, top_k: int, normalize: bool) -> tuple[torch.T
     return top, ids
 
 
-def expert_batches(w: dict, ids: list[int]) -> Iterator[list[tuple[int, dict]]]:
-    """The experts `ids` (ascending) of layer weights `w`, as lists of (expert, {part: weight})."""
+def expert_batches(w: dict, ids: list[int], last: list[int]) -> Iterable[Iterable[tuple[int, dict]]]:
+    """The experts `ids` (ascending) of layer weights `w`, as batches of (expert, {part: weight}).
+    A streamed layer's source starts reading the first batch before this returns; `last`: the
+    experts the pass's last token routed to (the source's guess for the next pass)."""
     source = w.get(EXPERT_SOURCE)
     if source is not None:
-        yield from source.batches(ids)
-        return
-    yield [(e, {p: w[expert_tensor_name(e, p)] for p in EXPERT_PARTS}) for e in ids]
+        return source.batches(ids, last)
+    return [[(e, {p: w[expert_tensor_name(e, p)] for p in EXPERT_PARTS}) for e in ids]]
 
 
 def swiglu(x: torch.Tensor, gate, up, down) -> torch.Tensor:
@@ -52,14 +54,18 @@ def routed_mlp(x: torch.Tensor, w: dict, top_k: int, normalize: bool, observe=No
     weights, ids = route(x, w[ROUTER], top_k, normalize)
     if observe is not None:
         observe(ids)
+    batches = expert_batches(w, torch.unique(ids).tolist(), ids[-1].tolist())
+    # The shared expert computes while the routed experts are read; it is added last, as in RAM.
+    shared = None
+    if SHARED_GATE in w:
+        shared = (torch.sigmoid(linear(x, w[SHARED_GATE])) * swiglu(x, *(w[p] for p in SHARED_PARTS))).float()
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
     hit = ids.T  # [k, T]: tokens grouped by routing slot, as transformers' expert mask orders them
-    for batch in expert_batches(w, torch.unique(ids).tolist()):
+    for batch in batches:
         for e, parts in batch:
             slot, token = torch.where(hit == e)
             y = swiglu(x[token], *(parts[p] for p in EXPERT_PARTS)).float()
             out.index_add_(0, token, y * weights[token, slot, None])
-    if SHARED_GATE in w:
-        shared = swiglu(x, *(w[p] for p in SHARED_PARTS))
-        out += (torch.sigmoid(linear(x, w[SHARED_GATE])) * shared).float()
+    if shared is not None:
+        out += shared
     return out

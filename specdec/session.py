@@ -32,7 +32,8 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
          tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None,
-         lookup_branches: int | None = None) -> SpecDecoder:
+         lookup_branches: int | None = None, expert_prefetch: bool = False,
+         expert_reads: str = "direct") -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
@@ -65,11 +66,18 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
         and token count on this CPU, timed once per machine (~5 s, in a child process) and
         cached in cache_dir (docs/kernels.md); "reference": F.linear everywhere, as
         transformers computes. The models of this decoder use it; another decoder has its own.
+    expert_prefetch: a mixture-of-experts target streamed by expert reads the next layer's
+        guessed experts (those the previous pass's last token routed to) while a layer computes;
+        the output never depends on it (docs/moe.md).
+    expert_reads: "direct" (default: O_DIRECT into expert buffers, the budget's leftover an LRU
+        expert cache) or "page-cache" (buffered reads, no expert cache of its own: the kernel's
+        page cache keeps the hot experts within the process's memory limit). For comparisons.
     """
     return open_decoder(LoadSettings(
         target=target, draft=draft, ram=ram, dtype=dtype, max_context=max_context, k=k,
         cache_dir=cache_dir, progress=progress, speculation=speculation, tree_nodes=tree_nodes,
-        tree_width=tree_width, kernels=kernels, lookup_branches=lookup_branches))
+        tree_width=tree_width, kernels=kernels, lookup_branches=lookup_branches,
+        expert_prefetch=expert_prefetch, expert_reads=expert_reads))
 
 
 def open_decoder(settings: LoadSettings) -> SpecDecoder:
@@ -85,7 +93,7 @@ def open_decoder(settings: LoadSettings) -> SpecDecoder:
     if not is_store(s.target) and s.ram is None:  # 2. no budget: everything in RAM
         tgt = load_resident(s.target, dtype, kernels=policy)
         drf_model = draft.resident_model(tgt, dtype) if draft is not None else None
-        return SpecDecoder(tgt, drf_model, _context(s.max_context, tgt.args), spec)
+        return SpecDecoder(tgt, drf_model, _context(s.max_context, tgt.args), spec, draft_kind=draft)
     if is_store(s.target):
         return _load_streamed(s.target, draft, s, spec, policy)
     store_path = packed_store(s.target, s.pack_dtype or s.dtype, s.cache_dir, s.progress)
@@ -105,10 +113,14 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
     kind = draft or Draft()  # plain decoding plans as a draft that takes no RAM
     kind.check_store(store)
     plan = kind.plan(store, args, s.ram, dtype, ctx)
+    if s.expert_reads == "page-cache":
+        plan = plan.without_expert_cache()  # the RAM it would take is the page cache's
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
-                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned)
+                              expert_slots=plan.expert_slots or None, pin_experts=plan.experts_pinned,
+                              expert_prefetch=s.expert_prefetch,
+                              expert_page_cache=s.expert_reads == "page-cache")
     try:
         tok = (str(store.tokenizer_dir), None) if store.tokenizer_dir else None
         tgt = LoadedModel(store_path, args, build_model(args, weights, dtype, kernels), store.config,
@@ -117,7 +129,8 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
                           f"weights: {store.encoding_summary()})")
         drf_model = kind.streamed_model(tgt, store, weights, plan, dtype, s.cache_dir, s.progress)
         return SpecDecoder(tgt, drf_model, ctx, spec, bytes_read=lambda: weights.stats.bytes_read,
-                           plan=plan, closer=weights.close, source_counters=weights.stats.expert_counters)
+                           plan=plan, closer=weights.close, source_counters=weights.stats.expert_counters,
+                           draft_kind=draft)
     except BaseException:
         weights.close()
         raise

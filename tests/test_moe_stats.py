@@ -1,14 +1,12 @@
 """What a generation on a mixture-of-experts target reports: distinct experts per layer and
 pass, experts and bytes read per pass and per token, the expert cache's hit rate; counted
 against the routing the model really did, and shown by the CLI, the bench report and the plan."""
-import re
-
 import pytest
 import torch
 
 import specdec
 from helpers.family_models import make_family_model
-from offload.budget import DEFAULT_OVERHEAD, BudgetError
+from helpers.moe_budget import minimum_ram
 from offload.format import open_store
 from offload.pack import pack
 from specdec.bench.report import _expert_figures, markdown_table
@@ -25,12 +23,6 @@ def moe_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe_stats")
     make_family_model(root / "m", "qwen3_moe", eos_token_id=None)
     return pack(root / "m", root / "store", dtype="float32", progress=False)
-
-
-def minimum_ram(store) -> int:
-    with pytest.raises(BudgetError) as e:
-        specdec.load(store, dtype="float32", ram=DEFAULT_OVERHEAD, max_context=64)
-    return int(float(re.search(r"at least ([0-9.]+) MB", str(e.value)).group(1)) * 1e6)
 
 
 class PassUnions(RoutingTrace):

@@ -9,6 +9,7 @@ import torch
 
 import specdec.moe
 from helpers.family_models import make_family_model
+from helpers.family_runs import our_model
 from offload.budget import BudgetError, LayerSizes, plan_memory
 from offload.format import (ALIGN, EXPERT_STORE_VERSION, StoreError, forget_verified, open_store,
                             verify)
@@ -16,7 +17,6 @@ from offload.pack import pack
 from offload.prefetch import StreamedWeights
 from specdec.config import ModelArgs
 from specdec.families import build_model
-from test_families import our_model
 
 FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe"]
 
@@ -104,9 +104,9 @@ def test_a_plain_pass_reads_only_the_routed_experts(moe_store, monkeypatch):
         cache = model.new_cache(16)
         model.forward(torch.tensor([5, 9, 14]), cache.next_positions(3), cache)
         routed.clear()
-        before, stats_before = weights._experts.reader.bytes_read, weights.stats.expert_bytes_read
+        before, stats_before = weights._experts.reads.reader.bytes_read, weights.stats.expert_bytes_read
         model.forward(torch.tensor([21]), cache.next_positions(1), cache)  # one token: k=2 experts a layer
-        read = weights._experts.reader.bytes_read - before
+        read = weights._experts.reads.reader.bytes_read - before
         want = sum(store.expert_extents(i)[e].nbytes for i, ids in enumerate(routed) for e in ids)
         assert [len(ids) for ids in routed] == [2, 2, 2]
         assert read == want == weights.stats.expert_bytes_read - stats_before

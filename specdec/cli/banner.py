@@ -28,9 +28,9 @@ def banner(lm, args=None) -> str:
     draft = "none (plain decoding)"
     if lm.draft is None and lm.engine.strategy.name != "plain":  # drafting without a model
         draft = f"none: {_speculation_text(lm)}"
-    elif lm.draft is not None:  # a self-draft's path is the target's: its description says more
-        is_self = lm.draft.description.startswith("self-draft")
-        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
+    elif lm.draft is not None:
+        name = lm.draft_kind.label(lm.draft) if lm.draft_kind is not None else lm.draft.path
+        draft = f"{name}, {_speculation_text(lm)}"
     lines.append(f"  draft: {draft}")
     lines.append(f"  compute: {kernels_text(t.model)}")
     return "\n".join(lines)

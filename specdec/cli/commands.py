@@ -164,6 +164,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="tree mode: at most N nodes of prompt-lookup branches (the context's own "
                         "n-gram continuations) added to each tree when they pay (default 8 on an "
                         "adaptive tree, 0 on a fixed one; 0: none)")
+    p.add_argument("--expert-prefetch", action="store_true", default=None,
+                   help="mixture-of-experts target: read the next layer's guessed experts while a "
+                        "layer computes (only the bytes read depend on it)")
+    p.add_argument("--expert-reads", choices=["direct", "page-cache"], default=None,
+                   help="mixture-of-experts target: O_DIRECT reads and an expert cache in the budget "
+                        "(direct, default), or buffered reads left to the page cache (for comparisons)")
     p.add_argument("--cache-dir", help="where packed stores go (default $SPECDEC_CACHE or ~/.cache/specdec)")
     add_kernels_argument(p)
 

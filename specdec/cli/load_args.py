@@ -31,7 +31,9 @@ def settings_from_args(args):
         cache_dir=args.cache_dir, progress=True,
         speculation=args.speculation or preset.get("speculation"), tree_nodes=args.tree_nodes,
         tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
-        kernels=getattr(args, "kernels", None))
+        kernels=getattr(args, "kernels", None),
+        expert_prefetch=bool(getattr(args, "expert_prefetch", None) or preset.get("expert_prefetch")),
+        expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct")
     draft = settings.draft
     if isinstance(draft, ModelDraft):  # a path as is, an `org/name` fetched
         draft = ModelDraft(resolve(draft.path))

