@@ -1,19 +1,20 @@
-"""Teacher-forced traces of the demo pair, and greedy chain policies replayed on them.
+"""Teacher-forced traces of the demo pair, and greedy chain policies replayed on the target's
+replies without running the target.
 
-`record`: the target answers each prompt greedily (specdec, float32); the draft then reads
-the target's own prefix at every reply position: its argmax, whether that is the target's
-token, and its probability of it (its confidence). Written as JSON.
+`record`: the target's greedy reply to each prompt (specdec float32, or taken from a
+tools.draft.measure reply cache), and the draft reading the target's own prefix at every
+reply position: whether its argmax is the target's token, and its probability of it (its
+confidence). Written as JSON; `replay` prints the per-depth and per-confidence rates.
 
-`replay`: a greedy chain on a trace. Starting at a reply position, drafts 1, 2, ... are the
-draft's argmaxes at the following positions while all before them were right (a right draft
-leaves the draft's context equal to the target's), so the tokens a pass accepts are exact.
-After the first wrong draft the trace holds the confidences of the draft on the target's
-prefix, not on its own wrong token: the number of drafts a policy offers after a miss is an
-approximation (it decides the drafted count, never the accepted one). Costs are modeled: a
-pass over n tokens costs A + B*n, a draft token D (the seconds unit is one pass).
+`replay`: the chain strategy (speculate/chain.py) with a fresh DraftLengthPolicy and the real
+draft, greedy; the target's part of each pass is read from the reply (it takes the drafts
+equal to the reply's next tokens and adds the next reply token), so the counts are the
+runtime's without a target pass. Costs are modeled: a pass over n tokens costs A + B*n, a
+draft token D (the unit is one pass), so sizes depend on acceptance alone, whatever the load.
 
     python -m tools.speculation_trace record --prompts tools/speculation_prompts.txt --out t.json
-    python -m tools.speculation_trace replay t.json --draft 0.05 --fixed 1,2,3,4
+    python -m tools.speculation_trace replay t.json --draft 0.05,0.15 --fixed 2,3
+    python -m tools.speculation_trace replay --prompts P.txt --replies results/target_greedy_replies.json
 """
 from __future__ import annotations
 
