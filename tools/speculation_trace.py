@@ -104,6 +104,40 @@ def replay(lm, trace: list[dict], policy: DraftLengthPolicy, pass_cost: tuple[fl
             "position_acceptance": [round(taken[d] / tried[d], 3) for d in sorted(tried)]}
 
 
+def replay_recorded(trace: list[dict], policy: DraftLengthPolicy, pass_cost: tuple[float, float],
+                    draft_cost: float) -> dict:
+    """As `replay`, without the model: drafts 1, 2, ... at a reply position are the draft's
+    recorded argmaxes at the following positions, with its recorded probabilities. Accepted
+    tokens are exact; after a wrong draft the trace holds the draft's probabilities on the
+    target's prefix, not on its own wrong token, so the drafts offered after a miss are
+    approximate."""
+    a, b = pass_cost
+    tokens = passes = drafted = 0
+    seconds = 0.0
+    for row in trace:
+        hits, confs, n, t = row["hit"], row["confidence"], len(row["hit"]), 0
+        while t < n:
+            limit = min(policy.k_max if policy.fixed is None else policy.fixed, n - t - 1)
+            offered, miss = [], None
+            while policy.k > 0 and limit > 0:
+                offered.append(confs[t + len(offered)])
+                if miss is None and not hits[t + len(offered) - 1]:
+                    miss = len(offered) - 1
+                if not policy.keep_drafting(offered, limit):
+                    break
+            k = len(offered)
+            accepted = k if miss is None else miss
+            pass_seconds = a + b * (k + 1)
+            if t > 0:  # the runtime does not time a prefill pass
+                policy.update(k, accepted, pass_seconds, draft_cost, tokens=k + 1, confidences=offered)
+            t += accepted + 1
+            tokens, passes, drafted = tokens + accepted + 1, passes + 1, drafted + k
+            seconds += pass_seconds + k * draft_cost
+    return {"tokens_per_pass": round(tokens / passes, 3), "drafted_per_pass": round(drafted / passes, 3),
+            "modeled_tokens_per_second": round(tokens / seconds, 4), "tokens": tokens,
+            "passes": passes, "drafted": drafted}
+
+
 def depth_rates(trace: list[dict], depths: int = 6) -> list[float]:
     """Teacher forced: P(draft d right | drafts 1..d-1 right), from every reply position."""
     tried, hit = [0] * depths, [0] * depths
@@ -149,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--draft", default="0.05,0.15", help="draft token costs, in passes (comma list)")
     rep.add_argument("--fixed", default="", help="also replay these fixed chain lengths (1,2,4)")
     rep.add_argument("--ram", default="2GB")
+    rep.add_argument("--recorded", action="store_true",
+                     help="replay on the trace's recorded draft probabilities (no model; approximate after a miss)")
     args = ap.parse_args(argv)
     import specdec
 
@@ -158,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
         if not prompts:
             ap.error(f"{args.prompts} holds no prompts (one a line)")
+    if args.command == "replay" and args.recorded:
+        return _replay_recorded(args)
     lm = specdec.load(speculation="chain", dtype="float32", ram=args.ram)
     if args.command == "record" or getattr(args, "trace", None) is None:
         replies = json.loads(args.replies.read_text()) if args.replies else None
@@ -177,6 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, make in policies.items():
             print(f"draft {cost}", name, json.dumps(replay(lm, trace, make(), args.pass_cost, cost)), flush=True)
     lm.close()
+    return 0
+
+
+def _replay_recorded(args) -> int:
+    if args.trace is None:
+        raise SystemExit("--recorded needs a recorded trace file")
+    trace = json.loads(args.trace.read_text())
+    print("teacher forced, P(draft d right | 1..d-1 right):", depth_rates(trace))
+    print("teacher forced, (draft probability from, positions, share right):", calibration(trace))
+    for cost in (float(c) for c in args.draft.split(",")):
+        policies = {"adaptive": DraftLengthPolicy}
+        policies.update({f"k={k}": (lambda k=int(k): DraftLengthPolicy(k=k)) for k in filter(None, args.fixed.split(","))})
+        for name, make in policies.items():
+            print(f"draft {cost}", name, json.dumps(replay_recorded(trace, make(), args.pass_cost, cost)))
     return 0
 
 
