@@ -38,11 +38,13 @@ class GenerationOutput:
 class SpecDecoder:
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, max_context: int,
                  speculation: Speculation = Speculation(), bytes_read=lambda: 0, plan=None,
-                 closer=None, source_counters=dict):
+                 closer=None, source_counters=dict, draft_kind=None):
         """`speculation`: resolved settings (LoadSettings.resolved_speculation); a mode that
-        drafts with a model falls back to plain decoding when `draft` is None."""
+        drafts with a model falls back to plain decoding when `draft` is None. `draft_kind`:
+        the specdec.drafts.Draft that built `draft` (None: a plain model draft, or none)."""
         self.target = target
         self.draft = draft
+        self.draft_kind = draft_kind
         self.tokenizer = load_tokenizer(target.tokenizer_source)
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)

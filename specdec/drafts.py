@@ -31,6 +31,10 @@ class Draft:
         """How the user named it, for error messages."""
         raise NotImplementedError
 
+    def label(self, model: LoadedModel) -> str:
+        """How the banner names this draft's loaded `model`: its path."""
+        return str(model.path)
+
     def opened(self) -> "Draft":
         """This draft with its sources opened (configs read once); no weights read."""
         return self
@@ -88,6 +92,10 @@ class SelfDraft(Draft):
 
     def describe(self) -> str:
         return "draft='self'"
+
+    def label(self, model: LoadedModel) -> str:
+        # its path is the target's: the description says which layers it copies, and how
+        return model.description
 
     def check_store(self, store) -> None:
         self_draft.check_target(store)

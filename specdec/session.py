@@ -44,7 +44,8 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
         specdec.drafts.Draft, or None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
-        No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
+        No target at all: the offline demo pair (defaults from specdec.demo.demo_pair:
+        plain decoding unless speculation, k or tree_nodes asks for its draft model).
     ram: RAM budget ("4GB", "800MB", bytes). For a store without one, a budget is derived
         from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).
@@ -93,7 +94,7 @@ def open_decoder(settings: LoadSettings) -> SpecDecoder:
     if not is_store(s.target) and s.ram is None:  # 2. no budget: everything in RAM
         tgt = load_resident(s.target, dtype, kernels=policy)
         drf_model = draft.resident_model(tgt, dtype) if draft is not None else None
-        return SpecDecoder(tgt, drf_model, _context(s.max_context, tgt.args), spec)
+        return SpecDecoder(tgt, drf_model, _context(s.max_context, tgt.args), spec, draft_kind=draft)
     if is_store(s.target):
         return _load_streamed(s.target, draft, s, spec, policy)
     store_path = packed_store(s.target, s.pack_dtype or s.dtype, s.cache_dir, s.progress)
@@ -129,7 +130,8 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
                           f"weights: {store.encoding_summary()})")
         drf_model = kind.streamed_model(tgt, store, weights, plan, dtype, s.cache_dir, s.progress)
         return SpecDecoder(tgt, drf_model, ctx, spec, bytes_read=lambda: weights.stats.bytes_read,
-                           plan=plan, closer=weights.close, source_counters=weights.stats.expert_counters)
+                           plan=plan, closer=weights.close, source_counters=weights.stats.expert_counters,
+                           draft_kind=draft)
     except BaseException:
         weights.close()
         raise

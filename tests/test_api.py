@@ -43,8 +43,11 @@ def test_stop_strings_cut_the_text(chat_pair):
 
 
 def test_second_chat_turn_prefills_only_new_tokens_and_matches_fresh(chat_pair):
+    from specdec.cli.banner import banner
+
     target, draft = chat_pair
     lm = specdec.load(target, draft=draft, dtype="float32")
+    assert f"draft: {draft}, " in banner(lm)  # a model draft: the banner names its path
     turn1 = [{"role": "user", "content": "Hi! Tell me about cats."}]
     first = lm.chat(turn1, max_new_tokens=12)
     ids1 = lm._chat_ids(turn1)

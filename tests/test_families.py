@@ -2,7 +2,6 @@
 transformers on tiny random models of each variant:
 float32 logits, greedy speculative decoding (chain, tree, overlap), streaming from a store,
 the sliding window inside tree passes, Gemma 3 multimodal checkpoints, clear refusals."""
-import dataclasses
 import json
 import re
 
@@ -10,22 +9,12 @@ import pytest
 import torch
 
 import specdec
-from helpers.models import make_noised_copy, sharpen_lm_head
 from helpers.family_models import VARIANTS, make_family_model
-from offload.checkpoint import open_checkpoint
+from helpers.family_runs import PROMPT, hf_greedy, our_model, reference_logits, target_and_draft
 from offload.pack import pack
 from specdec.config import ConfigError, ModelArgs
-from specdec.families import build_model
-from specdec.weights import ResidentWeights
 
-PROMPT = [3, 17, 42, 8, 61, 5]
 TOL = 1e-4
-
-
-def our_model(path, dtype=torch.float32, **changes):
-    ckpt = open_checkpoint(path)
-    args = dataclasses.replace(ModelArgs.from_hf(ckpt.config), **changes)
-    return build_model(args, ResidentWeights.from_state_dict(ckpt.state_dict(), args, dtype), dtype)
 
 
 def prompt_then_steps(model, ids, prompt_len):
@@ -33,11 +22,6 @@ def prompt_then_steps(model, ids, prompt_len):
     out = [model.forward(ids[:prompt_len], cache.next_positions(prompt_len), cache)]
     out += [model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(prompt_len, len(ids))]
     return torch.cat(out)
-
-
-def reference_logits(ref, ids):
-    with torch.no_grad():
-        return ref(ids[None]).logits[0]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -102,25 +86,6 @@ def test_bf16_logits_stay_near_float32(tmp_path, variant):
     got = model.forward(ids, torch.arange(12), model.new_cache(32))
     assert got.dtype == torch.float32
     assert (got - reference_logits(ref, ids)).abs().max() <= 0.1
-
-
-def target_and_draft(tmp_path, variant, **overrides):
-    """A target with peaked distributions and a noised copy of it as draft (they agree often)."""
-    target, draft = tmp_path / "t", tmp_path / "d"
-    ref = make_family_model(target, variant, eos_token_id=None, tie_word_embeddings=False, **overrides)
-    sharpen_lm_head(target, 8.0)
-    make_noised_copy(target, draft, scale=0.1)
-    from transformers import AutoModelForCausalLM
-
-    ref = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
-    return ref, target, draft
-
-
-def hf_greedy(ref, n):
-    with torch.no_grad():
-        out = ref.generate(torch.tensor([PROMPT]), max_new_tokens=n, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-    return out[0, len(PROMPT):].tolist()
 
 
 @pytest.mark.parametrize("speculation", ["chain", "tree", "overlap"])

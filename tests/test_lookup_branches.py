@@ -8,10 +8,10 @@ import pytest
 import specdec
 from helpers.models import make_tiny_model
 from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
+from helpers.lookup_models import REPEATING, sharp_pair
 from specdec.sampling import SamplingParams
-from specdec.speculate.lookup_branches import LOOKUP_RANK, Graft, LookupBranches
+from specdec.speculate.lookup_branches import LOOKUP_RANK, LookupBranches
 from specdec.speculate.tree_model import DraftTree, TreeCostModel
-from test_lookup import REPEATING, sharp_pair
 
 # "1 2 3 4" occurred twice before, followed by "5 6 7 0 ..." and (most recently) "5 6 9 0 ...":
 # the lookup's trie is 5 -> 6 -> {9 -> 0 -> 1 ..., 7 -> 0 ...}; after the shared 5 and 6, its

@@ -8,9 +8,9 @@ import torch
 import specdec
 from helpers.models import make_noised_copy, sharpen_lm_head
 from helpers.family_models import make_family_model as make_moe_model
+from helpers.family_runs import PROMPT, hf_greedy, our_model, reference_logits, target_and_draft
 from offload.checkpoint import open_checkpoint
 from specdec.config import ConfigError, ModelArgs
-from test_families import PROMPT, hf_greedy, our_model, reference_logits, target_and_draft
 
 
 def test_qwen2_moe_shared_expert_matters(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 import specdec.moe
 from helpers.family_models import make_family_model
+from helpers.family_runs import our_model
 from offload.budget import BudgetError, LayerSizes, plan_memory
 from offload.format import (ALIGN, EXPERT_STORE_VERSION, StoreError, forget_verified, open_store,
                             verify)
@@ -16,7 +17,6 @@ from offload.pack import pack
 from offload.prefetch import StreamedWeights
 from specdec.config import ModelArgs
 from specdec.families import build_model
-from test_families import our_model
 
 FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe"]
 

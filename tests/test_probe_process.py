@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.demo_cache import demo_cache
 from helpers.models import make_tiny_chat_model
 
 from specdec.compute import probe_process
@@ -140,10 +141,12 @@ def _answer_end_of_text_at_once(path: Path, eos: int) -> None:
 
 
 @pytest.mark.slow  # a real process
-def test_the_readme_python_example_runs_as_a_script_on_a_fresh_cache(tmp_path, smollm2_tokenizer_dir):
+def test_the_readme_python_example_runs_as_a_script_on_a_fresh_cache(tmp_path, smollm2_tokenizer_dir,
+                                                                    smollm2_store, smollm2_gguf):
     """Its model paths ("path/to/..."): the first is the target, the others the draft; a tiny
     chat model and a copy stand in. Everything else runs as written, the demo pair's load
-    (packed into the fresh cache) included."""
+    included, on a cache with no probe result yet. The demo store is in it already, as a first
+    `specdec chat` leaves it (first-use packing: tests/test_cli.py's demo pipe)."""
     from transformers import AutoTokenizer
 
     target, draft = tmp_path / "t", tmp_path / "d"
@@ -157,7 +160,7 @@ def test_the_readme_python_example_runs_as_a_script_on_a_fresh_cache(tmp_path, s
         code = code.replace(name, str(target if i == 0 else draft))
     script = tmp_path / "readme_example.py"
     script.write_text(code + "\nprint('\\nREADME EXAMPLE DONE')\n")
-    cache = tmp_path / "cache"
+    cache = demo_cache(tmp_path / "cache", smollm2_store, smollm2_gguf)
     out = _run([str(script)], cache, cwd=tmp_path)
     assert "README EXAMPLE DONE" in out.stdout and "target_passes" in out.stdout
     assert WARNING not in out.stderr, out.stderr

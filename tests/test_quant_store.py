@@ -30,11 +30,12 @@ from gguf.quants import quantize as gguf_quantize  # noqa: E402
 import specdec  # noqa: E402
 from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head  # noqa: E402
 from offload import format as fmt  # noqa: E402
-from offload.encodings import Q4Weight, Q8Weight, gguf_types, int4_layout  # noqa: E402
+from offload.encodings import Q4Weight, gguf_types, int4_layout  # noqa: E402
 from offload.format import StoreError, open_store  # noqa: E402
 from offload.pack import PackError, pack  # noqa: E402
 from offload.repack import repack_store  # noqa: E402
-from test_quant_encodings import CONVERSION_ERROR_BOUNDS, QUANTIZABLE, gguf_blocks_for  # noqa: E402
+
+from helpers.gguf_blocks import CONVERSION_ERROR_BOUNDS, QUANTIZABLE, gguf_blocks_for  # noqa: E402
 
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV = 256, 256, 512, 2, 4, 2  # K % 256 == 0: K-quants fit
 IDS = torch.tensor([5, 9, 33, 100, 7, 250, 3, 64])
@@ -446,9 +447,8 @@ def test_store_packed_for_another_int4_layout_is_refused_then_repacked(tmp_path)
 
 # -- the demo target: SmolLM2's published Q4_1 file ------------------------------------------------
 @pytest.fixture(scope="module")
-def smollm2_q4(tmp_path_factory, smollm2_gguf):
-    out = tmp_path_factory.mktemp("smol") / "store"
-    return smollm2_gguf, pack(smollm2_gguf, out, progress=False, note=lambda _: None)
+def smollm2_q4(smollm2_gguf, smollm2_store):
+    return smollm2_gguf, smollm2_store
 
 
 @pytest.mark.slow

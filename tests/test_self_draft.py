@@ -9,6 +9,7 @@ from offload.budget import DEFAULT_OVERHEAD, BudgetError
 from offload.encodings import Q4Weight
 from offload.format import open_store
 from offload.pack import pack
+from specdec.cli.banner import banner
 from specdec.self_draft import SelfDraftError, SubstituteCache, substitute_nbytes
 
 PROMPT = [3, 17, 42, 8, 61, 5]
@@ -90,6 +91,8 @@ def test_pinned_layers_are_shared_and_counted_once(tmp_path):
         for i in plan.streamed:
             assert isinstance(draft_layers[i]["mlp.up_proj.weight"], Q4Weight)
         assert "self-draft" in lm.draft.description
+        # Its path is the target's: the banner names it by what it is, from its Draft kind.
+        assert f"draft: {lm.draft.description}, " in banner(lm)
 
 
 def test_substitutes_are_made_once_into_the_cache(tmp_path):

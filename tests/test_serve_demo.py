@@ -12,6 +12,7 @@ import threading
 import pytest
 
 import specdec
+from helpers.demo_cache import demo_cache
 from helpers.serve_client import HANG_GUARD, request, wait_until
 from specdec.demo import DEMO_DRAFT_DIR
 from specdec.demo_model import find_demo_gguf
@@ -44,8 +45,9 @@ def start_demo_server(cache_dir):
     return proc, line.split(" at ")[1].split("/v1")[0]
 
 
-def test_serve_uses_the_demo_sampling_for_fields_a_request_omits(tmp_path):
-    proc, url = start_demo_server(tmp_path / "cache")
+def test_serve_uses_the_demo_sampling_for_fields_a_request_omits(tmp_path, smollm2_store, smollm2_gguf):
+    # The store as a first `specdec chat` left it (packing is tests/test_cli.py's demo pipe).
+    proc, url = start_demo_server(demo_cache(tmp_path / "cache", smollm2_store, smollm2_gguf))
     try:
         status, _, body = request(url, "/v1/chat/completions",
                                   {"model": "specdec-demo", "messages": QUESTION, "max_tokens": 12})

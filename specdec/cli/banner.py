@@ -1,6 +1,8 @@
 """What the commands print about a loaded decoder: the banner and the RAM plan table."""
 from __future__ import annotations
 
+from .load_args import is_demo
+
 
 def banner(lm, args=None) -> str:
     from offload.budget import format_size
@@ -26,11 +28,14 @@ def banner(lm, args=None) -> str:
     else:
         lines.append("  target fully in RAM (no --ram given)")
     draft = "none (plain decoding)"
+    if lm.engine.strategy.name == "plain" and args is not None and is_demo(args):
+        draft += ("; the demo's default, as fast as the demo gets: --speculation chain for its "
+                  "draft model, --draft lookup for prompt lookup")
     if lm.draft is None and lm.engine.strategy.name != "plain":  # drafting without a model
         draft = f"none: {_speculation_text(lm)}"
-    elif lm.draft is not None:  # a self-draft's path is the target's: its description says more
-        is_self = lm.draft.description.startswith("self-draft")
-        draft = f"{lm.draft.description if is_self else lm.draft.path}, {_speculation_text(lm)}"
+    elif lm.draft is not None:
+        name = lm.draft_kind.label(lm.draft) if lm.draft_kind is not None else lm.draft.path
+        draft = f"{name}, {_speculation_text(lm)}"
     lines.append(f"  draft: {draft}")
     lines.append(f"  compute: {kernels_text(t.model)}")
     return "\n".join(lines)
@@ -53,7 +58,7 @@ def _budget_source(plan, args) -> str:
     preset = getattr(args, "preset", None) or {}
     if preset.get("ram"):
         return f"preset {args.config}"
-    if args is not None and not (args.target or preset.get("target")):
+    if args is not None and is_demo(args):
         return "the demo's default; change it with --ram"
     return plan.budget_reason
 

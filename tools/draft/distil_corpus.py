@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.demo import SMOLLM2_GGUF
+from specdec.demo_model import GGUF_NAME
 
 from .corpus_shards import Corpus
 from .distil import OutputVocab, _previous_run, build_draft, draft_loss, save_draft, select_output_ids
@@ -224,7 +224,7 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
     if a > run.best:
         run.best = a
         init_from = Path(args.init_from) if args.init_from else None
-        meta = {"embeddings_from_target": True, "target": SMOLLM2_GGUF,
+        meta = {"embeddings_from_target": True, "target": GGUF_NAME,
                 "layers": run.draft.config.num_hidden_layers,
                 "init_from_target_layers": [int(x) for x in args.init_layers.split(",")],
                 "warm_start": _previous_run(init_from), "output_vocab": len(run.vocab.ids),

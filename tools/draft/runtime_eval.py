@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from specdec.demo import smollm2_gguf_path
+from specdec.demo_model import find_demo_gguf
 
 from .files import eval_prompts, write_json_atomic
 
@@ -19,7 +19,7 @@ def cmd_eval(args) -> None:
 
     prompts = eval_prompts()[:args.prompts] if args.prompts else eval_prompts()
     modes = [m.strip() for m in args.speculation.split(",") if m.strip()]
-    store = packed_store(smollm2_gguf_path(), "bfloat16", None, True)
+    store = packed_store(find_demo_gguf(), "bfloat16", None, True)
 
     def run(make, label: str, dtype: str, todo: list[str]) -> dict:
         lm = make(dtype)

