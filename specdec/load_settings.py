@@ -101,12 +101,15 @@ class LoadSettings:
 
     def with_demo_defaults(self) -> "LoadSettings":
         """No target: the offline demo pair's target, draft, RAM and context where not given
-        (fetching the demo GGUF into the cache on first use)."""
+        (fetching the demo GGUF into the cache on first use). No draft: plain decoding, or the
+        shipped draft model when a speculation mode, k or a tree size is given (specdec/demo.py)."""
         if self.target is not None:
             return self
         from .demo import demo_pair
 
-        demo = demo_pair(self.draft, self.ram, self.max_context, self.cache_dir)
+        draft_model = (self.k is not None or self.tree_nodes is not None
+                       or (self.speculation is not None and MODES[self.speculation].needs_model))
+        demo = demo_pair(self.draft, self.ram, self.max_context, self.cache_dir, draft_model)
         return self.replace(target=demo.target, draft=demo.draft, ram=demo.ram,
                             max_context=demo.max_context, pack_dtype=demo.pack_dtype)
 

@@ -44,7 +44,8 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
         specdec.drafts.Draft, or None (plain decoding).
         A store always streams. A checkpoint loads into RAM, unless `ram` is given: then it
         is packed into `cache_dir` on first use and streamed under that budget.
-        No target at all: the offline demo pair (defaults from specdec.demo.demo_pair).
+        No target at all: the offline demo pair (defaults from specdec.demo.demo_pair:
+        plain decoding unless speculation, k or tree_nodes asks for its draft model).
     ram: RAM budget ("4GB", "800MB", bytes). For a store without one, a budget is derived
         from the RAM available now (the plan says which).
     dtype: "bfloat16" (default) or "float32" (exact comparisons).

@@ -82,3 +82,19 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(target, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
     inp, rows, cols, tv, ti = make_batch(examples[:2])
     assert len(rows) == len(cols) == len(tv) == sum(len(e.targets) for e in examples[:2])
+
+
+def test_float32_training_matches_bf16_closely_and_bad_precision_is_refused(target):
+    from tools.draft.distil import compute_dtype, draft_loss
+
+    assert compute_dtype("fp32") == torch.float32 and compute_dtype("bf16") == torch.bfloat16
+    assert compute_dtype("auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        compute_dtype("fp16")
+    examples = label_conversations(target, conversations(4, 5), all_positions=False)
+    run = _run(target, examples)
+    batch = make_batch(examples)
+    full, _ = draft_loss(run.draft, run.vocab, batch, 1.0, torch.float32)
+    half, _ = draft_loss(run.draft, run.vocab, batch, 1.0, torch.bfloat16)
+    assert torch.isfinite(full) and abs(full.item() - half.item()) < 0.05 * full.item()
+    assert full.item() != half.item()  # the float32 path really skips the autocast

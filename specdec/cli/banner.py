@@ -1,6 +1,8 @@
 """What the commands print about a loaded decoder: the banner and the RAM plan table."""
 from __future__ import annotations
 
+from .load_args import is_demo
+
 
 def banner(lm, args=None) -> str:
     from offload.budget import format_size
@@ -26,6 +28,9 @@ def banner(lm, args=None) -> str:
     else:
         lines.append("  target fully in RAM (no --ram given)")
     draft = "none (plain decoding)"
+    if lm.engine.strategy.name == "plain" and args is not None and is_demo(args):
+        draft += ("; the demo's default, as fast as the demo gets: --speculation chain for its "
+                  "draft model, --draft lookup for prompt lookup")
     if lm.draft is None and lm.engine.strategy.name != "plain":  # drafting without a model
         draft = f"none: {_speculation_text(lm)}"
     elif lm.draft is not None:
@@ -53,7 +58,7 @@ def _budget_source(plan, args) -> str:
     preset = getattr(args, "preset", None) or {}
     if preset.get("ram"):
         return f"preset {args.config}"
-    if args is not None and not (args.target or preset.get("target")):
+    if args is not None and is_demo(args):
         return "the demo's default; change it with --ram"
     return plan.budget_reason
 

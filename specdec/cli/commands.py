@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .load_args import add_kernels_argument, load_from_args, read_preset
+from .load_args import add_kernels_argument, is_demo, load_from_args, read_preset
 from .banner import banner, compute_info, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
@@ -143,7 +143,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", help="draft model, or `self` (4-bit copies of the target's streamed "
                    "layers), or `lookup` (no draft model: n-gram matches of the prompt and reply "
                    "so far; for rewriting, summarising, editing code); omit for plain decoding "
-                   "unless a preset names one")
+                   "unless a preset names one (the demo pair: plain decoding; --speculation, --k "
+                   "or --tree-nodes bring its draft model)")
     p.add_argument("--config", help="a preset TOML (configs/*.toml, by path or name)")
     p.add_argument("--ram", help="RAM budget, e.g. 4GB or 800MB (decimal; the target streams from disk)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -236,12 +237,7 @@ def fill_sampling_defaults(args) -> None:
     from ..sampling_params import preset
 
     given = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
-    args.sampling = preset("demo" if _is_demo(args) else args.sampling_preset).replace(**given)
-
-
-def _is_demo(args) -> bool:
-    preset = getattr(args, "preset", None) or {}
-    return not (args.target or preset.get("target"))
+    args.sampling = preset("demo" if is_demo(args) else args.sampling_preset).replace(**given)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -321,7 +317,7 @@ def cmd_serve(args) -> int:
     # Fields a request leaves out: the demo's own settings for the demo pair, else OpenAI's.
     settings = ServeSettings(model_name=args.model_name or _served_name(args), host=args.host,
                              port=args.port, api_key=api_key, queue_length=args.queue,
-                             sampling=preset("demo" if _is_demo(args) else "serve"))
+                             sampling=preset("demo" if is_demo(args) else "serve"))
     lm = load_from_args(args)
     with lm:  # closes the reader thread and files when the server has stopped
         print(banner(lm, args), file=sys.stderr)

@@ -40,6 +40,12 @@ def settings_from_args(args):
     return settings.replace(target=resolve(settings.target), draft=draft)
 
 
+def is_demo(args) -> bool:
+    """The command runs the demo pair: no target given, none in a preset."""
+    preset = getattr(args, "preset", None) or {}
+    return not (args.target or preset.get("target"))
+
+
 def load_from_args(args):
     from ..session import open_decoder
 

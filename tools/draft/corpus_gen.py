@@ -180,6 +180,7 @@ def run(args) -> None:
     if corpus.shards and corpus.manifest["recipe"].get("seed") != args.seed:
         raise SystemExit(f"{args.data} was grown with --seed {corpus.manifest['recipe']['seed']}; "
                          f"resume with that seed or use a new --data directory")
+    note_batch_sizes(corpus, args)
     _, tok, model = load_target(torch.float32)
     writer, held = TargetWriter(tok, model), HeldOut()
     material = [material_of(writer, corpus.read(e)) for e in corpus.shards[-MATERIAL_SHARDS:]]
@@ -200,6 +201,17 @@ def run(args) -> None:
     print(f"totals: {corpus.manifest.get('totals', {})}", flush=True)
 
 
+def note_batch_sizes(corpus: Corpus, args) -> None:
+    """Batch sizes change what a shard holds (how many openings its seed plans), so a resumed
+    corpus records the shard from which new sizes apply; each shard also records its own."""
+    recipe = corpus.manifest["recipe"]
+    last = (recipe.get("batch_changes") or [recipe])[-1]
+    current = (last.get("batch"), last.get("long_batch"))
+    if corpus.shards and current != (args.batch, args.long_batch):
+        recipe.setdefault("batch_changes", []).append(
+            {"from_shard": len(corpus.shards), "batch": args.batch, "long_batch": args.long_batch})
+
+
 def grow_one(corpus: Corpus, writer: TargetWriter, held: HeldOut, material: list[list[str]], args,
              start: float) -> None:
     index = len(corpus.shards)
@@ -208,11 +220,17 @@ def grow_one(corpus: Corpus, writer: TargetWriter, held: HeldOut, material: list
     torch.manual_seed(seed)
     t0 = time.time()
     pool = [t for shard in material[-MATERIAL_SHARDS:] for t in shard]
-    convs, refused, plan = build_batch(writer, held, rng, pool,
-                                 lambda p: args.long_batch if p.max_new_tokens > 256 else args.batch)
+    size = {}
+
+    def size_for(p):
+        size["batch"] = args.long_batch if p.max_new_tokens > 256 else args.batch
+        return size["batch"]
+
+    convs, refused, plan = build_batch(writer, held, rng, pool, size_for)
     # a shard with no conversation (every opening refused or unfinished) is still written:
     # it keeps the shard indices, and so the seeds, in step
-    entry = corpus.append(convs, seed, {"refused_user_turns": refused, "recipe_version": RECIPE_VERSION})
+    entry = corpus.append(convs, seed, {"refused_user_turns": refused, "recipe_version": RECIPE_VERSION,
+                                              "batch": size["batch"]})
     material.append(material_of(writer, convs))
     tot = corpus.manifest["totals"]
     print(f"[{(time.time() - start) / 60:6.1f} min] shard {index}: {entry['conversations']} convs, "
@@ -228,8 +246,10 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=60, help="stop starting batches after this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=12, help="conversations per batch (replies <= 256)")
-    ap.add_argument("--long-batch", type=int, default=6, help="conversations per batch (512 tokens)")
+    # batched generation costs far less per token than one at a time, up to where a thread's
+    # matrix products stop getting cheaper per row; memory stays ~2 GB at these sizes
+    ap.add_argument("--batch", type=int, default=32, help="conversations per batch (replies <= 256)")
+    ap.add_argument("--long-batch", type=int, default=16, help="conversations per batch (512 tokens)")
     run(ap.parse_args(argv))
 
 

@@ -91,9 +91,21 @@ class OutputVocab:
         return h @ self._head.t()
 
 
-def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float):
+def compute_dtype(choice: str = "auto") -> torch.dtype:
+    """The training arithmetic: bf16 autocast only where the CPU has bf16 instructions (on an
+    AVX2 CPU torch emulates it, several times slower than float32)."""
+    if choice not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {choice!r}: use auto, bf16 or fp32")
+    if choice == "auto":
+        from specdec.compute.probe import bf16_instructions
+
+        choice = "bf16" if bf16_instructions() else "fp32"
+    return torch.bfloat16 if choice == "bf16" else torch.float32
+
+
+def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float, dtype=torch.bfloat16):
     inp, rows, cols, tv, ti = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         h = draft.model(input_ids=inp).last_hidden_state
         logits = vocab.logits(draft, h[rows, cols])
     logp = torch.log_softmax(logits.float(), -1)

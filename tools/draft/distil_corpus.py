@@ -29,7 +29,8 @@ import torch
 from specdec.demo_model import GGUF_NAME
 
 from .corpus_shards import Corpus
-from .distil import OutputVocab, _previous_run, build_draft, draft_loss, save_draft, select_output_ids
+from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_loss, save_draft,
+                     select_output_ids)
 from .files import TOPK, write_atomic
 from .labels import Example, label_corpus, load_cached
 
@@ -128,6 +129,7 @@ class Run:
         self.rng = random.Random(args.seed)
         self.order: list[list[int]] = []  # the epoch's batches still to run
         self.n_train = 0
+        self.dtype = compute_dtype(getattr(args, "precision", "auto"))
 
     def state(self) -> dict:
         trainable = {k: v for k, v in self.draft.state_dict().items()
@@ -161,7 +163,7 @@ class Run:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.args)
         batch = make_batch([train[j] for j in self.order.pop()])
-        loss, _ = draft_loss(self.draft, self.vocab, batch, self.args.hard_weight)
+        loss, _ = draft_loss(self.draft, self.vocab, batch, self.args.hard_weight, self.dtype)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -233,6 +235,7 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
                 "train_positions": n_pos, "heldout_conversations": len(held), "lr": args.lr,
                 "batch_tokens": args.batch_tokens, "steps": run.step, "schedule_steps": args.steps,
                 "loss": f"soft CE to target top-{TOPK} + {args.hard_weight} x CE to target argmax",
+                "precision": str(run.dtype).removeprefix("torch."),
                 "seed": args.seed, "heldout_top1": round(a, 4), "curve": run.curve}
         save_draft(run.draft, run.vocab, Path(args.out), meta)
 
@@ -257,6 +260,8 @@ def main(argv=None) -> None:
     ap.add_argument("--holdout-every", type=int, default=25)
     ap.add_argument("--eval-steps", type=int, default=100)
     ap.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes")
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="bf16 autocast or float32 (auto: bf16 where the CPU has bf16 instructions)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
