@@ -50,7 +50,12 @@ def test_chain_learns_the_q4_slope_and_drafts_less_than_on_bf16():
         best = max(chain_rate(k, est, curve) for k in range(1, policy.k_max + 1))
         assert chain_rate(policy.k, est, curve) >= 0.97 * best, (policy.k, est)
         a0, b = policy.pass_time.fit()
-        assert math.isclose(a0 + b * 9, curve(9), rel_tol=0.02)
+        # Right where it decides (a chain that settles on one length learns no slope, and
+        # needs none there) ...
+        n = policy.k + 1
+        assert math.isclose(a0 + b * n, curve(n), rel_tol=0.02)
+    a0, b = q4.pass_time.fit()  # ... and the q4 slope, from the lengths it tried
+    assert math.isclose(a0 + b * 9, q4_curve(9), rel_tol=0.02)
     assert q4.k < bf16.k  # a compute-bound pass makes long chains dear
 
 

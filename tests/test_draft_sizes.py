@@ -82,3 +82,65 @@ def test_the_tree_scores_a_proposal_by_rank_draft_probability_and_depth():
     assert cost.hit_logp(0, 1, 0.95) > -0.1 > cost.rank_logp(0) > cost.hit_logp(0, 1, 0.2)
     assert cost.hit_logp(0, 3, 0.95) == cost.hit_logp(0, 4, 0.97)  # deep, same bin: shrunk alike
     assert cost.hit_logp(1, 1, None) == cost.rank_logp(1)  # no draft probability: by rank alone
+
+
+def test_one_more_draft_pays_when_its_expected_gain_beats_the_long_run_rate():
+    from specdec.speculate.chain_policy import more_pays
+
+    def flat(a):
+        return lambda depth: a
+
+    def cost(m):  # a draft token and a verified position: 0.05 + 0.002 of a pass each
+        return 0.052 * m
+    # 1.6 tokens per pass-second on average: a draft must bring > 0.083 expected tokens.
+    assert more_pays(0.9, flat(0.8), 2, 16, 1.6, cost)       # sure so far: run on
+    assert not more_pays(0.05, flat(0.8), 2, 16, 1.6, cost)  # unsure: stop
+    # Acceptance that rises with depth makes a draft worth it that the first depth's rate
+    # would not.
+    assert not more_pays(0.12, flat(0.6), 1, 16, 1.6, cost)
+    assert more_pays(0.12, lambda d: 0.6 if d == 1 else 0.9, 1, 16, 1.6, cost)
+    assert not more_pays(0.9, flat(0.8), 3, 3, 1.6, cost)    # never past the limit
+    # The dearer a draft token against a pass, the sooner the chain stops.
+    assert more_pays(0.2, flat(0.6), 1, 16, 1.6, cost)
+    assert not more_pays(0.2, flat(0.6), 1, 16, 1.6, lambda m: 0.152 * m)
+
+
+def test_long_run_rate_is_recent_tokens_over_recent_seconds():
+    from specdec.speculate.chain_policy import LongRunRate
+
+    rate = LongRunRate(memory=0.5)
+    assert rate.value(lambda: 1.25) == 1.25  # nothing measured: the model's estimate
+    rate.observe(1, 1.0)
+    rate.observe(3, 1.0)
+    assert rate.value(lambda: 0.0) == (0.5 * 1 + 3) / (0.5 * 1 + 1)
+
+
+def test_calibration_moves_a_confidence_bin_and_leaves_the_others_near_the_overall_rate():
+    model = ChainAcceptance(decay=0.98)
+    for _ in range(30):
+        model.observe(2, 1, [0.97, 0.2])  # sure tokens taken, unsure ones refused
+    assert model.drafted(1, 0.97) > 0.9 and model.drafted(2, 0.2) < 0.1
+    unseen = model.drafted(1, 0.6)  # a bin never seen: the overall rate
+    assert abs(unseen - model.overall) < 1e-9
+
+
+def test_cheap_draft_tokens_make_longer_chains_on_the_same_text():
+    def accept(depth, conf):
+        return conf
+
+    def mean_length(draft_seconds):
+        policy = DraftLengthPolicy()
+        rng, lengths = random.Random(1), []
+        for _ in range(300):
+            confs, taken = [], None
+            while policy.k > 0:
+                confs.append(rng.choice((0.2, 0.6, 0.9, 0.97)))
+                if taken is None and rng.random() >= accept(len(confs), confs[-1]):
+                    taken = len(confs) - 1
+                if not policy.keep_drafting(confs, policy.k_max):
+                    break
+            n = len(confs) if taken is None else taken
+            policy.update(len(confs), n, 1.0 + 0.002 * (len(confs) + 1), draft_seconds, confidences=confs)
+            lengths.append(len(confs))
+        return sum(lengths[100:]) / 200
+    assert mean_length(0.05) > mean_length(0.15) + 0.3

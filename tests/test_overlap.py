@@ -95,11 +95,29 @@ def test_growing_tree_best_nodes_form_a_tree_and_a_subtree_is_renumbered():
     assert mask.shape == (2, 5 + 3 + 2)
     assert mask[0].tolist() == [True] * 5 + [True, True, False] + [True, False]
     assert mask[1].tolist() == [True] * 5 + [True, False, False] + [False, True]
-    sub, kept = t.subtree(a, rank_logp=lambda rank: math.log(0.5))
+    sub, kept = t.subtree(a, hit_logp=lambda rank, depth, confidence: math.log(0.5))
     assert sub.tokens == [12, 13, 14] and sub.parents == [-1, -1, 0] and sub.depths == [1, 1, 2]
     assert sub.scores == pytest.approx([math.log(0.5), math.log(0.5), 2 * math.log(0.5)])
     assert kept == [1] and sub.slots == [0, -1, -1] and sub.forwarded == 1
     assert sub.take_frontier(5) == [1, 2]  # d and e wait to be forwarded; c is
+
+
+def test_a_carried_over_tree_is_rescored_by_rank_depth_below_its_new_root_and_draft_probability():
+    t = GrowingTree()
+    a = t.add(10, parent=-1, rank=0, score=-0.1, confidence=0.9)
+    t.mark_forwarded(t.take_frontier(1))
+    c = t.add(12, parent=a, rank=0, score=-0.2, confidence=0.97)
+    t.mark_forwarded(t.take_frontier(1))
+    t.add(14, parent=c, rank=1, score=-0.3, confidence=0.3)
+    seen = []
+
+    def hit_logp(rank, depth, confidence):
+        seen.append((rank, depth, confidence))
+        return math.log(confidence)
+    sub, _ = t.subtree(a, hit_logp)
+    assert seen == [(0, 1, 0.97), (1, 2, 0.3)]
+    assert sub.scores == pytest.approx([math.log(0.97), math.log(0.97 * 0.3)])
+    assert sub.draft_tree([0, 1]).confidences == [0.97, 0.3]  # the walk's stats see them
 
 
 def test_pass_model_floors_the_compute_fit_at_the_disk_time():

@@ -3,7 +3,8 @@ the token when the draft proposes it: its depth in the draft (acceptance conditi
 earlier drafts being right rises with depth: once on track, the draft stays on track) and the
 draft's own confidence (its probability of the token). Pure: imports no model.
 
-Estimates are running hit rates with exponential forgetting, kept per key and shrunk toward
+Estimates are running hit rates with exponential forgetting (per observation, or for the
+chain per pass), kept per key and shrunk toward
 a more general key's rate (a depth or confidence seen rarely starts at the overall rate and
 moves as it is measured), so sparse keys neither start at 0 nor at 1.
 """
@@ -45,6 +46,10 @@ class HitRates:
             rate = (hits + self.weight * rate) / (trials + self.weight)
         return min(max(rate, 1e-3), 0.999)
 
+    def age(self, decay: float) -> None:
+        """Forget every key's counts by `decay` (e.g. once per pass)."""
+        self._counts = {key: (decay * h, decay * n) for key, (h, n) in self._counts.items()}
+
     def trials(self, key: tuple) -> float:
         return self._counts.get(key, (0.0, 0.0))[1]
 
@@ -54,8 +59,10 @@ class ChainAcceptance:
     for a token whose draft confidence is known. A weak prior of 0.5 until measured."""
 
     def __init__(self, decay: float = 0.95, prior: float = 0.5):
-        self.rates = HitRates(decay)
-        self.prior = prior
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay!r}")
+        self.rates = HitRates(decay=1.0)
+        self.decay, self.prior = decay, prior
 
     def at_depth(self, depth: int) -> float:
         """For a token not drafted yet (its confidence unknown)."""
@@ -69,7 +76,11 @@ class ChainAcceptance:
     def observe(self, drafted: int, accepted: int, confidences: list[float] | None = None) -> None:
         """A verified chain of `drafted` tokens: the target took the first `accepted` and
         refused the next (if there was one); tokens after a refusal were never tested.
-        `confidences`: the draft's probability of each token (None: not known)."""
+        `confidences`: the draft's probability of each token (None: not known).
+        Every key forgets by the pass, measured or not: a depth or confidence the chain
+        stopped reaching (because it was measured low) drifts back to the general rate,
+        so it is tried again instead of staying low for ever."""
+        self.rates.age(self.decay)
         for i in range(min(accepted + 1, drafted)):
             depth, hit = i + 1, i < accepted
             keys = [("all",), ("depth", depth)]

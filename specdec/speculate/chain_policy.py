@@ -1,13 +1,21 @@
-"""How long a chain to draft: the length with the most expected tokens per second, from the
-measured acceptance per depth and, while the chain is being drafted, the draft's confidence
-in each token it drafted (speculate/acceptance.py). Imports no model.
+"""How long a chain to draft: before the pass, whether to draft at all (the length with the most
+expected tokens per second from the acceptance measured per depth); while the chain is
+drafted, one more token at a time for as long as its expected gain pays its cost
+(speculate/acceptance.py for the rates). Imports no model.
 
 A chain of k drafts yields E(k) = 1 + sum_{j<=k} prod_{d<=j} a_d tokens, where a_d is the
 chance the target takes draft d once it took drafts 1..d-1, and costs T_target(k + 1) +
 k * T_draft. Acceptance conditional on the earlier drafts being right rises with depth, so
-one rate for every position sizes chains too short. Before drafting, a_d are the per-depth
-rates; once token j is drafted, its own rate comes from the draft's probability of it (and
-its depth), so the chain stops where the draft is unsure and runs on where it is sure.
+one rate for every position sizes chains too short.
+
+Once j tokens are drafted, the chance that the target takes all of them (their reach) comes
+from the draft's own probability of each (calibrated online: the hit rate measured for
+tokens of that draft probability and depth). Drafting m more adds reach * (a_{j+1} + a_{j+1}
+a_{j+2} + ...) expected tokens for m draft tokens and m more verified positions. That pays
+when it beats what those seconds earn on average: the long-run tokens per second R, measured
+over the recent passes (maximising tokens - R * seconds per pass maximises the long-run rate).
+So a chain stops right after a token the draft was unsure of (its reach fell) and runs on
+while the draft is sure, further the cheaper a draft token is against a pass.
 """
 from __future__ import annotations
 
@@ -29,8 +37,8 @@ class DraftLengthPolicy:
     to look again (speculate/backoff.py). A fixed k skips all this.
     """
 
-    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.95,
-                 profile=None, recheck_every: int = 8):
+    def __init__(self, k: int | None = None, k_max: int = 16, k_start: int = 4, decay: float = 0.98,
+                 profile=None, recheck_every: int = 8, memory: float = 0.95):
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"k must be an integer >= 0 (0 = plain decoding), got {k!r}")
         self.fixed = k
@@ -39,6 +47,7 @@ class DraftLengthPolicy:
         self.pass_time = PassTimeFit(profile=profile)
         self.backoff = Backoff(recheck_every)
         self.draft_seconds = 0.0
+        self.rate = LongRunRate(memory)
         self.k = k if k is not None else k_start
         if k is None and profile is not None:
             # First passes sized by this CPU's kernel curve (draft cost unknown yet: 0).
@@ -62,6 +71,7 @@ class DraftLengthPolicy:
         self.model.observe(drafted, accepted, confidences)
         self.pass_time.observe(drafted + 1 if tokens is None else tokens, target_seconds)
         self.draft_seconds = draft_seconds
+        self.rate.observe(accepted + 1, target_seconds + drafted * draft_seconds)
         if self.fixed is None:
             self.k = self._next_k()
         return self.k
@@ -72,12 +82,22 @@ class DraftLengthPolicy:
         j = len(confidences)
         if j >= limit or self.fixed is not None:
             return j < limit
-        reach, tokens = 1.0, 1.0
+        reach = 1.0
         for depth, confidence in enumerate(confidences, start=1):
             reach *= self.model.drafted(depth, confidence)
+        rate = self.rate.value(self._expected_rate)
+        base = self.pass_time.seconds(j + 1)
+        return more_pays(reach, self.model.at_depth, j, limit, rate,
+                         lambda m: self.pass_time.seconds(j + 1 + m) - base + m * self.draft_seconds)
+
+    def _expected_rate(self) -> float:
+        """Tokens per second of the best length by the per-depth rates (before any pass)."""
+        cost = self._cost(self.draft_seconds)
+        k, tokens, reach = self._best(self.draft_seconds), 1.0, 1.0
+        for depth in range(1, k + 1):
+            reach *= self.model.at_depth(depth)
             tokens += reach
-        return best_length(self.model.at_depth, self._cost(self.draft_seconds), 0, limit,
-                           drafted=j, reach=reach, tokens=tokens) > j
+        return tokens / max(cost(k), 1e-9)
 
     def _next_k(self) -> int:
         best = self._best(self.draft_seconds)
@@ -120,3 +140,37 @@ def best_draft_length(a: float, t_target, t_draft: float, k_min: int, k_max: int
     a = min(a, 0.999)
     pass_seconds = t_target if callable(t_target) else (lambda n: t_target)
     return best_length(lambda depth: a, lambda k: pass_seconds(k + 1) + k * t_draft, k_min, k_max)
+
+
+def more_pays(reach: float, acceptance: Callable[[int], float], drafted: int, limit: int,
+              rate: float, extra_seconds: Callable[[int], float]) -> bool:
+    """Whether drafting on after `drafted` drafts, all taken with probability `reach`, pays:
+    for some m in 1..limit - drafted, the expected tokens m more drafts add (`acceptance(d)`:
+    the rate of draft d once the ones before it were taken) exceed what their
+    `extra_seconds(m)` would earn at the long-run `rate` (tokens per second)."""
+    gain = 0.0
+    for m in range(1, limit - drafted + 1):
+        reach *= acceptance(drafted + m)
+        gain += reach
+        if gain > rate * extra_seconds(m):
+            return True
+    return False
+
+
+class LongRunRate:
+    """Tokens per second over the recent passes (decayed sums of tokens and seconds, each
+    pass's seconds the target's plus its drafting), the yardstick a draft token's expected
+    gain must beat. Until a pass is seen, an estimate from the model."""
+
+    def __init__(self, memory: float = 0.95):
+        if not 0 < memory < 1:
+            raise ValueError(f"memory must be in (0, 1), got {memory!r}")
+        self.memory = memory
+        self.tokens = self.seconds = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        self.tokens = self.memory * self.tokens + tokens
+        self.seconds = self.memory * self.seconds + max(seconds, 0.0)
+
+    def value(self, estimate: Callable[[], float]) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else estimate()

@@ -6,9 +6,10 @@ Every node the draft proposed is in the tree; a node is *forwarded* once the dra
 on it, which gives it a slot in the draft's KV cache (slots counted past the context's
 entries, in forward order) and its own proposals as children. Nodes not forwarded yet form
 the frontier. A node's score is the estimated log-probability that the target's walk
-reaches it (the rank model of tree_model.py: a child scores its parent's score plus the
-log hit rate of its rank), so a child never scores above its parent: the n best nodes,
-ties broken by number, always form a tree, parents first.
+reaches it (tree_model.py's hit model: a child scores its parent's score plus the log hit
+rate measured for proposals of its rank, draft probability and depth), so a child never
+scores above its parent: the n best nodes, ties broken by number, always form a tree,
+parents first.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class GrowingTree:
         self.depths: list[int] = []    # 1 for the root's children
         self.ranks: list[int] = []     # rank among its parent's proposals (0 = favourite)
         self.scores: list[float] = []  # estimated log reach probability
+        self.confidences: list[float | None] = []  # the draft's probability of the token
         self.slots: list[int] = []     # draft cache slot past the context; -1 = not forwarded
         self.forwarded = 0             # nodes with a slot: slots 0..forwarded-1, each used once
         self._children: dict[int, dict[int, int]] = {}
@@ -35,14 +37,17 @@ class GrowingTree:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add(self, token: int, *, parent: int, rank: int, score: float) -> int:
-        """Node number of a new child of `parent` (-1: the root), not forwarded yet."""
+    def add(self, token: int, *, parent: int, rank: int, score: float,
+            confidence: float | None = None) -> int:
+        """Node number of a new child of `parent` (-1: the root), not forwarded yet;
+        `confidence`: the draft's probability of `token` (None: not known)."""
         i = len(self.tokens)
         self.tokens.append(token)
         self.parents.append(parent)
         self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
         self.ranks.append(rank)
         self.scores.append(score)
+        self.confidences.append(confidence)
         self.slots.append(-1)
         self._children.setdefault(parent, {})[token] = i
         heapq.heappush(self._frontier, (-score, i))
@@ -111,13 +116,15 @@ class GrowingTree:
         for node in nodes:
             parent = self.parents[node]
             tree.add(self.tokens[node], parent=index[parent] if parent >= 0 else -1,
-                     rank=self.ranks[node], cum_logp=self.scores[node])
+                     rank=self.ranks[node], cum_logp=self.scores[node],
+                     confidence=self.confidences[node])
         return tree
 
     # -- after a pass -----------------------------------------------------------------------
-    def subtree(self, root: int, rank_logp: Callable[[int], float]) -> tuple["GrowingTree", list[int]]:
+    def subtree(self, root: int, hit_logp: Callable[[int, int, float | None], float]
+                ) -> tuple["GrowingTree", list[int]]:
         """The tree below node `root` (which becomes the new root), rescored with the current
-        `rank_logp`, and the old slots of its forwarded nodes in the order the new tree numbers
+        `hit_logp(rank, depth below the new root, confidence)`, and the old slots of its forwarded nodes in the order the new tree numbers
         their slots (ascending: move them to follow the context in that order)."""
         new = GrowingTree()
         index = {root: -1}
@@ -127,8 +134,11 @@ class GrowingTree:
             parent = index.get(self.parents[node])
             if parent is None:
                 continue
-            score = (new.scores[parent] if parent >= 0 else 0.0) + rank_logp(self.ranks[node])
-            index[node] = new.add(self.tokens[node], parent=parent, rank=self.ranks[node], score=score)
+            depth = 1 if parent < 0 else new.depths[parent] + 1
+            rank, confidence = self.ranks[node], self.confidences[node]
+            score = (new.scores[parent] if parent >= 0 else 0.0) + hit_logp(rank, depth, confidence)
+            index[node] = new.add(self.tokens[node], parent=parent, rank=rank, score=score,
+                                  confidence=confidence)
             if self.slots[node] >= 0:
                 kept.append(node)
         kept.sort(key=lambda node: self.slots[node])

@@ -11,9 +11,10 @@ spends its time in preadv with the GIL released.
 
 The tree (growing_tree.py) holds every node the draft proposed; the forwarded ones have
 entries in the draft's cache right after the context's. A pass verifies the best N nodes
-(estimated reach probability, tree_model.py's rank model); meanwhile the draft grows the
-tree best-first, mostly below the nodes sent: under the rank model, the chance a node is
-useful to the next pass is its reach probability, wherever it hangs. The next plan walks
+(estimated reach probability, tree_model.py's hit model: by rank, refined by the draft's
+probability and depth); meanwhile the draft grows the
+tree best-first, mostly below the nodes sent: the chance a node is useful to the next pass
+is its reach probability, wherever it hangs. The next plan walks
 the tokens the pass accepted (and the target's own next token) down the tree; if the walk
 ends on a forwarded node, the subtree below it is the next tree, its cache entries moved
 to follow the new context, and the pass starts at once. Otherwise the draft catches up (one
@@ -164,7 +165,7 @@ class Overlap(Strategy):
 
     def _reroot(self, path: list[int], extra: list[int]) -> None:
         base = len(self.ctx)
-        sub, kept = self.tree.subtree(path[-1], self.cost.rank_logp)
+        sub, kept = self.tree.subtree(path[-1], self.cost.hit_logp)
         # Ascending: each path node was forwarded after its parent, the subtree after them.
         slots = [base + self.tree.slots[p] for p in path] + [base + s for s in kept]
         self._busy = True
@@ -241,9 +242,11 @@ class Overlap(Strategy):
         # A node's history (ctx + its path) stays the same when the tree is re-rooted below
         # a longer ctx, so proposals made under the penalty stay right across passes.
         path = path_tokens(self.tree, node)
-        for token, rank, _ in draft_proposals(self.drafter, logits, self.settings.width, self._params,
-                                              self.ctx, path):
-            self.tree.add(token, parent=node, rank=rank, score=base + self.cost.rank_logp(rank))
+        depth = len(path) + 1
+        for token, rank, confidence in draft_proposals(self.drafter, logits, self.settings.width,
+                                                       self._params, self.ctx, path):
+            score = base + self.cost.hit_logp(rank, depth, confidence)
+            self.tree.add(token, parent=node, rank=rank, score=score, confidence=confidence)
 
     def _count(self, where: str, seconds: float) -> None:
         self._counters[f"draft_seconds_{where}"] += seconds

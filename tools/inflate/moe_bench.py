@@ -68,18 +68,20 @@ def worker(job: dict) -> dict:
     import specdec
     from specdec.bench.iobench import proc_read_bytes
 
+    from .moe_routing import as_chat
+
     s = job["settings"]
     lm = specdec.load(job["store"], ram=job["ram"], draft=s.get("draft"), progress=False,
                       expert_prefetch=s.get("expert_prefetch", False),
                       expert_reads=s.get("expert_reads", "direct"))
     with lm:
-        lm.generate(job["prompts"][0], max_new_tokens=2)
+        lm.generate(as_chat(lm, job["prompts"][0]), max_new_tokens=2)
         tokens = passes = 0
         read0, t0 = proc_read_bytes(), time.perf_counter()
         source: dict = {}
         for prompt in job["prompts"]:
             lm.reset()
-            out = lm.generate(prompt, max_new_tokens=job["tokens"])
+            out = lm.generate(as_chat(lm, prompt), max_new_tokens=job["tokens"])
             tokens, passes = tokens + out.stats.new_tokens, passes + out.stats.target_passes
             for k, v in out.stats.source.items():
                 source[k] = source.get(k, 0) + v

@@ -23,6 +23,11 @@ if [ ! -f "$OUT/$SHAPE-store/manifest.json" ]; then
   timeout 3600 $PY -m specdec pack "$OUT/$SHAPE.gguf" "$OUT/$SHAPE-store"
   echo "packed in $(( $(date +%s) - start )) s, $(du -sh "$OUT/$SHAPE-store" | cut -f1)"
 fi
-timeout 1200 $PY -m tools.inflate moe-routing "$OUT/$SHAPE-store" --ram "$CAP" --count 4 --tokens 32
-timeout 5400 $PY -m tools.inflate moe-bench "$OUT/$SHAPE-store" --cap "$CAP" --draft specdec/demo_draft \
-  --count 2 --tokens 32 --timeout 1200 --json "$OUT/$SHAPE-bench.json"
+timeout 1200 $PY -m tools.inflate moe-routing "$OUT/$SHAPE-store" --ram "$CAP" --count 4 --tokens 64
+# The chain row needs a draft with its own embeddings and SmolLM2's vocabulary: the bench's
+# inflated demo draft (python -m tools.inflate workload inflated-7b-bf16 builds it).
+DRAFT=${DRAFT:-${SPECDEC_CACHE:-$HOME/.cache/specdec}/bench/inflated-draft-bf16}
+DRAFT_ARGS=()
+[ -d "$DRAFT" ] && DRAFT_ARGS=(--draft "$DRAFT") || echo "no draft at $DRAFT: no chain row"
+timeout 5400 $PY -m tools.inflate moe-bench "$OUT/$SHAPE-store" --cap "$CAP" "${DRAFT_ARGS[@]}" \
+  --count 2 --tokens 64 --timeout 1200 --json "$OUT/$SHAPE-bench.json"

@@ -23,11 +23,19 @@ def routing_report(lm, prompts: list, new_tokens: int, pass_sizes=(1, 2, 4, 8)) 
         for prompt in prompts:
             model.routing_observer = trace = RoutingTrace()
             lm.reset()
-            lm.generate(prompt, max_new_tokens=new_tokens)
+            lm.generate(as_chat(lm, prompt), max_new_tokens=new_tokens)
             runs.append(routing_statistics(trace, model.args.num_experts, pass_sizes))
     finally:
         model.routing_observer = None
     return {"runs": runs, "mean": _mean(runs), "published": PUBLISHED}
+
+
+def as_chat(lm, prompt):
+    """A text prompt as a user turn under the chat template (an instruct model answers it at
+    length instead of ending at once); token ids and template-less models as they are."""
+    if isinstance(prompt, str) and lm.has_chat_template():
+        return lm.encode_chat([{"role": "user", "content": prompt}])
+    return prompt
 
 
 def _mean(runs: list[dict]) -> dict:
