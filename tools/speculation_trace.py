@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from specdec.speculate.chain_policy import DraftLengthPolicy
+from tools.draft.measure import depth_rates as measured_depth_rates
 
 
 def record(lm, prompts: list[str], max_new_tokens: int, replies: dict | None = None) -> list[dict]:
@@ -140,16 +141,8 @@ def replay_recorded(trace: list[dict], policy: DraftLengthPolicy, pass_cost: tup
 
 def depth_rates(trace: list[dict], depths: int = 6) -> list[float]:
     """Teacher forced: P(draft d right | drafts 1..d-1 right), from every reply position."""
-    tried, hit = [0] * depths, [0] * depths
-    for row in trace:
-        m = row["hit"]
-        for t in range(len(m)):
-            for d in range(min(depths, len(m) - t)):
-                tried[d] += 1
-                if not m[t + d]:
-                    break
-                hit[d] += 1
-    return [round(h / max(n, 1), 3) for h, n in zip(hit, tried)]
+    rates = measured_depth_rates([row["hit"] for row in trace], depths)
+    return [round(r, 3) for r in [rates["first"], *rates["conditional"]]]
 
 
 def calibration(trace: list[dict], edges=(0.3, 0.5, 0.7, 0.85, 0.95)) -> list[tuple]:
@@ -207,28 +200,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         trace = json.loads(args.trace.read_text())
+    report(trace, args, lambda policy, cost: replay(lm, trace, policy, args.pass_cost, cost))
+    lm.close()
+    return 0
+
+
+def report(trace: list[dict], args, run) -> None:
+    """The teacher-forced rates, then run(policy, draft cost) for the adaptive policy and each
+    fixed length, at each draft cost."""
     print("teacher forced, P(draft d right | 1..d-1 right):", depth_rates(trace))
     print("teacher forced, (draft probability from, positions, share right):", calibration(trace))
     for cost in (float(c) for c in args.draft.split(",")):
         policies = {"adaptive": DraftLengthPolicy}
-        policies.update({f"k={k}": (lambda k=int(k): DraftLengthPolicy(k=k)) for k in filter(None, args.fixed.split(","))})
+        policies.update({f"k={k}": (lambda k=int(k): DraftLengthPolicy(k=k))
+                         for k in filter(None, args.fixed.split(","))})
         for name, make in policies.items():
-            print(f"draft {cost}", name, json.dumps(replay(lm, trace, make(), args.pass_cost, cost)), flush=True)
-    lm.close()
-    return 0
+            print(f"draft {cost}", name, json.dumps(run(make(), cost)), flush=True)
 
 
 def _replay_recorded(args) -> int:
     if args.trace is None:
         raise SystemExit("--recorded needs a recorded trace file")
     trace = json.loads(args.trace.read_text())
-    print("teacher forced, P(draft d right | 1..d-1 right):", depth_rates(trace))
-    print("teacher forced, (draft probability from, positions, share right):", calibration(trace))
-    for cost in (float(c) for c in args.draft.split(",")):
-        policies = {"adaptive": DraftLengthPolicy}
-        policies.update({f"k={k}": (lambda k=int(k): DraftLengthPolicy(k=k)) for k in filter(None, args.fixed.split(","))})
-        for name, make in policies.items():
-            print(f"draft {cost}", name, json.dumps(replay_recorded(trace, make(), args.pass_cost, cost)))
+    report(trace, args, lambda policy, cost: replay_recorded(trace, policy, args.pass_cost, cost))
     return 0
 
 
