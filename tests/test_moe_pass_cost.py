@@ -6,9 +6,8 @@ import math
 import pytest
 
 import specdec
-from helpers.family_models import make_family_model
+from helpers.family_runs import PROMPT, make_target_and_draft
 from helpers.moe_budget import minimum_ram
-from helpers.models import make_noised_copy, sharpen_lm_head
 from offload.pack import pack
 from specdec.moe_pass_cost import DEFAULT_SECONDS_PER_BYTE, ExpertPassCost
 from specdec.moe_routing import independent_union
@@ -96,16 +95,12 @@ def test_steep_expert_growth_shortens_the_chain():
 
 
 def test_speculation_on_a_streamed_moe_target_feeds_the_cost_model(tmp_path):
-    target, draft = tmp_path / "t", tmp_path / "d"
-    make_family_model(target, "qwen3_moe", eos_token_id=None, tie_word_embeddings=False)
-    sharpen_lm_head(target, 8.0)
-    make_noised_copy(target, draft, scale=0.1)
+    target, draft = make_target_and_draft(tmp_path, "qwen3_moe")
     store = pack(target, tmp_path / "store", dtype="float32", progress=False)
-    prompt = [3, 17, 42, 8, 61, 5]
-    expected = specdec.load(target, dtype="float32").generate(prompt, max_new_tokens=16).token_ids
+    expected = specdec.load(target, dtype="float32").generate(PROMPT, max_new_tokens=16).token_ids
     ram = minimum_ram(store, draft=draft) + 20_000
     with specdec.load(store, draft=draft, dtype="float32", ram=ram, max_context=64) as lm:
-        out = lm.generate(prompt, max_new_tokens=16)
+        out = lm.generate(PROMPT, max_new_tokens=16)
         cost, policy = lm.expert_cost, lm.engine.strategy.policy
         assert policy.pass_time.growth == cost.extra_seconds
     assert out.token_ids == expected

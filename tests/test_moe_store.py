@@ -9,7 +9,8 @@ import torch
 
 import specdec.moe
 from helpers.family_models import make_family_model
-from helpers.family_runs import our_model
+from helpers.family_runs import PROMPT, make_target_and_draft, our_model
+from helpers.moe_budget import minimum_ram
 from offload.budget import BudgetError, LayerSizes, plan_memory
 from offload.format import (ALIGN, EXPERT_STORE_VERSION, StoreError, forget_verified, open_store,
                             verify)
@@ -227,26 +228,15 @@ def test_speculative_decoding_streams_experts_under_a_budget(tmp_path):
     """specdec.load on a mixture-of-experts store under a budget that pins nothing: greedy chain
     decoding with a draft gives the target's own greedy tokens; the plan counts the expert
     buffers; the pass reads experts, never whole expert files."""
-    import re
-
     import specdec
-    from helpers.models import make_noised_copy, sharpen_lm_head
-    from offload.budget import DEFAULT_OVERHEAD
 
-    target, draft = tmp_path / "t", tmp_path / "d"
-    make_family_model(target, "qwen3_moe", eos_token_id=None, tie_word_embeddings=False)
-    sharpen_lm_head(target, 8.0)
-    make_noised_copy(target, draft, scale=0.1)
+    target, draft = make_target_and_draft(tmp_path, "qwen3_moe")
     store = pack(target, tmp_path / "store", dtype="float32", progress=False)
-    prompt = [3, 17, 42, 8, 61, 5]
-    expected = specdec.load(target, dtype="float32").generate(prompt, max_new_tokens=20).token_ids
-    with pytest.raises(BudgetError) as e:
-        specdec.load(store, draft=draft, dtype="float32", ram=DEFAULT_OVERHEAD, max_context=64)
-    minimum = float(re.search(r"at least ([0-9.]+) MB", str(e.value)).group(1)) * 1e6
-    with specdec.load(store, draft=draft, dtype="float32", ram=int(minimum) + 20_000,
+    expected = specdec.load(target, dtype="float32").generate(PROMPT, max_new_tokens=20).token_ids
+    with specdec.load(store, draft=draft, dtype="float32", ram=minimum_ram(store, draft=draft) + 20_000,
                       max_context=64, k=3) as lm:
         assert not lm.plan.pinned and lm.plan.expert_slots == 4, lm.plan.summary
-        out = lm.generate(prompt, max_new_tokens=20)
+        out = lm.generate(PROMPT, max_new_tokens=20)
         stats = lm.target.model.weights.stats
     assert out.token_ids == expected and out.stats.accepted > 0
     experts_total = sum(open_store(store).experts_nbytes(i) for i in range(3))

@@ -32,15 +32,22 @@ def reference_logits(ref, ids):
         return ref(ids[None]).logits[0]
 
 
-def target_and_draft(tmp_path, variant, **overrides):
+def make_target_and_draft(tmp_path, variant, **overrides):
     """A target with peaked distributions and a noised copy of it as draft (they agree often);
-    returns (transformers' model of the target, target dir, draft dir)."""
-    from transformers import AutoModelForCausalLM
-
+    returns (target dir, draft dir)."""
     target, draft = tmp_path / "t", tmp_path / "d"
     make_family_model(target, variant, eos_token_id=None, tie_word_embeddings=False, **overrides)
     sharpen_lm_head(target, 8.0)
     make_noised_copy(target, draft, scale=0.1)
+    return target, draft
+
+
+def target_and_draft(tmp_path, variant, **overrides):
+    """make_target_and_draft, with transformers' model of the target first:
+    (reference, target dir, draft dir)."""
+    from transformers import AutoModelForCausalLM
+
+    target, draft = make_target_and_draft(tmp_path, variant, **overrides)
     ref = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
     return ref, target, draft
 
