@@ -24,12 +24,12 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
 
 
 def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path | None,
-            timeout: float) -> list[dict]:
+            timeout: float, only: set[str] | None = None) -> list[dict]:
     from specdec.bench.memcap import MemoryCap, evict_page_cache
 
     rows = []
     for name, settings in CONTENDERS.items():
-        if settings.get("draft") and draft is None:
+        if (settings.get("draft") and draft is None) or (only and name not in only):
             continue
         evict_page_cache([store])
         job = {"store": str(store), "ram": cap, "prompts": prompts, "tokens": tokens,
@@ -79,9 +79,12 @@ def worker(job: dict) -> dict:
         tokens = passes = 0
         read0, t0 = proc_read_bytes(), time.perf_counter()
         source: dict = {}
+        greedy = []  # per prompt: what another runtime is given and should answer (greedy)
         for prompt in job["prompts"]:
             lm.reset()
-            out = lm.generate(as_chat(lm, prompt), max_new_tokens=job["tokens"])
+            ids = as_chat(lm, prompt)
+            out = lm.generate(ids, max_new_tokens=job["tokens"])
+            greedy.append({"prompt_ids": lm.encode(ids), "token_ids": out.token_ids})
             tokens, passes = tokens + out.stats.new_tokens, passes + out.stats.target_passes
             for k, v in out.stats.source.items():
                 source[k] = source.get(k, 0) + v
@@ -91,6 +94,7 @@ def worker(job: dict) -> dict:
         return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": seconds,
                 "tokens_per_second": tokens / seconds, "bytes_read_per_token": read / tokens,
                 "tokens_per_pass": tokens / passes, "plan": lm.plan.summary if lm.plan else None,
+                "threads": torch.get_num_threads(), "eos_ids": sorted(lm.eos_ids), "greedy": greedy,
                 **expert_figures(source, passes, tokens)}
 
 
@@ -112,15 +116,21 @@ def table(rows: list[dict], raw: dict) -> str:
              "expert hit | tokens/pass | cgroup peak MB"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['contender']} | failed: {r['error']}")
+            lines.append(f"{r['contender']} | {'' if r.get('skipped') else 'failed: '}{r['error']}")
             continue
         floor = r["bytes_read_per_token"] / (raw["raw_gb_per_s"] * 1e9) * 1e3
         peak = r["peak_cgroup_bytes"] / 1e6 if r.get("peak_cgroup_bytes") else float("nan")
         lines.append(f"{r['contender']} | {r['isa']} | {r['tokens_per_second']:.3f} | "
                      f"{r['bytes_read_per_token'] / 1e6:.1f} | {floor:.0f} | "
-                     f"{r.get('experts_per_layer_pass', 0):.2f} | {r.get('expert_hit_rate', 0):.2f} | "
+                     f"{_figure(r, 'experts_per_layer_pass')} | {_figure(r, 'expert_hit_rate')} | "
                      f"{r['tokens_per_pass']:.2f} | {peak:.0f}")
     return "\n".join(lines)
+
+
+def _figure(row: dict, key: str) -> str:
+    """A figure the contender has, or "-" (the page cache has no hit rate of specdec's cache,
+    llama.cpp no expert figures)."""
+    return f"{row[key]:.2f}" if row.get(key) is not None else "-"
 
 
 if __name__ == "__main__":
