@@ -25,12 +25,12 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
 
 
 def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path | None,
-            timeout: float) -> list[dict]:
+            timeout: float, only: set[str] | None = None) -> list[dict]:
     from specdec.bench.memcap import MemoryCap, evict_page_cache
 
     rows = []
     for name, settings in CONTENDERS.items():
-        if settings.get("draft") and draft is None:
+        if (settings.get("draft") and draft is None) or (only and name not in only):
             continue
         evict_page_cache([store])
         job = {"store": str(store), "ram": cap, "prompts": prompts, "tokens": tokens,
@@ -117,7 +117,7 @@ def table(rows: list[dict], raw: dict) -> str:
              "expert hit | tokens/pass | cgroup peak MB"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['contender']} | failed: {r['error']}")
+            lines.append(f"{r['contender']} | {'' if r.get('skipped') else 'failed: '}{r['error']}")
             continue
         floor = r["bytes_read_per_token"] / (raw["raw_gb_per_s"] * 1e9) * 1e3
         peak = r["peak_cgroup_bytes"] / 1e6 if r.get("peak_cgroup_bytes") else float("nan")
