@@ -1,5 +1,5 @@
 """Expert reads on a mixture-of-experts store under a memory cap: O_DIRECT with specdec's expert
-cache, the same with prefetch, buffered reads left to the page cache, and (with a draft) chain
+cache, the same with each prefetch guess, buffered reads left to the page cache, and (with a draft) chain
 speculation. Each contender runs in its own child process inside a fresh memory cgroup (the
 cap covers the process and the page cache it fills) after the store's pages are evicted, and
 prints tokens/s, bytes read per token (/proc/self/io), the expert figures, the ISA. A timing
@@ -17,7 +17,8 @@ from pathlib import Path
 
 CONTENDERS = {  # name: load settings beyond the store and the budget
     "plain-direct": {},
-    "plain-direct-prefetch": {"expert_prefetch": True},
+    "plain-direct-prefetch-prev": {"expert_prefetch": "previous-pass"},
+    "plain-direct-prefetch-next": {"expert_prefetch": "next-router"},
     "plain-page-cache": {"expert_reads": "page-cache"},
     "chain-direct": {"draft": True},
 }
