@@ -12,7 +12,7 @@ from pathlib import Path
 from offload.expert_guess import GUESSES
 
 from .load_args import add_kernels_argument, is_demo, load_from_args, read_preset
-from .banner import banner, compute_info, plan_text
+from .banner import banner, compute_info, draft_info, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
@@ -357,7 +357,7 @@ def cmd_info(args) -> int:
     with lm:
         if args.json:
             print(json.dumps({"target": str(lm.target.path),
-                              "draft": str(lm.draft.path) if lm.draft else None,
+                              "draft": draft_info(lm),
                               "max_context": lm.max_context,
                               "plan": lm.plan.as_dict() if lm.plan is not None else None,
                               "compute": compute_info(lm.target.model)}, indent=2))
