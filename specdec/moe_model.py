@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import Transformer, linear, rms_norm, rotate_half
-from .moe import routed_mlp
+from .moe import read_ahead, routed_mlp
 
 
 class MoeTransformer(Transformer):
@@ -24,7 +24,8 @@ class MoeTransformer(Transformer):
         x = rms_norm(h, w["post_attention_layernorm.weight"], a.rms_norm_eps)
         observer = self.routing_observer
         observe = None if observer is None else lambda ids: observer(i, ids)
-        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob, observe)
+        ahead = lambda: read_ahead(w, h, a.experts_per_token, a.rms_norm_eps)  # noqa: E731
+        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob, observe, ahead)
 
 
 class OlmoeTransformer(MoeTransformer):

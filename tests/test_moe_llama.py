@@ -102,7 +102,7 @@ def test_the_row_through_the_dense_benchmarks_worker_protocol(tmp_path, store_an
     text = table([{**BASELINE_ROW, "tokens_per_second": 1.0, "bytes_read_per_token": 1e6,
                    "tokens_per_pass": 1.0, "peak_cgroup_bytes": None, "experts_per_layer_pass": 8.0,
                    "expert_hit_rate": 0.5}, row], {"raw_gb_per_s": 1.0, "raw_bytes": 10**9})
-    assert f"{CONTENDER} | AVX2 | 7.000 | 3.0 | 3 | - | - | 1.00 |" in text
+    assert f"{CONTENDER} | AVX2 | 7.000 | 3.0 | 3 | - | - | - | - | 1.00 |" in text
     assert "6 of 7 positions (86%)" in agreement_line(row)
 
 
