@@ -28,7 +28,8 @@ def stand_in_python(tmp_path, importable=True, answer=None):
         job = json.load(open(sys.argv[2]))
         shutil.copy(sys.argv[2], {str(tmp_path / "job_seen.json")!r})
         runs = [{{"prompt_index": r["prompt_index"], "new_tokens": len(ids), "token_ids": ids,
-                  "seconds": 0.5, "bytes_read": 3_000_000 * len(ids), "target_passes": len(ids)}}
+                  "seconds": 0.5, "bytes_read": 3_000_000 * len(ids), "target_passes": len(ids),
+                  "prefill_seconds": 0.2, "prefill_bytes_read": 4_000_000}}
                 for r, ids in zip(job["runs"], {answer!r})]
         json.dump({{"runs": runs, "peak_rss_bytes": 10**8, "threads": job["threads"],
                    "llama_cpp_version": "0.0-stand-in", "use_mmap": True}}, open(sys.argv[3], "w"))
@@ -96,13 +97,14 @@ def test_the_row_through_the_dense_benchmarks_worker_protocol(tmp_path, store_an
     assert row["contender"] == CONTENDER and row["tokens"] == 7 and row["seconds"] == 1.0
     assert row["tokens_per_second"] == 7.0 and row["bytes_read_per_token"] == 3e6
     assert row["tokens_per_pass"] == 1.0 and row["threads"] == 2 and row["use_mmap"]
+    assert row["decode"] == {"tokens": 5, "seconds": pytest.approx(0.6), "bytes_read": 13_000_000}
     assert row["greedy_matched"] == 6 and row["first_difference"] == [2, None]
     if row["cgroup"]:  # root with a memory controller: the cap's peak is read back
         assert row["peak_cgroup_bytes"] is not None
     text = table([{**BASELINE_ROW, "tokens_per_second": 1.0, "bytes_read_per_token": 1e6,
                    "tokens_per_pass": 1.0, "peak_cgroup_bytes": None, "experts_per_layer_pass": 8.0,
                    "expert_hit_rate": 0.5}, row], {"raw_gb_per_s": 1.0, "raw_bytes": 10**9})
-    assert f"{CONTENDER} | AVX2 | 7.000 | 3.0 | 3 | - | - | - | - | 1.00 |" in text
+    assert f"{CONTENDER} | AVX2 | 7.000 | 3.0 | 3 | 2.6 | - | - | - | 1.00 |" in text
     assert "6 of 7 positions (86%)" in agreement_line(row)
 
 
@@ -152,6 +154,7 @@ def test_llama_cpp_runs_the_synthetic_moe_gguf_and_follows_specdecs_greedy_token
     row = llama_row(store, None, 2 * 10**9, [{"contender": BASELINE, **plain}], 12, 300, sys.executable)
     assert "error" not in row, row
     assert row["tokens"] == 12 * len(PROMPTS) and row["use_mmap"] and row["bytes_read_per_token"] >= 0
+    assert row["decode"]["tokens"] == 11 * len(PROMPTS) and 0 < row["decode"]["seconds"] < row["seconds"]
     # Q4_1/Q8_0 kernels round differently from specdec's: the first tokens agree (and depend on
     # the prompt, so no constant answer passes), most others do
     firsts = [ids[0] for ids in row["token_ids"]]
