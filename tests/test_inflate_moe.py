@@ -1,6 +1,8 @@
 """The synthetic mixture-of-experts workload (tools/inflate/moe.py) on a tiny shape: its experts
 are paired halves of the inflated dense MLP, so its logits are the dense inflation's whichever
 experts the router picks; its routing statistics come out of the report command's code."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,7 @@ def test_routing_report_counts_a_tokens_paired_experts(built):
     assert 4 <= m["distinct_per_pass"][4] <= 8 and m["independent"][1] == 4
     text = report_text(report)
     assert "published for Qwen3-30B-A3B" in text and "T  distinct/layer" in text
+    assert report_text(json.loads(json.dumps(report))) == text  # as moe_bench.sh reads it back
 
 
 def test_the_moe_bench_worker_reports_bytes_and_expert_figures(tmp_path):
