@@ -109,7 +109,15 @@ def row_of(result: dict, baseline: dict) -> dict:
             "seconds": seconds, "tokens_per_second": tokens / seconds,
             "bytes_read_per_token": sum(r["bytes_read"] for r in runs) / tokens,
             "tokens_per_pass": tokens / passes, "peak_rss_bytes": result["peak_rss_bytes"],
-            "token_ids": [r["token_ids"] for r in runs], **agreement}
+            "decode": decode_part(runs), "token_ids": [r["token_ids"] for r in runs], **agreement}
+
+
+def decode_part(runs: list[dict]) -> dict:
+    """The tokens after each prompt's first (its prompt pass apart), as moe_bench's rows split
+    them: what a generated token costs without the prompt's union of experts."""
+    return {"tokens": sum(max(r["new_tokens"] - 1, 0) for r in runs),
+            "seconds": sum(r["seconds"] - r.get("prefill_seconds", r["seconds"]) for r in runs),
+            "bytes_read": sum(r["bytes_read"] - r.get("prefill_bytes_read", r["bytes_read"]) for r in runs)}
 
 
 def greedy_agreement(theirs: list[list[int]], ours: list[list[int]]) -> dict:
