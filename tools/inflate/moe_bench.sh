@@ -8,7 +8,8 @@
 #   tools/inflate/moe_bench.sh [SHAPE] [CAP] [OUT]
 #   SHAPE: inflated-moe-small (default: 3.0 GB GGUF + ~3 GB store, CAP 1.5GB) or
 #          inflated-30b-a3b (18.7 GB GGUF + 18.8 GB store: ~38 GB of disk; CAP 4GB)
-#   COUNT, TOKENS (env): prompts and tokens per prompt per row (default 2 and 32: with the
+#   COUNT, TOKENS, LLAMA_TOKENS (env): prompts and tokens per prompt per row, llama.cpp's tokens
+#   per prompt (default 2, 32 and TOKENS: with the
 #   workload built, the 30B-A3B shape's seven rows take ~12 minutes on an idle 2-core machine)
 set -euo pipefail
 SHAPE=${1:-inflated-moe-small}
@@ -46,4 +47,4 @@ fi
 $PY -c "import json, sys; from tools.inflate.moe_routing import report_text; print(report_text(json.load(open(sys.argv[1]))))" \
   "$OUT/$SHAPE-routing.json"
 timeout 1500 $PY -m tools.inflate moe-bench "$OUT/$SHAPE-store" --cap "$CAP" --draft "$DRAFT" \
-  --count "$COUNT" --tokens "$TOKENS" --timeout 300 --json "$OUT/$SHAPE-bench.json"
+  --count "$COUNT" --tokens "$TOKENS" --llama-tokens "${LLAMA_TOKENS:-$TOKENS}" --timeout 300 --json "$OUT/$SHAPE-bench.json"
