@@ -32,7 +32,9 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
 
 
 def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path | None,
-            timeout: float, only: set[str] | None = None) -> list[dict]:
+            timeout: float, only: set[str] | None = None, on_row=None) -> list[dict]:
+    """The rows, each in a fresh cgroup; `on_row(rows)` after each (the CLI saves what it has,
+    so a run stopped from outside keeps its finished rows)."""
     from specdec.bench.memcap import MemoryCap, evict_page_cache
 
     rows = []
@@ -50,6 +52,8 @@ def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path 
             if group is not None:
                 group.close()
         rows.append({"contender": name, "cgroup": group is not None, "peak_cgroup_bytes": peak, **row})
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
