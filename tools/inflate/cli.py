@@ -113,6 +113,9 @@ def _moe_parsers(sub) -> None:
                         "takes its prompts and checks its tokens against plain-direct's")
     b.add_argument("--gguf", type=Path, default=None,
                    help="llama.cpp's row: the GGUF the store was packed from (default: its source)")
+    b.add_argument("--llama-tokens", type=int, default=None, metavar="N",
+                   help="llama.cpp's row: tokens per prompt (default --tokens; fewer bounds a slow row, "
+                        "its greedy tokens are checked against plain-direct's first N)")
     b.add_argument("--llama-python", default=None, metavar="PATH",
                    help="interpreter with llama-cpp-python for llama.cpp's row (default: this one)")
 
@@ -157,7 +160,8 @@ def _moe_bench(a) -> int:
     cap = parse_size(a.cap)
     rows = run_all(a.store, cap, _prompts(a), a.tokens, a.draft, a.timeout, only)
     if not only or CONTENDER in only:
-        rows.append(llama_row(a.store, a.gguf, cap, rows, a.tokens, a.timeout, a.llama_python))
+        rows.append(llama_row(a.store, a.gguf, cap, rows, a.llama_tokens or a.tokens, a.timeout,
+                              a.llama_python))
     note = agreement_line(rows[-1]) if rows and rows[-1]["contender"] == CONTENDER else ""
     print(table(rows, raw) + (f"\n{note}" if note else ""))
     if a.json:
