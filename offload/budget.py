@@ -113,6 +113,7 @@ class MemoryPlan:
     expert_cache: int = 0  # of expert_slots, those past what one batch of reads needs
     experts_pinned: bool = True  # pinned layers keep their experts (False: dense parts only)
     experts_total: int = 0  # every expert of every layer (mixture of experts)
+    guess_bytes: int = 0  # tensors an expert prefetch guess keeps in RAM (routers of streamed layers)
 
     @property
     def num_pinned(self) -> int:
@@ -121,7 +122,8 @@ class MemoryPlan:
     @property
     def total_bytes(self) -> int:
         return (self.resident_bytes + self.draft_bytes + self.kv_target_bytes + self.kv_draft_bytes
-                + self.overhead_bytes + self.ring_bytes + self.pinned_bytes + self.expert_buffer_bytes)
+                + self.overhead_bytes + self.ring_bytes + self.pinned_bytes + self.expert_buffer_bytes
+                + self.guess_bytes)
 
     @property
     def summary(self) -> str:
@@ -148,7 +150,9 @@ class MemoryPlan:
         pinned = "" if self.experts_pinned else f"dense parts of {len(self.pinned)} layers pinned; "
         return (f"{pinned}experts read as routed, into {self.expert_slots} expert buffers of "
                 f"{format_size(self.expert_buffer_bytes // self.expert_slots)} "
-                f"({self.expert_cache} of them cache; the model has {self.experts_total} experts)")
+                f"({self.expert_cache} of them cache; the model has {self.experts_total} experts)"
+                + (f"; {format_size(self.guess_bytes)} of routers kept for the prefetch guess"
+                   if self.guess_bytes else ""))
 
     @property
     def _fits(self) -> str:
@@ -164,6 +168,21 @@ class MemoryPlan:
         slots = self.expert_slots - self.expert_cache
         return dataclasses.replace(self, expert_slots=slots, expert_cache=0,
                                    expert_buffer_bytes=self.expert_buffer_bytes // self.expert_slots * slots)
+
+    def with_guess_bytes(self, nbytes: int, what: str) -> "MemoryPlan":
+        """The same plan with `nbytes` held in RAM for an expert prefetch guess (`what` names
+        it), taken from the expert cache; ValueError when the cache is too small to give it up."""
+        if nbytes <= 0:
+            return self
+        buffer = self.expert_buffer_bytes // max(self.expert_slots, 1)
+        drop = -(-nbytes // buffer) if buffer else 0
+        if drop > self.expert_cache:
+            raise ValueError(f"{what} needs {format_size(nbytes)} of RAM, more than the expert cache "
+                             f"this budget leaves ({self.expert_cache} buffers of {format_size(buffer)}): "
+                             "raise the RAM budget, or choose another prefetch guess")
+        slots = self.expert_slots - drop
+        return dataclasses.replace(self, expert_slots=slots, expert_cache=self.expert_cache - drop,
+                                   expert_buffer_bytes=buffer * slots, guess_bytes=self.guess_bytes + nbytes)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -15,7 +15,6 @@ import torch
 
 from .expert_names import common_name
 from .hf_config import text_decoder_config, text_tensor_name
-from .shapes import MOE_TYPES
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # A draft may ship without its embedding table and take the target's at load time (they
@@ -34,6 +33,10 @@ class Checkpoint:
     config: dict
     generation_config: dict = field(default_factory=dict)
     weight_files: list[Path] = field(default_factory=list)  # safetensors shards
+    # A GGUF's gguf-py reader, parsed once by open_checkpoint for the config and handed to the
+    # first tensor read (take_gguf_reader): it holds ~150 MB of metadata objects for a 100 MB
+    # model, too much to keep beside a loaded draft.
+    gguf_reader: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def tokenizer_source(self) -> tuple[str, str | None]:
@@ -60,7 +63,7 @@ class Checkpoint:
         """Yield (hf_name, tensor), one tensor in memory at a time for safetensors. A store's
         values may be encoded weights (offload/encodings), each file read once, whole."""
         if self.kind == "gguf":
-            yield from _gguf_tensors(self.path, self.config).items()
+            yield from _gguf_tensors(self.path, self.take_gguf_reader(), self.config)
             return
         if self.kind == "store":
             yield from _store_tensors(self._store())
@@ -76,6 +79,12 @@ class Checkpoint:
                             yield common_name(text_name), f.get_tensor(name)
             except (OSError, RuntimeError, SafetensorError) as e:
                 raise _unreadable(file, e) from e
+
+    def take_gguf_reader(self):
+        """A GGUF's reader: the one opening parsed, the first time (not kept after), else a
+        fresh parse."""
+        reader, self.gguf_reader = self.gguf_reader, None
+        return reader if reader is not None else open_gguf_reader(self.path)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.tensors())
@@ -217,28 +226,38 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _open_gguf(file: Path) -> Checkpoint:
-    try:
-        from transformers import AutoConfig
+    from .gguf_hf_config import hf_config
 
-        config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name).to_dict()
+    reader = open_gguf_reader(file)
+    try:
+        config = hf_config(reader, str(file.parent))
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(f"{file}: cannot read GGUF ({e}). The file is corrupt or of an "
+                              "unsupported architecture; download it again.") from e
+    config = _gguf_family_config(file, reader, config)
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
+    return Checkpoint(file, "gguf", config, gen, gguf_reader=reader)
+
+
+def open_gguf_reader(file: Path):
+    """gguf-py's reader over `file` (memory-mapped; parsing its metadata takes seconds for a
+    100 MB model: done once per load)."""
+    try:
+        from gguf import GGUFReader
     except ImportError as e:
         raise CheckpointError(f"{file}: reading GGUF needs the `gguf` package: "
                               "pip install 'specdec[demo]' (or pip install gguf).") from e
-    except (ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"{file}: cannot read GGUF ({e}). The file is corrupt or of an "
-                              "unsupported architecture; download it again.") from e
-    config = _gguf_family_config(file, config)
-    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
-    return Checkpoint(file, "gguf", config, gen)
+    try:
+        return GGUFReader(str(file))
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise CheckpointError(f"{file}: cannot read GGUF ({e}). The file is corrupt or truncated; "
+                              "download it again.") from e
 
 
-def _gguf_family_config(file: Path, config: dict) -> dict:
+def _gguf_family_config(file: Path, reader, config: dict) -> dict:
     """Gemma 2/3 and Phi-3 settings transformers' GGUF reader leaves out (offload/gguf_config.py)."""
-    from gguf import GGUFReader
-
     from .gguf_config import GGUFConfigError, family_config
 
-    reader = GGUFReader(str(file))
     field = reader.get_field("general.architecture")
     try:
         return family_config(reader, field.contents() if field is not None else "", config)
@@ -247,22 +266,13 @@ def _gguf_family_config(file: Path, config: dict) -> dict:
                               "or of an unsupported variant; download it again.") from e
 
 
-def _gguf_tensors(file: Path, config: dict) -> dict[str, torch.Tensor]:
-    # transformers dequantizes a GGUF into HF-named float32 tensors. It needs a model
-    # skeleton for the name map; one on the meta device costs no memory. Its MoE models hold
-    # experts fused, under other names: those are split and dequantized by gguf_source, with
-    # gguf-py's float32 reference (what transformers computes too).
-    if config.get("model_type") in MOE_TYPES:
-        from .gguf_source import gguf_tensors
+def _gguf_tensors(file: Path, reader, config: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    # Dequantized to float32 with gguf-py's reference (what transformers' GGUF loader
+    # computes), renamed, and a mixture of experts' merged experts split (offload/gguf_source).
+    from .encodings.gguf_types import UnsupportedGGUFType
+    from .gguf_source import GGUFSourceError, gguf_tensors
 
-        return dict(gguf_tensors(file, config, "bf16", note=lambda message: None))
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    cfg = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
-    if (cfg.pad_token_id or 0) >= cfg.vocab_size:  # a class default (Phi-3's 32000) past a small vocabulary
-        cfg.pad_token_id = None
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(cfg)
-    loaded = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=skeleton)
-    return loaded["tensors"]
+    try:
+        yield from gguf_tensors(reader, config, "bf16", note=lambda message: None)
+    except (UnsupportedGGUFType, GGUFSourceError) as e:
+        raise CheckpointError(f"{file}: {e}") from e

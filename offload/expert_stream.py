@@ -13,10 +13,12 @@ larger than the pool comes in batches of the pool's size, in ascending expert or
 views are valid until the next batch is asked for.
 
 Prefetch (optional): once a layer's reads are submitted, the experts a guess names for the next
-layer are read into buffers the layer does not use. The guess is the experts the next layer
-routed the previous pass's last token to (`PreviousPass`): neighbouring tokens share experts.
-A guess only decides what is read early; the next layer still asks for what its router
-chose, and a wrong guess costs the read and the buffer it took, never a different output.
+layer are read into buffers the layer does not use (offload/expert_guess.py): the experts the
+next layer routed the previous pass's last token to (`PreviousPass`), or those the next layer's
+router picks from this layer's residual (`NextRouter`: the model computes it and hands it over
+through `LayerExperts.read_ahead`). A guess only decides what is read early; the next layer
+still asks for what its router chose, and a wrong guess costs the read and the buffer it took,
+never a different output.
 
 Counters (StreamStats): expert_bytes_read, experts_read (extents read from disk), experts_used
 (distinct experts per layer, summed over the pass's layers), expert_layers (the layers that
@@ -47,24 +49,11 @@ def default_expert_slots(store: Store) -> int:
     return max(1, min(total, DEFAULT_SLOTS_PER_ROUTED * int(routed)))
 
 
-class PreviousPass:
-    """Guess a layer's experts: those its last token was routed to in the previous pass."""
-
-    def __init__(self):
-        self.last: dict[int, list[int]] = {}
-
-    def record(self, layer: int, last: list[int]) -> None:
-        self.last[layer] = list(last)
-
-    def guess(self, layer: int) -> list[int]:
-        return self.last.get(layer, [])
-
-
 class ExpertReader:
     """The expert buffers (an LRU cache, offload/expert_cache.py) and the reads every streamed
     layer's experts go through. `buffers`: read buffers plus cache, one expert each. `layers`:
-    the layers whose experts come through here; `prefetch`: None, or a guess such as
-    PreviousPass for the next of those layers; `page_cache`: buffered reads (expert_reads.py)."""
+    the layers whose experts come through here; `prefetch`: None, or a guess of the next of those
+    layers' experts (offload/expert_guess.py); `page_cache`: buffered reads (expert_reads.py)."""
 
     def __init__(self, store: Store, buffers: int, stats, lock: threading.Condition,
                  convert: Callable[[dict], dict], layers: Iterable[int] = (), prefetch=None,
@@ -74,6 +63,7 @@ class ExpertReader:
         self.reads = ExpertReads(store, stats, lock, page_cache=page_cache)
         self.layers, self.prefetch = frozenset(layers), prefetch
         self._guessed: set[tuple[int, int]] = set()
+        self._room: tuple[int, frozenset] | None = None  # (layer, its buffers in use): a guess may follow
 
     @property
     def buffer_nbytes(self) -> int:
@@ -106,17 +96,18 @@ class ExpertReader:
         for n, chunk in enumerate(chunks):
             if n:
                 self._settle()  # the previous batch's buffers are free again
-                where = self._issue(layer, chunk, last_chunk=n == len(chunks) - 1)
+                where = self._issue(layer, chunk, last_chunk=n == len(chunks) - 1, first_chunk=False)
             yield self._ready(layer, chunk, where)
 
-    def _issue(self, layer: int, chunk: list[int], last_chunk: bool) -> dict[int, int]:
+    def _issue(self, layer: int, chunk: list[int], last_chunk: bool, first_chunk: bool = True) -> dict[int, int]:
         where, misses = self.pool.assign(layer, chunk)
         for e in misses:
             self.reads.submit(layer, e, self.pool.buffers[where[e]])
         with self.lock:
             self.stats.expert_cache_hits += len(chunk) - len(misses)
-        if last_chunk:
-            self._guess_next(layer, frozenset((layer, e) for e in chunk))
+        self._room = (layer, frozenset((layer, e) for e in chunk)) if last_chunk and first_chunk else None
+        if last_chunk and self.prefetch is not None and layer + 1 in self.layers:
+            self._read_guess(layer, self.prefetch.guess(layer + 1), frozenset((layer, e) for e in chunk))
         return where
 
     def _ready(self, layer: int, chunk: list[int], where: dict[int, int]) -> Iterator[tuple[int, dict]]:
@@ -130,12 +121,33 @@ class ExpertReader:
                 raise
             yield e, self._views(layer, e, self.pool.buffers[where[e]])
 
-    def _guess_next(self, layer: int, busy: frozenset) -> None:
+    def saw_layer(self, layer: int, views: dict, streamed: bool) -> None:
+        """A layer's tensors as the model gets them (a guess may keep some: NextRouter)."""
+        if self.prefetch is not None:
+            self.prefetch.saw_layer(layer, views, streamed)
+
+    def next_router(self, layer: int):
+        """(norm, router) of layer+1 for the model's next-router guess; None: no such guess."""
+        if self.prefetch is None or layer + 1 not in self.layers:
+            return None
+        return self.prefetch.next_router(layer)
+
+    def read_ahead(self, layer: int, ids: list[int]) -> None:
+        """Read the experts `ids` (most likely first) of layer+1 into the buffers layer's own
+        reads left free. Only right after layer's experts were asked for in one batch: a union
+        that needs several batches leaves no buffer free."""
+        if self._room is None or self._room[0] != layer:
+            return
+        self._read_guess(layer, ids, self._room[1])
+        self._room = None
+
+    def _read_guess(self, layer: int, guess: list[int], busy: frozenset) -> None:
         following = layer + 1
-        if self.prefetch is None or following not in self.layers:
+        if following not in self.layers:
             return
         room = len(self.pool) - len(busy)
-        ids = sorted(e for e in set(self.prefetch.guess(following)) if not self.pool.holds(following, e))[:room]
+        seen: set[int] = set()
+        ids = [e for e in guess if not (e in seen or seen.add(e)) and not self.pool.holds(following, e)][:room]
         if not ids:
             return
         where, misses = self.pool.assign(following, ids, keep=busy)
@@ -173,6 +185,15 @@ class LayerExperts:
 
     def batches(self, ids: list[int], last: list[int] | None = None) -> Iterator[Iterator[tuple[int, dict]]]:
         return self.source.batches(self.layer, ids, last)
+
+    def next_router(self):
+        """(post-attention norm, router) of the next layer, when the prefetch guess wants the
+        model to apply them to this layer's residual (offload/expert_guess.NextRouter); else None."""
+        return self.source.next_router(self.layer)
+
+    def read_ahead(self, ids: list[int]) -> None:
+        """The next layer's guessed experts, most likely first, to read while this layer computes."""
+        self.source.read_ahead(self.layer, ids)
 
 
 def with_experts(views: dict, source: ExpertReader | None, layer: int) -> dict:

@@ -17,7 +17,6 @@ bf16), "q4"/"q8" requantize the linear weights from that float32 reference.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -81,15 +80,13 @@ def architecture(reader) -> str:
     return field.contents() if field is not None else ""
 
 
-def gguf_tensors(file: str | Path, config: dict, quant: str | None = None,
+def gguf_tensors(reader, config: dict, quant: str | None = None,
                  note: Callable[[str], None] = print,
                  scale_dtype: torch.dtype = torch.bfloat16) -> Iterator[tuple[str, object]]:
-    """Yield (HF name, plain tensor or encoded weight) for every tensor the model reads.
+    """Yield (HF name, plain tensor or encoded weight) for every tensor the model reads, from
+    an open gguf-py reader (offload.checkpoint parses the file once and passes it on).
     scale_dtype: bf16 (the kernel's fast path, <= 0.04 of a step off gguf-py's values) or
     float32 (bit-exact against gguf-py's dequantization: what a float32 store uses)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(file))
     arch = architecture(reader)
     for tensor in reader.tensors:
         if _expert_part(tensor.name):

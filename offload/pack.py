@@ -115,7 +115,7 @@ def _source_tensors(ckpt: Checkpoint, quant: str | None, note,
         from .encodings.gguf_types import UnsupportedGGUFType
 
         try:
-            yield from gguf_tensors(ckpt.path, ckpt.config, quant, note, scale_dtype)
+            yield from gguf_tensors(ckpt.take_gguf_reader(), ckpt.config, quant, note, scale_dtype)
         except (UnsupportedGGUFType, GGUFSourceError) as e:
             raise PackError(f"{ckpt.path}: {e}") from e
         return

@@ -37,7 +37,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .errors import InternalError
-from .expert_stream import ExpertReader, PreviousPass, default_expert_slots, with_experts
+from .expert_guess import make_guess
+from .expert_stream import ExpertReader, default_expert_slots, with_experts
 from .format import FileMeta, Store, check_first_read, check_layout, open_store
 from .reader import DirectReader, aligned_buffer, read_tensors, tensor_views
 
@@ -87,8 +88,9 @@ class StreamedWeights:
     default: twice the experts one token routes to; more buffers are an expert cache).
     pin_experts: a pinned layer of such a store keeps all its experts in RAM (True), or only
     its dense part, its experts read as routed like a streamed layer's (False).
-    expert_prefetch: read the next layer's guessed experts while a layer computes (the ones the
-    previous pass's last token routed to; offload/expert_stream.py). Only bytes depend on it.
+    expert_prefetch: read the next layer's guessed experts while a layer computes: False (none),
+    "previous-pass", "next-router" or True (the default guess; offload/expert_guess.py). Only
+    bytes depend on it.
     expert_page_cache: read experts through the page cache (buffered) instead of O_DIRECT.
     dtype: convert every plain float tensor to this dtype (a copy per layer) if it differs from
     the store's. Encoded weights (q4, q8) are never converted: they are zero-copy views of the
@@ -100,7 +102,7 @@ class StreamedWeights:
                  ring_size: int = 2, dtype: torch.dtype | None = None,
                  chunk_bytes: int | None = None, read_threads: int | None = None,
                  expert_slots: int | None = None, pin_experts: bool = True,
-                 expert_prefetch: bool = False, expert_page_cache: bool = False):
+                 expert_prefetch: bool | str = False, expert_page_cache: bool = False):
         self.store = store if isinstance(store, Store) else open_store(store)
         check_layout(self.store)  # int4 bytes packed for another CPU would compute garbage
         self.num_layers = self.store.num_layers
@@ -122,7 +124,7 @@ class StreamedWeights:
             slots = expert_slots or default_expert_slots(self.store)
             routed = range(self.num_layers) if not pin_experts else self.streamed_layers
             self._experts = ExpertReader(self.store, slots, self.stats, self._ring.cond, self._convert,
-                                         layers=routed, prefetch=PreviousPass() if expert_prefetch else None,
+                                         layers=routed, prefetch=make_guess(expert_prefetch),
                                          page_cache=expert_page_cache)
         self._active: int | None = None  # token of the pass in progress
         self._next_token = 0
@@ -208,6 +210,7 @@ class StreamedWeights:
         try:
             for i in range(self.num_layers):
                 if i in self._pinned:
+                    self._show_experts(i, self._pinned[i], streamed=False)
                     yield with_experts(self._pinned[i], None if self.pin_experts else self._experts, i)
                     continue
                 yield from self._streamed(i, token, idle)
@@ -238,12 +241,18 @@ class StreamedWeights:
             views = {k: v.to(self.dtype, copy=True) if v.is_floating_point() else v.clone()
                      for k, v in views.items()}
             self._ring.release(slot, epoch)
+            self._show_experts(i, views, streamed=False)  # already copies of their own
             yield views
             return
+        self._show_experts(i, views, streamed=True)
         try:
             yield views
         finally:
             self._ring.release(slot, epoch)
+
+    def _show_experts(self, i: int, views: dict, streamed: bool) -> None:
+        if self._experts is not None:
+            self._experts.saw_layer(i, views, streamed)
 
     def wait_prefetched(self, timeout: float = 30.0) -> bool:
         """Block until the reader has filled every ring slot and is idle (or has stopped, or

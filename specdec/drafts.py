@@ -35,6 +35,13 @@ class Draft:
         """How the banner names this draft's loaded `model`: its path."""
         return str(model.path)
 
+    def info(self, model: LoadedModel | None, plan: MemoryPlan | None) -> dict | None:
+        """What `info --json` says the draft is: the banner's label, and its facts (None: no
+        draft model, plain decoding)."""
+        if model is None:
+            return None
+        return {"kind": "model", "path": str(model.path), "label": self.label(model)}
+
     def opened(self) -> "Draft":
         """This draft with its sources opened (configs read once); no weights read."""
         return self
@@ -97,6 +104,11 @@ class SelfDraft(Draft):
         # its path is the target's: the description says which layers it copies, and how
         return model.description
 
+    def info(self, model, plan):
+        # no path of its own (its model carries the target's): what it copies, and how
+        return {"kind": "self", "label": self.label(model),
+                **self_draft.layer_facts(plan, model.args.num_layers)}
+
     def check_store(self, store) -> None:
         self_draft.check_target(store)
 
@@ -131,6 +143,9 @@ class LookupDraft(Draft):
 
     def describe(self) -> str:
         return "draft='lookup'"
+
+    def info(self, model, plan):
+        return {"kind": "lookup"}  # no model: continuations of the context's own n-grams
 
 
 # Drafts named by a word instead of a model's path (`--draft self`, draft="lookup").

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.expert_guess import GUESSES
+
 from .drafts import Draft, parse_draft
 from .loading import parse_dtype
 from .speculate.registry import DEFAULT_LOOKUP_BRANCHES, MODES, Speculation, check_mode
@@ -34,7 +36,7 @@ class LoadSettings:
     tree_width: int = 4
     lookup_branches: int | None = None  # None: DEFAULT_LOOKUP_BRANCHES on an adaptive tree
     pack_dtype: str | None = None  # a packed checkpoint's plain tensors (None: dtype)
-    expert_prefetch: bool = False  # a MoE target reads the next layer's guessed experts early
+    expert_prefetch: bool | str = False  # a MoE target reads the next layer's guessed experts early (GUESSES)
     expert_reads: str = "direct"  # a MoE target's expert reads: "direct" (O_DIRECT + own cache) or "page-cache"
 
     def __post_init__(self):
@@ -52,6 +54,9 @@ class LoadSettings:
         _check_int("tree_nodes", self.tree_nodes, 1, "None: sized per pass by the cost model")
         _check_int("tree_width", self.tree_width, 1, "children per tree node", optional=False)
         _check_int("lookup_branches", self.lookup_branches, 0, "0: none")
+        if self.expert_prefetch not in (False, True, None, *GUESSES):
+            raise ValueError(f"expert_prefetch must be one of {GUESSES}, True (the default guess) or "
+                             f"False (none), got {self.expert_prefetch!r}")
         if self.expert_reads not in EXPERT_READS:
             raise ValueError(f"expert_reads must be one of {EXPERT_READS}, got {self.expert_reads!r}")
         if self.speculation is not None:

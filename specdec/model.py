@@ -181,16 +181,20 @@ class Transformer:
         up = linear(x, w["mlp.up_proj.weight"], w.get("mlp.up_proj.bias"))
         return h + linear(F.silu(gate) * up, w["mlp.down_proj.weight"], w.get("mlp.down_proj.bias")).float()
 
-    def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
-        a = self.args
-        n = x.shape[0]
+    def _heads(self, x, w) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of the layer's input, each [heads, T, dim]."""
+        a, n = self.args, x.shape[0]
         q = linear(x, w["self_attn.q_proj.weight"], w.get("self_attn.q_proj.bias")).view(n, a.num_heads, a.head_dim)
         k = linear(x, w["self_attn.k_proj.weight"], w.get("self_attn.k_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
         v = linear(x, w["self_attn.v_proj.weight"], w.get("self_attn.v_proj.bias")).view(n, a.num_kv_heads, a.head_dim)
         if a.qk_norm:
             q = rms_norm(q, w["self_attn.q_norm.weight"], a.rms_norm_eps)
             k = rms_norm(k, w["self_attn.k_norm.weight"], a.rms_norm_eps)
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, T, dim]
+        return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+
+    def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
+        a, n = self.args, x.shape[0]
+        q, k, v = self._heads(x, w)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         keys, values = cache.write(i, k, v)

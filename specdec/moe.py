@@ -11,6 +11,11 @@ layer's expert source (offload/expert_names.EXPERT_SOURCE), which reads only the
 for, in batches that fit its buffers, each expert handed over when its read has ended (the
 reads run while the shared expert and the earlier experts compute). Experts are visited in ascending id whatever the source,
 so a streamed layer sums in the same order as the same layer in RAM (exact in float32).
+
+Once the layer's reads are submitted, `read_ahead` may hand the source a guess of the next
+layer's experts (offload/expert_guess.NextRouter): the next layer's router applied to this
+layer's residual after attention, normed as the next layer will norm its own. Only which bytes
+are read when depends on it.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 from offload.expert_names import (EXPERT_PARTS, EXPERT_SOURCE, ROUTER, SHARED_GATE, SHARED_PARTS,
                                   expert_tensor_name)
 
-from .model import linear
+from .model import linear, rms_norm
 
 
 def route(x: torch.Tensor, router, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +53,33 @@ def swiglu(x: torch.Tensor, gate, up, down) -> torch.Tensor:
     return linear(F.silu(linear(x, gate)) * linear(x, up), down)
 
 
-def routed_mlp(x: torch.Tensor, w: dict, top_k: int, normalize: bool, observe=None) -> torch.Tensor:
+def read_ahead(w: dict, residual: torch.Tensor, top_k: int, eps: float) -> None:
+    """If layer weights `w` stream their experts from a source that wants it, hand it the next
+    layer's experts as that layer's router would pick them from `residual` [T, hidden] (this
+    layer's residual stream after attention): the union over the tokens, the experts with the
+    most routing weight first."""
+    source = w.get(EXPERT_SOURCE)
+    following = source.next_router() if source is not None else None
+    if following is None:
+        return
+    norm, router = following
+    weights, ids = route(rms_norm(residual, norm, eps), router, top_k, normalize=False)
+    mass = torch.zeros(router.shape[0], dtype=torch.float32).index_add_(0, ids.flatten(), weights.flatten())
+    ranked = torch.argsort(mass, descending=True, stable=True)[:int((mass > 0).sum())]
+    source.read_ahead(ranked.tolist())
+
+
+def routed_mlp(x: torch.Tensor, w: dict, top_k: int, normalize: bool, observe=None,
+               ahead=None) -> torch.Tensor:
     """The sparse block's output [T, hidden] in float32 for normed hidden states x [T, hidden].
-    `observe(ids)`, if given, sees the expert ids [T, k] chosen (routing statistics)."""
+    `observe(ids)`, if given, sees the expert ids [T, k] chosen (routing statistics); `ahead()`,
+    if given, runs once this layer's reads are submitted (a guess of the next layer's experts)."""
     weights, ids = route(x, w[ROUTER], top_k, normalize)
     if observe is not None:
         observe(ids)
     batches = expert_batches(w, torch.unique(ids).tolist(), ids[-1].tolist())
+    if ahead is not None:
+        ahead()
     # The shared expert computes while the routed experts are read; it is added last, as in RAM.
     shared = None
     if SHARED_GATE in w:

@@ -6,10 +6,9 @@ normalises q and k over the whole projection before splitting heads, and may cla
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .model import Transformer, linear, rms_norm, rotate_half
-from .moe import routed_mlp
+from .model import Transformer, linear, rms_norm
+from .moe import read_ahead, routed_mlp
 
 
 class MoeTransformer(Transformer):
@@ -24,28 +23,23 @@ class MoeTransformer(Transformer):
         x = rms_norm(h, w["post_attention_layernorm.weight"], a.rms_norm_eps)
         observer = self.routing_observer
         observe = None if observer is None else lambda ids: observer(i, ids)
-        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob, observe)
+        ahead = lambda: read_ahead(w, h, a.experts_per_token, a.rms_norm_eps)  # noqa: E731
+        return h + routed_mlp(x, w, a.experts_per_token, a.norm_topk_prob, observe, ahead)
 
 
 class OlmoeTransformer(MoeTransformer):
     """OLMoE: q/k norms over the whole projection, optional clamp of q, k and v."""
 
-    def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
+    def _heads(self, x, w) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, n = self.args, x.shape[0]
         q = rms_norm(linear(x, w["self_attn.q_proj.weight"]), w["self_attn.q_norm.weight"], a.rms_norm_eps)
         k = rms_norm(linear(x, w["self_attn.k_proj.weight"]), w["self_attn.k_norm.weight"], a.rms_norm_eps)
         v = linear(x, w["self_attn.v_proj.weight"])
         if a.clip_qkv is not None:
             q, k, v = (t.clamp(-a.clip_qkv, a.clip_qkv) for t in (q, k, v))
-        q = q.view(n, a.num_heads, a.head_dim).transpose(0, 1)  # [heads, T, dim]
-        k = k.view(n, a.num_kv_heads, a.head_dim).transpose(0, 1)
-        v = v.view(n, a.num_kv_heads, a.head_dim).transpose(0, 1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        keys, values = cache.write(i, k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             enable_gqa=a.num_heads != a.num_kv_heads)
-        return linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"]).float()
+        return (q.view(n, a.num_heads, a.head_dim).transpose(0, 1),  # [heads, T, dim]
+                k.view(n, a.num_kv_heads, a.head_dim).transpose(0, 1),
+                v.view(n, a.num_kv_heads, a.head_dim).transpose(0, 1))
 
 
 def moe_decoder_class(args) -> type[MoeTransformer]:

@@ -24,6 +24,8 @@ def expert_figures(counters: dict[str, float], passes: int, tokens: int) -> dict
     if not layers or not used:
         return {}
     read_bytes = counters.get("expert_bytes_read", 0)
+    guessed = counters.get("expert_prefetched", 0)
+    guess = {"expert_guess_right": counters.get("expert_prefetch_used", 0) / guessed} if guessed else {}
     return {
         "experts_per_layer_pass": used / layers,  # the mean union a layer's pass needed
         "experts_per_pass": used / passes if passes else 0.0,  # summed over a pass's layers
@@ -31,6 +33,7 @@ def expert_figures(counters: dict[str, float], passes: int, tokens: int) -> dict
         "expert_bytes_per_pass": read_bytes / passes if passes else 0.0,
         "expert_bytes_per_token": read_bytes / tokens if tokens else 0.0,
         "expert_hit_rate": counters.get("expert_cache_hits", 0) / used,
+        **guess,  # of the experts a prefetch guess read, the share the layer routed to
     }
 
 

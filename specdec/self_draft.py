@@ -193,6 +193,13 @@ def resident_self_draft_layers(layers) -> list[dict]:
     return [substitute(layer) for layer in layers]
 
 
+def layer_facts(plan: MemoryPlan | None, num_layers: int) -> dict:
+    """describe()'s facts for programs: the layers shared with the target and those substituted."""
+    shared = sorted(plan.pinned) if plan is not None else []
+    substituted = sorted(plan.streamed) if plan is not None else list(range(num_layers))
+    return {"encoding": ENCODING, "shared_layers": shared, "substituted_layers": substituted}
+
+
 def describe(plan: MemoryPlan | None, num_layers: int) -> str:
     if plan is None:
         return f"self-draft: 4-bit copies of all {num_layers} target layers (in RAM)"

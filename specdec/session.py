@@ -8,6 +8,7 @@ import torch
 
 from offload.format import (FORMAT_VERSION, MANIFEST, REPACK, StoreError, is_store,
                             looks_like_store, open_store)
+from offload.expert_guess import DEFAULT_GUESS, router_copy_nbytes
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
 from offload.repack import needs_repack, repack_store
@@ -32,7 +33,7 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
          dtype="bfloat16", max_context: int | None = None, k: int | None = None,
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
          tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None,
-         lookup_branches: int | None = None, expert_prefetch: bool = False,
+         lookup_branches: int | None = None, expert_prefetch: bool | str = False,
          expert_reads: str = "direct") -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
@@ -68,8 +69,9 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
         cached in cache_dir (docs/kernels.md); "reference": F.linear everywhere, as
         transformers computes. The models of this decoder use it; another decoder has its own.
     expert_prefetch: a mixture-of-experts target streamed by expert reads the next layer's
-        guessed experts (those the previous pass's last token routed to) while a layer computes;
-        the output never depends on it (docs/moe.md).
+        guessed experts while a layer computes: "next-router" (the next layer's router applied
+        to this layer's residual; True means it), "previous-pass" (those the previous pass's
+        last token routed to) or False (none). The output never depends on it (docs/moe.md).
     expert_reads: "direct" (default: O_DIRECT into expert buffers, the budget's leftover an LRU
         expert cache) or "page-cache" (buffered reads, no expert cache of its own: the kernel's
         page cache keeps the hot experts within the process's memory limit). For comparisons.
@@ -116,6 +118,7 @@ def _load_streamed(store_path: Path, draft: Draft | None, s: LoadSettings, spec:
     plan = kind.plan(store, args, s.ram, dtype, ctx)
     if s.expert_reads == "page-cache":
         plan = plan.without_expert_cache()  # the RAM it would take is the page cache's
+    plan = _with_guess_ram(plan, store, s.expert_prefetch, dtype)
     store_dtype = store.dtype and parse_dtype(store.dtype)
     weights = StreamedWeights(store, pinned=plan.pinned, ring_size=max(plan.ring_size, 1),
                               dtype=dtype if store_dtype != dtype else None,
@@ -174,6 +177,15 @@ def packed_store(src: Path, dtype, cache_dir, progress: bool, quant: str | None 
     elif needs_repack(open_store(out)):
         repack_store(out, progress=progress)
     return out
+
+
+def _with_guess_ram(plan, store, guess, dtype: torch.dtype):
+    """The next-router guess keeps each streamed layer's router (and norm) in RAM: the plan
+    gives that much of its expert cache up."""
+    if not plan or not plan.expert_slots or (DEFAULT_GUESS if guess is True else guess) != "next-router":
+        return plan
+    nbytes = router_copy_nbytes(store, plan.streamed, torch.empty((), dtype=dtype).element_size())
+    return plan.with_guess_bytes(nbytes, "the next-router prefetch guess (the streamed layers' routers)")
 
 
 def _context(max_context: int | None, args: ModelArgs) -> int:

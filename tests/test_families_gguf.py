@@ -1,6 +1,6 @@
 """Gemma 2 / Gemma 3 / Phi-3 GGUF files written as llama.cpp writes them (tests/helpers/family_gguf.py)
 load to the logits of the transformers model they came from: packed into a store (gguf-py's
-reader, offload/gguf_source.py) and loaded whole (transformers' GGUF loader)."""
+reader, offload/gguf_source.py) and loaded whole (the same reader, dequantized to float32)."""
 import pytest
 import torch
 

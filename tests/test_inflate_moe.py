@@ -105,10 +105,14 @@ def test_the_moe_bench_worker_reports_bytes_and_expert_figures(tmp_path):
 
     make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
     store = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
-    job = {"store": str(store), "ram": minimum_ram(store) + 100_000, "prompts": [[3, 17, 42], [5, 9]],
+    job = {"store": str(store), "ram": minimum_ram(store) + 100_000, "max_context": 64, "prompts": [[3, 17, 42], [5, 9]],
            "tokens": 6, "settings": {"expert_reads": "page-cache"}}
     row = worker(job)
     assert row["tokens"] == 12 and row["isa"] and row["experts_per_layer_pass"] >= 2
+    # each prompt's decode apart from its prefill pass: 5 one-token passes after it, 2 experts each
+    d = row["decode"]
+    assert d["tokens"] == d["passes"] == 10 and d["experts_per_layer_pass"] == 2
+    assert row["passes"] == 12 and [len(g["token_ids"]) for g in row["greedy"]] == [6, 6]
     assert row["bytes_read_per_token"] >= 0 and "expert buffers" in row["plan"]
     text = table([{"contender": "plain-page-cache", "peak_cgroup_bytes": None, **row},
                   {"contender": "chain-direct", "error": "exit -9 (OOM-killed?)"}], raw_expert_read(store))

@@ -6,6 +6,7 @@ import torch
 
 from helpers.family_models import make_family_model
 from helpers.moe_budget import minimum_ram
+from offload.expert_guess import NextRouter, PreviousPass
 from offload.format import forget_verified, open_store
 from offload.pack import pack
 from offload.prefetch import StreamedWeights
@@ -36,20 +37,32 @@ def decode(model, ids, prompt=6):
 IDS = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
 
 
-class WrongGuess:
+class WrongGuess(PreviousPass):
     """In hindsight (a routing trace of the same run), guess only experts the layer will not
     route to in this pass."""
 
     def __init__(self, trace: RoutingTrace, experts: int):
+        super().__init__()
         self.trace, self.experts, self.calls = trace, experts, {}
-
-    def record(self, layer, last):
-        pass
 
     def guess(self, layer):
         n = self.calls[layer] = self.calls.get(layer, -1) + 1
         routed = set(self.trace.layers[layer][n].flatten().tolist())
         return [e for e in range(self.experts) if e not in routed]
+
+
+def hand_over_wrong_guesses(model, reader, trace: RoutingTrace, experts: int) -> None:
+    """The next-router path (the model computes the guess and hands it over), with what it
+    hands over replaced by experts the next layer will not route to in this pass (hindsight:
+    `trace` of the same run; the model's own trace says which pass it is in)."""
+    model.routing_observer = own = RoutingTrace()
+    real = reader.read_ahead
+
+    def wrong(layer, ids):
+        routed = set(trace.layers[layer + 1][len(own.layers.get(layer + 1, []))].flatten().tolist())
+        real(layer, [e for e in range(experts) if e not in routed])
+
+    reader.read_ahead = wrong
 
 
 def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
@@ -65,22 +78,17 @@ def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
 
 
 @pytest.mark.parametrize("slots", [2, 4, 12])
-def test_prefetch_changes_bytes_never_the_output(store, slots):
+def test_previous_pass_prefetch_changes_bytes_never_the_output(store, slots):
     plain_model, plain = streamed(store, expert_slots=slots)
-    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch=True)
-    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch=True)
+    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
+    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
     plain_model.routing_observer = trace = RoutingTrace()
     with plain, guessing, wrong:
         expected = decode(plain_model, IDS)
         wrong._experts.prefetch = WrongGuess(trace, 8)
         assert torch.equal(decode(guessing_model, IDS), expected)
         assert torch.equal(decode(wrong_model, IDS), expected)
-    extent = store.expert_extents(0)[0].nbytes
-    for w in (plain, guessing, wrong):
-        s = w.stats
-        # Every read is a routed miss or a guess; a used guess is a hit of the layer it was for.
-        assert s.experts_read == s.experts_used - s.expert_cache_hits + s.expert_prefetched
-        assert s.expert_bytes_read == s.experts_read * extent
+    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
     assert plain.stats.expert_prefetched == 0
     if slots == 2:  # one token's 2 experts fill the buffers: no room for a guess
         assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
@@ -91,10 +99,93 @@ def test_prefetch_changes_bytes_never_the_output(store, slots):
     assert (guessing.stats.expert_prefetched > 0) == (slots == 4)
 
 
+@pytest.mark.parametrize("slots", [2, 4, 6])
+def test_next_router_prefetch_changes_bytes_never_the_output(store, slots):
+    plain_model, plain = streamed(store, expert_slots=slots)
+    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="next-router")
+    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="next-router")
+    plain_model.routing_observer = trace = RoutingTrace()
+    with plain, guessing, wrong:
+        expected = decode(plain_model, IDS)
+        hand_over_wrong_guesses(wrong_model, wrong._experts, trace, 8)
+        assert torch.equal(decode(guessing_model, IDS), expected)
+        assert torch.equal(decode(wrong_model, IDS), expected)
+    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
+    if slots == 2:
+        assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
+        return
+    assert wrong.stats.expert_prefetched > 0 and wrong.stats.expert_prefetch_used == 0
+    assert wrong.stats.expert_bytes_read > plain.stats.expert_bytes_read
+    # The real guess reads ahead and is sometimes right (this tiny model's routers are random:
+    # how often is a question for a real model, docs/moe.md).
+    assert guessing.stats.expert_prefetched > 0 and guessing.stats.expert_prefetch_used > 0
+
+
+class HandedOver:
+    def __init__(self, norm, router):
+        self.following, self.got = (norm, router), None
+
+    def next_router(self):
+        return self.following
+
+    def read_ahead(self, ids):
+        self.got = ids
+
+
+def test_the_next_router_guess_is_the_next_layers_routing_of_this_residual():
+    """Every token's top k under the next layer's router and norm, the union ranked by routing
+    weight; nothing handed over when the source wants no such guess."""
+    from offload.expert_names import EXPERT_SOURCE
+    from specdec.model import rms_norm
+    from specdec.moe import read_ahead
+
+    g = torch.Generator().manual_seed(3)
+    norm, router, h = torch.rand(16, generator=g) + 0.5, torch.randn(12, 16, generator=g), torch.randn(3, 16, generator=g)
+    source = HandedOver(norm, router)
+    read_ahead({EXPERT_SOURCE: source}, h, top_k=2, eps=1e-6)
+    probs = torch.softmax(rms_norm(h, norm, 1e-6) @ router.T, -1)
+    top = torch.topk(probs, 2, -1)
+    mass = {}
+    for row_ids, row_p in zip(top.indices.tolist(), top.values.tolist()):
+        for e, p in zip(row_ids, row_p):
+            mass[e] = mass.get(e, 0.0) + p
+    assert source.got == sorted(mass, key=lambda e: -mass[e])
+    assert len(source.got) > 2  # the tokens disagree: a union, not one token's experts
+    source.following = None
+    source.got = "untouched"
+    read_ahead({EXPERT_SOURCE: source}, h, top_k=2, eps=1e-6)
+    assert source.got == "untouched"
+
+
+def check_every_read_is_routed_or_guessed(store, *sources):
+    extent = store.expert_extents(0)[0].nbytes
+    for w in sources:
+        s = w.stats
+        # Every read is a routed miss or a guess; a used guess is a hit of the layer it was for.
+        assert s.experts_read == s.experts_used - s.expert_cache_hits + s.expert_prefetched
+        assert s.expert_bytes_read == s.experts_read * extent
+
+
+def test_next_router_guesses_from_the_second_pass_with_the_routers_it_saw(store):
+    """The routers arrive with their layers: the first pass guesses nothing, each later pass
+    guesses every layer but the first; a streamed layer's router is a copy of its own."""
+    model, weights = streamed(store, expert_slots=6, expert_prefetch="next-router")
+    guess = weights._experts.prefetch
+    with weights:
+        cache = model.new_cache(64)
+        model.forward(IDS[:6], cache.next_positions(6), cache)
+        assert weights.stats.expert_prefetched == 0 and sorted(guess.routers) == list(range(store.num_layers))
+        router = guess.routers[1][1]
+        expected = weights._read_owned(1)["mlp.gate.weight"]
+        assert torch.equal(router, expected) and router.untyped_storage().nbytes() == expected.numel() * 4
+        model.forward(IDS[6:7], cache.next_positions(1), cache)
+        assert weights.stats.expert_prefetched > 0
+
+
 def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
     """A guessed expert whose read fails (say, corrupt) is dropped; the pass goes on, reading
     what it routed to as usual."""
-    model, weights = streamed(store, expert_slots=4, expert_prefetch=True)
+    model, weights = streamed(store, expert_slots=4, expert_prefetch="previous-pass")
     reads = weights._experts.reads
     real = reads._read
     failing = set()
@@ -119,12 +210,23 @@ def test_load_with_expert_prefetch_decodes_as_without(tmp_path):
     make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
     path = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
     ram = minimum_ram(path) + 100_000
-    outs = []
-    for prefetch in (False, True):
+    runs = {}
+    for prefetch in (False, "previous-pass", "next-router", True):
         with specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_prefetch=prefetch) as lm:
             out = lm.generate([3, 17, 42, 8], max_new_tokens=12)
-            outs.append((out.token_ids, out.stats.source["expert_prefetched"]))
-    assert outs[0][0] == outs[1][0] and outs[0][1] == 0 and outs[1][1] > 0
+            runs[prefetch] = (out.token_ids, out.stats.source["expert_prefetched"], lm.plan)
+    assert all(r[0] == runs[False][0] for r in runs.values())
+    assert runs[False][1] == 0 and all(runs[p][1] > 0 for p in ("previous-pass", "next-router", True))
+    # The next-router guess keeps the streamed layers' routers and norms: the cache gives way.
+    off, nxt = runs[False][2], runs["next-router"][2]
+    store = open_store(path)
+    routers = sum(4 * (t["mlp.gate.weight"].shape[0] + 1) * t["mlp.gate.weight"].shape[1]
+                  for t in map(store.layer_tensors, nxt.streamed))
+    assert nxt.guess_bytes == routers > 0 and runs["previous-pass"][2].guess_bytes == 0
+    assert nxt.expert_cache < off.expert_cache and nxt.total_bytes <= nxt.budget_bytes
+    assert "of routers kept for the prefetch guess" in nxt.summary
+    with pytest.raises(ValueError, match="expert_prefetch must be one of"):
+        specdec.load(path, expert_prefetch="next-token")
 
 
 def test_page_cache_reads_give_the_same_output_with_no_expert_cache(tmp_path):
@@ -145,3 +247,17 @@ def test_page_cache_reads_give_the_same_output_with_no_expert_cache(tmp_path):
     assert runs["page-cache"][2]["experts_read"] > runs["direct"][2]["experts_read"]  # no own cache
     with pytest.raises(ValueError, match="expert_reads must be one of"):
         specdec.load(path, expert_reads="mmap")
+
+
+def test_the_command_line_names_the_guess(tmp_path):
+    from specdec.cli.commands import build_parser
+    from specdec.cli.load_args import settings_from_args
+
+    def guess(*flags):
+        args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
+        return settings_from_args(args).expert_prefetch
+
+    assert guess() is False and guess("--expert-prefetch") is True
+    assert guess("--expert-guess", "previous-pass") == "previous-pass"
+    with pytest.raises(SystemExit):
+        guess("--expert-guess", "next-token")

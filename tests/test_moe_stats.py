@@ -105,6 +105,12 @@ def test_expert_figures_need_routed_experts():
     assert expert_figures({"expert_layers": 3, "experts_used": 0}, 3, 3) == {}
 
 
+def test_the_guess_right_share_only_where_a_guess_read_something():
+    counters = {"expert_layers": 4, "experts_used": 10, "expert_prefetched": 8, "expert_prefetch_used": 6}
+    assert expert_figures(counters, 2, 2)["expert_guess_right"] == 6 / 8
+    assert "expert_guess_right" not in expert_figures({**counters, "expert_prefetched": 0}, 2, 2)
+
+
 def test_the_plan_says_how_many_experts_fit(moe_store):
     with specdec.load(moe_store, dtype="float32", ram=minimum_ram(moe_store) + 60_000, max_context=64) as lm:
         plan = lm.plan

@@ -1,8 +1,11 @@
 """draft="self": 4-bit substitutes of the target's streamed layers draft for it, exactly."""
+import json
+
 import pytest
 import torch
 
 import specdec
+from helpers.cli import cli_in_process
 from helpers.models import make_tiny_model, sharpen_lm_head
 from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
 from offload.budget import DEFAULT_OVERHEAD, BudgetError
@@ -93,6 +96,31 @@ def test_pinned_layers_are_shared_and_counted_once(tmp_path):
         assert "self-draft" in lm.draft.description
         # Its path is the target's: the banner names it by what it is, from its Draft kind.
         assert f"draft: {lm.draft.description}, " in banner(lm)
+
+
+def test_info_json_names_a_self_draft_by_what_it_is_not_the_target_path(tmp_path, capsys):
+    store = _store(tmp_path)
+    common = ["info", "--target", str(store), "--draft", "self", "--ram", str(_ram_pinning(store, 1)),
+              "--dtype", "float32", "--max-context", "256", "--cache-dir", str(tmp_path / "cache")]
+    r = cli_in_process(capsys, *common, "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    draft = data["draft"]
+    assert draft["kind"] == "self" and "path" not in draft and str(store) not in json.dumps(draft)
+    assert draft["encoding"] == "q4"
+    assert draft["shared_layers"] == data["plan"]["pinned"] == [0]
+    assert draft["substituted_layers"] == data["plan"]["streamed"] == [1, 2, 3]
+    assert f"draft: {draft['label']}, " in cli_in_process(capsys, *common).stdout  # the banner's
+
+
+def test_info_json_gives_a_draft_model_its_path(tmp_path, capsys):
+    store = _store(tmp_path)
+    make_tiny_model(tmp_path / "d", "llama", eos_token_id=None, num_hidden_layers=1)
+    r = cli_in_process(capsys, "info", "--target", str(store), "--draft", str(tmp_path / "d"),
+                       "--ram", "1GB", "--cache-dir", str(tmp_path / "cache"), "--json")
+    assert r.returncode == 0, r.stderr
+    draft = json.loads(r.stdout)["draft"]
+    assert draft == {"kind": "model", "path": str(tmp_path / "d"), "label": str(tmp_path / "d")}
 
 
 def test_substitutes_are_made_once_into_the_cache(tmp_path):

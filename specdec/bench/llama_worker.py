@@ -104,12 +104,17 @@ class PassCounter:
         llama.eval = counted
 
 
-def generate(target, draft, prompt_ids: list[int], max_new: int, eos: set[int]) -> list[int]:
+def generate(target, draft, prompt_ids: list[int], max_new: int, eos: set[int],
+             first: dict | None = None) -> list[int]:
+    """Greedy tokens; `first` gets the bytes read and the time when the first token came out
+    (the prompt's pass done: what follows is decoding)."""
     target.reset()  # every run starts cold, as specdec's do: no KV reuse across prompts
     if draft is not None:
         draft.model.reset()
     out = []
     for tok in target.generate(prompt_ids, **GREEDY):
+        if not out and first is not None:
+            first.update(bytes_read=proc_read_bytes(), at=time.perf_counter())
         out.append(int(tok))
         if len(out) >= max_new or tok in eos:
             break
@@ -130,13 +135,15 @@ def main(argv=None) -> int:
     runs = []
     for run in greedy:
         p0, d0 = counter.calls, (draft.proposed if draft else 0)
-        io0, t0 = proc_read_bytes(), time.perf_counter()
-        ids = generate(target, draft, run["prompt_ids"], run["max_new_tokens"], eos)
+        io0, t0, first = proc_read_bytes(), time.perf_counter(), {}
+        ids = generate(target, draft, run["prompt_ids"], run["max_new_tokens"], eos, first)
         seconds = time.perf_counter() - t0
         passes = counter.calls - p0
         extra = {}
         if draft is not None:  # each pass yields its accepted drafts + one target token
             extra = {"drafted": draft.proposed - d0, "accepted": max(len(ids) - passes, 0)}
+        if first:  # the prompt's pass and first token, apart from the decoding after it
+            extra.update(prefill_bytes_read=first["bytes_read"] - io0, prefill_seconds=first["at"] - t0)
         runs.append({"prompt_index": run["prompt_index"], "temperature": 0.0, "seed": run["seed"],
                      "new_tokens": len(ids), "token_ids": ids, "seconds": seconds,
                      "bytes_read": proc_read_bytes() - io0, "target_passes": passes, **extra})

@@ -67,6 +67,7 @@ CONTENDERS = (
 )
 
 
+LLAMA_WORKER = Path(__file__).with_name("llama_worker.py")  # run by path: see its docstring
 LLAMA_MISSING = ("llama.cpp contender skipped: llama-cpp-python not importable "
                  "(pip install 'specdec[bench]')")
 
@@ -161,10 +162,10 @@ def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out
     cap = MemoryCap.create(w.ram_bytes) if use_cgroup else None
     try:
         if c.kind == "llama":  # by path: the llama venv may have no torch (nor specdec)
-            cmd = [llama_py, str(Path(__file__).with_name("llama_worker.py"))]
+            cmd = [llama_py, str(LLAMA_WORKER)]
         else:
             cmd = [sys.executable, "-m", "specdec.bench.worker"]
-        result = _spawn(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log", cmd)
+        result = spawn_worker(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log", cmd)
         result["cap_peak_bytes"] = cap.peak_bytes() if cap else None
         result["oom_kills"] = cap.oom_kills() if cap else 0
     finally:
@@ -210,7 +211,10 @@ def hf_cpu_bytes(w: Workload, c: Contender, earlier: dict) -> int:
     return p.resident_bytes + p.pinned_bytes + p.ring_bytes
 
 
-def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> dict:
+def spawn_worker(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str],
+                 timeout: float = JOB_TIMEOUT_S) -> dict:
+    """Run `cmd JOB.json RESULT.json` under `cap` (None: uncapped), its output in `log_path`;
+    the result file's contents with ok=True, else ok=False and why (and the log's tail)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="specdec-bench-") as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
@@ -226,7 +230,7 @@ def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> 
         with open(log_path, "w") as log:
             try:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=pre, timeout=JOB_TIMEOUT_S,
+                                    preexec_fn=pre, timeout=timeout,
                                     cwd=Path(__file__).resolve().parents[2]).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
@@ -234,7 +238,8 @@ def _spawn(job: dict, cap: MemoryCap | None, log_path: Path, cmd: list[str]) -> 
         if rc == 0 and out_file.exists():
             return {**json.loads(out_file.read_text()), "ok": True, "wall_seconds": wall}
     tail = log_path.read_text()[-1500:]
-    why = "killed: out of memory under the cap" if rc in (-9, 137) else f"exit status {rc}"
+    why = ("killed: out of memory under the cap" if rc in (-9, 137) else
+           f"timed out after {timeout:.0f} s" if rc == "timeout" else f"exit status {rc}")
     last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
     if rc not in (-9, 137) and "Error" in last:  # the worker's own clear error, e.g. a BudgetError
         why += f" ({last.strip()[:600]})"

@@ -103,6 +103,14 @@ def _ranges(ids) -> str:
     return ", ".join(spans)
 
 
+def draft_info(lm) -> dict | None:
+    """The banner's draft line for `info --json`: what the draft is, by its kind (a self-draft
+    has no path of its own: its layers and encoding instead); None: plain decoding."""
+    from ..drafts import Draft
+
+    return (lm.draft_kind or Draft()).info(lm.draft, lm.plan)
+
+
 def compute_info(model) -> dict:
     """The compute line's facts for `info --json`: ISA, bf16 instructions, the model's paths."""
     from ..compute.probe import machine

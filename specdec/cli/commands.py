@@ -9,8 +9,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from offload.expert_guess import GUESSES
+
 from .load_args import add_kernels_argument, is_demo, load_from_args, read_preset
-from .banner import banner, compute_info, plan_text
+from .banner import banner, compute_info, draft_info, plan_text
 from .exit_codes import EXIT_BUG, EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 BUG_TYPES = (AssertionError, RuntimeError)  # raised by internals, never by bad input
@@ -167,7 +169,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "adaptive tree, 0 on a fixed one; 0: none)")
     p.add_argument("--expert-prefetch", action="store_true", default=None,
                    help="mixture-of-experts target: read the next layer's guessed experts while a "
-                        "layer computes (only the bytes read depend on it)")
+                        "layer computes (only the bytes read depend on it; the guess: --expert-guess)")
+    p.add_argument("--expert-guess", choices=GUESSES, default=None,
+                   help="the prefetch guess (implies --expert-prefetch): next-router (default: the "
+                        "next layer's router on this layer's residual) or previous-pass (the "
+                        "experts the previous pass's last token routed to)")
     p.add_argument("--expert-reads", choices=["direct", "page-cache"], default=None,
                    help="mixture-of-experts target: O_DIRECT reads and an expert cache in the budget "
                         "(direct, default), or buffered reads left to the page cache (for comparisons)")
@@ -351,7 +357,7 @@ def cmd_info(args) -> int:
     with lm:
         if args.json:
             print(json.dumps({"target": str(lm.target.path),
-                              "draft": str(lm.draft.path) if lm.draft else None,
+                              "draft": draft_info(lm),
                               "max_context": lm.max_context,
                               "plan": lm.plan.as_dict() if lm.plan is not None else None,
                               "compute": compute_info(lm.target.model)}, indent=2))

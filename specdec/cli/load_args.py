@@ -32,7 +32,8 @@ def settings_from_args(args):
         speculation=args.speculation or preset.get("speculation"), tree_nodes=args.tree_nodes,
         tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
         kernels=getattr(args, "kernels", None),
-        expert_prefetch=bool(getattr(args, "expert_prefetch", None) or preset.get("expert_prefetch")),
+        expert_prefetch=(getattr(args, "expert_guess", None) or getattr(args, "expert_prefetch", None)
+                         or preset.get("expert_prefetch") or False),
         expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct")
     draft = settings.draft
     if isinstance(draft, ModelDraft):  # a path as is, an `org/name` fetched

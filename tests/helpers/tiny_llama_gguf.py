@@ -2,8 +2,9 @@
 import numpy as np
 
 
-def tiny_gguf(path, seed=0):
-    """A tiny llama GGUF with SmolLM2's tensor types: Q4_1 matrices, Q8_0 embedding, F32 norms."""
+def tiny_gguf(path, seed=0, merges=False):
+    """A tiny llama GGUF with SmolLM2's tensor types: Q4_1 matrices, Q8_0 embedding, F32 norms.
+    `merges`: a BPE merge and the tokens it joins, which llama.cpp needs to load a gpt2 vocab."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -12,7 +13,10 @@ def tiny_gguf(path, seed=0):
     w.add_context_length(64); w.add_embedding_length(96); w.add_block_count(2)
     w.add_feed_forward_length(64); w.add_head_count(3); w.add_head_count_kv(1)
     w.add_rope_dimension_count(32); w.add_rope_freq_base(10000.0); w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(160); w.add_tokenizer_model("gpt2"); w.add_token_list([f"t{i}" for i in range(160)])
+    w.add_vocab_size(160); w.add_tokenizer_model("gpt2")
+    w.add_token_list((["a", "b", "ab"] if merges else []) + [f"t{i}" for i in range(3 if merges else 0, 160)])
+    if merges:
+        w.add_token_merges(["a b"])
 
     def add(name, shape, qtype):
         data = rng.standard_normal(shape).astype(np.float32) * 0.05

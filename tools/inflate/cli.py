@@ -108,6 +108,13 @@ def _moe_parsers(sub) -> None:
     b.add_argument("--tokens", type=int, default=32, help="tokens generated per prompt")
     b.add_argument("--timeout", type=float, default=900, help="seconds per contender")
     b.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    b.add_argument("--contenders", default=None,
+                   help="comma-separated rows to run (default: all); llama.cpp's (llamacpp-mmap) "
+                        "takes its prompts and checks its tokens against plain-direct's")
+    b.add_argument("--gguf", type=Path, default=None,
+                   help="llama.cpp's row: the GGUF the store was packed from (default: its source)")
+    b.add_argument("--llama-python", default=None, metavar="PATH",
+                   help="interpreter with llama-cpp-python for llama.cpp's row (default: this one)")
 
 
 def _moe(a) -> Path:
@@ -137,11 +144,23 @@ def _moe_bench(a) -> int:
     from offload.atomic import write_atomic
     from offload.budget import parse_size
 
-    from .moe_bench import raw_expert_read, run_all, table
+    from .moe_bench import CONTENDERS, raw_expert_read, run_all, table
+    from .moe_llama import CONTENDER, agreement_line, llama_row
 
+    only = {c.strip() for c in (a.contenders or "").split(",") if c.strip()} or None
+    unknown = (only or set()) - set(CONTENDERS) - {CONTENDER}
+    if unknown:
+        print(f"moe-bench: error: unknown contender(s) {sorted(unknown)}; choose from "
+              f"{[*CONTENDERS, CONTENDER]}", file=sys.stderr)
+        return 2
     raw = raw_expert_read(a.store)
-    rows = run_all(a.store, parse_size(a.cap), _prompts(a), a.tokens, a.draft, a.timeout)
-    print(table(rows, raw))
+    cap = parse_size(a.cap)
+    rows = run_all(a.store, cap, _prompts(a), a.tokens, a.draft, a.timeout, only)
+    if not only or CONTENDER in only:
+        rows.append(llama_row(a.store, a.gguf, cap, rows, a.tokens, a.timeout, a.llama_python))
+    note = agreement_line(rows[-1]) if rows and rows[-1]["contender"] == CONTENDER else ""
+    print(table(rows, raw) + (f"\n{note}" if note else ""))
     if a.json:
         write_atomic(a.json, json.dumps({"raw": raw, "rows": rows}, indent=1))
     return 0
+

@@ -1,5 +1,5 @@
 """Expert reads on a mixture-of-experts store under a memory cap: O_DIRECT with specdec's expert
-cache, the same with prefetch, buffered reads left to the page cache, and (with a draft) chain
+cache, the same with each prefetch guess, buffered reads left to the page cache, and (with a draft) chain
 speculation. Each contender runs in its own child process inside a fresh memory cgroup (the
 cap covers the process and the page cache it fills) after the store's pages are evicted, and
 prints tokens/s, bytes read per token (/proc/self/io), the expert figures, the ISA. A timing
@@ -15,21 +15,26 @@ import sys
 import time
 from pathlib import Path
 
+# KV positions planned for: the chat prompts and replies need a few hundred; the model's 4096
+# would give ~10% of a 4 GB cap to KV that the expert cache could use (llama.cpp's row, too,
+# gets a context of what its runs need).
+MAX_CONTEXT = 1024
 CONTENDERS = {  # name: load settings beyond the store and the budget
     "plain-direct": {},
-    "plain-direct-prefetch": {"expert_prefetch": True},
+    "plain-direct-prefetch-prev": {"expert_prefetch": "previous-pass"},
+    "plain-direct-prefetch-next": {"expert_prefetch": "next-router"},
     "plain-page-cache": {"expert_reads": "page-cache"},
     "chain-direct": {"draft": True},
 }
 
 
 def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path | None,
-            timeout: float) -> list[dict]:
+            timeout: float, only: set[str] | None = None) -> list[dict]:
     from specdec.bench.memcap import MemoryCap, evict_page_cache
 
     rows = []
     for name, settings in CONTENDERS.items():
-        if settings.get("draft") and draft is None:
+        if (settings.get("draft") and draft is None) or (only and name not in only):
             continue
         evict_page_cache([store])
         job = {"store": str(store), "ram": cap, "prompts": prompts, "tokens": tokens,
@@ -62,36 +67,71 @@ def _child(job: dict, group, timeout: float) -> dict:
 
 
 def worker(job: dict) -> dict:
-    """In the child: load, warm up on a few tokens, then time the prompts."""
+    """In the child: load, warm up on a few tokens, then time the prompts (each whole, and its
+    decode apart: the rows' `decode` figures)."""
     import torch
 
     import specdec
-    from specdec.bench.iobench import proc_read_bytes
+    from specdec.moe_stats import expert_figures
 
     from .moe_routing import as_chat
 
     s = job["settings"]
     lm = specdec.load(job["store"], ram=job["ram"], draft=s.get("draft"), progress=False,
+                      max_context=job.get("max_context", MAX_CONTEXT),
                       expert_prefetch=s.get("expert_prefetch", False),
                       expert_reads=s.get("expert_reads", "direct"))
     with lm:
         lm.generate(as_chat(lm, job["prompts"][0]), max_new_tokens=2)
-        tokens = passes = 0
-        read0, t0 = proc_read_bytes(), time.perf_counter()
-        source: dict = {}
-        for prompt in job["prompts"]:
-            lm.reset()
-            out = lm.generate(as_chat(lm, prompt), max_new_tokens=job["tokens"])
-            tokens, passes = tokens + out.stats.new_tokens, passes + out.stats.target_passes
-            for k, v in out.stats.source.items():
-                source[k] = source.get(k, 0) + v
-        seconds, read = time.perf_counter() - t0, proc_read_bytes() - read0
-        from specdec.moe_stats import expert_figures
-
-        return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": seconds,
-                "tokens_per_second": tokens / seconds, "bytes_read_per_token": read / tokens,
+        runs = [_prompt_run(lm, as_chat(lm, prompt), job["tokens"]) for prompt in job["prompts"]]
+        whole, decode = _sum_runs(runs, "whole"), _sum_runs(runs, "decode")
+        tokens, passes = whole["tokens"], whole["passes"]
+        return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": whole["seconds"],
+                "tokens_per_second": tokens / whole["seconds"], "bytes_read_per_token": whole["read"] / tokens,
                 "tokens_per_pass": tokens / passes, "plan": lm.plan.summary if lm.plan else None,
-                **expert_figures(source, passes, tokens)}
+                "threads": torch.get_num_threads(), "eos_ids": sorted(lm.eos_ids),
+                "greedy": [r["greedy"] for r in runs], "passes": passes, "source_counters": whole["source"],
+                "decode": {"tokens": decode["tokens"], "passes": decode["passes"],
+                           "seconds": decode["seconds"], "bytes_read": decode["read"],
+                           **expert_figures(decode["source"], decode["passes"], decode["tokens"])},
+                **expert_figures(whole["source"], passes, tokens)}
+
+
+def _prompt_run(lm, ids, tokens: int) -> dict:
+    """One prompt from a cold context: the prefill pass with the first token, then the rest
+    of the reply as a continuation (the cached prefix is kept), measured apart: the decode
+    figures are what a generated token costs without the prompt's union of experts."""
+    from specdec.bench.iobench import proc_read_bytes
+
+    lm.reset()
+    parts = {}
+    prompt = lm.encode(ids)
+    reply: list[int] = []
+    for part, (context, n) in (("prefill", (prompt, 1)), ("decode", (None, tokens - 1))):
+        if n <= 0:
+            break
+        read0, t0 = proc_read_bytes(), time.perf_counter()
+        out = lm.generate(context if context is not None else prompt + reply, max_new_tokens=n)
+        parts[part] = {"tokens": out.stats.new_tokens, "passes": out.stats.target_passes,
+                       "seconds": time.perf_counter() - t0, "read": proc_read_bytes() - read0,
+                       "source": dict(out.stats.source)}
+        reply += out.token_ids
+        if set(lm.eos_ids) & set(out.token_ids):
+            break
+    decode = parts.get("decode", {"tokens": 0, "passes": 0, "seconds": 0.0, "read": 0, "source": {}})
+    return {"greedy": {"prompt_ids": prompt, "token_ids": reply}, "decode": decode,
+            "whole": _sum_runs([{"x": parts["prefill"]}, {"x": decode}], "x")}
+
+
+def _sum_runs(runs: list[dict], part: str) -> dict:
+    total = {"tokens": 0, "passes": 0, "seconds": 0.0, "read": 0, "source": {}}
+    for run in runs:
+        p = run[part]
+        for k in ("tokens", "passes", "seconds", "read"):
+            total[k] += p[k]
+        for k, v in p["source"].items():
+            total["source"][k] = total["source"].get(k, 0) + v
+    return total
 
 
 def raw_expert_read(store: Path) -> dict:
@@ -108,19 +148,31 @@ def raw_expert_read(store: Path) -> dict:
 
 def table(rows: list[dict], raw: dict) -> str:
     lines = [f"raw O_DIRECT read: {raw['raw_gb_per_s']:.2f} GB/s ({raw['raw_bytes'] / 1e9:.2f} GB)",
-             "contender | ISA | tok/s | MB read/token | floor ms/token | experts/layer/pass | "
-             "expert hit | tokens/pass | cgroup peak MB"]
+             "contender | ISA | tok/s | MB read/token | floor ms/token | decode MB read/token | "
+             "experts/layer/pass | expert hit | guess right | tokens/pass | cgroup peak MB"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['contender']} | failed: {r['error']}")
+            lines.append(f"{r['contender']} | {'' if r.get('skipped') else 'failed: '}{r['error']}")
             continue
         floor = r["bytes_read_per_token"] / (raw["raw_gb_per_s"] * 1e9) * 1e3
         peak = r["peak_cgroup_bytes"] / 1e6 if r.get("peak_cgroup_bytes") else float("nan")
         lines.append(f"{r['contender']} | {r['isa']} | {r['tokens_per_second']:.3f} | "
-                     f"{r['bytes_read_per_token'] / 1e6:.1f} | {floor:.0f} | "
-                     f"{r.get('experts_per_layer_pass', 0):.2f} | {r.get('expert_hit_rate', 0):.2f} | "
-                     f"{r['tokens_per_pass']:.2f} | {peak:.0f}")
+                     f"{r['bytes_read_per_token'] / 1e6:.1f} | {floor:.0f} | {_decode_mb(r)} | "
+                     f"{_figure(r, 'experts_per_layer_pass')} | {_figure(r, 'expert_hit_rate')} | "
+                     f"{_figure(r, 'expert_guess_right')} | {r['tokens_per_pass']:.2f} | {peak:.0f}")
     return "\n".join(lines)
+
+
+def _decode_mb(row: dict) -> str:
+    """MB read per token after each prompt's prefill pass ("-" where a row has no such split)."""
+    d = row.get("decode") or {}
+    return f"{d['bytes_read'] / d['tokens'] / 1e6:.1f}" if d.get("tokens") else "-"
+
+
+def _figure(row: dict, key: str) -> str:
+    """A figure the contender has, or "-" (the page cache has no hit rate of specdec's cache,
+    llama.cpp no expert figures)."""
+    return f"{row[key]:.2f}" if row.get(key) is not None else "-"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""A GGUF is parsed once per pack and once per load: gguf-py's reader builds every metadata
+field (a real tokenizer's tens of thousands of strings: seconds for the 100 MB demo model), so
+the config, the family settings and the tensors all come from the one reader open_checkpoint
+made. The config read from it is the one transformers' AutoConfig reads from the file."""
+import gguf
+import pytest
+import torch
+
+from helpers.family_gguf import write_family_gguf
+from helpers.family_models import make_family_model
+from helpers.moe_gguf import write_moe_gguf
+from helpers.tiny_llama_gguf import tiny_gguf
+from offload import pack as pack_module
+from offload.checkpoint import CheckpointError, open_checkpoint
+from offload.gguf_hf_config import hf_config
+from offload.pack import pack
+from specdec.loading import load_resident
+
+FAMILIES = {"gemma2": dict(query_pre_attn_scalar=16), "gemma3": dict(query_pre_attn_scalar=16),
+            "phi3": {}, "phi3-longrope": {}, "qwen2_moe": {}, "qwen3_moe": {},
+            "mixtral": dict(sliding_window=None)}
+
+
+def family_gguf(tmp_path, family):
+    if family == "llama":
+        return tiny_gguf(tmp_path / "tiny.gguf")
+    make_family_model(tmp_path / "hf", family, tie_word_embeddings=False, **FAMILIES[family])
+    if family in ("qwen2_moe", "qwen3_moe", "mixtral"):
+        return write_moe_gguf(tmp_path / "hf", tmp_path / "m.gguf")
+    return write_family_gguf(tmp_path / "hf", tmp_path / "m.gguf")
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """Counts of gguf-py reader constructions and transformers' own GGUF parses."""
+    import transformers.integrations.gguf as hf_gguf
+    import transformers.integrations.gguf.reader as hf_gguf_reader
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf_legacy
+
+    counts = {"GGUFReader": 0, "transformers": 0}
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            counts["GGUFReader"] += 1
+            super().__init__(*args, **kwargs)
+
+    def counting(function):
+        def parse(*args, **kwargs):
+            counts["transformers"] += 1
+            return function(*args, **kwargs)
+        return parse
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    monkeypatch.setattr(hf_gguf_legacy, "load_gguf_checkpoint",
+                        counting(hf_gguf_legacy.load_gguf_checkpoint))
+    fast = counting(hf_gguf_reader.read_gguf_metadata)
+    monkeypatch.setattr(hf_gguf_reader, "read_gguf_metadata", fast)
+    monkeypatch.setattr(hf_gguf, "read_gguf_metadata", fast)
+    return counts
+
+
+def test_the_counter_counts_transformers_parses(tmp_path, parses):
+    from transformers import AutoConfig
+
+    file = tiny_gguf(tmp_path / "tiny.gguf")
+    AutoConfig.from_pretrained(str(tmp_path), gguf_file=file.name)
+    assert parses["GGUFReader"] >= 1 and parses["transformers"] >= 1
+
+
+def test_a_gguf_pack_parses_the_file_once(tmp_path, parses, monkeypatch):
+    # The tokenizer is exported by transformers' AutoTokenizer, which reads the file itself.
+    monkeypatch.setattr(pack_module, "copy_tokenizer", lambda ckpt, target: False)
+    pack(tiny_gguf(tmp_path / "tiny.gguf"), tmp_path / "store", progress=False, note=lambda m: None)
+    assert parses == {"GGUFReader": 1, "transformers": 0}
+
+
+def test_a_gguf_loaded_whole_is_parsed_once(tmp_path, parses):
+    model = load_resident(tiny_gguf(tmp_path / "tiny.gguf"), torch.float32)
+    assert model.args.num_layers == 2
+    assert parses == {"GGUFReader": 1, "transformers": 0}
+
+
+def test_a_second_read_of_the_tensors_parses_again(tmp_path, parses):
+    ckpt = open_checkpoint(tiny_gguf(tmp_path / "tiny.gguf"))
+    first, second = ckpt.state_dict(), ckpt.state_dict()  # the opening's reader is not kept
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert parses["GGUFReader"] == 2
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5])
+def test_a_truncated_gguf_is_refused_naming_the_file(tmp_path, keep):
+    data = tiny_gguf(tmp_path / "tiny.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"cut\.gguf: cannot read GGUF .*download it again"):
+        open_checkpoint(cut)
+
+
+@pytest.mark.parametrize("family", ["llama", *FAMILIES])
+def test_the_config_from_the_open_reader_is_transformers(tmp_path, family):
+    from transformers import AutoConfig
+
+    file = family_gguf(tmp_path, family)
+    expected = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name).to_dict()
+    assert hf_config(gguf.GGUFReader(str(file)), str(file.parent)) == expected
+
+
+def test_the_demo_gguf_config_from_its_open_reader_is_transformers(smollm2_gguf):
+    from transformers import AutoConfig
+
+    expected = AutoConfig.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    assert hf_config(gguf.GGUFReader(str(smollm2_gguf)), str(smollm2_gguf.parent)) == expected.to_dict()
