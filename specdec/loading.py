@@ -87,8 +87,9 @@ def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
                   embeddings_from: LoadedModel | None = None, kernels: Policy | None = None,
                   encode_head: Callable[[torch.Tensor], object] | None = None) -> LoadedModel:
     """A checkpoint fully in RAM (`source`: a path, or a checkpoint already opened);
-    `kernels`: its matmul paths (None: F.linear); `encode_head`: makes the output layer's
-    own copy (float32 in, e.g. a q4 weight out: a low-bit draft, specdec/quantized_draft.py)."""
+    `kernels`: its matmul paths (None: F.linear); `encode_head`: makes a partial vocabulary's
+    copied output rows (float32 in, e.g. a q4 weight out: a low-bit draft,
+    specdec/quantized_draft.py)."""
     opened = source if isinstance(source, OpenedModel) else open_model(source)
     ckpt, args = opened.ckpt, opened.args
     state = ckpt.state_dict()
@@ -140,11 +141,13 @@ def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args
 
 
 def _encoded_head(state: dict, args: ModelArgs, encode) -> dict:
-    """The output layer as `encode` makes it, where it is a copy of the model's own: its
-    lm_head, or a partial vocabulary's rows of a tied table. A whole tied table stays shared
-    with the embeddings (encoding it would add a copy), and an encoded head stays as it is."""
+    """A partial vocabulary's output rows (a copy made at load: of the target's head or table,
+    or of the model's own tied table) as `encode` makes them. A whole-vocabulary head is the
+    model's own (packed encoded already) or shared with the target, and stays as it is."""
     head, ids = state.get("lm_head.weight"), state.get(OUTPUT_IDS)
-    if head is None and ids is not None:
+    if ids is None:
+        return state
+    if head is None:
         head = take_rows(state["model.embed_tokens.weight"], checked_output_ids(ids, args))
     if not isinstance(head, torch.Tensor):
         return state

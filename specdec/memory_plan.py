@@ -23,7 +23,8 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
                    head_encoding: str | None = None):
     """The MemoryPlan for streaming `store` (config `args`) beside `draft` (a path, an
     OpenedModel, or None) under `ram`: what load() runs under, and what benchmarks cap other
-    tools at. `head_encoding`: the draft's own output layer is held in it (q4, q8)."""
+    tools at. `head_encoding`: a partial output vocabulary's copied rows are held in it (q4, q8:
+    a low-bit draft, specdec/quantized_draft.py)."""
     drf = open_model(draft) if draft is not None and not isinstance(draft, OpenedModel) else draft
     store_dtype = store.dtype and parse_dtype(store.dtype)
     # A draft borrowing the target's embedding table shares it when no dtype change copies it.
@@ -47,12 +48,12 @@ def draft_bytes(drf: OpenedModel | None, dtype: torch.dtype, shared_embeddings: 
     if drf is None:
         return 0
     if drf.ckpt.kind == "store":
-        head_copy = 0  # a partial output layer taken from the target's table is a copy
-        if drf.borrows_embeddings and drf.ckpt.tensor_shape("lm_head.weight") is None:
-            rows = drf.output_rows()
+        head_copy = 0  # a partial output layer without its own rows in the store is a copy
+        rows = drf.output_rows()
+        if drf.ckpt.tensor_shape("lm_head.weight") is None and rows < drf.args.vocab_size:
             shape = (rows, drf.args.hidden_size)
-            head_copy = 0 if rows >= drf.args.vocab_size else (
-                encoded_nbytes(shape, head_encoding) if head_encoding else math.prod(shape) * dtype.itemsize)
+            head_copy = (encoded_nbytes(shape, head_encoding) if head_encoding
+                         else math.prod(shape) * dtype.itemsize)
         return _store_draft_bytes(drf.ckpt.path, dtype) + head_copy
     params = model_shape(drf.args).params(drf.output_rows(), embeddings=not shared_embeddings)
     return params * torch.empty((), dtype=dtype).element_size()
