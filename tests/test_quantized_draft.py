@@ -198,3 +198,17 @@ def test_the_cli_takes_draft_quant(tmp_path, capsys):
     assert info["copy"].startswith(str(tmp_path / "cache" / "drafts"))
     r = cli_in_process(capsys, *common, "--draft-quant", "q5")
     assert r.returncode != 0 and "invalid choice: 'q5'" in r.stderr
+
+
+def test_demo_speed_names_each_form_of_the_demo_draft():
+    from specdec.demo import DEMO_DRAFT_DIR
+    from tools.demo_speed import contender_settings
+
+    assert contender_settings("chain2-q4", "store") == {
+        "target": "store", "ram": "600MB", "max_context": 2048, "draft": DEMO_DRAFT_DIR,
+        "draft_quant": "q4", "speculation": "chain", "k": 2}
+    assert contender_settings("tree-bf16", "store")["draft"] == DEMO_DRAFT_DIR
+    assert "draft_quant" not in contender_settings("tree-bf16", "store")
+    for bad in ("tree2-q4", "chain-q3", "chainq4"):
+        with pytest.raises(ValueError, match="contender"):
+            contender_settings(bad, "store")
