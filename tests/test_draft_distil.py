@@ -10,7 +10,7 @@ import torch
 
 from tools.draft.corpus_shards import Conversation
 from tools.draft.distil import OutputVocab, build_draft
-from tools.draft.distil_corpus import Run, held_out, make_batch
+from tools.draft.distil_corpus import Run, held_out, make_batch, replies_only
 from tools.draft.labels import label_conversations, target_positions
 
 
@@ -54,6 +54,18 @@ def test_the_held_out_split_depends_on_the_conversation_only(target):
     first = [held_out(e, 4) for e in examples]
     assert first == [held_out(e, 4) for e in reversed(examples)][::-1]
     assert 0 < sum(first) < len(first)
+
+
+def test_held_out_agreement_counts_assistant_positions_even_when_training_on_all(target):
+    convs = conversations(3, 4)
+    everywhere = label_conversations(target, convs, all_positions=True, batch_tokens=64)
+    replies = label_conversations(target, convs, all_positions=False, batch_tokens=64)
+    for c, a, r in zip(convs, everywhere, replies):
+        kept = replies_only(a, c)
+        assert len(a.targets) > len(kept.targets)
+        assert kept.targets.tolist() == r.targets.tolist() == target_positions(c, False)
+        assert torch.equal(kept.top_i, r.top_i) and torch.equal(kept.ids, a.ids)
+        assert held_out(kept, 3) == held_out(a, 3)
 
 
 def _run(target, examples):

@@ -28,16 +28,23 @@ import torch
 
 from specdec.demo_model import GGUF_NAME
 
-from .corpus_shards import Corpus
+from .corpus_shards import Conversation, Corpus
 from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_loss, save_draft,
                      select_output_ids)
 from .files import TOPK, write_atomic
-from .labels import Example, label_corpus, load_cached
+from .labels import Example, label_corpus, load_cached, target_positions
 
 
 def held_out(example: Example, every: int) -> bool:
     digest = hashlib.sha256(example.ids.numpy().astype("uint16").tobytes()).digest()
     return int.from_bytes(digest[:4], "little") % every == 0
+
+
+def replies_only(example: Example, conv: Conversation) -> Example:
+    """The example's assistant positions only: what a draft proposes in chat, so the held-out
+    agreement means the same whether training used --all-positions or not."""
+    keep = torch.isin(example.targets, torch.tensor(target_positions(conv, False), dtype=torch.long))
+    return Example(example.ids, example.targets[keep], example.top_v[keep], example.top_i[keep])
 
 
 def load_examples(corpus: Corpus, cache: Path, all_positions: bool, every: int):
@@ -48,8 +55,12 @@ def load_examples(corpus: Corpus, cache: Path, all_positions: bool, every: int):
         examples = load_cached(cache, entry, all_positions)
         if examples is None:
             raise SystemExit(f"{entry['file']} has no labels in {cache}: run tools.draft.labels")
-        for e in examples:
-            (held if held_out(e, every) else train).append(e)
+        convs = corpus.read(entry) if all_positions else [None] * len(examples)
+        for e, conv in zip(examples, convs):
+            if held_out(e, every):
+                held.append(replies_only(e, conv) if all_positions else e)
+            else:
+                train.append(e)
     return train, held
 
 
@@ -232,7 +243,9 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
                 "warm_start": _previous_run(init_from), "output_vocab": len(run.vocab.ids),
                 "corpus": {"dir": str(args.data), **corpus.manifest.get("totals", {}),
                            "recipe": corpus.manifest.get("recipe")},
-                "train_positions": n_pos, "heldout_conversations": len(held), "lr": args.lr,
+                "train_positions": n_pos,
+                "positions": "all (user turns and system prompt too)" if args.all_positions else "assistant",
+                "heldout_conversations": len(held), "heldout_positions": "assistant", "lr": args.lr,
                 "batch_tokens": args.batch_tokens, "steps": run.step, "schedule_steps": args.steps,
                 "loss": f"soft CE to target top-{TOPK} + {args.hard_weight} x CE to target argmax",
                 "precision": str(run.dtype).removeprefix("torch."),
@@ -250,7 +263,9 @@ def main(argv=None) -> None:
     ap.add_argument("--init-from", default=None)
     ap.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
     ap.add_argument("--output-vocab", type=int, default=16384)
-    ap.add_argument("--all-positions", action="store_true")
+    ap.add_argument("--all-positions", action="store_true",
+                    help="train on every position (the user turns, which the target wrote too, and "
+                         "the system prompt); the held-out agreement stays on assistant positions")
     ap.add_argument("--steps", type=int, default=4000, help="the schedule's length")
     ap.add_argument("--minutes", type=float, default=60, help="this run's time box")
     ap.add_argument("--lr", type=float, default=3e-4)
