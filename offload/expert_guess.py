@@ -8,7 +8,8 @@ router chose, and a wrong guess costs a read and a buffer, never a different out
 - `NextRouter` ("next-router"): the next layer's router applied to the current layer's residual
   stream after its attention, normed with the next layer's post-attention norm: the next
   layer's router input less one attention and one MLP update. The model computes it
-  (specdec/moe.py, `read_ahead`) once the current layer's own reads are submitted; this object
+  (specdec/moe.py, `read_ahead`: the first half of each token's top k, the ranks most often
+  right) once the current layer's own reads are submitted; this object
   only keeps every routed layer's router and that norm resident. They arrive with their layers
   (the first pass brings them; a pinned layer's are its own tensors, a streamed layer's are
   copied out of its ring slot), so the first pass after loading makes no guess.

@@ -14,6 +14,7 @@ from offload.expert_guess import GUESSES
 
 from .drafts import Draft, parse_draft
 from .loading import parse_dtype
+from .quantized_draft import check_draft_quant, quantized
 from .speculate.registry import DEFAULT_LOOKUP_BRANCHES, MODES, Speculation, check_mode
 
 EXPERT_READS = ("direct", "page-cache")  # offload/expert_reads.py
@@ -38,12 +39,14 @@ class LoadSettings:
     pack_dtype: str | None = None  # a packed checkpoint's plain tensors (None: dtype)
     expert_prefetch: bool | str = False  # a MoE target reads the next layer's guessed experts early (GUESSES)
     expert_reads: str = "direct"  # a MoE target's expert reads: "direct" (O_DIRECT + own cache) or "page-cache"
+    draft_quant: str | None = None  # "q4"/"q8": the draft model's low-bit copy (quantized_draft.py)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         if self.target is not None:
             set_("target", Path(self.target).expanduser())
-        set_("draft", parse_draft(self.draft))
+        set_("draft", quantized(parse_draft(self.draft), self.draft_quant, self.cache_dir,
+                                self.progress))
         self.validate()
 
     def validate(self) -> None:
@@ -62,6 +65,12 @@ class LoadSettings:
         if self.speculation is not None:
             check_mode(self.speculation)
         self._check_draft_drives_mode()
+        if self.draft_quant is not None:
+            check_draft_quant(self.draft_quant)
+        if self.draft_quant is not None and self.draft is None and self.target is not None:
+            raise ValueError(f"draft_quant={self.draft_quant!r} makes a low-bit copy of a draft "
+                             "model, but no draft was given; pass draft=PATH too, or leave "
+                             "draft_quant out for plain decoding.")
         if self.tree_nodes is not None and self.draft is not None and not _drafts_with_model(self.draft):
             raise ValueError(f"tree_nodes sizes a draft model's tree; with {self.draft.describe()} "
                              "use k for a fixed number of lookup tokens per pass (default: sized "
@@ -112,10 +121,10 @@ class LoadSettings:
             return self
         from .demo import demo_pair
 
-        draft_model = (self.k is not None or self.tree_nodes is not None
+        draft_model = (self.k is not None or self.tree_nodes is not None or self.draft_quant is not None
                        or (self.speculation is not None and MODES[self.speculation].needs_model))
         demo = demo_pair(self.draft, self.ram, self.max_context, self.cache_dir, draft_model)
-        return self.replace(target=demo.target, draft=demo.draft, ram=demo.ram,
+        return self.replace(target=demo.target, draft=demo.draft, ram=demo.ram,  # quantized anew
                             max_context=demo.max_context, pack_dtype=demo.pack_dtype)
 
 

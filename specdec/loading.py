@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -83,15 +84,19 @@ def open_model(path: str | Path) -> OpenedModel:
 
 
 def load_resident(source: str | Path | OpenedModel, dtype: torch.dtype,
-                  embeddings_from: LoadedModel | None = None, kernels: Policy | None = None
-                  ) -> LoadedModel:
+                  embeddings_from: LoadedModel | None = None, kernels: Policy | None = None,
+                  encode_head: Callable[[torch.Tensor], object] | None = None) -> LoadedModel:
     """A checkpoint fully in RAM (`source`: a path, or a checkpoint already opened);
-    `kernels`: its matmul paths (None: F.linear)."""
+    `kernels`: its matmul paths (None: F.linear); `encode_head`: makes a partial vocabulary's
+    copied output rows (float32 in, e.g. a q4 weight out: a low-bit draft,
+    specdec/quantized_draft.py)."""
     opened = source if isinstance(source, OpenedModel) else open_model(source)
     ckpt, args = opened.ckpt, opened.args
     state = ckpt.state_dict()
     if opened.borrows_embeddings:
         state = _borrow_embeddings(state, ckpt.path, embeddings_from, args)
+    if encode_head is not None:
+        state = _encoded_head(state, args, encode_head)
     weights = ResidentWeights.from_state_dict(state, args, dtype, source=str(ckpt.path))
     del state
     return LoadedModel(ckpt.path, args, build_model(args, weights, dtype, kernels), ckpt.config,
@@ -133,6 +138,20 @@ def _borrow_embeddings(state: dict, path: Path, target: LoadedModel | None, args
             head = take_rows(head, checked_output_ids(ids, args))
         state["lm_head.weight"] = head
     return state
+
+
+def _encoded_head(state: dict, args: ModelArgs, encode) -> dict:
+    """A partial vocabulary's output rows (a copy made at load: of the target's head or table,
+    or of the model's own tied table) as `encode` makes them. A whole-vocabulary head is the
+    model's own (packed encoded already) or shared with the target, and stays as it is."""
+    head, ids = state.get("lm_head.weight"), state.get(OUTPUT_IDS)
+    if ids is None:
+        return state
+    if head is None:
+        head = take_rows(state["model.embed_tokens.weight"], checked_output_ids(ids, args))
+    if not isinstance(head, torch.Tensor):
+        return state
+    return {**state, "lm_head.weight": encode(head.float())}
 
 
 def load_tokenizer(source: tuple[str, str | None] | None):

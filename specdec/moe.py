@@ -19,6 +19,7 @@ are read when depends on it.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -53,17 +54,24 @@ def swiglu(x: torch.Tensor, gate, up, down) -> torch.Tensor:
     return linear(F.silu(linear(x, gate)) * linear(x, up), down)
 
 
+# Of a token's top k under the next layer's router, the share guessed: the guess's later ranks
+# are right less often (on the synthetic MoE workload, by rank pair: 87%, 73%, 60%, 44%), and a
+# wrong guess costs a read and evicts a cached expert.
+GUESSED_SHARE = 0.5
+
+
 def read_ahead(w: dict, residual: torch.Tensor, top_k: int, eps: float) -> None:
     """If layer weights `w` stream their experts from a source that wants it, hand it the next
     layer's experts as that layer's router would pick them from `residual` [T, hidden] (this
-    layer's residual stream after attention): the union over the tokens, the experts with the
-    most routing weight first."""
+    layer's residual stream after attention): per token the first GUESSED_SHARE of its top k,
+    the union over the tokens, the experts with the most routing weight first."""
     source = w.get(EXPERT_SOURCE)
     following = source.next_router() if source is not None else None
     if following is None:
         return
     norm, router = following
-    weights, ids = route(rms_norm(residual, norm, eps), router, top_k, normalize=False)
+    guessed = max(1, math.ceil(top_k * GUESSED_SHARE))
+    weights, ids = route(rms_norm(residual, norm, eps), router, guessed, normalize=False)
     mass = torch.zeros(router.shape[0], dtype=torch.float32).index_add_(0, ids.flatten(), weights.flatten())
     ranked = torch.argsort(mass, descending=True, stable=True)[:int((mass > 0).sum())]
     source.read_ahead(ranked.tolist())

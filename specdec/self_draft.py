@@ -35,8 +35,7 @@ import torch
 from offload.atomic import replacing
 from offload.budget import MemoryPlan, plan_memory
 from offload.encodings import decode, layout_fingerprint
-from offload.encodings.from_float import quantize_float
-from offload.encodings.q4 import UnsupportedShape, choose_group, part_specs
+from offload.encodings.from_float import encoded_nbytes, quantize_float
 from offload.reader import read_tensors
 
 from .cache_root import cache_root
@@ -52,32 +51,7 @@ class SelfDraftError(ValueError):
 # -- sizes and the plan ---------------------------------------------------------------------
 def substitute_nbytes(tensors: dict) -> int:
     """Bytes a layer's substitute takes, from the store's tensor metadata (no reads)."""
-    total = 0
-    for meta in tensors.values():
-        shape = tuple(meta.shape)
-        total += _q4_nbytes(shape) if len(shape) == 2 else _bf16_nbytes(shape)
-    return total
-
-
-def _q4_nbytes(shape: tuple[int, int]) -> int:
-    try:
-        group = choose_group(shape)
-    except UnsupportedShape:
-        return _bf16_nbytes(shape)  # quantize_float keeps these in bf16
-    specs = part_specs(shape, group, torch.bfloat16)
-    return sum(_numel(s["shape"]) * torch.empty((), dtype=getattr(torch, s["dtype"])).element_size()
-               for s in specs.values())
-
-
-def _bf16_nbytes(shape) -> int:
-    return _numel(shape) * 2
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return sum(encoded_nbytes(tuple(meta.shape), ENCODING) for meta in tensors.values())
 
 
 def check_target(store) -> None:

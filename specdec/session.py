@@ -34,7 +34,7 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
          cache_dir: str | Path | None = None, progress: bool = True, speculation: str | None = None,
          tree_nodes: int | None = None, tree_width: int = 4, kernels: str | None = None,
          lookup_branches: int | None = None, expert_prefetch: bool | str = False,
-         expert_reads: str = "direct") -> SpecDecoder:
+         expert_reads: str = "direct", draft_quant: str | None = None) -> SpecDecoder:
     """A decoder for `target`, with `draft` proposing tokens (None: plain decoding).
 
     target: a Hugging Face directory (safetensors), a .gguf file, or a packed store.
@@ -75,12 +75,16 @@ def load(target: str | Path | None = None, draft: str | Path | Draft | None = No
     expert_reads: "direct" (default: O_DIRECT into expert buffers, the budget's leftover an LRU
         expert cache) or "page-cache" (buffered reads, no expert cache of its own: the kernel's
         page cache keeps the hot experts within the process's memory limit). For comparisons.
+    draft_quant: "q4" or "q8": the draft model runs as its low-bit copy (its linear weights
+        and output layer quantized, packed once into cache_dir; specdec/quantized_draft.py):
+        ~0.31x (q4) of its bf16 RAM, so more of a streamed target stays pinned. With no target
+        it brings the demo's draft, as speculation does. None: the draft's own weights.
     """
     return open_decoder(LoadSettings(
         target=target, draft=draft, ram=ram, dtype=dtype, max_context=max_context, k=k,
         cache_dir=cache_dir, progress=progress, speculation=speculation, tree_nodes=tree_nodes,
         tree_width=tree_width, kernels=kernels, lookup_branches=lookup_branches,
-        expert_prefetch=expert_prefetch, expert_reads=expert_reads))
+        expert_prefetch=expert_prefetch, expert_reads=expert_reads, draft_quant=draft_quant))
 
 
 def open_decoder(settings: LoadSettings) -> SpecDecoder:

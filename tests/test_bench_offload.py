@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from helpers.models import make_noised_copy, make_tiny_chat_model, sharpen_lm_head
+from specdec.bench import strong_pair
 
 pytestmark = pytest.mark.slow  # the offload benchmark's ~8 subprocesses
 
@@ -87,7 +88,10 @@ def test_every_contender_ran_and_files_written(bench):
               if not r["ok"] and not r.get("skipped")}
     assert not failed, failed
     skipped = {k for k, r in results.items() if r.get("skipped")} - {"self_draft"}  # --stream-all
-    assert skipped <= LLAMA, skipped  # only llama.cpp may be missing here
+    strong = set(strong_pair.CONTENDERS)  # the strong pair exists for the inflated workloads only
+    assert skipped - strong <= LLAMA, skipped  # only llama.cpp may be missing here
+    assert all(results[k]["error"] == f"skipped: {strong_pair.NOT_HERE}" for k in strong)
+    skipped -= strong
     for k in skipped:
         assert "llama-cpp-python not importable" in results[k]["error"]
     if os.environ.get("SPECDEC_LLAMA_PYTHON"):  # asked for: it must run
@@ -96,7 +100,7 @@ def test_every_contender_ran_and_files_written(bench):
         assert p.exists() and p.stat().st_size > 0
     assert json.loads(paths["json"].read_text())["rows"]
     md = paths["markdown"].read_text()
-    assert all(c in md for c in contender_names()) and "Goals" in md
+    assert all(strong_pair.display(c) in md for c in contender_names()) and "Goals" in md
     assert paths["ms_per_token_png"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -112,7 +116,7 @@ def test_rows_complete_and_sane(bench):
         contender_names() - {"floor"} - LLAMA - skipped
     for r in rows:
         if not r["ok"]:
-            assert r["skipped"] and r["contender"] in LLAMA | {"self_draft"}
+            assert r["skipped"] and r["contender"] in LLAMA | {"self_draft"} | set(strong_pair.CONTENDERS)
             continue
         for f in FIELDS:
             assert r[f] is not None and r[f] >= 0, (r["contender"], f, r[f])

@@ -1,6 +1,8 @@
 """The synthetic mixture-of-experts workload (tools/inflate/moe.py) on a tiny shape: its experts
 are paired halves of the inflated dense MLP, so its logits are the dense inflation's whichever
 experts the router picks; its routing statistics come out of the report command's code."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,7 @@ def test_routing_report_counts_a_tokens_paired_experts(built):
     assert 4 <= m["distinct_per_pass"][4] <= 8 and m["independent"][1] == 4
     text = report_text(report)
     assert "published for Qwen3-30B-A3B" in text and "T  distinct/layer" in text
+    assert report_text(json.loads(json.dumps(report))) == text  # as moe_bench.sh reads it back
 
 
 def test_the_moe_bench_worker_reports_bytes_and_expert_figures(tmp_path):
@@ -117,3 +120,37 @@ def test_the_moe_bench_worker_reports_bytes_and_expert_figures(tmp_path):
     text = table([{"contender": "plain-page-cache", "peak_cgroup_bytes": None, **row},
                   {"contender": "chain-direct", "error": "exit -9 (OOM-killed?)"}], raw_expert_read(store))
     assert "plain-page-cache | " in text and "chain-direct | failed: exit -9" in text
+
+
+def test_the_moe_bench_byte_model_and_the_chat_row(tmp_path):
+    """The decode's bytes beside what its passes would read with no expert cache (the dense
+    parts not pinned + each routed expert) and what the source asked for; the chat row runs the
+    prompts as turns of one conversation, the caches kept, each turn's decode apart."""
+    from helpers.family_models import make_family_model
+    from helpers.moe_budget import minimum_ram
+    from tools.inflate.moe_bench import ideal_bytes, raw_expert_read, table, worker
+
+    make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
+    store = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
+    job = {"store": str(store), "ram": minimum_ram(store) + 100_000, "max_context": 64,
+           "prompts": [[3, 17, 42], [5, 9], [7]], "tokens": 5, "settings": {}}
+    row = worker(job)
+    model, d = row["byte_model"], row["decode"]
+    assert model["expert_extent_bytes"] > 0
+    src = row["source_counters"]
+    assert d["ideal_cold_bytes"] >= d["asked_bytes"] > 0  # the cache can only save reads
+    assert ideal_bytes(model, {"passes": 2, "source": {"experts_used": 3, "expert_bytes_read": 5}}) == {
+        "ideal_cold_bytes": 2 * model["dense_streamed_bytes_per_pass"] + 3 * model["expert_extent_bytes"],
+        "asked_bytes": 2 * model["dense_streamed_bytes_per_pass"] + 5}
+    assert src["experts_used"] > 0
+    chat = worker({**job, "settings": {"chat": True}})
+    turns = chat["turns"]
+    assert len(turns) == 3 and chat["tokens"] == sum(t["tokens"] for t in turns) == 15
+    # the second turn prefills only its own prompt: the first turn's prompt and reply are cached
+    assert [t["prompt_tokens"] for t in turns] == [3, 3 + 5 + 2, 3 + 5 + 2 + 5 + 1]
+    assert all(t["decode"]["tokens"] == 4 and "expert_hit_rate" in t["decode"] for t in turns)
+    assert chat["later_turns_decode"]["tokens"] == 8 and chat["decode"]["tokens"] == 12
+    assert 0 <= chat["expert_hit_rate"] <= 1
+    text = table([{"contender": "chat-direct", "peak_cgroup_bytes": None, **chat},
+                  {"contender": "plain-direct", "peak_cgroup_bytes": None, **row}], raw_expert_read(store))
+    assert "  turn 2: 10 prompt tokens, 4 decoded" in text and "chat-direct | " in text

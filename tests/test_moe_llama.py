@@ -108,6 +108,13 @@ def test_the_row_through_the_dense_benchmarks_worker_protocol(tmp_path, store_an
     assert "6 of 7 positions (86%)" in agreement_line(row)
 
 
+def test_fewer_llama_tokens_are_checked_against_the_baselines_first_ones(tmp_path, store_and_gguf):
+    store, gguf = store_and_gguf
+    py = stand_in_python(tmp_path, answer=[[7, 8], [11, 5]])
+    row = llama_row(store, gguf, 2 * 10**9, [BASELINE_ROW], 2, 60, py)  # --llama-tokens 2
+    assert json.loads((tmp_path / "job_seen.json").read_text())["runs"][0]["max_new_tokens"] == 2
+    assert row["greedy_positions"] == 4 and row["greedy_matched"] == 3  # not the baseline's 7
+
 def test_the_row_is_skipped_with_why(tmp_path, store_and_gguf):
     store, gguf = store_and_gguf
     missing = llama_row(store, gguf, 10**9, [BASELINE_ROW], 4, 60, stand_in_python(tmp_path, False))

@@ -133,16 +133,17 @@ class HandedOver:
 
 
 def test_the_next_router_guess_is_the_next_layers_routing_of_this_residual():
-    """Every token's top k under the next layer's router and norm, the union ranked by routing
-    weight; nothing handed over when the source wants no such guess."""
+    """Every token's first half of its top k under the next layer's router and norm, the union
+    ranked by routing weight; nothing handed over when the source wants no such guess."""
     from offload.expert_names import EXPERT_SOURCE
     from specdec.model import rms_norm
-    from specdec.moe import read_ahead
+    from specdec.moe import GUESSED_SHARE, read_ahead
 
     g = torch.Generator().manual_seed(3)
     norm, router, h = torch.rand(16, generator=g) + 0.5, torch.randn(12, 16, generator=g), torch.randn(3, 16, generator=g)
     source = HandedOver(norm, router)
-    read_ahead({EXPERT_SOURCE: source}, h, top_k=2, eps=1e-6)
+    read_ahead({EXPERT_SOURCE: source}, h, top_k=4, eps=1e-6)
+    assert GUESSED_SHARE == 0.5
     probs = torch.softmax(rms_norm(h, norm, 1e-6) @ router.T, -1)
     top = torch.topk(probs, 2, -1)
     mass = {}
@@ -153,7 +154,7 @@ def test_the_next_router_guess_is_the_next_layers_routing_of_this_residual():
     assert len(source.got) > 2  # the tokens disagree: a union, not one token's experts
     source.following = None
     source.got = "untouched"
-    read_ahead({EXPERT_SOURCE: source}, h, top_k=2, eps=1e-6)
+    read_ahead({EXPERT_SOURCE: source}, h, top_k=4, eps=1e-6)
     assert source.got == "untouched"
 
 

@@ -9,16 +9,23 @@ sampled with the demo preset (greedy, light repetition penalty) through lm.chat:
 
     plain    no draft (the whole target fits the budget: nothing is read per pass)
     default  specdec.load() with no arguments: exactly what `specdec chat` runs
-    chain / tree / lookup   the demo draft in that mode, or prompt lookup
+    lookup   prompt lookup
+    MODE[K][-FORM]   the demo draft in MODE (chain, tree or overlap), as `specdec chat
+             --speculation MODE` loads it; K: a fixed chain length (chain2: two drafts per
+             pass; none: adaptive); FORM: the draft's form instead of the demo's choice,
+             bf16 (the shipped weights), q4 or q8 (its low-bit copy, `--draft-quant`,
+             specdec/quantized_draft.py)
 
     python -m tools.demo_speed                        # plain vs default, 20 prompts x 48 tokens, best of 3
     python -m tools.demo_speed --contenders plain,default,chain --rounds 2 --prompts 4
+    python -m tools.demo_speed --contenders plain,chain,chain-q4,chain2-q4 --rounds 1
     python -m tools.demo_speed --prompt-file tools/speculation_prompts.txt
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ import torch
 
 import specdec
 from specdec.compute.probe import machine
-from specdec.demo import DEMO_DRAFT_DIR, DEMO_MAX_CONTEXT, DEMO_RAM
+from specdec.demo import DEMO_DRAFT_DIR, DEMO_MAX_CONTEXT, DEMO_RAM, demo_draft
 from specdec.demo_model import ensure_demo_gguf
 from specdec.sampling_params import preset
 from specdec.session import packed_store
@@ -45,9 +52,25 @@ def contender_settings(name: str, store: Path) -> dict:
         return common
     if name == "lookup":
         return {**common, "draft": "lookup"}
-    if name in ("chain", "tree", "overlap"):
-        return {**common, "draft": DEMO_DRAFT_DIR, "speculation": name}
-    raise ValueError(f"unknown contender {name!r}: use plain, default, chain, tree, overlap or lookup")
+    m = DRAFTED.match(name)
+    if m is None:
+        raise ValueError(f"unknown contender {name!r}: use plain, default, lookup, or MODE[K][-FORM] "
+                         "(MODE chain, tree or overlap; K a fixed chain length; FORM bf16, q4 or q8)")
+    mode, k, form = m.groups()
+    if k and mode != "chain":
+        raise ValueError(f"contender {name!r}: a fixed length K applies to chain only")
+    return {**common, **draft_form(form), "speculation": mode, **({"k": int(k)} if k else {})}
+
+
+DRAFTED = re.compile(r"^(chain|tree|overlap)(\d*)(?:-(bf16|q4|q8))?$")
+
+
+def draft_form(form: str | None) -> dict:
+    """load() keywords for the demo draft as `specdec chat --speculation ...` brings it (no
+    form), the shipped bf16 weights, or its low-bit copy (`--draft-quant`)."""
+    if form is None:
+        return {"draft": demo_draft(None, draft_model=True)}
+    return {"draft": DEMO_DRAFT_DIR, **({} if form == "bf16" else {"draft_quant": form})}
 
 
 @dataclass

@@ -21,6 +21,9 @@ draft's GGUF on first use:
     seed-13b.q4_1.gguf           (8.5 GB)                 seed-13b-q4-store/        (10.7 GB)
     inflated-draft-bf16/         HF dir (0.86 GB)         inflated-draft.f16.gguf   (0.92 GB)
     inflated-draft-q8-store/     (0.50 GB: the draft of the q4 workloads; bf16 does not fit in 2 GB)
+    inflated-strong-draft-bf16/  HF dir (0.86 GB)         inflated-strong-draft-q8-store/ (~0.5 GB)
+                                 the STRONG-PAIR draft (strong_pair.py): rows "chain (strong pair)"
+                                 and "tree (strong pair)"; optional (without it those rows skip)
 
 No seed-13b bf16 HF dir is built (33 GB): transformers + accelerate do not run on seed-13b.
 The 7B HF dir is needed only to pack its store and by transformers (--with-hf): once the store
@@ -32,6 +35,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .strong_pair import CONTENDERS as STRONG_ROWS, NOTE as STRONG_NOTE, SOURCE as STRONG, strong_draft
 from .workloads import Workload, chat_prompt_ids, load_prompt_config
 
 KEEP_FREE = 20 * 10**9  # never fill the disk below this: other jobs share it
@@ -42,6 +46,7 @@ ALIASES = {"inflated-7b": ["inflated-7b-bf16", "inflated-7b-q4"]}
 HF_SLOW = ("transformers + accelerate disk offload of a {size} target reads the offloaded "
            "weights through safetensors memory maps on every token (minutes per token here); "
            "pass --with-hf to run it anyway")
+OPTIONAL = ("strong-draft-hf",)  # a workload runs without it (its rows skip, saying why)
 DRAFT_NOTE = ("the inflated demo draft (hidden 896, 24 layers: a 0.5B-class draft cost, answers "
               "of the 8-layer demo draft)")
 
@@ -77,6 +82,8 @@ def big_workload(name: str, cache: Path, n_prompts: int = 4, max_new_tokens: int
     draft_gguf = inflated_draft_gguf(cache, draft)
     gguf = cache / f"{shape}.q4_1.gguf" if quant == "q4" else None
     skip, hf_dir, store, spec_draft = {}, "", "", draft
+    strong, why = strong_draft(name, cache, quant == "q4" and quantized_stores(), progress)
+    skip.update({c: why for c in STRONG_ROWS} if why else {})
     if quant == "bf16":
         # the HF dir (13.8 GB) is needed to pack the store and by transformers only: once the
         # store exists it may be deleted to make room (--with-hf needs it again)
@@ -117,12 +124,12 @@ def big_workload(name: str, cache: Path, n_prompts: int = 4, max_new_tokens: int
     desc = (f"INFLATED {shape} ({quant}: real I/O and compute of a Llama-2-"
             f"{'13B' if shape == 'seed-13b' else '7B'}-sized model, answers of SmolLM2-135M-Instruct)"
             f" + {DRAFT_NOTE}{' in q8' if spec_draft != draft else ''}; {len(prompts)} chat prompts,"
-            f" max context {context}")
+            f" max context {context}" + (f"; {STRONG_NOTE}" if strong else ""))
     return Workload(name, store, hf_dir, str(spec_draft), str(draft), parse_size(ram or default_ram),
                     context,
                     ids, [0.0], max_new_tokens, str(cache / f"offload-{name}"), str(draft), eos,
                     desc, gguf=str(gguf) if gguf else None, draft_gguf=str(draft_gguf), skip=skip,
-                    goals=shape)
+                    goals=shape, drafts={STRONG: strong} if strong else {})
 
 
 def _dir_bytes(d: Path) -> int:
@@ -136,11 +143,14 @@ class WorkloadError(ValueError):
 def inflated_files(name: str, cache: Path, with_hf: bool = False) -> dict[str, Path]:
     """The inflated models workload `name` reads from `cache`, by kind: "draft-hf" (the
     inflated demo draft), "target-hf" (a bf16 target's HF dir: to pack its store, and for
-    transformers under --with-hf), "target-gguf" (a q4 target). tools/inflate writes them."""
+    transformers under --with-hf), "target-gguf" (a q4 target), "strong-draft-hf" (the
+    strong-pair draft: optional, its rows skip without it). tools/inflate writes them."""
     from offload.format import is_store
 
+    from .strong_pair import HF_DIR
+
     shape, quant, _ = BIG[name]
-    files = {"draft-hf": cache / "inflated-draft-bf16"}
+    files = {"draft-hf": cache / "inflated-draft-bf16", "strong-draft-hf": cache / HF_DIR}
     if quant == "q4":
         files["target-gguf"] = cache / f"{shape}.q4_1.gguf"
     elif with_hf or not is_store(cache / f"{shape}-bf16-store"):
@@ -154,7 +164,8 @@ def is_built(path: Path) -> bool:
 
 def require_built(name: str, cache: Path, with_hf: bool = False) -> None:
     """Raise WorkloadError naming the command that builds what `name` lacks."""
-    missing = [p for p in inflated_files(name, cache, with_hf).values() if not is_built(p)]
+    missing = [p for k, p in inflated_files(name, cache, with_hf).items()
+               if not is_built(p) and k not in OPTIONAL]
     if missing:
         hf = " --with-hf" if with_hf else ""
         raise WorkloadError(

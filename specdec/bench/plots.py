@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .strong_pair import display
+
 
 def _pyplot():
     try:
@@ -30,7 +32,7 @@ def plot_ms_per_token(rows: list[dict], path: Path) -> None:
             vals = [_ms(ok, n, None if n == "floor" else t) for n in names]
             xs = [i + (j - (len(temps) - 1) / 2) * width for i in range(len(names))]
             ax.bar(xs, vals, width, label=f"T={t:g}")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_xticks(range(len(names)), [display(n) for n in names], rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("ms per token (log)")
         ax.set_title(wl)

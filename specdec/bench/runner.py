@@ -8,6 +8,9 @@ Per workload (specdec/bench/workloads.py) the contenders run in this order:
   tree        specdec speculative, draft tree
   overlap     specdec speculative, overlapped tree (when this specdec has it)
   self_draft  specdec self-speculation (when this specdec has it)
+  strong_chain, strong_tree  "chain (strong pair)", "tree (strong pair)": the inflated target
+              with the STRONG-PAIR draft (its own 4-bit copy at a 0.5B-class cost,
+              strong_pair.py) instead of the demo draft; inflated workloads only
   llamacpp    llama.cpp (llama-cpp-python) on the GGUF of the same target, mmap, greedy
   llamacpp_spec the same with the draft's GGUF proposing greedy tokens (llama_worker.py)
   hf          transformers generate, accelerate disk offload (device_map="auto")
@@ -34,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import strong_pair
 from .memcap import MemoryCap, evict_page_cache
 from .workloads import Workload
 
@@ -48,7 +52,9 @@ class Contender:
     draft: bool = False
     speculation: str = "chain"
     label: str = ""
-    draft_source: str = ""  # "self": the target drafts for itself (specdec.load(draft="self"))
+    # "self": the target drafts for itself (specdec.load(draft="self")); another name: the
+    # workload's draft of that name (Workload.drafts), e.g. "strong" (strong_pair.py)
+    draft_source: str = ""
 
 
 CONTENDERS = (
@@ -60,6 +66,8 @@ CONTENDERS = (
               label="specdec speculative (tree grown while the target streams)"),
     Contender("self_draft", "specdec", True, "chain", draft_source="self",
               label="specdec self-draft (4-bit substitutes of the target's streamed layers)"),
+    *(Contender(name, "specdec", True, spec, label=strong_pair.LABEL.format(spec=spec),
+                draft_source=strong_pair.SOURCE) for name, spec in strong_pair.CONTENDERS.items()),
     Contender("llamacpp", "llama", label="llama.cpp (mmap, greedy)"),
     Contender("llamacpp_spec", "llama", True, label="llama.cpp speculative (draft GGUF, greedy)"),
     Contender("hf", "hf", label="transformers + accelerate offload"),
@@ -87,10 +95,12 @@ def llama_python(requested: str | None) -> tuple[str | None, str]:
 
 def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
               log=print, only: set[str] | None = None, llama_py: str | None = None,
-              llama_why: str = LLAMA_MISSING, draft_tokens: int = 8) -> dict:
+              llama_why: str = LLAMA_MISSING, draft_tokens: int = 8,
+              timeout: float = JOB_TIMEOUT_S) -> dict:
     """Run every contender (or those named in `only`) on every workload; return the report
     dict (see specdec/bench/report.py). `llama_py`: the interpreter of the llama.cpp
-    contenders (None: they are skipped with `llama_why`)."""
+    contenders (None: they are skipped with `llama_why`); `timeout`: seconds per contender (a
+    contender past it is killed and its row says so)."""
     contenders = [c for c in CONTENDERS if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
@@ -106,7 +116,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
                 continue
             log(f"[{w.name}] {c.name} ...")
             results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir, results,
-                                            llama_py, draft_tokens)
+                                            llama_py, draft_tokens, timeout)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
         add_texts(w, results)
@@ -125,6 +135,8 @@ def skip_reason(w: Workload, c: Contender, llama_py: str | None, llama_why: str)
             return "no GGUF of this workload's target (or draft) for llama.cpp"
     if c.draft and not w.draft and not c.draft_source:
         return "no draft"
+    if c.draft_source and c.draft_source != "self" and c.draft_source not in w.drafts:
+        return strong_pair.NOT_HERE if c.draft_source == strong_pair.SOURCE else f"no {c.draft_source} draft"
     if c.draft_source == "self" and w.store:
         why = _self_draft_refusal(w.store)
         if why:
@@ -151,7 +163,7 @@ def _self_draft_refusal(store_path: str) -> str:
 
 def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path,
                   earlier: dict | None = None, llama_py: str | None = None,
-                  draft_tokens: int = 8) -> dict:
+                  draft_tokens: int = 8, timeout: float = JOB_TIMEOUT_S) -> dict:
     cpu = hf_cpu_bytes(w, c, earlier or {}) if c.kind == "hf" else None
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
            "draft_tokens": draft_tokens, "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
@@ -165,7 +177,7 @@ def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out
             cmd = [llama_py, str(LLAMA_WORKER)]
         else:
             cmd = [sys.executable, "-m", "specdec.bench.worker"]
-        result = spawn_worker(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log", cmd)
+        result = spawn_worker(job, cap, out_dir / "logs" / f"{w.name}-{c.name}.log", cmd, timeout)
         result["cap_peak_bytes"] = cap.peak_bytes() if cap else None
         result["oom_kills"] = cap.oom_kills() if cap else 0
     finally:
@@ -320,7 +332,7 @@ def cmd_bench_offload(args) -> int:
     report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
                        use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr),
                        only=only, llama_py=llama_py, llama_why=llama_why,
-                       draft_tokens=args.draft_tokens)
+                       draft_tokens=args.draft_tokens, timeout=getattr(args, "timeout", None) or JOB_TIMEOUT_S)
     report["notes"] = notes
     report["command"] = " ".join(sys.argv)
     paths = write_report(report, out)

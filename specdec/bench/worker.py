@@ -76,7 +76,7 @@ def run_specdec(job: dict) -> dict:
     from .workloads import minimum_budget
 
     w, c = job["workload"], job["contender"]
-    draft = (c.get("draft_source") or w["draft"]) if c.get("draft") else None  # "self": self-draft
+    draft = job_draft(w, c)
     ram = w["ram_bytes"]
     if w["stream_all"]:
         ram = minimum_budget(w["store"], draft, w["max_context"], w["dtype"])
@@ -98,6 +98,15 @@ def run_specdec(job: dict) -> dict:
         return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}
     finally:
         lm.close()
+
+
+def job_draft(w: dict, c: dict) -> str | None:
+    """The draft a specdec contender loads: none, the workload's own, "self" (self-draft), or
+    the workload's draft named by the contender's draft_source (e.g. the strong pair's)."""
+    if not c.get("draft"):
+        return None
+    source = c.get("draft_source")
+    return w.get("drafts", {}).get(source, source) if source else w["draft"]
 
 
 def run_hf(job: dict) -> dict:

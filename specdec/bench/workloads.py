@@ -52,6 +52,8 @@ class Workload:
     # contender name -> why it does not run on this workload (said in the report)
     skip: dict[str, str] = field(default_factory=dict)
     goals: str = ""  # which goal set applies: "", "inflated-7b", "seed-13b"
+    # other drafts by name, for contenders with that draft_source ("strong": strong_pair.py)
+    drafts: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -2,6 +2,7 @@
 and packing a checkpoint in a child process before it streams."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tomllib
 from pathlib import Path
@@ -21,6 +22,7 @@ def settings_from_args(args):
     checked before any hub id is fetched, then with hub ids resolved to local paths."""
     from ..drafts import ModelDraft
     from ..hub import resolve
+    from ..quantized_draft import QuantizedDraft
     from ..load_settings import LoadSettings
 
     preset = getattr(args, "preset", None) or {}
@@ -34,10 +36,13 @@ def settings_from_args(args):
         kernels=getattr(args, "kernels", None),
         expert_prefetch=(getattr(args, "expert_guess", None) or getattr(args, "expert_prefetch", None)
                          or preset.get("expert_prefetch") or False),
-        expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct")
+        expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct",
+        draft_quant=getattr(args, "draft_quant", None))
     draft = settings.draft
     if isinstance(draft, ModelDraft):  # a path as is, an `org/name` fetched
         draft = ModelDraft(resolve(draft.path))
+    elif isinstance(draft, QuantizedDraft):
+        draft = dataclasses.replace(draft, source=resolve(draft.source))
     return settings.replace(target=resolve(settings.target), draft=draft)
 
 

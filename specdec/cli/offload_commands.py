@@ -119,8 +119,11 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--stream-all", action="store_true",
                    help="--target: give specdec the least budget it runs in, so every layer streams")
     o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,overlap,"
-                   "self_draft,llamacpp,llamacpp_spec,hf,hf_assisted")
+                   "self_draft,strong_chain,strong_tree (the strong-pair draft, inflated workloads),"
+                   "llamacpp,llamacpp_spec,hf,hf_assisted")
     o.add_argument("--max-new-tokens", type=int, help="override the workloads' new tokens per prompt")
+    o.add_argument("--timeout", type=float, help="seconds per contender (default 3600); one past it "
+                   "is killed and its row says so")
     o.add_argument("--threads", type=int, help="torch threads for every contender (default: all cores)")
     o.add_argument("--no-cgroup", action="store_true",
                    help="do not make a memory cgroup; only evict the page cache before each run")

@@ -61,20 +61,24 @@ def keep_layers(layers: list[int]):
     return edit
 
 
+def rtn(w: torch.Tensor, bits: int, group: int, name: str = "weight") -> torch.Tensor:
+    """`w` [out, in] rounded to nearest, asymmetric (min/max) per group of `group` inputs."""
+    if w.shape[1] % group:
+        raise SystemExit(f"rtn group {group} does not divide {name}'s {w.shape[1]} inputs")
+    g = w.reshape(w.shape[0], -1, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = (hi - lo).clamp(min=1e-8) / (2 ** bits - 1)
+    q = ((g - lo) / scale).round().clamp(0, 2 ** bits - 1)
+    return (q * scale + lo).reshape_as(w)
+
+
 def round_weights(bits: int, group: int):
     """Round-to-nearest, asymmetric (min/max) per group of `group` inputs, in every decoder
     layer's linear weights (the embedding table and head stay as they are)."""
     def edit(model):
         for name, mod in model.model.layers.named_modules():
             if isinstance(mod, torch.nn.Linear):
-                w = mod.weight.data
-                if w.shape[1] % group:
-                    raise SystemExit(f"rtn group {group} does not divide {name}'s {w.shape[1]} inputs")
-                g = w.reshape(w.shape[0], -1, group)
-                lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-                scale = (hi - lo).clamp(min=1e-8) / (2 ** bits - 1)
-                q = ((g - lo) / scale).round().clamp(0, 2 ** bits - 1)
-                mod.weight.data = (q * scale + lo).reshape_as(w)
+                mod.weight.data = rtn(mod.weight.data, bits, group, name)
     return edit
 
 

@@ -97,11 +97,13 @@ class Shape:
     head_dim: int = 64
 
 
-# Llama-2-7B / 13B costs with head_dim 64 (see the docstring); a Qwen2.5-0.5B-cost draft.
+# Llama-2-7B / 13B costs with head_dim 64 (see the docstring); Qwen2.5-0.5B-cost drafts.
 SHAPES = {
     "inflated-7b": Shape(hidden=4096, layers=32, heads=64, kv_heads=64, intermediate=11008),
     "seed-13b": Shape(hidden=5120, layers=40, heads=80, kv_heads=80, intermediate=13824),
     "inflated-draft": Shape(hidden=896, layers=24, heads=14, kv_heads=7, intermediate=4864),
+    # the strong-pair draft (strong.py): the target's 30 layers at the same cost per token
+    "inflated-strong-draft": Shape(hidden=896, layers=30, heads=14, kv_heads=7, intermediate=3360),
 }
 
 

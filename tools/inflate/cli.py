@@ -113,6 +113,9 @@ def _moe_parsers(sub) -> None:
                         "takes its prompts and checks its tokens against plain-direct's")
     b.add_argument("--gguf", type=Path, default=None,
                    help="llama.cpp's row: the GGUF the store was packed from (default: its source)")
+    b.add_argument("--llama-tokens", type=int, default=None, metavar="N",
+                   help="llama.cpp's row: tokens per prompt (default --tokens; fewer bounds a slow row, "
+                        "its greedy tokens are checked against plain-direct's first N)")
     b.add_argument("--llama-python", default=None, metavar="PATH",
                    help="interpreter with llama-cpp-python for llama.cpp's row (default: this one)")
 
@@ -155,12 +158,17 @@ def _moe_bench(a) -> int:
         return 2
     raw = raw_expert_read(a.store)
     cap = parse_size(a.cap)
-    rows = run_all(a.store, cap, _prompts(a), a.tokens, a.draft, a.timeout, only)
+    def save(rows: list[dict]) -> None:  # after every row: a run stopped from outside keeps the finished ones
+        if a.json:
+            write_atomic(a.json, json.dumps({"raw": raw, "rows": rows}, indent=1))
+        print(table(rows[-1:], raw).splitlines()[2], file=sys.stderr, flush=True)
+
+    rows = run_all(a.store, cap, _prompts(a), a.tokens, a.draft, a.timeout, only, on_row=save)
     if not only or CONTENDER in only:
-        rows.append(llama_row(a.store, a.gguf, cap, rows, a.tokens, a.timeout, a.llama_python))
+        rows.append(llama_row(a.store, a.gguf, cap, rows, a.llama_tokens or a.tokens, a.timeout,
+                              a.llama_python))
+        save(rows)
     note = agreement_line(rows[-1]) if rows and rows[-1]["contender"] == CONTENDER else ""
     print(table(rows, raw) + (f"\n{note}" if note else ""))
-    if a.json:
-        write_atomic(a.json, json.dumps({"raw": raw, "rows": rows}, indent=1))
     return 0
 

@@ -25,11 +25,16 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
     "plain-direct-prefetch-next": {"expert_prefetch": "next-router"},
     "plain-page-cache": {"expert_reads": "page-cache"},
     "chain-direct": {"draft": True},
+    # a conversation: the prompts as successive user turns, the KV and the expert cache kept
+    # between them (rows: per turn, the decode's bytes and expert hit rate beside a cold read)
+    "chat-direct": {"chat": True},
 }
 
 
 def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path | None,
-            timeout: float, only: set[str] | None = None) -> list[dict]:
+            timeout: float, only: set[str] | None = None, on_row=None) -> list[dict]:
+    """The rows, each in a fresh cgroup; `on_row(rows)` after each (the CLI saves what it has,
+    so a run stopped from outside keeps its finished rows)."""
     from specdec.bench.memcap import MemoryCap, evict_page_cache
 
     rows = []
@@ -47,6 +52,8 @@ def run_all(store: Path, cap: int, prompts: list[str], tokens: int, draft: Path 
             if group is not None:
                 group.close()
         rows.append({"contender": name, "cgroup": group is not None, "peak_cgroup_bytes": peak, **row})
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -77,6 +84,8 @@ def worker(job: dict) -> dict:
     from .moe_routing import as_chat
 
     s = job["settings"]
+    if s.get("chat"):
+        return chat_worker(job)
     lm = specdec.load(job["store"], ram=job["ram"], draft=s.get("draft"), progress=False,
                       max_context=job.get("max_context", MAX_CONTEXT),
                       expert_prefetch=s.get("expert_prefetch", False),
@@ -86,6 +95,7 @@ def worker(job: dict) -> dict:
         runs = [_prompt_run(lm, as_chat(lm, prompt), job["tokens"]) for prompt in job["prompts"]]
         whole, decode = _sum_runs(runs, "whole"), _sum_runs(runs, "decode")
         tokens, passes = whole["tokens"], whole["passes"]
+        model = byte_model(lm)
         return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": whole["seconds"],
                 "tokens_per_second": tokens / whole["seconds"], "bytes_read_per_token": whole["read"] / tokens,
                 "tokens_per_pass": tokens / passes, "plan": lm.plan.summary if lm.plan else None,
@@ -93,17 +103,101 @@ def worker(job: dict) -> dict:
                 "greedy": [r["greedy"] for r in runs], "passes": passes, "source_counters": whole["source"],
                 "decode": {"tokens": decode["tokens"], "passes": decode["passes"],
                            "seconds": decode["seconds"], "bytes_read": decode["read"],
+                           **ideal_bytes(model, decode),
                            **expert_figures(decode["source"], decode["passes"], decode["tokens"])},
-                **expert_figures(whole["source"], passes, tokens)}
+                "byte_model": model, **expert_figures(whole["source"], passes, tokens)}
 
 
-def _prompt_run(lm, ids, tokens: int) -> dict:
+def chat_worker(job: dict) -> dict:
+    """A conversation, cold: the prompts as successive user turns (the reply of each kept in
+    the history), the caches kept between turns (lm.chat's reuse: a turn prefills only what is
+    new). Per turn, its prefill pass and its decode apart, with the decode's bytes read
+    (/proc), the expert hit rate and what the same passes would read with no expert cache."""
+    import torch
+
+    import specdec
+    from specdec.moe_stats import expert_figures
+
+    lm = specdec.load(job["store"], ram=job["ram"], progress=False,
+                      max_context=job.get("max_context", MAX_CONTEXT))
+    with lm:
+        model = byte_model(lm)
+        template = lm.has_chat_template()
+        history: list = []  # messages under a chat template; else the conversation's token ids
+        turns = []
+        for prompt in job["prompts"]:
+            if template:
+                history.append({"role": "user", "content": prompt})
+            else:  # token-id turns (a model without a tokenizer): appended to the context
+                history += lm.encode(prompt)
+            run = _prompt_run(lm, lm.encode_chat(history) if template else history, job["tokens"], reset=False)
+            reply = run["greedy"]["token_ids"]
+            if template:
+                history.append({"role": "assistant", "content": lm.tokenizer.decode(
+                    [t for t in reply if t not in lm.eos_ids], skip_special_tokens=True)})
+            else:
+                history += reply
+            d = run["decode"]
+            turns.append({"prompt_tokens": len(run["greedy"]["prompt_ids"]), "tokens": run["whole"]["tokens"],
+                          "seconds": run["whole"]["seconds"], "bytes_read": run["whole"]["read"],
+                          "decode": {"tokens": d["tokens"], "passes": d["passes"], "seconds": d["seconds"],
+                                     "bytes_read": d["read"], **ideal_bytes(model, d),
+                                     **expert_figures(d["source"], d["passes"], d["tokens"])}})
+        tokens = sum(t["tokens"] for t in turns)
+        seconds = sum(t["seconds"] for t in turns)
+        later = [t["decode"] for t in turns[1:] if t["decode"]["tokens"]]
+        decode = _merge_decodes([t["decode"] for t in turns])  # the row's figures: its turns' decodes
+        return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": seconds,
+                "tokens_per_second": tokens / seconds, "bytes_read_per_token": sum(t["bytes_read"] for t in turns) / tokens,
+                "tokens_per_pass": 1.0, "plan": lm.plan.summary if lm.plan else None,
+                "threads": torch.get_num_threads(), "byte_model": model, "turns": turns,
+                "decode": decode, "later_turns_decode": _merge_decodes(later),
+                **({"expert_hit_rate": decode["expert_hit_rate"]} if "expert_hit_rate" in decode else {})}
+
+
+def _merge_decodes(parts: list[dict]) -> dict:
+    """Decode figures of several turns summed (the rates re-weighted by tokens / routed experts)."""
+    if not parts:
+        return {}
+    keys = ("tokens", "passes", "seconds", "bytes_read", "ideal_cold_bytes", "asked_bytes")
+    total = {k: sum(p.get(k, 0) for p in parts) for k in keys}
+    used = sum(p.get("experts_per_layer_pass", 0) for p in parts)
+    if used:
+        total["expert_hit_rate"] = sum(p.get("expert_hit_rate", 0) * p.get("experts_per_layer_pass", 0)
+                                       for p in parts) / used
+    return total
+
+
+def byte_model(lm) -> dict:
+    """What a pass must read at least: the dense parts of the layers not pinned (streamed every
+    pass) and, per routed expert not in RAM, one extent (the mean extent of the store)."""
+    w = lm.target.model.weights
+    store = w.store
+    extents = [x.nbytes for i in range(store.num_layers) for x in store.expert_extents(i)] if store.has_experts else []
+    return {"dense_streamed_bytes_per_pass": sum(store.layer_nbytes(i) for i in w.streamed_layers),
+            "expert_extent_bytes": sum(extents) / len(extents) if extents else 0}
+
+
+def ideal_bytes(model: dict, part: dict) -> dict:
+    """For a run's part (its passes and expert counters): `ideal_cold_bytes`, what its passes
+    would read with no expert cache (the dense parts not pinned + every routed expert once per
+    layer and pass), and `asked_bytes`, what the weight source asked the disk for (the dense
+    parts + the expert extents it read). Bytes read from /proc over the first: the goal of <= 1.1
+    with a cold cache; over the second: what reads cost beyond what was asked (<= 1: none)."""
+    source = part.get("source", {})
+    dense = model["dense_streamed_bytes_per_pass"] * part.get("passes", 0)
+    return {"ideal_cold_bytes": dense + source.get("experts_used", 0) * model["expert_extent_bytes"],
+            "asked_bytes": dense + source.get("expert_bytes_read", 0)}
+
+
+def _prompt_run(lm, ids, tokens: int, reset: bool = True) -> dict:
     """One prompt from a cold context: the prefill pass with the first token, then the rest
     of the reply as a continuation (the cached prefix is kept), measured apart: the decode
     figures are what a generated token costs without the prompt's union of experts."""
     from specdec.bench.iobench import proc_read_bytes
 
-    lm.reset()
+    if reset:
+        lm.reset()
     parts = {}
     prompt = lm.encode(ids)
     reply: list[int] = []
@@ -149,7 +243,8 @@ def raw_expert_read(store: Path) -> dict:
 def table(rows: list[dict], raw: dict) -> str:
     lines = [f"raw O_DIRECT read: {raw['raw_gb_per_s']:.2f} GB/s ({raw['raw_bytes'] / 1e9:.2f} GB)",
              "contender | ISA | tok/s | MB read/token | floor ms/token | decode MB read/token | "
-             "experts/layer/pass | expert hit | guess right | tokens/pass | cgroup peak MB"]
+             "experts/layer/pass | expert hit | guess right | tokens/pass | cgroup peak MB | "
+             "decode read / cold ideal | decode read / asked"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['contender']} | {'' if r.get('skipped') else 'failed: '}{r['error']}")
@@ -159,8 +254,20 @@ def table(rows: list[dict], raw: dict) -> str:
         lines.append(f"{r['contender']} | {r['isa']} | {r['tokens_per_second']:.3f} | "
                      f"{r['bytes_read_per_token'] / 1e6:.1f} | {floor:.0f} | {_decode_mb(r)} | "
                      f"{_figure(r, 'experts_per_layer_pass')} | {_figure(r, 'expert_hit_rate')} | "
-                     f"{_figure(r, 'expert_guess_right')} | {r['tokens_per_pass']:.2f} | {peak:.0f}")
+                     f"{_figure(r, 'expert_guess_right')} | {r['tokens_per_pass']:.2f} | {peak:.0f} | "
+                     f"{_ratio(r, 'ideal_cold_bytes')} | {_ratio(r, 'asked_bytes')}")
+        for i, turn in enumerate(r.get("turns", [])):
+            d = turn["decode"]
+            lines.append(f"  turn {i + 1}: {turn['prompt_tokens']} prompt tokens, {d['tokens']} decoded, "
+                         f"{_decode_mb(turn)} MB read/token, expert hit {_figure(d, 'expert_hit_rate')}, "
+                         f"cold {d['ideal_cold_bytes'] / d['tokens'] / 1e6 if d['tokens'] else 0:.1f} MB/token")
     return "\n".join(lines)
+
+
+def _ratio(row: dict, key: str) -> str:
+    """The decode's bytes read (/proc) over a byte model's figure ("-" where a row has none)."""
+    d = row.get("decode") or {}
+    return f"{d['bytes_read'] / d[key]:.2f}" if d.get(key) else "-"
 
 
 def _decode_mb(row: dict) -> str:

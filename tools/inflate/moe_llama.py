@@ -91,11 +91,12 @@ def run_llama(gguf: Path, cap: int, baseline: dict | None, tokens: int, timeout:
         if group is not None:
             group.close()
     return {"contender": CONTENDER, "cgroup": group is not None, "peak_cgroup_bytes": peak,
-            **row_of(result, baseline)}
+            **row_of(result, baseline, tokens)}
 
 
-def row_of(result: dict, baseline: dict) -> dict:
-    """The worker's result as a moe-bench row (the table's keys), with the greedy agreement."""
+def row_of(result: dict, baseline: dict, max_tokens: int | None = None) -> dict:
+    """The worker's result as a moe-bench row (the table's keys), with the greedy agreement
+    (over the baseline's first `max_tokens` tokens per prompt: llama.cpp's row may run fewer)."""
     if not result.get("ok"):
         return {"error": result["error"]}
     runs = result["runs"]
@@ -103,7 +104,7 @@ def row_of(result: dict, baseline: dict) -> dict:
     seconds = sum(r["seconds"] for r in runs)
     passes = sum(r["target_passes"] for r in runs)
     agreement = greedy_agreement([r["token_ids"] for r in runs],
-                                 [g["token_ids"] for g in baseline["greedy"]])
+                                 [g["token_ids"][:max_tokens] for g in baseline["greedy"]])
     return {"isa": baseline["isa"], "llama_cpp_version": result["llama_cpp_version"],
             "threads": result["threads"], "use_mmap": result["use_mmap"], "tokens": tokens,
             "seconds": seconds, "tokens_per_second": tokens / seconds,

@@ -53,7 +53,8 @@ def _mean(runs: list[dict]) -> dict:
 
 
 def report_text(report: dict) -> str:
-    m, p = report["mean"], report["published"]
+    """The report as lines of text (also one read back from JSON, whose keys are strings)."""
+    m, p = _int_keys(report["mean"]), report["published"]
     lines = [f"{m['tokens']} tokens, {m['experts']} experts, {m['routed']} routed per token",
              "T  distinct/layer  independent"]
     lines += [f"{t:<2} {m['distinct_per_pass'][t]:>14.2f}  {m['independent'][t]:>11.2f}"
@@ -65,3 +66,8 @@ def report_text(report: dict) -> str:
                      f"(published for {p['model']}: ~{p['experts_4_over_1']}; independent: "
                      f"{m['independent'][4] / m['independent'][1]:.2f})")
     return "\n".join(lines)
+
+
+def _int_keys(mean: dict) -> dict:
+    return {k: {int(t): v for t, v in mean[k].items()} if k in ("distinct_per_pass", "independent") else mean[k]
+            for k in mean}

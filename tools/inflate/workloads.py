@@ -10,6 +10,7 @@ import torch
 from specdec.bench.inflated import KEEP_FREE, BIG, inflated_files, is_built
 
 from .builder import SHAPES, draft_source, target_source, write_gguf, write_hf
+from .strong import write_strong_draft
 
 
 def build_workload(name: str, cache: Path, with_hf: bool = False, progress: bool = True) -> list[Path]:
@@ -26,6 +27,8 @@ def build_workload(name: str, cache: Path, with_hf: bool = False, progress: bool
         if kind == "draft-hf":
             write_hf(draft_source(DEMO_DRAFT_DIR, target_source()), SHAPES["inflated-draft"], path,
                      keep_free=KEEP_FREE, progress=progress)
+        elif kind == "strong-draft-hf":
+            write_strong_draft(path, keep_free=KEEP_FREE, progress=progress)
         elif kind == "target-hf":
             write_hf(target_source(), SHAPES[shape], path, torch.bfloat16, keep_free=KEEP_FREE,
                      progress=progress)
