@@ -150,6 +150,7 @@ def test_the_moe_bench_byte_model_and_the_chat_row(tmp_path):
     assert [t["prompt_tokens"] for t in turns] == [3, 3 + 5 + 2, 3 + 5 + 2 + 5 + 1]
     assert all(t["decode"]["tokens"] == 4 and "expert_hit_rate" in t["decode"] for t in turns)
     assert chat["later_turns_decode"]["tokens"] == 8 and chat["decode"]["tokens"] == 12
+    assert 0 <= chat["expert_hit_rate"] <= 1
     text = table([{"contender": "chat-direct", "peak_cgroup_bytes": None, **chat},
                   {"contender": "plain-direct", "peak_cgroup_bytes": None, **row}], raw_expert_read(store))
     assert "  turn 2: 10 prompt tokens, 4 decoded" in text and "chat-direct | " in text

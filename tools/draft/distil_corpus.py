@@ -11,7 +11,9 @@ to --steps), so a run stopped by --minutes or a signal and started again with th
 --checkpoint continues the same schedule. The checkpoint (draft layers, optimizer, step,
 random states, output ids) is replaced atomically every --checkpoint-every minutes and at the
 end. One conversation in --holdout-every is held out (by a hash of its tokens, so a growing
-corpus never moves one into training); the best held-out agreement picks what goes to --out.
+corpus never moves one into training); the best held-out agreement picks what goes to --out,
+and a new run measures its starting point first (step 0: with --init-from, the warm start), so
+--out stays the warm start unless training beat it there.
 The independent prompts (tools/draft/eval_prompts_independent.toml) are never read here:
 measure a result with `python -m tools.draft.measure --draft DIR`."""
 from __future__ import annotations
@@ -210,6 +212,8 @@ def train(args) -> None:
     if ckpt.exists():
         run.restore(ckpt)
         print(f"resumed from {ckpt} at step {run.step}", flush=True)
+    if run.step == 0 and not run.curve:  # the starting point's held-out agreement, the bar to beat
+        evaluate(run, held, [], args, corpus, n_pos)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
     start = last = time.time()
@@ -232,8 +236,8 @@ def train(args) -> None:
 def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: Corpus, n_pos: int) -> None:
     a = agreement(run.draft, run.vocab, held)
     run.curve.append({"step": run.step, "heldout_top1": round(a, 4)})
-    print(f"step {run.step} lr {lr_at(run.step, args):.2e} loss {sum(losses) / max(len(losses), 1):.3f} "
-          f"held-out top1 {a:.4f}", flush=True)
+    loss = f"{sum(losses) / len(losses):.3f}" if losses else "-"
+    print(f"step {run.step} lr {lr_at(run.step, args):.2e} loss {loss} held-out top1 {a:.4f}", flush=True)
     if a > run.best:
         run.best = a
         init_from = Path(args.init_from) if args.init_from else None

@@ -25,6 +25,7 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
     "plain-direct-prefetch-next": {"expert_prefetch": "next-router"},
     "plain-page-cache": {"expert_reads": "page-cache"},
     "chain-direct": {"draft": True},
+    "chain-direct-prefetch-next": {"draft": True, "expert_prefetch": "next-router"},
     # a conversation: the prompts as successive user turns, the KV and the expert cache kept
     # between them (rows: per turn, the decode's bytes and expert hit rate beside a cold read)
     "chat-direct": {"chat": True},
@@ -146,11 +147,13 @@ def chat_worker(job: dict) -> dict:
         tokens = sum(t["tokens"] for t in turns)
         seconds = sum(t["seconds"] for t in turns)
         later = [t["decode"] for t in turns[1:] if t["decode"]["tokens"]]
+        decode = _merge_decodes([t["decode"] for t in turns])  # the row's figures: its turns' decodes
         return {"isa": torch.backends.cpu.get_cpu_capability(), "tokens": tokens, "seconds": seconds,
                 "tokens_per_second": tokens / seconds, "bytes_read_per_token": sum(t["bytes_read"] for t in turns) / tokens,
                 "tokens_per_pass": 1.0, "plan": lm.plan.summary if lm.plan else None,
                 "threads": torch.get_num_threads(), "byte_model": model, "turns": turns,
-                "decode": _merge_decodes([t["decode"] for t in turns]), "later_turns_decode": _merge_decodes(later)}
+                "decode": decode, "later_turns_decode": _merge_decodes(later),
+                **({"expert_hit_rate": decode["expert_hit_rate"]} if "expert_hit_rate" in decode else {})}
 
 
 def _merge_decodes(parts: list[dict]) -> dict:
