@@ -37,7 +37,7 @@ class LoadSettings:
     tree_width: int = 4
     lookup_branches: int | None = None  # None: DEFAULT_LOOKUP_BRANCHES on an adaptive tree
     pack_dtype: str | None = None  # a packed checkpoint's plain tensors (None: dtype)
-    expert_prefetch: bool | str = False  # a MoE target reads the next layer's guessed experts early (GUESSES)
+    expert_prefetch: bool | str = True  # a MoE target reads the next layer's guessed experts early (GUESSES; True: DEFAULT_GUESS)
     expert_reads: str = "direct"  # a MoE target's expert reads: "direct" (O_DIRECT + own cache) or "page-cache"
     draft_quant: str | None = None  # "q4"/"q8": the draft model's low-bit copy (quantized_draft.py)
 

@@ -205,6 +205,26 @@ def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
     forget_verified()
 
 
+def test_the_default_guess_gives_way_where_the_budget_has_no_room_for_routers(tmp_path):
+    """At the least RAM a MoE store loads in, the expert cache cannot give up the routers the
+    next-router guess keeps: the default then prefetches with the previous pass's experts (no
+    RAM of its own) while naming next-router is an error that says why."""
+    import specdec
+
+    make_family_model(tmp_path / "m", "qwen3_moe", eos_token_id=None)
+    path = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
+    ram = minimum_ram(path) + 20_000  # the minimum, rounded up: no expert buffer to spare
+    with pytest.raises(ValueError, match="next-router prefetch guess .* more than the expert cache"):
+        specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_prefetch="next-router")
+    with specdec.load(path, dtype="float32", ram=ram, max_context=64) as lm:
+        out = lm.generate([3, 17, 42, 8], max_new_tokens=12)
+        assert lm.plan.guess_bytes == 0
+    with specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_prefetch=False) as lm:
+        plain = lm.generate([3, 17, 42, 8], max_new_tokens=12)
+    assert out.token_ids == plain.token_ids
+    assert out.stats.source["expert_prefetched"] > 0 == plain.stats.source["expert_prefetched"]
+
+
 def test_load_with_expert_prefetch_decodes_as_without(tmp_path):
     import specdec
 
@@ -212,12 +232,14 @@ def test_load_with_expert_prefetch_decodes_as_without(tmp_path):
     path = pack(tmp_path / "m", tmp_path / "s", dtype="float32", progress=False)
     ram = minimum_ram(path) + 100_000
     runs = {}
-    for prefetch in (False, "previous-pass", "next-router", True):
-        with specdec.load(path, dtype="float32", ram=ram, max_context=64, expert_prefetch=prefetch) as lm:
+    for prefetch in (False, "previous-pass", "next-router", True, "default"):
+        chosen = {} if prefetch == "default" else {"expert_prefetch": prefetch}
+        with specdec.load(path, dtype="float32", ram=ram, max_context=64, **chosen) as lm:
             out = lm.generate([3, 17, 42, 8], max_new_tokens=12)
             runs[prefetch] = (out.token_ids, out.stats.source["expert_prefetched"], lm.plan)
     assert all(r[0] == runs[False][0] for r in runs.values())
     assert runs[False][1] == 0 and all(runs[p][1] > 0 for p in ("previous-pass", "next-router", True))
+    assert runs["default"][1] == runs["next-router"][1]  # on by default, with the next-router guess
     # The next-router guess keeps the streamed layers' routers and norms: the cache gives way.
     off, nxt = runs[False][2], runs["next-router"][2]
     store = open_store(path)
@@ -258,7 +280,8 @@ def test_the_command_line_names_the_guess(tmp_path):
         args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
         return settings_from_args(args).expert_prefetch
 
-    assert guess() is False and guess("--expert-prefetch") is True
+    assert guess() is True and guess("--expert-prefetch") is True  # on by default (the default guess)
     assert guess("--expert-guess", "previous-pass") == "previous-pass"
+    assert guess("--expert-guess", "none") is False
     with pytest.raises(SystemExit):
         guess("--expert-guess", "next-token")

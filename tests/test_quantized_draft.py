@@ -212,3 +212,28 @@ def test_demo_speed_names_each_form_of_the_demo_draft():
     for bad in ("tree2-q4", "chain-q3", "chainq4"):
         with pytest.raises(ValueError, match="contender"):
             contender_settings(bad, "store")
+
+
+@pytest.mark.slow
+def test_the_demo_draft_s_q4_copy_leaves_the_demo_target_pinned(tmp_path, smollm2_store):
+    """Why the q4 form exists: beside it the demo target stays whole in the demo budget, where
+    beside the bf16 draft it streams ~53 MB per pass (tests/test_demo_default.py)."""
+    from offload.budget import Budget
+    from specdec.config import ModelArgs
+    from specdec.demo import DEMO_DRAFT_DIR, DEMO_MAX_CONTEXT, DEMO_RAM
+
+    if not (DEMO_DRAFT_DIR / "config.json").exists():
+        pytest.skip("needs the shipped demo draft")
+    store = open_store(smollm2_store)
+    args = ModelArgs.from_hf(store.config)
+    draft = QuantizedDraft(DEMO_DRAFT_DIR, "q4", tmp_path / "cache", progress=False)
+    plan = draft.plan(store, args, Budget(DEMO_RAM, "the demo's default"), torch.bfloat16,
+                      DEMO_MAX_CONTEXT)
+    assert plan.streamed == () and plan.streamed_bytes_per_pass == 0
+    assert 23e6 < plan.draft_bytes < 25e6  # 75.5 MB in bf16
+    with specdec.load(smollm2_store, draft=draft, ram=DEMO_RAM, max_context=DEMO_MAX_CONTEXT,
+                      progress=False) as lm:
+        assert lm.plan.streamed == ()
+        assert _ram(lm.draft.model, ("model.embed_tokens.weight",)) == plan.draft_bytes
+        out = lm.generate("The capital of France is", max_new_tokens=8)
+    assert out.stats.bytes_read == 0 and out.stats.new_tokens == 8

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from specdec.bench import strong_pair
+from specdec.bench import inflated, strong_pair
 from tools.inflate.builder import SHAPES, Shape, Source, plan_layout
 from tools.inflate.strong import STRONG_SHAPE, rounded_source, write_strong_draft
 
@@ -128,8 +128,8 @@ def test_workload_builds_the_strong_draft_but_runs_without_it(tmp_path):
     (cache / "inflated-draft-bf16" / "config.json").write_text("{}")
     files["target-gguf"].write_bytes(b"")
     require_built("seed-13b", cache)  # no strong draft: fine
-    path, why = strong_pair.strong_draft("seed-13b", cache, q8=False)
+    path, why = inflated.strong_draft("seed-13b", cache, q8=False)
     assert path is None and f"python -m tools.inflate workload seed-13b --cache-dir {tmp_path}" in why
     (cache / strong_pair.HF_DIR).mkdir()
     (cache / strong_pair.HF_DIR / "config.json").write_text("{}")
-    assert strong_pair.strong_draft("seed-13b", cache, q8=False) == (str(cache / strong_pair.HF_DIR), "")
+    assert inflated.strong_draft("seed-13b", cache, q8=False) == (str(cache / strong_pair.HF_DIR), "")

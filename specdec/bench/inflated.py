@@ -35,7 +35,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .strong_pair import CONTENDERS as STRONG_ROWS, NOTE as STRONG_NOTE, SOURCE as STRONG, strong_draft
+from .strong_pair import CONTENDERS as STRONG_ROWS, HF_DIR as STRONG_HF_DIR, NOTE as STRONG_NOTE, Q8_STORE as STRONG_Q8_STORE, SOURCE as STRONG
 from .workloads import Workload, chat_prompt_ids, load_prompt_config
 
 KEEP_FREE = 20 * 10**9  # never fill the disk below this: other jobs share it
@@ -147,10 +147,8 @@ def inflated_files(name: str, cache: Path, with_hf: bool = False) -> dict[str, P
     strong-pair draft: optional, its rows skip without it). tools/inflate writes them."""
     from offload.format import is_store
 
-    from .strong_pair import HF_DIR
-
     shape, quant, _ = BIG[name]
-    files = {"draft-hf": cache / "inflated-draft-bf16", "strong-draft-hf": cache / HF_DIR}
+    files = {"draft-hf": cache / "inflated-draft-bf16", "strong-draft-hf": cache / STRONG_HF_DIR}
     if quant == "q4":
         files["target-gguf"] = cache / f"{shape}.q4_1.gguf"
     elif with_hf or not is_store(cache / f"{shape}-bf16-store"):
@@ -206,3 +204,13 @@ def _check_space(directory: Path, need: int) -> None:
         raise WorkloadError(f"{directory}: writing {need / 1e9:.1f} GB would leave "
                            f"{(free - need) / 1e9:.1f} GB free (the bench keeps "
                            f"{KEEP_FREE / 1e9:.0f} GB free). Free some space or pass another --cache-dir.")
+
+
+def strong_draft(name: str, cache: Path, q8: bool, progress: bool = True) -> tuple[str | None, str]:
+    """(the strong draft for workload `name` as the specdec runs take it, "") or (None, why
+    not): the bf16 HF dir, packed to 8 bits for the q4 targets (`q8`)."""
+    hf = cache / STRONG_HF_DIR
+    if not is_built(hf):
+        return None, (f"the strong-pair draft is not built ({hf}); python -m tools.inflate "
+                      f"workload {name} --cache-dir {cache.parent} builds it")
+    return str(packed(hf, cache / STRONG_Q8_STORE, progress, quant="q8") if q8 else hf), ""

@@ -15,7 +15,6 @@ existed runs without these rows and says how to add them.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 SOURCE = "strong"  # Contender.draft_source of the strong rows; Workload.drafts key
 HF_DIR = "inflated-strong-draft-bf16"
@@ -33,15 +32,3 @@ NOT_HERE = ("no strong-pair draft for this workload (it exists for the inflated 
 def display(contender: str) -> str:
     """A row's contender as reports show it."""
     return LABELS.get(contender, contender)
-
-
-def strong_draft(name: str, cache: Path, q8: bool, progress: bool = True) -> tuple[str | None, str]:
-    """(the strong draft for workload `name` as the specdec runs take it, "") or (None, why
-    not): the bf16 HF dir, packed to 8 bits for the q4 targets (`q8`)."""
-    from .inflated import is_built, packed
-
-    hf = cache / HF_DIR
-    if not is_built(hf):
-        return None, (f"the strong-pair draft is not built ({hf}); python -m tools.inflate "
-                      f"workload {name} --cache-dir {cache.parent} builds it")
-    return str(packed(hf, cache / Q8_STORE, progress, quant="q8") if q8 else hf), ""

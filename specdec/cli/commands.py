@@ -173,11 +173,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "adaptive tree, 0 on a fixed one; 0: none)")
     p.add_argument("--expert-prefetch", action="store_true", default=None,
                    help="mixture-of-experts target: read the next layer's guessed experts while a "
-                        "layer computes (only the bytes read depend on it; the guess: --expert-guess)")
-    p.add_argument("--expert-guess", choices=GUESSES, default=None,
-                   help="the prefetch guess (implies --expert-prefetch): next-router (default: the "
-                        "next layer's router on this layer's residual) or previous-pass (the "
-                        "experts the previous pass's last token routed to)")
+                        "layer computes (the default; only the bytes read depend on it; the guess: "
+                        "--expert-guess)")
+    p.add_argument("--expert-guess", choices=(*GUESSES, "none"), default=None,
+                   help="the prefetch guess: next-router (default: the next layer's router on this "
+                        "layer's residual), previous-pass (the experts the previous pass's last "
+                        "token routed to) or none (no prefetch: experts read only once routed)")
     p.add_argument("--expert-reads", choices=["direct", "page-cache"], default=None,
                    help="mixture-of-experts target: O_DIRECT reads and an expert cache in the budget "
                         "(direct, default), or buffered reads left to the page cache (for comparisons)")

@@ -34,8 +34,7 @@ def settings_from_args(args):
         speculation=args.speculation or preset.get("speculation"), tree_nodes=args.tree_nodes,
         tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
         kernels=getattr(args, "kernels", None),
-        expert_prefetch=(getattr(args, "expert_guess", None) or getattr(args, "expert_prefetch", None)
-                         or preset.get("expert_prefetch") or False),
+        expert_prefetch=_expert_prefetch(args, preset),
         expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct",
         draft_quant=getattr(args, "draft_quant", None))
     draft = settings.draft
@@ -120,3 +119,15 @@ def read_preset(ref: str) -> dict:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
                          "max_context, speculation, name, notes.")
     return data
+
+
+def _expert_prefetch(args, preset: dict) -> bool | str:
+    """--expert-guess (none: off), else --expert-prefetch, else the preset's, else on (the
+    default guess: LoadSettings)."""
+    guess = getattr(args, "expert_guess", None)
+    if guess is not None:
+        return False if guess == "none" else guess
+    for value in (getattr(args, "expert_prefetch", None), preset.get("expert_prefetch")):
+        if value is not None:
+            return value
+    return True

@@ -25,6 +25,7 @@ CONTENDERS = {  # name: load settings beyond the store and the budget
     "plain-direct-prefetch-next": {"expert_prefetch": "next-router"},
     "plain-page-cache": {"expert_reads": "page-cache"},
     "chain-direct": {"draft": True},
+    "chain-direct-prefetch-next": {"draft": True, "expert_prefetch": "next-router"},
     # a conversation: the prompts as successive user turns, the KV and the expert cache kept
     # between them (rows: per turn, the decode's bytes and expert hit rate beside a cold read)
     "chat-direct": {"chat": True},

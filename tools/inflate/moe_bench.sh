@@ -9,8 +9,8 @@
 #   SHAPE: inflated-moe-small (default: 3.0 GB GGUF + ~3 GB store, CAP 1.5GB) or
 #          inflated-30b-a3b (18.7 GB GGUF + 18.8 GB store: ~38 GB of disk; CAP 4GB)
 #   COUNT, TOKENS, LLAMA_TOKENS (env): prompts and tokens per prompt per row, llama.cpp's tokens
-#   per prompt (default 2, 32 and TOKENS: with the
-#   workload built, the 30B-A3B shape's seven rows take ~12 minutes on an idle 2-core machine)
+#   per prompt (default 2, 32 and TOKENS: with the workload built, six of the 30B-A3B shape's
+#   rows took 9.5 minutes on an idle 2-core AVX512 machine, llama.cpp's at 6 tokens)
 set -euo pipefail
 SHAPE=${1:-inflated-moe-small}
 CAP=${2:-1.5GB}
