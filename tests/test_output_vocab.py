@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import specdec
 from helpers.distribution import exact_two_token_distribution, pvalue, sample_two_tokens
-from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head, write_borrowing_draft
 from specdec.weights import OUTPUT_IDS
 
 PROMPT = [3, 17, 42, 8, 61, 5]
@@ -174,18 +174,8 @@ def test_accelerate_baseline_export_keeps_the_draft_s_choices(tmp_path):
 def _borrowing_draft(tmp_path, ids):
     """An untied draft (the target's layers) that borrows embeddings and lm_head from the
     target and scores only `ids`."""
-    from specdec.loading import DRAFT_SIDECAR
-
     make_tiny_model(tmp_path / "target", "llama")
-    draft = tmp_path / "draft"
-    draft.mkdir()
-    state = load_file(f"{tmp_path}/target/model.safetensors")
-    del state["model.embed_tokens.weight"], state["lm_head.weight"]
-    state[OUTPUT_IDS] = torch.tensor(ids, dtype=torch.int32)
-    save_file(state, f"{draft}/model.safetensors", metadata={"format": "pt"})
-    (draft / "config.json").write_text((tmp_path / "target" / "config.json").read_text())
-    (draft / DRAFT_SIDECAR).write_text(json.dumps({"embeddings_from_target": True}))
-    return tmp_path / "target", draft
+    return tmp_path / "target", write_borrowing_draft(tmp_path / "target", tmp_path / "draft", ids)
 
 
 def test_borrowed_untied_head_keeps_only_the_listed_rows(tmp_path):

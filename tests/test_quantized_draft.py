@@ -6,19 +6,17 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import specdec
 from helpers.cli import cli_in_process
-from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head, write_borrowing_draft
 from offload.encodings import Q4Weight, Q8Weight
 from offload.encodings.from_float import encoded_nbytes, quantize_float
 from offload.format import open_store
 from specdec.load_settings import LoadSettings
-from specdec.loading import DRAFT_SIDECAR, open_model
+from specdec.loading import open_model
 from specdec.memory_plan import draft_bytes
 from specdec.quantized_draft import QuantizedDraft, quantized_store_path
-from specdec.weights import OUTPUT_IDS
 
 PROMPT = [3, 17, 42, 8, 61, 5]
 ENCODED = {"q4": Q4Weight, "q8": Q8Weight}
@@ -37,16 +35,7 @@ def _borrowing_draft(tmp_path, ids, tie: bool = True):
     its output rows are copied at load out of the target's table (tied: the demo draft's
     shape) or lm_head (untied)."""
     target, _ = _pair(tmp_path)
-    draft = tmp_path / "borrowing"
-    draft.mkdir()
-    state = load_file(f"{target}/model.safetensors")
-    del state["model.embed_tokens.weight"], state["lm_head.weight"]
-    state[OUTPUT_IDS] = torch.tensor(ids, dtype=torch.int32)
-    save_file(state, f"{draft}/model.safetensors", metadata={"format": "pt"})
-    config = json.loads((target / "config.json").read_text())
-    (draft / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": tie}))
-    (draft / DRAFT_SIDECAR).write_text(json.dumps({"embeddings_from_target": True}))
-    return target, draft
+    return target, write_borrowing_draft(target, tmp_path / "borrowing", ids, tie_word_embeddings=tie)
 
 
 def _ram(model, shared=()) -> int:

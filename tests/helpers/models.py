@@ -73,3 +73,25 @@ def make_tiny_chat_model(path, tokenizer_dir, family="llama", seed=0, **override
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, path / f.name)
     return model
+
+
+def write_borrowing_draft(target, draft, ids, **config):
+    """`draft`: the layers of the HF dir `target`, with no embedding table or lm_head of its
+    own (it borrows the target's) and scoring only `ids`; `config`: keys changed from the
+    target's config.json."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from specdec.loading import DRAFT_SIDECAR
+    from specdec.weights import OUTPUT_IDS
+
+    draft.mkdir()
+    state = load_file(f"{target}/model.safetensors")
+    del state["model.embed_tokens.weight"], state["lm_head.weight"]
+    state[OUTPUT_IDS] = torch.tensor(ids, dtype=torch.int32)
+    save_file(state, f"{draft}/model.safetensors", metadata={"format": "pt"})
+    base = json.loads((target / "config.json").read_text())
+    (draft / "config.json").write_text(json.dumps({**base, **config}))
+    (draft / DRAFT_SIDECAR).write_text(json.dumps({"embeddings_from_target": True}))
+    return draft
