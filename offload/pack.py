@@ -416,11 +416,11 @@ def copy_tokenizer(ckpt: Checkpoint, target: Path) -> bool:
 
 
 def _export_gguf_tokenizer(ckpt: Checkpoint, target: Path) -> bool:
-    from transformers import AutoTokenizer
+    from .gguf_hf_config import gguf_tokenizer
 
     directory, name = ckpt.tokenizer_source
     try:
-        tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        tok = gguf_tokenizer(directory, name, ckpt.config)  # the file is not parsed again
     except (ValueError, OSError, KeyError, ImportError) as e:
         # Not fatal: a store without a tokenizer still runs token-id prompts. Say so loudly.
         warnings.warn(f"{ckpt.path}: could not read its tokenizer ({e}); the store will have no "
