@@ -6,12 +6,10 @@ import torch
 
 from helpers.family_models import make_family_model
 from helpers.moe_budget import minimum_ram
-from offload.expert_guess import NextRouter, PreviousPass
+from helpers.moe_streams import decode, decode_three_ways, streamed_model
+from offload.expert_guess import PreviousPass
 from offload.format import forget_verified, open_store
 from offload.pack import pack
-from offload.prefetch import StreamedWeights
-from specdec.config import ModelArgs
-from specdec.families import build_model
 from specdec.moe_routing import RoutingTrace
 
 
@@ -20,18 +18,6 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe_prefetch")
     make_family_model(root / "m", "qwen2_moe")  # a shared expert computes while experts are read
     return open_store(pack(root / "m", root / "s", dtype="float32", progress=False))
-
-
-def streamed(store, **kw):
-    weights = StreamedWeights(store, **kw)
-    return build_model(ModelArgs.from_hf(store.config), weights, torch.float32), weights
-
-
-def decode(model, ids, prompt=6):
-    cache = model.new_cache(64)
-    out = [model.forward(ids[:prompt], cache.next_positions(prompt), cache)]
-    out += [model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(prompt, len(ids))]
-    return torch.cat(out)
 
 
 IDS = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
@@ -51,11 +37,17 @@ class WrongGuess(PreviousPass):
         return [e for e in range(self.experts) if e not in routed]
 
 
-def hand_over_wrong_guesses(model, reader, trace: RoutingTrace, experts: int) -> None:
+def guess_wrong_in_hindsight(model, weights, trace: RoutingTrace) -> None:
+    """The previous-pass guess replaced by WrongGuess (8 experts a layer)."""
+    weights._experts.prefetch = WrongGuess(trace, 8)
+
+
+def hand_over_wrong_guesses(model, weights, trace: RoutingTrace, experts: int = 8) -> None:
     """The next-router path (the model computes the guess and hands it over), with what it
     hands over replaced by experts the next layer will not route to in this pass (hindsight:
     `trace` of the same run; the model's own trace says which pass it is in)."""
     model.routing_observer = own = RoutingTrace()
+    reader = weights._experts
     real = reader.read_ahead
 
     def wrong(layer, ids):
@@ -66,7 +58,7 @@ def hand_over_wrong_guesses(model, reader, trace: RoutingTrace, experts: int) ->
 
 
 def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
-    model, weights = streamed(store, expert_slots=6)
+    model, weights = streamed_model(store, expert_slots=6)
     with weights:
         reader = weights._experts
         batches = iter(reader.batches(1, [0, 3, 5]))
@@ -79,46 +71,29 @@ def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
 
 @pytest.mark.parametrize("slots", [2, 4, 12])
 def test_previous_pass_prefetch_changes_bytes_never_the_output(store, slots):
-    plain_model, plain = streamed(store, expert_slots=slots)
-    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
-    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
-    plain_model.routing_observer = trace = RoutingTrace()
-    with plain, guessing, wrong:
-        expected = decode(plain_model, IDS)
-        wrong._experts.prefetch = WrongGuess(trace, 8)
-        assert torch.equal(decode(guessing_model, IDS), expected)
-        assert torch.equal(decode(wrong_model, IDS), expected)
-    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
-    assert plain.stats.expert_prefetched == 0
+    plain, guessing, wrong = decode_three_ways(store, IDS, slots, "previous-pass",
+                                               guess_wrong_in_hindsight)
+    assert plain.expert_prefetched == 0
     if slots == 2:  # one token's 2 experts fill the buffers: no room for a guess
-        assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
+        assert wrong.expert_prefetched == guessing.expert_prefetched == 0
         return
-    assert wrong.stats.expert_prefetched > 0 and wrong.stats.expert_prefetch_used == 0
-    assert wrong.stats.expert_bytes_read > plain.stats.expert_bytes_read
+    assert wrong.expert_prefetched > 0 and wrong.expert_prefetch_used == 0
+    assert wrong.expert_bytes_read > plain.expert_bytes_read
     # The previous pass's experts: read ahead when the buffers dropped them (4), still held (12).
-    assert (guessing.stats.expert_prefetched > 0) == (slots == 4)
+    assert (guessing.expert_prefetched > 0) == (slots == 4)
 
 
 @pytest.mark.parametrize("slots", [2, 4, 6])
 def test_next_router_prefetch_changes_bytes_never_the_output(store, slots):
-    plain_model, plain = streamed(store, expert_slots=slots)
-    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="next-router")
-    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="next-router")
-    plain_model.routing_observer = trace = RoutingTrace()
-    with plain, guessing, wrong:
-        expected = decode(plain_model, IDS)
-        hand_over_wrong_guesses(wrong_model, wrong._experts, trace, 8)
-        assert torch.equal(decode(guessing_model, IDS), expected)
-        assert torch.equal(decode(wrong_model, IDS), expected)
-    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
+    plain, guessing, wrong = decode_three_ways(store, IDS, slots, "next-router", hand_over_wrong_guesses)
     if slots == 2:
-        assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
+        assert wrong.expert_prefetched == guessing.expert_prefetched == 0
         return
-    assert wrong.stats.expert_prefetched > 0 and wrong.stats.expert_prefetch_used == 0
-    assert wrong.stats.expert_bytes_read > plain.stats.expert_bytes_read
+    assert wrong.expert_prefetched > 0 and wrong.expert_prefetch_used == 0
+    assert wrong.expert_bytes_read > plain.expert_bytes_read
     # The real guess reads ahead and is sometimes right (this tiny model's routers are random:
     # how often is a question for a real model, docs/moe.md).
-    assert guessing.stats.expert_prefetched > 0 and guessing.stats.expert_prefetch_used > 0
+    assert guessing.expert_prefetched > 0 and guessing.expert_prefetch_used > 0
 
 
 class HandedOver:
@@ -158,19 +133,10 @@ def test_the_next_router_guess_is_the_next_layers_routing_of_this_residual():
     assert source.got == "untouched"
 
 
-def check_every_read_is_routed_or_guessed(store, *sources):
-    extent = store.expert_extents(0)[0].nbytes
-    for w in sources:
-        s = w.stats
-        # Every read is a routed miss or a guess; a used guess is a hit of the layer it was for.
-        assert s.experts_read == s.experts_used - s.expert_cache_hits + s.expert_prefetched
-        assert s.expert_bytes_read == s.experts_read * extent
-
-
 def test_next_router_guesses_from_the_second_pass_with_the_routers_it_saw(store):
     """The routers arrive with their layers: the first pass guesses nothing, each later pass
     guesses every layer but the first; a streamed layer's router is a copy of its own."""
-    model, weights = streamed(store, expert_slots=6, expert_prefetch="next-router")
+    model, weights = streamed_model(store, expert_slots=6, expert_prefetch="next-router")
     guess = weights._experts.prefetch
     with weights:
         cache = model.new_cache(64)
@@ -186,7 +152,7 @@ def test_next_router_guesses_from_the_second_pass_with_the_routers_it_saw(store)
 def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
     """A guessed expert whose read fails (say, corrupt) is dropped; the pass goes on, reading
     what it routed to as usual."""
-    model, weights = streamed(store, expert_slots=4, expert_prefetch="previous-pass")
+    model, weights = streamed_model(store, expert_slots=4, expert_prefetch="previous-pass")
     reads = weights._experts.reads
     real = reads._read
     failing = set()
@@ -198,7 +164,7 @@ def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
         return real(layer, expert, buf)
 
     monkeypatch.setattr(reads, "_read", read)
-    plain_model, plain = streamed(store, expert_slots=4)
+    plain_model, plain = streamed_model(store, expert_slots=4)
     with weights, plain:
         assert torch.equal(decode(model, IDS), decode(plain_model, IDS))
     assert failing and weights.stats.expert_prefetch_used == 0
