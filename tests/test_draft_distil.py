@@ -142,3 +142,15 @@ def test_a_mixed_anchored_run_resumes_exactly_and_draws_from_each_source(target,
         assert torch.allclose(a, b, atol=1e-6), k
     moved = sum(((p - p0) ** 2).sum() for p, p0 in zip(whole.params, whole.anchor))
     assert 0 < moved.item()
+    # the best held-out agreement writes a draft whose sidecar names the mix and the anchor
+    import json
+
+    from tools.draft.corpus_shards import Corpus
+    from tools.draft.distil_corpus import evaluate
+
+    whole.args = Namespace(**vars(whole.args), init_from=None, init_layers="0,3", data="c",
+                           all_positions=False, mix=["o:l:0.5"], out=str(tmp_path / "draft"))
+    whole.mix_info = [{"source": "o:l:0.5", "share": 0.5, "positions": 1}]
+    evaluate(whole, corpus[:3], [1.0], whole.args, Corpus(tmp_path / "none"), 10)
+    meta = json.loads((tmp_path / "draft" / "specdec_draft.json").read_text())
+    assert meta["mix"] == whole.mix_info and meta["anchor"].startswith("0.5 x")

@@ -153,6 +153,7 @@ class Run:
         self.n_train = 0
         self.mix_orders: dict[int, list[list[int]]] = {}  # the same for each --mix source
         self.mix_n: dict[int, int] = {}
+        self.mix_info: list[dict] = []  # what --mix added, for the draft's sidecar
         self.anchor = [p.detach().clone() for p in self.params] if getattr(args, "anchor_weight", 0) else None
         self.dtype = compute_dtype(getattr(args, "precision", "auto"))
 
@@ -251,6 +252,8 @@ def train(args) -> None:
         print(f"mix {spec}: {len(examples)} passages, {sum(len(e.targets) for e in examples)} "
               f"positions", flush=True)
     run = Run(args, draft, vocab)
+    run.mix_info = [{"source": spec, "share": share, "positions": sum(len(e.targets) for e in ex)}
+                    for spec, (share, ex) in zip(args.mix or [], mix)]
     ckpt = Path(args.checkpoint)
     if ckpt.exists():
         run.restore(ckpt)
@@ -291,8 +294,7 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
                 "corpus": {"dir": str(args.data), **corpus.manifest.get("totals", {}),
                            "recipe": corpus.manifest.get("recipe")},
                 "train_positions": n_pos,
-                "mix": [{"source": spec, "positions": sum(len(e.targets) for e in ex)}
-                        for spec, (_, ex) in zip(args.mix or [], mix)],
+                "mix": run.mix_info,
                 "anchor": f"{args.anchor_weight} x sum((p - p0)^2), p0 the warm start (L2-SP)"
                           if args.anchor_weight else None,
                 "positions": "all (user turns and system prompt too)" if args.all_positions else "assistant",
