@@ -61,3 +61,43 @@ def arch_name(arch: str, model_name: str) -> str:
 def _string(reader, key: str) -> str:
     field = reader.get_field(key)
     return field.contents() if field is not None else ""
+
+
+def gguf_tokenizer(directory: str, file_name: str, config: dict | None = None):
+    """AutoTokenizer.from_pretrained(directory, gguf_file=file_name), without its config parse.
+
+    AutoTokenizer reads a GGUF's config only to pick the tokenizer class, and for most
+    architectures (llama among them) it does so with transformers' legacy reader: a whole second
+    parse of the file (~10 s for the 100 MB demo model on a busy 2-core machine, more than
+    specdec's own). Given the config specdec already read (`hf_config`, equal to AutoConfig's),
+    this picks the class as AutoTokenizer does and calls it directly; the class then reads only
+    the vocabulary and merges. Where AutoTokenizer's choice depends on more than the config
+    (a tokenizer_config.json beside the file, a declared tokenizer class, a Mistral backend, a
+    transformers whose mapping this does not know), it is AutoTokenizer itself."""
+    from transformers import AutoTokenizer
+
+    tokenizer_class = _auto_tokenizer_class(directory, config)
+    if tokenizer_class is None:
+        return AutoTokenizer.from_pretrained(directory, gguf_file=file_name, trust_remote_code=False)
+    return tokenizer_class.from_pretrained(directory, gguf_file=file_name)
+
+
+def _auto_tokenizer_class(directory: str, config: dict | None):
+    """The class AutoTokenizer ends with for a GGUF whose config is `config` (transformers 5's
+    last rule: the config class's registered tokenizer, else TokenizersBackend), or None."""
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto import tokenization_auto
+
+    if not config or config.get("tokenizer_class") or (Path(directory) / "tokenizer_config.json").exists():
+        return None
+    backend = getattr(tokenization_auto, "TokenizersBackend", None)  # transformers >= 5
+    model_type = config.get("model_type")
+    if backend is None or model_type not in CONFIG_MAPPING:  # (its .get() finds nothing)
+        return None
+    config_class = CONFIG_MAPPING[model_type]
+    found = tokenization_auto.TOKENIZER_MAPPING.get(config_class, backend)
+    if not isinstance(found, type) or found.__name__ == "MistralCommonBackend":
+        return None
+    return found

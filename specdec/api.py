@@ -45,7 +45,7 @@ class SpecDecoder:
         self.target = target
         self.draft = draft
         self.draft_kind = draft_kind
-        self.tokenizer = load_tokenizer(target.tokenizer_source)
+        self.tokenizer = load_tokenizer(target.tokenizer_source, target.config)
         if draft is not None:
             check_same_vocabulary(target, draft, self.tokenizer)
         self.eos_ids = target.eos_ids() | _tokenizer_eos(self.tokenizer)
@@ -224,7 +224,9 @@ def _sampling(sampling: SamplingParams | None, settings: dict) -> SamplingParams
 
 def check_same_vocabulary(target: LoadedModel, draft: LoadedModel, target_tokenizer) -> None:
     """Draft ids must mean the same tokens as the target's; padded sizes may differ."""
-    draft_tokenizer = load_tokenizer(draft.tokenizer_source)
+    if draft.tokenizer_source is not None and draft.tokenizer_source == target.tokenizer_source:
+        return  # one tokenizer (a self-draft's is its target's): nothing to read again
+    draft_tokenizer = load_tokenizer(draft.tokenizer_source, draft.config)
     if target_tokenizer is None or draft_tokenizer is None:
         # Nothing to compare but the sizes: different sizes are different vocabularies.
         if draft.args.vocab_size != target.args.vocab_size:

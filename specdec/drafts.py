@@ -19,7 +19,7 @@ from offload.budget import MemoryPlan
 from . import self_draft
 from .families import build_model
 from .loading import LoadedModel, OpenedModel, load_resident, open_model
-from .memory_plan import kv_per_token, streaming_plan
+from .memory_plan import kv_per_token, runtime_bytes, streaming_plan
 from .weights import ResidentWeights
 
 
@@ -113,7 +113,8 @@ class SelfDraft(Draft):
         self_draft.check_target(store)
 
     def plan(self, store, args, ram, dtype, max_context):
-        return self_draft.plan_self_draft(store, ram, kv_per_token(args, dtype), max_context)
+        return self_draft.plan_self_draft(store, ram, kv_per_token(args, dtype), max_context,
+                                          runtime_bytes(store, dtype))
 
     def resident_model(self, target, dtype):
         weights = target.model.weights

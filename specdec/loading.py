@@ -14,6 +14,7 @@ import torch
 
 from offload.checkpoint import (DRAFT_SIDECAR, Checkpoint, CheckpointError, borrows_target_embeddings,
                                 open_checkpoint)
+from offload.gguf_hf_config import gguf_tokenizer
 
 from .compute.kernels import Policy
 from .config import ModelArgs
@@ -154,16 +155,18 @@ def _encoded_head(state: dict, args: ModelArgs, encode) -> dict:
     return {**state, "lm_head.weight": encode(head.float())}
 
 
-def load_tokenizer(source: tuple[str, str | None] | None):
+def load_tokenizer(source: tuple[str, str | None] | None, config: dict | None = None):
+    """`config`: the model's, as its checkpoint gave it: a GGUF's tokenizer then comes without
+    transformers parsing the file's config again (offload.gguf_hf_config.gguf_tokenizer)."""
     if source is None:
         return None
     from transformers import AutoTokenizer
 
     directory, gguf = source
-    if not gguf:
-        _refuse_custom_tokenizer_code(Path(directory))
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **kwargs)
+    if gguf:
+        return gguf_tokenizer(directory, gguf, config)
+    _refuse_custom_tokenizer_code(Path(directory))
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
 
 
 def _refuse_custom_tokenizer_code(directory: Path) -> None:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from offload.budget import plan_memory
+from offload.budget import DEFAULT_OVERHEAD, plan_memory
 from offload.encodings.from_float import encoded_nbytes
 from offload.expert_stream import default_expert_slots
 from offload.format import open_store
 
 from .cache import KVCache
+from .compute.head import kernel_head_added_nbytes
 from .config import ModelArgs
 from .loading import OpenedModel, open_model, parse_dtype
 from .weights import model_shape
@@ -32,7 +33,15 @@ def streaming_plan(store, args: ModelArgs, draft, ram, dtype: torch.dtype, max_c
     return plan_memory(store, ram, draft_bytes=draft_bytes(drf, dtype, shared, head_encoding),
                        kv_bytes_per_token_target=kv_per_token(args, dtype),
                        kv_bytes_per_token_draft=kv_per_token(drf.args, dtype) if drf else 0,
-                       max_context=max_context, expert_slots=default_expert_slots(store))
+                       max_context=max_context, expert_slots=default_expert_slots(store),
+                       overhead_bytes=runtime_bytes(store, dtype))
+
+
+def runtime_bytes(store, dtype: torch.dtype) -> int:
+    """The runtime's RAM beside the weights, caches and buffers: Python, torch and the
+    activations (offload.budget.DEFAULT_OVERHEAD), and what the output layer's kernel copy
+    of its scales adds to them where the model makes one (specdec/compute/head.py)."""
+    return DEFAULT_OVERHEAD + kernel_head_added_nbytes(store, dtype)
 
 
 def kv_per_token(args: ModelArgs, dtype: torch.dtype) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .compute import kernels as kernels_module
+from .compute.head import kernel_head
 from .cache import KVCache
 from .config import ModelArgs
 from .weights import output_layer
@@ -103,7 +104,8 @@ class Transformer:
         self.dtype = dtype
         self.kernels = kernels or kernels_module.REFERENCE  # which path each plain matmul takes
         self._setup_rope()
-        self.head, self.output_ids = output_layer(weights.resident, args)
+        head, self.output_ids = output_layer(weights.resident, args)
+        self.head = kernel_head(head, dtype)  # once, not per pass (specdec/compute/head.py)
 
     def new_cache(self, max_len: int) -> KVCache:
         a = self.args

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from offload.atomic import replacing
-from offload.budget import MemoryPlan, plan_memory
+from offload.budget import DEFAULT_OVERHEAD, MemoryPlan, plan_memory
 from offload.encodings import decode, layout_fingerprint
 from offload.encodings.from_float import encoded_nbytes, quantize_float
 from offload.reader import read_tensors
@@ -73,7 +73,8 @@ def check_target(store) -> None:
                 "(`specdec pack SRC OUT --quant bf16`) to draft from its 4-bit copy.")
 
 
-def plan_self_draft(store, ram, kv_bytes_per_token: int, max_context: int) -> MemoryPlan:
+def plan_self_draft(store, ram, kv_bytes_per_token: int, max_context: int,
+                    overhead_bytes: int = DEFAULT_OVERHEAD) -> MemoryPlan:
     """The streaming plan with substitutes for the layers it does not pin. The draft's KV
     cache has the target's shape. Raises BudgetError (with the minimum) when even streaming
     every layer beside all substitutes does not fit."""
@@ -82,7 +83,8 @@ def plan_self_draft(store, ram, kv_bytes_per_token: int, max_context: int) -> Me
     while True:
         plan = plan_memory(store, ram, draft_bytes=sum(subs[pinned:]),
                            kv_bytes_per_token_target=kv_bytes_per_token,
-                           kv_bytes_per_token_draft=kv_bytes_per_token, max_context=max_context)
+                           kv_bytes_per_token_draft=kv_bytes_per_token, max_context=max_context,
+                           overhead_bytes=overhead_bytes)
         if len(plan.pinned) <= pinned:  # no more room freed: the plan is consistent
             return plan
         pinned = len(plan.pinned)

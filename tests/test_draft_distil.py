@@ -110,3 +110,47 @@ def test_float32_training_matches_bf16_closely_and_bad_precision_is_refused(targ
     half, _ = draft_loss(run.draft, run.vocab, batch, 1.0, torch.bfloat16)
     assert torch.isfinite(full) and abs(full.item() - half.item()) < 0.05 * full.item()
     assert full.item() != half.item()  # the float32 path really skips the autocast
+
+
+def test_a_mixed_anchored_run_resumes_exactly_and_draws_from_each_source(target, tmp_path):
+    corpus = label_conversations(target, conversations(10, 6), all_positions=False)
+    offline = label_conversations(target, conversations(10, 7), all_positions=False)
+    mix = [(0.5, offline)]
+
+    def run():
+        torch.manual_seed(0)
+        args = Namespace(lr=1e-3, warmup=2, steps=8, batch_tokens=60, hard_weight=1.0, seed=0,
+                         anchor_weight=0.5)
+        return Run(args, build_draft(target, [0, 3]), OutputVocab(torch.arange(96), 96))
+
+    whole = run()
+    drawn = [whole.next_batch(corpus, mix)[0] for _ in range(20)]
+    source = [any(e is x for x in offline) for e in drawn]
+    assert any(source) and not all(source)
+    whole = run()
+    for _ in range(8):
+        whole.train_step(corpus, mix)
+    first = run()
+    for _ in range(4):
+        first.train_step(corpus, mix)
+    first.save(tmp_path / "ckpt.pt")
+    second = run()
+    second.restore(tmp_path / "ckpt.pt")
+    for _ in range(4):
+        second.train_step(corpus, mix)
+    for (k, a), b in zip(whole.draft.state_dict().items(), second.draft.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    moved = sum(((p - p0) ** 2).sum() for p, p0 in zip(whole.params, whole.anchor))
+    assert 0 < moved.item()
+    # the best held-out agreement writes a draft whose sidecar names the mix and the anchor
+    import json
+
+    from tools.draft.corpus_shards import Corpus
+    from tools.draft.distil_corpus import evaluate
+
+    whole.args = Namespace(**vars(whole.args), init_from=None, init_layers="0,3", data="c",
+                           all_positions=False, mix=["o:l:0.5"], out=str(tmp_path / "draft"))
+    whole.mix_info = [{"source": "o:l:0.5", "share": 0.5, "positions": 1}]
+    evaluate(whole, corpus[:3], [1.0], whole.args, Corpus(tmp_path / "none"), 10)
+    meta = json.loads((tmp_path / "draft" / "specdec_draft.json").read_text())
+    assert meta["mix"] == whole.mix_info and meta["anchor"].startswith("0.5 x")

@@ -60,3 +60,51 @@ def test_a_moe_gguf_loads_whole_into_ram(tmp_path, family):
     gguf = write_moe_gguf(tmp_path / "m", tmp_path / "m.gguf")
     want = specdec.load(tmp_path / "m", dtype="float32").generate(PROMPT, max_new_tokens=10).token_ids
     assert specdec.load(gguf, dtype="float32").generate(PROMPT, max_new_tokens=10).token_ids == want
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 intra-op threads for the test (conftest's 1 restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def store_bytes(store_dir):
+    return {p.relative_to(store_dir): p.read_bytes() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_pack_runs_on_one_thread_restores_the_callers_and_writes_the_same_store(
+        tmp_path, monkeypatch, two_threads):
+    import contextlib
+
+    from offload import pack as pack_module
+
+    make_family_model(tmp_path / "m", "qwen2_moe", tie_word_embeddings=False,
+                      shared_expert_intermediate_size=64)
+    gguf = write_moe_gguf(tmp_path / "m", tmp_path / "m.gguf", linear_type="Q8_0")
+    seen, write_store = [], pack_module.write_store
+
+    def recording(*args, **kwargs):  # the tensors are read, converted and written in here
+        seen.append(torch.get_num_threads())
+        return write_store(*args, **kwargs)
+
+    monkeypatch.setattr(pack_module, "write_store", recording)
+    one = pack(gguf, tmp_path / "one", progress=False)
+    assert seen == [1] and torch.get_num_threads() == 2
+    monkeypatch.setattr(pack_module, "one_thread", contextlib.nullcontext)  # as before: 2 threads
+    two = pack(gguf, tmp_path / "two", progress=False)
+    assert seen == [1, 2]
+    assert store_bytes(one) == store_bytes(two)
+
+
+def test_a_failed_pack_restores_the_callers_threads(tmp_path, two_threads):
+    from offload.checkpoint import CheckpointError
+
+    make_family_model(tmp_path / "m", "qwen3_moe", tie_word_embeddings=False)
+    data = write_moe_gguf(tmp_path / "m", tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError):
+        pack(tmp_path / "cut.gguf", tmp_path / "store", progress=False)
+    assert torch.get_num_threads() == 2

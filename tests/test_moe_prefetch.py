@@ -1,17 +1,17 @@
 """A MoE layer's missing experts are read together as soon as the union is known, each handed
 over when its own read ended; the next layer's guessed experts may be read ahead. A guess,
 right or wrong, changes which bytes are read, never the output."""
+import functools
+
 import pytest
 import torch
 
 from helpers.family_models import make_family_model
 from helpers.moe_budget import minimum_ram
-from offload.expert_guess import NextRouter, PreviousPass
+from helpers.moe_streams import decode, decode_three_ways, streamed_model
+from offload.expert_guess import PreviousPass
 from offload.format import forget_verified, open_store
 from offload.pack import pack
-from offload.prefetch import StreamedWeights
-from specdec.config import ModelArgs
-from specdec.families import build_model
 from specdec.moe_routing import RoutingTrace
 
 
@@ -20,18 +20,6 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe_prefetch")
     make_family_model(root / "m", "qwen2_moe")  # a shared expert computes while experts are read
     return open_store(pack(root / "m", root / "s", dtype="float32", progress=False))
-
-
-def streamed(store, **kw):
-    weights = StreamedWeights(store, **kw)
-    return build_model(ModelArgs.from_hf(store.config), weights, torch.float32), weights
-
-
-def decode(model, ids, prompt=6):
-    cache = model.new_cache(64)
-    out = [model.forward(ids[:prompt], cache.next_positions(prompt), cache)]
-    out += [model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(prompt, len(ids))]
-    return torch.cat(out)
 
 
 IDS = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
@@ -51,11 +39,17 @@ class WrongGuess(PreviousPass):
         return [e for e in range(self.experts) if e not in routed]
 
 
-def hand_over_wrong_guesses(model, reader, trace: RoutingTrace, experts: int) -> None:
+def guess_wrong_in_hindsight(model, weights, trace: RoutingTrace) -> None:
+    """The previous-pass guess replaced by WrongGuess (8 experts a layer)."""
+    weights._experts.prefetch = WrongGuess(trace, 8)
+
+
+def hand_over_wrong_guesses(model, weights, trace: RoutingTrace, experts: int = 8) -> None:
     """The next-router path (the model computes the guess and hands it over), with what it
     hands over replaced by experts the next layer will not route to in this pass (hindsight:
     `trace` of the same run; the model's own trace says which pass it is in)."""
     model.routing_observer = own = RoutingTrace()
+    reader = weights._experts
     real = reader.read_ahead
 
     def wrong(layer, ids):
@@ -66,7 +60,7 @@ def hand_over_wrong_guesses(model, reader, trace: RoutingTrace, experts: int) ->
 
 
 def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
-    model, weights = streamed(store, expert_slots=6)
+    model, weights = streamed_model(store, expert_slots=6)
     with weights:
         reader = weights._experts
         batches = iter(reader.batches(1, [0, 3, 5]))
@@ -79,46 +73,29 @@ def test_all_missing_experts_are_submitted_before_the_first_is_used(store):
 
 @pytest.mark.parametrize("slots", [2, 4, 12])
 def test_previous_pass_prefetch_changes_bytes_never_the_output(store, slots):
-    plain_model, plain = streamed(store, expert_slots=slots)
-    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
-    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="previous-pass")
-    plain_model.routing_observer = trace = RoutingTrace()
-    with plain, guessing, wrong:
-        expected = decode(plain_model, IDS)
-        wrong._experts.prefetch = WrongGuess(trace, 8)
-        assert torch.equal(decode(guessing_model, IDS), expected)
-        assert torch.equal(decode(wrong_model, IDS), expected)
-    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
-    assert plain.stats.expert_prefetched == 0
+    plain, guessing, wrong = decode_three_ways(store, IDS, slots, "previous-pass",
+                                               guess_wrong_in_hindsight)
+    assert plain.expert_prefetched == 0
     if slots == 2:  # one token's 2 experts fill the buffers: no room for a guess
-        assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
+        assert wrong.expert_prefetched == guessing.expert_prefetched == 0
         return
-    assert wrong.stats.expert_prefetched > 0 and wrong.stats.expert_prefetch_used == 0
-    assert wrong.stats.expert_bytes_read > plain.stats.expert_bytes_read
+    assert wrong.expert_prefetched > 0 and wrong.expert_prefetch_used == 0
+    assert wrong.expert_bytes_read > plain.expert_bytes_read
     # The previous pass's experts: read ahead when the buffers dropped them (4), still held (12).
-    assert (guessing.stats.expert_prefetched > 0) == (slots == 4)
+    assert (guessing.expert_prefetched > 0) == (slots == 4)
 
 
 @pytest.mark.parametrize("slots", [2, 4, 6])
 def test_next_router_prefetch_changes_bytes_never_the_output(store, slots):
-    plain_model, plain = streamed(store, expert_slots=slots)
-    guessing_model, guessing = streamed(store, expert_slots=slots, expert_prefetch="next-router")
-    wrong_model, wrong = streamed(store, expert_slots=slots, expert_prefetch="next-router")
-    plain_model.routing_observer = trace = RoutingTrace()
-    with plain, guessing, wrong:
-        expected = decode(plain_model, IDS)
-        hand_over_wrong_guesses(wrong_model, wrong._experts, trace, 8)
-        assert torch.equal(decode(guessing_model, IDS), expected)
-        assert torch.equal(decode(wrong_model, IDS), expected)
-    check_every_read_is_routed_or_guessed(store, plain, guessing, wrong)
+    plain, guessing, wrong = decode_three_ways(store, IDS, slots, "next-router", hand_over_wrong_guesses)
     if slots == 2:
-        assert wrong.stats.expert_prefetched == guessing.stats.expert_prefetched == 0
+        assert wrong.expert_prefetched == guessing.expert_prefetched == 0
         return
-    assert wrong.stats.expert_prefetched > 0 and wrong.stats.expert_prefetch_used == 0
-    assert wrong.stats.expert_bytes_read > plain.stats.expert_bytes_read
+    assert wrong.expert_prefetched > 0 and wrong.expert_prefetch_used == 0
+    assert wrong.expert_bytes_read > plain.expert_bytes_read
     # The real guess reads ahead and is sometimes right (this tiny model's routers are random:
     # how often is a question for a real model, docs/moe.md).
-    assert guessing.stats.expert_prefetched > 0 and guessing.stats.expert_prefetch_used > 0
+    assert guessing.expert_prefetched > 0 and guessing.expert_prefetch_used > 0
 
 
 class HandedOver:
@@ -158,19 +135,10 @@ def test_the_next_router_guess_is_the_next_layers_routing_of_this_residual():
     assert source.got == "untouched"
 
 
-def check_every_read_is_routed_or_guessed(store, *sources):
-    extent = store.expert_extents(0)[0].nbytes
-    for w in sources:
-        s = w.stats
-        # Every read is a routed miss or a guess; a used guess is a hit of the layer it was for.
-        assert s.experts_read == s.experts_used - s.expert_cache_hits + s.expert_prefetched
-        assert s.expert_bytes_read == s.experts_read * extent
-
-
 def test_next_router_guesses_from_the_second_pass_with_the_routers_it_saw(store):
     """The routers arrive with their layers: the first pass guesses nothing, each later pass
     guesses every layer but the first; a streamed layer's router is a copy of its own."""
-    model, weights = streamed(store, expert_slots=6, expert_prefetch="next-router")
+    model, weights = streamed_model(store, expert_slots=6, expert_prefetch="next-router")
     guess = weights._experts.prefetch
     with weights:
         cache = model.new_cache(64)
@@ -186,7 +154,7 @@ def test_next_router_guesses_from_the_second_pass_with_the_routers_it_saw(store)
 def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
     """A guessed expert whose read fails (say, corrupt) is dropped; the pass goes on, reading
     what it routed to as usual."""
-    model, weights = streamed(store, expert_slots=4, expert_prefetch="previous-pass")
+    model, weights = streamed_model(store, expert_slots=4, expert_prefetch="previous-pass")
     reads = weights._experts.reads
     real = reads._read
     failing = set()
@@ -198,7 +166,7 @@ def test_a_guess_that_fails_to_read_is_not_an_error(store, monkeypatch):
         return real(layer, expert, buf)
 
     monkeypatch.setattr(reads, "_read", read)
-    plain_model, plain = streamed(store, expert_slots=4)
+    plain_model, plain = streamed_model(store, expert_slots=4)
     with weights, plain:
         assert torch.equal(decode(model, IDS), decode(plain_model, IDS))
     assert failing and weights.stats.expert_prefetch_used == 0
@@ -272,16 +240,37 @@ def test_page_cache_reads_give_the_same_output_with_no_expert_cache(tmp_path):
         specdec.load(path, expert_reads="mmap")
 
 
-def test_the_command_line_names_the_guess(tmp_path):
+def command_line_guess(tmp_path, *flags):
+    """The expert_prefetch the command line's model flags set."""
     from specdec.cli.commands import build_parser
     from specdec.cli.load_args import settings_from_args
 
-    def guess(*flags):
-        args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
-        return settings_from_args(args).expert_prefetch
+    args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
+    return settings_from_args(args).expert_prefetch
 
-    assert guess() is True and guess("--expert-prefetch") is True  # on by default (the default guess)
+
+def test_the_command_line_names_the_guess(tmp_path, capsys):
+    guess = functools.partial(command_line_guess, tmp_path)
+    assert guess() is True  # on by default (the default guess)
     assert guess("--expert-guess", "previous-pass") == "previous-pass"
     assert guess("--expert-guess", "none") is False
+    assert capsys.readouterr().err == ""
     with pytest.raises(SystemExit):
         guess("--expert-guess", "next-token")
+
+
+def test_the_retired_prefetch_flag_still_runs_changes_nothing_and_says_what_replaced_it(tmp_path, capsys):
+    """--expert-prefetch asked for what became the default: a command that passes it still
+    runs as without it (with --expert-guess none too), told on stderr which flag to use."""
+    from specdec.cli.commands import build_parser
+
+    guess = functools.partial(command_line_guess, tmp_path)
+    assert guess("--expert-prefetch") is True
+    err = capsys.readouterr().err
+    assert err.startswith("specdec: note: --expert-prefetch does nothing") and err.count("\n") == 1
+    assert "--expert-guess none turns it off" in err
+    assert guess("--expert-prefetch", "--expert-guess", "none") is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--expert-guess" in help_text and "--expert-prefetch" not in help_text

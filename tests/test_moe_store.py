@@ -11,13 +11,11 @@ import specdec.moe
 from helpers.family_models import make_family_model
 from helpers.family_runs import PROMPT, make_target_and_draft, our_model
 from helpers.moe_budget import minimum_ram
+from helpers.moe_streams import decode, streamed_model
 from offload.budget import BudgetError, LayerSizes, plan_memory
 from offload.format import (ALIGN, EXPERT_STORE_VERSION, StoreError, forget_verified, open_store,
                             verify)
 from offload.pack import pack
-from offload.prefetch import StreamedWeights
-from specdec.config import ModelArgs
-from specdec.families import build_model
 
 FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe"]
 
@@ -57,18 +55,9 @@ def reference_model(src):
     return our_model(src)
 
 
-def streamed_model(store, **kw):
-    args = ModelArgs.from_hf(store.config)
-    weights = StreamedWeights(store, **kw)
-    return build_model(args, weights, torch.float32), weights
-
-
 def run(model, ids):
     """A 10-token prompt pass, then single tokens: the logits of all of them."""
-    cache = model.new_cache(64)
-    out = [model.forward(ids[:10], cache.next_positions(10), cache)]
-    out += [model.forward(ids[i:i + 1], cache.next_positions(1), cache) for i in range(10, len(ids))]
-    return torch.cat(out)
+    return decode(model, ids, prompt=10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -51,6 +51,7 @@ from . import int4_layout
 from .int4_layout import check_layout, layout_fingerprint
 
 ENCODING = "q4"
+INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default  # the overload: no per-call resolution
 KERNEL_GROUPS = (32, 64, 128, 256)
 DEFAULT_GROUP = 32
 
@@ -135,13 +136,26 @@ class Q4Weight:
             return F.linear(x, self.dequantize(torch.float32), bias)
         if self.layout.get("layout") != int4_layout.current_layout():
             check_layout(self.layout, "q4 weight")  # raises: the kernel would read garbage
-        lead, k = x.shape[:-1], x.shape[-1]
+        k = x.shape[-1]
         if k != self.shape[1]:
             raise ValueError(f"input of width {k} for a q4 weight of shape {self.shape}")
-        x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x2, self.packed, self.group, self.scales_zeros.to(torch.bfloat16))
-        out = out.view(*lead, self.shape[0]).to(x.dtype)
+        # Every conversion below is skipped when it would return its input: this runs ~200
+        # times per pass of a small model, where each no-op call costs ~1 us of dispatch
+        # (a one-token pass of the demo target spent ~6 us per call here beside ~9 us in the
+        # kernel). A bf16 [T, K] input and bf16 scales go to the kernel as they are.
+        x2 = x if x.dim() == 2 else x.reshape(-1, k)
+        if x2.dtype != torch.bfloat16:
+            x2 = x2.to(torch.bfloat16)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        scales_zeros = self.scales_zeros
+        if scales_zeros.dtype != torch.bfloat16:
+            scales_zeros = scales_zeros.to(torch.bfloat16)
+        out = INT4_MM(x2, self.packed, self.group, scales_zeros)
+        if x.dim() != 2:
+            out = out.view(*x.shape[:-1], self.shape[0])
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         return out if bias is None else out + bias.to(x.dtype)
 
     def codes(self) -> torch.Tensor:

@@ -14,6 +14,12 @@ end. One conversation in --holdout-every is held out (by a hash of its tokens, s
 corpus never moves one into training); the best held-out agreement picks what goes to --out,
 and a new run measures its starting point first (step 0: with --init-from, the warm start), so
 --out stays the warm start unless training beat it there.
+--mix DATA:LABELS:SHARE (repeatable) adds another labelled corpus, e.g. offline text
+(tools/draft/offline_text.py, labelled by tools/draft/labels.py --dtype bf16): SHARE of the
+steps take their batch from it (the rest from --data); only its shards already labelled are
+used, and the selection stays on --data's held-out replies. --anchor-weight adds
+weight x sum((p - p0)^2) over the trained weights, p0 the warm start's (L2-SP): a pull toward
+what the warm start knew, at no extra forward pass.
 The independent prompts (tools/draft/eval_prompts_independent.toml) are never read here:
 measure a result with `python -m tools.draft.measure --draft DIR`."""
 from __future__ import annotations
@@ -49,12 +55,15 @@ def replies_only(example: Example, conv: Conversation) -> Example:
     return Example(example.ids, example.targets[keep], example.top_v[keep], example.top_i[keep])
 
 
-def load_examples(corpus: Corpus, cache: Path, all_positions: bool, every: int):
+def load_examples(corpus: Corpus, cache: Path, all_positions: bool, every: int,
+                  labelled_only: bool = False):
     train, held = [], []
     for entry in corpus.shards:
         if not entry["conversations"]:
             continue
         examples = load_cached(cache, entry, all_positions)
+        if examples is None and labelled_only:
+            continue
         if examples is None:
             raise SystemExit(f"{entry['file']} has no labels in {cache}: run tools.draft.labels")
         convs = corpus.read(entry) if all_positions else [None] * len(examples)
@@ -142,6 +151,10 @@ class Run:
         self.rng = random.Random(args.seed)
         self.order: list[list[int]] = []  # the epoch's batches still to run
         self.n_train = 0
+        self.mix_orders: dict[int, list[list[int]]] = {}  # the same for each --mix source
+        self.mix_n: dict[int, int] = {}
+        self.mix_info: list[dict] = []  # what --mix added, for the draft's sidecar
+        self.anchor = [p.detach().clone() for p in self.params] if getattr(args, "anchor_weight", 0) else None
         self.dtype = compute_dtype(getattr(args, "precision", "auto"))
 
     def state(self) -> dict:
@@ -150,7 +163,8 @@ class Run:
         return {"draft": trainable, "opt": self.opt.state_dict(), "step": self.step,
                 "best": self.best, "curve": self.curve, "rng": self.rng.getstate(),
                 "torch_rng": torch.get_rng_state(), "vocab_ids": self.vocab.ids,
-                "order": self.order, "n_train": self.n_train}
+                "order": self.order, "n_train": self.n_train, "mix_orders": self.mix_orders,
+                "mix_n": self.mix_n}
 
     def save(self, path: Path) -> None:
         state = self.state()
@@ -167,16 +181,37 @@ class Run:
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         self.order, self.n_train = state["order"], state["n_train"]
+        self.mix_orders, self.mix_n = state.get("mix_orders", {}), state.get("mix_n", {})
 
-    def train_step(self, train: list[Example]) -> float:
-        if len(train) != self.n_train:  # a grown corpus: its indices moved, start a new epoch
-            self.order, self.n_train = [], len(train)
-        if not self.order:
-            self.order = batches(train, self.args.batch_tokens, self.rng)
+    def next_batch(self, train: list[Example], mix: list[tuple[float, list[Example]]]) -> list[Example]:
+        """The step's batch: from --mix source k with chance its share, else from the corpus."""
+        u, k = self.rng.random(), None
+        for j, (share, examples) in enumerate(mix):
+            if u < share and examples:
+                k = j
+                break
+            u -= share
+        if k is None:
+            if len(train) != self.n_train:  # a grown corpus: its indices moved, start a new epoch
+                self.order, self.n_train = [], len(train)
+            if not self.order:
+                self.order = batches(train, self.args.batch_tokens, self.rng)
+            return [train[j] for j in self.order.pop()]
+        examples = mix[k][1]
+        if len(examples) != self.mix_n.get(k):
+            self.mix_orders[k], self.mix_n[k] = [], len(examples)
+        if not self.mix_orders[k]:
+            self.mix_orders[k] = batches(examples, self.args.batch_tokens, self.rng)
+        return [examples[j] for j in self.mix_orders[k].pop()]
+
+    def train_step(self, train: list[Example], mix=()) -> float:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.args)
-        batch = make_batch([train[j] for j in self.order.pop()])
+        batch = make_batch(self.next_batch(train, list(mix)))
         loss, _ = draft_loss(self.draft, self.vocab, batch, self.args.hard_weight, self.dtype)
+        if self.anchor is not None:
+            loss = loss + self.args.anchor_weight * sum(((p - p0) ** 2).sum()
+                                                        for p, p0 in zip(self.params, self.anchor))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -199,15 +234,26 @@ def prepare(args):
     draft = build_draft(target, [int(x) for x in args.init_layers.split(",")], init_from)
     vocab = OutputVocab(output_ids(init_from, train, args.output_vocab, draft.config.vocab_size),
                         draft.config.vocab_size)
-    return corpus, train, held, draft, vocab
+    mix = []
+    for spec in args.mix or []:
+        data, labels, share = spec.rsplit(":", 2)
+        examples, _ = load_examples(Corpus(data), Path(labels), False, args.holdout_every,
+                                    labelled_only=True)
+        mix.append((float(share), examples))
+    return corpus, train, held, draft, vocab, mix
 
 
 def train(args) -> None:
     torch.manual_seed(args.seed)
-    corpus, train_set, held, draft, vocab = prepare(args)
+    corpus, train_set, held, draft, vocab, mix = prepare(args)
     n_pos = sum(len(e.targets) for e in train_set)
     print(f"train: {len(train_set)} conversations, {n_pos} positions; held out: {len(held)}", flush=True)
+    for spec, (_, examples) in zip(args.mix or [], mix):
+        print(f"mix {spec}: {len(examples)} passages, {sum(len(e.targets) for e in examples)} "
+              f"positions", flush=True)
     run = Run(args, draft, vocab)
+    run.mix_info = [{"source": spec, "share": share, "positions": sum(len(e.targets) for e in ex)}
+                    for spec, (share, ex) in zip(args.mix or [], mix)]
     ckpt = Path(args.checkpoint)
     if ckpt.exists():
         run.restore(ckpt)
@@ -220,7 +266,7 @@ def train(args) -> None:
     losses = []
     try:
         while run.step < args.steps and time.time() - start < args.minutes * 60 and not stop["now"]:
-            losses.append(run.train_step(train_set))
+            losses.append(run.train_step(train_set, mix))
             if run.step % args.eval_steps == 0 or run.step == args.steps:
                 evaluate(run, held, losses, args, corpus, n_pos)
                 losses = []
@@ -248,6 +294,9 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
                 "corpus": {"dir": str(args.data), **corpus.manifest.get("totals", {}),
                            "recipe": corpus.manifest.get("recipe")},
                 "train_positions": n_pos,
+                "mix": run.mix_info,
+                "anchor": f"{args.anchor_weight} x sum((p - p0)^2), p0 the warm start (L2-SP)"
+                          if args.anchor_weight else None,
                 "positions": "all (user turns and system prompt too)" if args.all_positions else "assistant",
                 "heldout_conversations": len(held), "heldout_positions": "assistant", "lr": args.lr,
                 "batch_tokens": args.batch_tokens, "steps": run.step, "schedule_steps": args.steps,
@@ -270,6 +319,11 @@ def main(argv=None) -> None:
     ap.add_argument("--all-positions", action="store_true",
                     help="train on every position (the user turns, which the target wrote too, and "
                          "the system prompt); the held-out agreement stays on assistant positions")
+    ap.add_argument("--mix", action="append", metavar="DATA:LABELS:SHARE",
+                    help="another labelled corpus (e.g. tools.draft.offline_text's) that SHARE of "
+                         "the steps draw their batch from; repeatable")
+    ap.add_argument("--anchor-weight", type=float, default=0.0,
+                    help="L2-SP: this x sum((p - p0)^2), p0 the warm start's weights")
     ap.add_argument("--steps", type=int, default=4000, help="the schedule's length")
     ap.add_argument("--minutes", type=float, default=60, help="this run's time box")
     ap.add_argument("--lr", type=float, default=3e-4)

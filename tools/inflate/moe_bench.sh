@@ -19,9 +19,10 @@ PY=${PY:-python}
 COUNT=${COUNT:-2}
 TOKENS=${TOKENS:-32}
 mkdir -p "$OUT"
-# Building and packing run on one thread: torch's intra-op threads spin on the pack's many small
-# tensor ops, and on a busy 2-core machine that made the 30B-A3B pack ~8x slower (~4 MB/s over
-# its first 1.8 GB on two threads, 31 MB/s over the whole pack on one; 2026-12-06, AVX512).
+# Building runs on one thread: torch's intra-op threads spin on many small tensor ops, and on a
+# busy 2-core machine that made the 30B-A3B pack ~8x slower (~4 MB/s over its first 1.8 GB on two
+# threads, 31 MB/s over the whole pack on one; 2026-12-06, AVX512). `specdec pack` sets one
+# thread itself (offload/pack.py: one_thread).
 echo "== $(date -u +%FT%TZ) ISA $($PY -c 'import torch; print(torch.backends.cpu.get_cpu_capability())') shape $SHAPE cap $CAP"
 if [ ! -f "$OUT/$SHAPE.gguf" ]; then
   start=$(date +%s)
@@ -30,7 +31,7 @@ if [ ! -f "$OUT/$SHAPE.gguf" ]; then
 fi
 if [ ! -f "$OUT/$SHAPE-store/manifest.json" ]; then
   start=$(date +%s)
-  OMP_NUM_THREADS=1 timeout 3600 $PY -m specdec pack "$OUT/$SHAPE.gguf" "$OUT/$SHAPE-store"
+  timeout 3600 $PY -m specdec pack "$OUT/$SHAPE.gguf" "$OUT/$SHAPE-store"
   echo "packed in $(( $(date +%s) - start )) s, $(du -sh "$OUT/$SHAPE-store" | cut -f1)"
 fi
 # The chain row's draft: the demo draft (SmolLM2's vocabulary, so it drafts for this workload,
@@ -40,7 +41,7 @@ DRAFT=${DRAFT:-$OUT/inflated-draft-q8-store}
 if [ ! -f "$DRAFT/manifest.json" ]; then
   OMP_NUM_THREADS=1 timeout 1800 $PY -m tools.inflate hf --shape inflated-draft --draft specdec/demo_draft \
     --out "$OUT/inflated-draft-bf16" --keep-free-gb 20
-  OMP_NUM_THREADS=1 timeout 1800 $PY -m specdec pack "$OUT/inflated-draft-bf16" "$DRAFT" --quant q8
+  timeout 1800 $PY -m specdec pack "$OUT/inflated-draft-bf16" "$DRAFT" --quant q8
 fi
 # Routing statistics are counts, not timings: computed once (it decodes 4 prompts plainly).
 if [ ! -f "$OUT/$SHAPE-routing.json" ]; then
