@@ -17,9 +17,10 @@ DEMO_DRAFT_DIR = Path(__file__).parent / "demo_draft"
 # The demo target streams in its native Q4_1 (q4 layers; its tied Q8_0 embedding table as q8
 # with float32 scales, for exact lookups): exactly the published model, a 109 MB store (0.41x
 # of the 269 MB bf16 store; the 42 MB table is most of the rest), 2.2 MB per layer. The least
-# budget that runs the pair is ~585 MB (runtime 403 MB, draft 76 MB, KV at 2048 tokens 60 MB,
-# table 42 MB, ring 4 MB); beside the draft this one pins ~6 of the 30 layers and streams the
-# rest from disk (~53 MB per pass); without it (the default below) all 30 are pinned.
+# budget that runs the pair is ~589 MB (runtime 406 MB with the output layer's bf16 scales,
+# specdec/compute/head.py; draft 76 MB, KV at 2048 tokens 60 MB, table 42 MB, ring 4 MB); beside
+# the draft this one pins 5 of the 30 layers and streams the rest from disk (~56 MB per pass);
+# without it (the default below) all 30 are pinned.
 DEMO_RAM = "600MB"
 DEMO_MAX_CONTEXT = 2048
 
@@ -28,7 +29,7 @@ DEMO_MAX_CONTEXT = 2048
 # planned alone, so the whole target is pinned and a pass reads nothing from disk. The shipped
 # draft takes more RAM (75.5 MB) than all the target's layers (66.4 MB of q4), so under any
 # budget that holds the pair, plain decoding pins the whole target while beside the draft it
-# streams ~53 MB per pass; at the draft's 1.1-1.6 tokens per pass on everyday prompts that
+# streams ~56 MB per pass; at the draft's 1.1-1.6 tokens per pass on everyday prompts that
 # costs more than it gains, and prompt lookup's passes cost more than its few accepted tokens
 # (docs/demo-draft.md, "The demo's default"). The draft's q4 copy (--draft-quant q4, 23.8 MB)
 # leaves the target pinned but agrees less (0.36 vs 0.52 at the first position): measured on

@@ -7,9 +7,17 @@ dropped, for chain rollback and tree compaction alike.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .model import Transformer
+
+# A catch-up of at most this many tokens is a decode step (the target's token after a pass,
+# or the last draft and the bonus token): the forward that yields the next draft, part of
+# drafting. A longer one is the draft reading context it missed: a prompt, or the tokens of
+# plain passes. Its cost is per catch-up, not per drafted token, so it is counted apart.
+DECODE_STEP = 2
 
 
 class Drafter:
@@ -17,6 +25,11 @@ class Drafter:
         self.model = model
         self.cache = model.new_cache(max_context)
         self.target_vocab = target_vocab
+        # Catch-ups longer than a decode step, summed: strategies report their change per
+        # pass (Outcome.counters), so "drafting ms per pass" can be told apart from the
+        # draft reading a prompt or the tokens of plain passes.
+        self.counters = {"draft_catch_up_tokens": 0.0, "draft_catch_up_seconds": 0.0,
+                         "draft_catch_ups": 0.0}
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, num_logits: int | None = None) -> torch.Tensor:
@@ -34,7 +47,18 @@ class Drafter:
         """Feed the context tokens the cache lacks (a new prompt, or the target's tokens of
         the last pass); return the draft's logits [vocab] after the last one."""
         feed = torch.tensor(context[self.cache.length:], dtype=torch.long)
-        return self.forward(feed, num_logits=1)[-1]
+        started = time.perf_counter()
+        logits = self.forward(feed, num_logits=1)[-1]
+        if feed.numel() > DECODE_STEP:
+            self.counters["draft_catch_ups"] += 1
+            self.counters["draft_catch_up_tokens"] += feed.numel()
+            self.counters["draft_catch_up_seconds"] += time.perf_counter() - started
+        return logits
+
+    def counters_since(self, before: dict[str, float]) -> dict[str, float]:
+        """The change of `counters` since `before` (a copy taken earlier), zeros included:
+        a strategy that reports them reports every key on every pass."""
+        return {k: v - before.get(k, 0.0) for k, v in self.counters.items()}
 
     def keep(self, base: int, slots: torch.Tensor | None = None) -> None:
         """Keep the first `base` cached entries (fewer if the cache holds fewer) and then

@@ -1,6 +1,8 @@
 """A MoE layer's missing experts are read together as soon as the union is known, each handed
 over when its own read ended; the next layer's guessed experts may be read ahead. A guess,
 right or wrong, changes which bytes are read, never the output."""
+import functools
+
 import pytest
 import torch
 
@@ -238,16 +240,37 @@ def test_page_cache_reads_give_the_same_output_with_no_expert_cache(tmp_path):
         specdec.load(path, expert_reads="mmap")
 
 
-def test_the_command_line_names_the_guess(tmp_path):
+def command_line_guess(tmp_path, *flags):
+    """The expert_prefetch the command line's model flags set."""
     from specdec.cli.commands import build_parser
     from specdec.cli.load_args import settings_from_args
 
-    def guess(*flags):
-        args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
-        return settings_from_args(args).expert_prefetch
+    args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
+    return settings_from_args(args).expert_prefetch
 
-    assert guess() is True and guess("--expert-prefetch") is True  # on by default (the default guess)
+
+def test_the_command_line_names_the_guess(tmp_path, capsys):
+    guess = functools.partial(command_line_guess, tmp_path)
+    assert guess() is True  # on by default (the default guess)
     assert guess("--expert-guess", "previous-pass") == "previous-pass"
     assert guess("--expert-guess", "none") is False
+    assert capsys.readouterr().err == ""
     with pytest.raises(SystemExit):
         guess("--expert-guess", "next-token")
+
+
+def test_the_retired_prefetch_flag_still_runs_changes_nothing_and_says_what_replaced_it(tmp_path, capsys):
+    """--expert-prefetch asked for what became the default: a command that passes it still
+    runs as without it (with --expert-guess none too), told on stderr which flag to use."""
+    from specdec.cli.commands import build_parser
+
+    guess = functools.partial(command_line_guess, tmp_path)
+    assert guess("--expert-prefetch") is True
+    err = capsys.readouterr().err
+    assert err.startswith("specdec: note: --expert-prefetch does nothing") and err.count("\n") == 1
+    assert "--expert-guess none turns it off" in err
+    assert guess("--expert-prefetch", "--expert-guess", "none") is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--expert-guess" in help_text and "--expert-prefetch" not in help_text

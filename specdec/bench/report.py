@@ -121,9 +121,21 @@ def _draft_figures(runs: list[dict], passes: int) -> dict:
     def summed(key):
         return [sum(x[key][i] for x in runs if i < len(x[key])) for i in range(depth)]
     offered, taken = summed("position_offered"), summed("position_taken")
-    return {"draft_ms_per_pass": sum(x["draft_seconds"] for x in runs) / passes * 1e3,
-            "position_acceptance": [round(t / o, 3) for t, o in zip(taken, offered) if o],
-            "position_offered": offered}
+    drafting = sum(x["draft_seconds"] for x in runs)
+    out = {"draft_ms_per_pass": drafting / passes * 1e3,
+           "position_acceptance": [round(t / o, 3) for t, o in zip(taken, offered) if o],
+           "position_offered": offered}
+    if all("draft_catch_up_seconds" in x for x in runs):
+        # The draft reading context it missed (a prompt, the tokens of plain passes: catch-ups
+        # longer than a decode step, specdec/draft.py) apart from drafting proper, whose cost
+        # per drafted token (chain) or node (tree) then compares drafts like for like.
+        catch_up = sum(x["draft_catch_up_seconds"] for x in runs)
+        drafted = sum(x.get("drafted", 0) for x in runs)
+        out.update(draft_catch_up_ms_per_pass=catch_up / passes * 1e3,
+                   draft_catch_up_tokens=sum(x.get("draft_catch_up_tokens", 0) for x in runs),
+                   draft_catch_ups=sum(x.get("draft_catch_ups", 0) for x in runs),
+                   draft_ms_per_token=(drafting - catch_up) / drafted * 1e3 if drafted else None)
+    return out
 
 
 def _overlap_figures(runs: list[dict], passes: int) -> dict:
@@ -215,7 +227,8 @@ COLUMNS = [("workload", "workload"), ("T", "temperature"), ("contender", "conten
            ("ms/token", "ms_per_token"), ("tokens/s", "tokens_per_second"),
            ("MB read/token", "bytes_read_per_token"), ("peak RSS MB", "peak_rss_bytes"),
            ("accept", "acceptance_rate"), ("a/token", "token_acceptance"), ("tokens/pass", "tokens_per_pass"),
-           ("draft ms/pass", "draft_ms_per_pass"), ("a by position", "position_acceptance"),
+           ("draft ms/pass", "draft_ms_per_pass"), ("catch-up ms/pass", "draft_catch_up_ms_per_pass"),
+           ("draft ms/token", "draft_ms_per_token"), ("a by position", "position_acceptance"),
            ("x floor", "x_floor"), ("x llama.cpp", "x_llamacpp"), ("= plain (T=0)", "matches_plain")]
 
 

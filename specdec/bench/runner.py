@@ -8,9 +8,10 @@ Per workload (specdec/bench/workloads.py) the contenders run in this order:
   tree        specdec speculative, draft tree
   overlap     specdec speculative, overlapped tree (when this specdec has it)
   self_draft  specdec self-speculation (when this specdec has it)
-  strong_chain, strong_tree  "chain (strong pair)", "tree (strong pair)": the inflated target
-              with the STRONG-PAIR draft (its own 4-bit copy at a 0.5B-class cost,
-              strong_pair.py) instead of the demo draft; inflated workloads only
+  strong_chain, strong_tree, strong_overlap  "chain (strong pair)", "tree (strong pair)",
+              "overlap (strong pair)": the inflated target with the STRONG-PAIR draft (its own
+              4-bit copy at a 0.5B-class cost, strong_pair.py) instead of the demo draft;
+              inflated workloads only
   llamacpp    llama.cpp (llama-cpp-python) on the GGUF of the same target, mmap, greedy
   llamacpp_spec the same with the draft's GGUF proposing greedy tokens (llama_worker.py)
   hf          transformers generate, accelerate disk offload (device_map="auto")

@@ -1,6 +1,7 @@
-"""The STRONG-PAIR rows of `specdec bench offload` (`strong_chain`, `strong_tree`; shown as
-"chain (strong pair)", "tree (strong pair)"): the inflated target with a draft that agrees like
-a published same-family pair instead of the home-made demo draft.
+"""The STRONG-PAIR rows of `specdec bench offload` (`strong_chain`, `strong_tree`,
+`strong_overlap`; shown as "chain (strong pair)", "tree (strong pair)", "overlap (strong
+pair)"): the inflated target with a draft that agrees like a published same-family pair instead
+of the home-made demo draft.
 
 The draft is the demo target's own copy with every decoder linear weight re-rounded to 4 bits
 (min/max per 64 inputs), inflated to the cost of a 0.5B-class draft (tools/inflate/strong.py:
@@ -19,7 +20,8 @@ from __future__ import annotations
 SOURCE = "strong"  # Contender.draft_source of the strong rows; Workload.drafts key
 HF_DIR = "inflated-strong-draft-bf16"
 Q8_STORE = "inflated-strong-draft-q8-store"
-CONTENDERS = {"strong_chain": "chain", "strong_tree": "tree"}  # name -> speculation
+CONTENDERS = {"strong_chain": "chain", "strong_tree": "tree",  # name -> speculation
+              "strong_overlap": "overlap"}
 LABELS = {name: f"{spec} (strong pair)" for name, spec in CONTENDERS.items()}
 LABEL = ("specdec speculative ({spec}), STRONG PAIR: the target's rtn:4:64 copy inflated to a "
          "0.5B-class draft cost")

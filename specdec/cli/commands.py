@@ -140,6 +140,18 @@ def _port(text: str) -> int:
     return value
 
 
+class _Retired(argparse.Action):
+    """A flag kept only so that commands which pass it still run: it sets nothing and says, on
+    stderr, what replaced it (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, note: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.note = note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"specdec: note: {option_string} {self.note}", file=sys.stderr)
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target: HF directory, .gguf, store, or hub id")
     p.add_argument("--draft", help="draft model, or `self` (4-bit copies of the target's streamed "
@@ -171,14 +183,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="tree mode: at most N nodes of prompt-lookup branches (the context's own "
                         "n-gram continuations) added to each tree when they pay (default 8 on an "
                         "adaptive tree, 0 on a fixed one; 0: none)")
-    p.add_argument("--expert-prefetch", action="store_true", default=None,
-                   help="mixture-of-experts target: read the next layer's guessed experts while a "
-                        "layer computes (the default; only the bytes read depend on it; the guess: "
-                        "--expert-guess)")
     p.add_argument("--expert-guess", choices=(*GUESSES, "none"), default=None,
-                   help="the prefetch guess: next-router (default: the next layer's router on this "
-                        "layer's residual), previous-pass (the experts the previous pass's last "
-                        "token routed to) or none (no prefetch: experts read only once routed)")
+                   help="mixture-of-experts target: read the next layer's guessed experts while a "
+                        "layer computes (on by default; only the bytes read depend on it), guessed "
+                        "by next-router (default: the next layer's router on this layer's "
+                        "residual), previous-pass (the experts the previous pass's last token "
+                        "routed to) or none (no prefetch: experts read only once routed)")
+    p.add_argument("--expert-prefetch", action=_Retired, help=argparse.SUPPRESS,
+                   note="does nothing: expert prefetch is on by default (the next-router guess). "
+                        "--expert-guess previous-pass picks the other guess, --expert-guess none "
+                        "turns it off. The flag will be removed.")
     p.add_argument("--expert-reads", choices=["direct", "page-cache"], default=None,
                    help="mixture-of-experts target: O_DIRECT reads and an expert cache in the budget "
                         "(direct, default), or buffered reads left to the page cache (for comparisons)")

@@ -34,7 +34,7 @@ def settings_from_args(args):
         speculation=args.speculation or preset.get("speculation"), tree_nodes=args.tree_nodes,
         tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
         kernels=getattr(args, "kernels", None),
-        expert_prefetch=_expert_prefetch(args, preset),
+        expert_prefetch=_expert_prefetch(args),
         expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct",
         draft_quant=getattr(args, "draft_quant", None))
     draft = settings.draft
@@ -121,13 +121,10 @@ def read_preset(ref: str) -> dict:
     return data
 
 
-def _expert_prefetch(args, preset: dict) -> bool | str:
-    """--expert-guess (none: off), else --expert-prefetch, else the preset's, else on (the
-    default guess: LoadSettings)."""
+def _expert_prefetch(args) -> bool | str:
+    """--expert-guess (none: off), else on (the default guess: LoadSettings). A preset has no
+    such key (read_preset refuses it)."""
     guess = getattr(args, "expert_guess", None)
     if guess is not None:
         return False if guess == "none" else guess
-    for value in (getattr(args, "expert_prefetch", None), preset.get("expert_prefetch")):
-        if value is not None:
-            return value
     return True

@@ -119,7 +119,8 @@ def _add_bench_offload(bench_subparsers) -> None:
     o.add_argument("--stream-all", action="store_true",
                    help="--target: give specdec the least budget it runs in, so every layer streams")
     o.add_argument("--contenders", help="comma list to run (default all): floor,plain,chain,tree,overlap,"
-                   "self_draft,strong_chain,strong_tree (the strong-pair draft, inflated workloads),"
+                   "self_draft,strong_chain,strong_tree,strong_overlap (the strong-pair draft, inflated "
+                   "workloads),"
                    "llamacpp,llamacpp_spec,hf,hf_assisted")
     o.add_argument("--max-new-tokens", type=int, help="override the workloads' new tokens per prompt")
     o.add_argument("--timeout", type=float, help="seconds per contender (default 3600); one past it "

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from ..draft import Drafter
+from ..draft import DECODE_STEP, Drafter
 from ..penalty import penalize
 from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import accept_greedy, accept_sampled
@@ -29,15 +29,16 @@ class Chain(Strategy):
         policy = self.policy
         limit = min(policy.k_max if policy.fixed is None else policy.fixed, step.room - 1)
         drafts, q, confidences = torch.zeros(0, dtype=torch.long), None, []
+        before = dict(self.drafter.counters)
         if policy.k > 0 and limit > 0:
             drafts, q, confidences = self.propose(step.context, limit, step.params, step.generator)
         uncached = step.uncached
         feed = torch.cat([torch.tensor(uncached, dtype=torch.long), drafts])
         return Plan(feed, step.cache.next_positions(feed.numel()), num_logits=drafts.numel() + 1,
-                    state=(drafts, q, confidences, len(uncached)))
+                    state=(drafts, q, confidences, len(uncached), self.drafter.counters_since(before)))
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
-        drafts, q, confidences, n_uncached = plan.state
+        drafts, q, confidences, n_uncached, counters = plan.state
         k = drafts.numel()
         # Row i follows the context and the first i drafts: its penalty counts those.
         drafted = drafts.tolist()
@@ -50,7 +51,7 @@ class Chain(Strategy):
             self.policy.update(k, n, pass_seconds, self.draft_seconds.value, tokens=k + 1,
                                confidences=confidences)
         return Outcome(drafts[:n].tolist() + [nxt], drafted=k, accepted=n, rejected=n < k,
-                       size=k if k > 0 else None)
+                       size=k if k > 0 else None, counters=counters)
 
     def rollback(self, valid: int) -> None:
         self.drafter.keep(valid)
@@ -66,7 +67,7 @@ class Chain(Strategy):
         logits = self.drafter.catch_up(context)
         # A draft token costs one forward plus picking from its logits. The catch-up
         # forward counts when it is a decode step (1-2 tokens), not a prompt prefill.
-        timed = fed <= 2
+        timed = fed <= DECODE_STEP
         tokens, dists, confidences = [], [], []
         while True:
             token, dist, confidence = _pick(self.drafter.align(logits), params, context, tokens, generator)

@@ -49,6 +49,7 @@ class _Pass:
     draft_seconds: float = 0.0  # building the tree (on the critical path)
     drafting: bool = True       # the gate let the draft run this pass
     graft: Graft | None = None  # the lookup branches added to the tree
+    counters: dict[str, float] | None = None  # the drafter's catch-ups this pass (draft.py)
 
 
 class Tree(Strategy):
@@ -68,6 +69,7 @@ class Tree(Strategy):
         s = self.settings
         n_ctx = len(step.uncached)
         started = time.perf_counter()
+        before = dict(self.drafter.counters)
         drafting = s.fixed or self.gate.should_draft()
         if drafting:
             tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
@@ -78,7 +80,8 @@ class Tree(Strategy):
         graft = self._graft(step, tree, n_ctx, draft_seconds)
         feed, positions, mask = tree_feed(step, tree)
         return Plan(feed, positions, mask, num_logits=len(tree) + 1,
-                    state=_Pass(tree, n_ctx, draft_seconds, drafting, graft))
+                    state=_Pass(tree, n_ctx, draft_seconds, drafting, graft,
+                                self.drafter.counters_since(before)))
 
     def _graft(self, step: Step, tree: DraftTree, n_ctx: int, draft_seconds: float) -> Graft | None:
         """Prompt-lookup branches onto the drafted tree, as many as the cost model says pay."""
@@ -97,11 +100,11 @@ class Tree(Strategy):
         walk = verify_tree(step, tree, logits)
         path = walk.path
         self.cost.observe_walk(tree, path, walk.next_token)
-        counters = {}
+        counters = dict(plan.state.counters or {})
         if plan.state.graft is not None:
             self.lookup.observe(plan.state.graft, tree, path)
-            counters = {"lookup_nodes": plan.state.graft.added,
-                        "lookup_taken": sum(tree.ranks[i] == LOOKUP_RANK for i in path)}
+            counters.update(lookup_nodes=plan.state.graft.added,
+                            lookup_taken=sum(tree.ranks[i] == LOOKUP_RANK for i in path))
         # The draft's cache keeps the accepted path's forwarded nodes, as the target's did.
         ctx_end = len(step.context)
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
