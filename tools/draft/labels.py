@@ -88,7 +88,7 @@ def label_corpus(corpus: Corpus, cache: Path, model, all_positions: bool, log=pr
                  limit: int = 0) -> int:
     """Label every shard not yet in the cache; returns how many were labelled now."""
     cache.mkdir(parents=True, exist_ok=True)
-    done = 0
+    done, positions, started = 0, 0, time.time()
     for entry in corpus.shards[:limit or None]:
         if not entry["conversations"] or load_cached(cache, entry, all_positions) is not None:
             continue
@@ -98,7 +98,10 @@ def label_corpus(corpus: Corpus, cache: Path, model, all_positions: bool, log=pr
                "examples": [(e.ids, e.targets, e.top_v, e.top_i) for e in examples]}
         write_atomic(cache_path(cache, entry), lambda p: torch.save(rec, p))
         done += 1
-        log(f"labelled {entry['file']}: {sum(len(e.targets) for e in examples)} positions")
+        n = sum(len(e.targets) for e in examples)
+        positions += n
+        log(f"labelled {entry['file']}: {n} positions "
+            f"({positions / (time.time() - started):.0f} positions/s so far)")
     return done
 
 
@@ -115,14 +118,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, _, model = load_target(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    t0, n_pos = time.time(), [0]
-
-    def log(m):
-        n_pos[0] += int(m.rsplit(": ", 1)[1].split()[0])
-        print(f"{m} ({n_pos[0] / (time.time() - t0):.0f} positions/s so far)", flush=True)
-
-    n = label_corpus(Corpus(args.data), Path(args.cache), model, args.all_positions, log=log,
-                     limit=args.limit)
+    n = label_corpus(Corpus(args.data), Path(args.cache), model, args.all_positions,
+                     log=lambda m: print(m, flush=True), limit=args.limit)
     print(f"{n} shards labelled", flush=True)
 
 
