@@ -120,7 +120,7 @@ def test_a_mixed_anchored_run_resumes_exactly_and_draws_from_each_source(target,
     def run():
         torch.manual_seed(0)
         args = Namespace(lr=1e-3, warmup=2, steps=8, batch_tokens=60, hard_weight=1.0, seed=0,
-                         anchor_weight=0.5)
+                         anchor_weight=0.5, anchor_kl=0.5, precision="fp32")
         return Run(args, build_draft(target, [0, 3]), OutputVocab(torch.arange(96), 96))
 
     whole = run()
@@ -142,6 +142,11 @@ def test_a_mixed_anchored_run_resumes_exactly_and_draws_from_each_source(target,
         assert torch.allclose(a, b, atol=1e-6), k
     moved = sum(((p - p0) ** 2).sum() for p, p0 in zip(whole.params, whole.anchor))
     assert 0 < moved.item()
+    # the KL anchor's reference stayed the warm start, in the unbroken run and the resumed one
+    fresh = build_draft(target, [0, 3])
+    for ref in (whole.reference, second.reference):
+        for (k, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), k
     # the best held-out agreement writes a draft whose sidecar names the mix and the anchor
     import json
 
@@ -154,3 +159,26 @@ def test_a_mixed_anchored_run_resumes_exactly_and_draws_from_each_source(target,
     evaluate(whole, corpus[:3], [1.0], whole.args, Corpus(tmp_path / "none"), 10)
     meta = json.loads((tmp_path / "draft" / "specdec_draft.json").read_text())
     assert meta["mix"] == whole.mix_info and meta["anchor"].startswith("0.5 x")
+    assert meta["anchor_kl"].startswith("0.5 x KL")
+
+
+def test_the_kl_anchor_is_zero_at_the_warm_start_and_grows_as_the_draft_moves(target):
+    from tools.draft.distil import draft_loss_logits
+    from tools.draft.distil_corpus import kl_to_reference
+
+    examples = label_conversations(target, conversations(6, 8), all_positions=False)
+    torch.manual_seed(0)
+    args = Namespace(lr=1e-2, warmup=1, steps=4, batch_tokens=60, hard_weight=1.0, seed=0,
+                     anchor_kl=1.0, precision="fp32")
+    run = Run(args, build_draft(target, [0, 3]), OutputVocab(torch.arange(96), 96))
+    batch = make_batch(examples)
+
+    def kl():
+        _, _, logits = draft_loss_logits(run.draft, run.vocab, batch, 1.0, torch.float32)
+        return kl_to_reference(run.reference, run.vocab, batch, logits, torch.float32).item()
+
+    assert abs(kl()) < 1e-6
+    for _ in range(4):
+        run.train_step(examples)
+    assert kl() > 1e-4
+    assert not any(p.requires_grad for p in run.reference.parameters())

@@ -15,6 +15,9 @@ class CharTokenizer:
     def __call__(self, text, add_special_tokens=False):
         return type("Enc", (), {"input_ids": [ord(c) % 60000 for c in text]})()
 
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
     def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
         return "<sys>default</sys>" + "".join(f"<{m['role']}>{m['content']}" for m in msgs)
 
@@ -56,6 +59,20 @@ def test_a_chat_passage_is_the_assistant_reply_and_a_raw_one_is_all_positions():
             assert text[:s].endswith("<|im_end|>\n<|im_start|>assistant\n") and c.meta["user"] in text[:s]
         else:
             assert c.meta["kind"] == "offline-raw:python-doc" and (s, e) == (1, len(c.ids))
+
+
+def test_a_passage_cut_at_a_paragraph_break_starts_with_the_paragraph_not_a_blank_line():
+    fmt = Formatter(CharTokenizer())
+    assert fmt.without_leading_blank(fmt.encode("\n\n  code\n\nmore")) == fmt.encode("  code\n\nmore")
+    assert fmt.without_leading_blank(fmt.encode("text\n\n")) == fmt.encode("text\n\n")
+    cut_at_break = 0
+    for doc in docs(20, 4):
+        for c in document_passages(fmt, doc, random.Random(1)):
+            (s, e), = c.spans
+            text = "".join(chr(i) for i in c.ids[s:e] if c.meta["kind"].startswith("offline-chat"))
+            assert not text.startswith("\n")
+            cut_at_break += bool(text) and "\n\n" + text[:40] in doc.text
+    assert cut_at_break > 5  # the cuts do fall at breaks: the stripped passages are there
 
 
 def test_the_corpus_is_seeded_capped_and_resumes(tmp_path):

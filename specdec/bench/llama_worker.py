@@ -108,7 +108,9 @@ def generate(target, draft, prompt_ids: list[int], max_new: int, eos: set[int],
              first: dict | None = None) -> list[int]:
     """Greedy tokens; `first` gets the bytes read and the time when the first token came out
     (the prompt's pass done: what follows is decoding)."""
-    target.reset()  # every run starts cold, as specdec's do: no KV reuse across prompts
+    # Every run starts cold: no KV reuse across prompts (specdec's runs keep a shared prefix,
+    # as its chat does; docs/benchmarks.md, what is timed).
+    target.reset()
     if draft is not None:
         draft.model.reset()
     out = []

@@ -119,7 +119,9 @@ class Overlap(Strategy):
         self.cost.observe_walk(p.sent, walk.path, walk.next_token)
         self._counters["pass_wait_seconds"] += p.wait
         self._counters["pass_idle_delay_seconds"] += p.delay
-        if p.drafting and p.n_context == 1:  # a decode pass that drafted: did it pay?
+        # A decode pass that drafted: did it pay? (Not asked of the budget's last token: with
+        # one token of room the pass had no place for a drafted node.)
+        if p.drafting and p.n_context == 1 and step.room > 1:
             self.gate.observe(len(walk.path) + 1, pass_seconds + self._counters["draft_seconds_critical"],
                               self.passes.seconds(1))
         counters, self._counters = dict(self._counters), defaultdict(float)

@@ -109,7 +109,9 @@ class Tree(Strategy):
         ctx_end = len(step.context)
         self.drafter.keep(ctx_end, torch.tensor([ctx_end + i for i in path if i < tree.forwarded],
                                                 dtype=torch.long))
-        if plan.state.drafting and plan.state.n_context == 1:  # a decode pass that drafted
+        # A decode pass that drafted; with one token of room (the budget's last) it had no
+        # place for a drafted node, and says nothing about whether drafting pays.
+        if plan.state.drafting and plan.state.n_context == 1 and step.room > 1:
             self.gate.observe(len(path) + 1, pass_seconds + plan.state.draft_seconds,
                               self.cost.pass_seconds(1))
         return walk.outcome(counters)

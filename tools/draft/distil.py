@@ -103,11 +103,22 @@ def compute_dtype(choice: str = "auto") -> torch.dtype:
     return torch.bfloat16 if choice == "bf16" else torch.float32
 
 
-def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float, dtype=torch.bfloat16):
-    inp, rows, cols, tv, ti = batch
+def draft_logits(draft, vocab: OutputVocab, inp, rows, cols, dtype=torch.bfloat16):
+    """The draft's logits over its output ids at the batch's (row, col) positions."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         h = draft.model(input_ids=inp).last_hidden_state
-        logits = vocab.logits(draft, h[rows, cols])
+        return vocab.logits(draft, h[rows, cols])
+
+
+def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float, dtype=torch.bfloat16):
+    loss, top1, _ = draft_loss_logits(draft, vocab, batch, hard_weight, dtype)
+    return loss, top1
+
+
+def draft_loss_logits(draft, vocab: OutputVocab, batch, hard_weight: float, dtype=torch.bfloat16):
+    """draft_loss, and the logits it was computed from (for a term on the same positions)."""
+    inp, rows, cols, tv, ti = batch
+    logits = draft_logits(draft, vocab, inp, rows, cols, dtype)
     logp = torch.log_softmax(logits.float(), -1)
     r = vocab.row[ti]  # -1: an id the draft cannot propose, left out of both terms
     inside = r >= 0
@@ -115,7 +126,7 @@ def draft_loss(draft, vocab: OutputVocab, batch, hard_weight: float, dtype=torch
     soft = -(p * logp.gather(1, r.clamp(min=0))).sum(-1).mean()
     hard = -(logp.gather(1, r[:, :1].clamp(min=0)) * inside[:, :1]).mean()
     top1 = (vocab.ids[logits.argmax(-1)] == ti[:, 0]).float()
-    return soft + hard_weight * hard, top1
+    return soft + hard_weight * hard, top1, logits
 
 
 @torch.no_grad()

@@ -19,12 +19,15 @@ and a new run measures its starting point first (step 0: with --init-from, the w
 steps take their batch from it (the rest from --data); only its shards already labelled are
 used, and the selection stays on --data's held-out replies. --anchor-weight adds
 weight x sum((p - p0)^2) over the trained weights, p0 the warm start's (L2-SP): a pull toward
-what the warm start knew, at no extra forward pass.
+what the warm start knew, at no extra forward pass. --anchor-kl W adds W x KL(warm start's
+distribution || the trained draft's) on the batch's positions: a pull on what the warm start
+predicts rather than on its weights (one more forward pass of the frozen warm start a step).
 The independent prompts (tools/draft/eval_prompts_independent.toml) are never read here:
 measure a result with `python -m tools.draft.measure --draft DIR`."""
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import math
 import random
@@ -37,8 +40,8 @@ import torch
 from specdec.demo_model import GGUF_NAME
 
 from .corpus_shards import Conversation, Corpus
-from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_loss, save_draft,
-                     select_output_ids)
+from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_logits,
+                     draft_loss_logits, save_draft, select_output_ids)
 from .files import TOPK, write_atomic
 from .labels import Example, label_corpus, load_cached, target_positions
 
@@ -121,6 +124,17 @@ def agreement(draft, vocab: OutputVocab, examples: list[Example], bs: int = 8) -
     return hits / max(n, 1)
 
 
+def kl_to_reference(reference, vocab: OutputVocab, batch, logits: torch.Tensor, dtype) -> torch.Tensor:
+    """Mean KL(reference || trained) over the batch's positions. The reference is frozen, so
+    its forward pass needs no graph; the same precision as training, so a step of no change
+    costs no KL beyond rounding."""
+    inp, rows, cols, _, _ = batch
+    with torch.no_grad():
+        logq0 = torch.log_softmax(draft_logits(reference, vocab, inp, rows, cols, dtype).float(), -1)
+    logq = torch.log_softmax(logits.float(), -1)
+    return (logq0.exp() * (logq0 - logq)).sum(-1).mean()
+
+
 def lr_at(step: int, args) -> float:
     warm = min(1.0, (step + 1) / args.warmup)
     frac = min(step / max(args.steps, 1), 1.0)
@@ -156,6 +170,11 @@ class Run:
         self.mix_info: list[dict] = []  # what --mix added, for the draft's sidecar
         self.anchor = [p.detach().clone() for p in self.params] if getattr(args, "anchor_weight", 0) else None
         self.dtype = compute_dtype(getattr(args, "precision", "auto"))
+        # The KL anchor's reference: the draft as built, i.e. the warm start (a resumed run is
+        # built the same way before restore(), so it gets the same reference; never saved).
+        self.reference = None
+        if getattr(args, "anchor_kl", 0):
+            self.reference = copy.deepcopy(draft).eval().requires_grad_(False)
 
     def state(self) -> dict:
         trainable = {k: v for k, v in self.draft.state_dict().items()
@@ -208,7 +227,11 @@ class Run:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.args)
         batch = make_batch(self.next_batch(train, list(mix)))
-        loss, _ = draft_loss(self.draft, self.vocab, batch, self.args.hard_weight, self.dtype)
+        loss, _, logits = draft_loss_logits(self.draft, self.vocab, batch, self.args.hard_weight,
+                                            self.dtype)
+        if self.reference is not None:
+            loss = loss + self.args.anchor_kl * kl_to_reference(self.reference, self.vocab, batch,
+                                                                logits, self.dtype)
         if self.anchor is not None:
             loss = loss + self.args.anchor_weight * sum(((p - p0) ** 2).sum()
                                                         for p, p0 in zip(self.params, self.anchor))
@@ -297,6 +320,8 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
                 "mix": run.mix_info,
                 "anchor": f"{args.anchor_weight} x sum((p - p0)^2), p0 the warm start (L2-SP)"
                           if args.anchor_weight else None,
+                "anchor_kl": f"{args.anchor_kl} x KL(warm start || draft) on the batch positions"
+                             if getattr(args, "anchor_kl", 0) else None,
                 "positions": "all (user turns and system prompt too)" if args.all_positions else "assistant",
                 "heldout_conversations": len(held), "heldout_positions": "assistant", "lr": args.lr,
                 "batch_tokens": args.batch_tokens, "steps": run.step, "schedule_steps": args.steps,
@@ -324,6 +349,8 @@ def main(argv=None) -> None:
                          "the steps draw their batch from; repeatable")
     ap.add_argument("--anchor-weight", type=float, default=0.0,
                     help="L2-SP: this x sum((p - p0)^2), p0 the warm start's weights")
+    ap.add_argument("--anchor-kl", type=float, default=0.0, metavar="W",
+                    help="W x KL(warm start's distribution || the draft's) on each batch's positions")
     ap.add_argument("--steps", type=int, default=4000, help="the schedule's length")
     ap.add_argument("--minutes", type=float, default=60, help="this run's time box")
     ap.add_argument("--lr", type=float, default=3e-4)

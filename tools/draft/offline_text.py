@@ -149,6 +149,14 @@ class Formatter:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
+    def without_leading_blank(self, passage: list[int]) -> list[int]:
+        """A passage cut at a paragraph break starts with the break's newlines: as a reply, one
+        that opens with a blank line, which the target never writes. Re-encoded without them
+        (canonical tokens for the stripped text); a passage that starts otherwise is kept as is,
+        since a cut elsewhere may fall inside a character."""
+        text = self.tok.decode(passage)
+        return self.encode(text.lstrip("\n")) if text.startswith("\n") else passage
+
     def chat(self, request: str, reply: list[int]) -> Conversation:
         ids = self.head + self.encode(request) + self.assistant_tag
         return Conversation(ids + reply, [(len(ids), len(ids) + len(reply))])
@@ -167,6 +175,7 @@ def document_passages(fmt: Formatter, doc: Document, rng: random.Random) -> list
         ids += fmt.encode(("\n\n" if k else "") + para)
     out = []
     for p in passages(ids, breaks, rng):
+        p = fmt.without_leading_blank(p)
         if rng.random() < CHAT_SHARE:
             request = rng.choice(REQUESTS[doc.source]).format(title=doc.title)
             c = fmt.chat(request, p)
