@@ -6,22 +6,23 @@ None (every key visible). Query head h reads KV head h // group, as transformers
 
 Why not `F.scaled_dot_product_attention(q, keys, values, enable_gqa=...)` on 3-D tensors, as
 before: on CPU a 3-D input takes torch's math path, which converts the layer's whole K and V to
-float32 and repeats them per query head on every pass (25-35% of a demo pass at a few hundred
-tokens, growing with the context). The same call on 4-D views takes torch's fused CPU kernel
+float32 and repeats them per query head on every pass, a cost that grows with the context (at
+1,000 cached tokens ~40% of the demo target's one-token pass, tools/context_cost.py). The same call on 4-D views takes torch's fused CPU kernel
 (flash attention for CPU, `_scaled_dot_product_flash_attention_for_cpu`; it accepts an explicit
 mask, float32 and bf16 alike): it reads the cache in place, block by block, with the scores,
 softmax and sums in float32.
 
 Two ways of calling it, picked by measurement (torch 2.13, 9 query / 3 KV heads of 64, one
-thread; AVX512 (Zen 4), and the same ranking under AVX2 emulation):
+thread, AVX512 (Zen 4), idle, 2026-12-06 19:31 UTC; the same ranking under AVX2 emulation):
 - few tokens (decode, verification): each KV head's query heads folded into the query length,
   [1, kv heads, group*T, dim] against [1, kv heads, L, dim], the mask repeated per head of the
-  group. The kernel with one query row per head (enable_gqa at T=1) is slower in bf16 than the
-  math path (~0.5 ms vs 0.3 ms at 256 tokens); folded, the group's rows share each block of
-  keys: bf16 T=1 at 1,000 tokens 0.23 ms against the math path's 1.0 ms.
+  group. With one query row per head (enable_gqa at T=1) the kernel is no faster in bf16 than
+  the math path (0.98 ms against 0.78 ms at 1,000 cached tokens); folded, the group's rows
+  share each block of keys: 0.15 ms (2,000 tokens: 0.28 ms against 1.75 ms). At 16 tokens
+  the two calls cost the same.
 - many tokens (prefill): the kernel's own GQA ([1, heads, T, dim] with enable_gqa); folding
-  there makes the mask group times larger and was slower (bf16, 1,000-token prefill: 42 ms
-  against 69 ms folded; the math path 98 ms).
+  there repeats the mask per head and was no faster (1,000-token prefill, bf16: 34.8 ms
+  against 35.7 ms folded; float32 31.6 against 35.6; the math path 86 and 93 ms).
 
 Soft-capped scores (Gemma 2) need the explicit form: no fused kernel has a hook between the
 product and the softmax. Its query heads are grouped the same way (no repeated K/V), its
@@ -30,7 +31,7 @@ matmuls in the compute dtype as transformers' eager Gemma 2 computes them.
 Rounding: float32 results equal the math path's to ~1e-6 (a different summation order). In
 bf16 the kernel rounds the probabilities to bf16 before multiplying by V, as transformers'
 SDPA does on CPU; the old path kept them in float32, so bf16 results differ in the last bits
-(tests/test_attention.py bounds both against a float64 reference).
+(tests/test_attention.py: float32 against the old path, bf16 against a float32 reference).
 """
 from __future__ import annotations
 
