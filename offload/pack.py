@@ -97,8 +97,9 @@ def one_thread():
     writes: a second thread mostly spins, and on a busy machine the spinning costs more than it
     gives. Measured on a 2-core AVX512 (Zen 4) machine at load ~8 (2026-12-06): a 0.5 GB MoE GGUF
     (30 layers of 8 experts) packed in 56-64 s on torch's default 2 threads, 20 s on one; the
-    demo GGUF in 24 s vs 15 s, and requantized to q4 in 36-38 s vs 14-20 s. Not thread-safe
-    (torch's count is the process's): pack before decoding on other threads."""
+    demo GGUF in 24 s vs 15 s, and requantized to q4 in 36-38 s vs 14-20 s. A repack (repack.py)
+    is the same kind of work and uses it too. Not thread-safe (torch's count is the process's):
+    pack before decoding on other threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -5,7 +5,8 @@ instruction set (encodings/int4_layout.py). A store moved to a machine with anot
 refused on open (format.check_layout); this rewrites it once: every file read and checksummed,
 each encoded weight converted through its portable codes (`decode(..., repack=True)`, about
 0.2 GB/s), plain tensors copied as they are, written like a pack (temp directory, fsync,
-manifest last, rename over the old store), with a progress bar.
+manifest last, rename over the old store), with a progress bar, on one torch thread as a pack
+(pack.one_thread: the same reads, per-weight conversions and writes).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterator
 
 from .encodings import int4_layout
 from .format import StoreError, check_first_read, open_store
-from .pack import write_store
+from .pack import one_thread, write_store
 from .reader import read_tensors
 from .shapes import layer_tensor_name
 
@@ -38,10 +39,11 @@ def repack_store(path: str | Path, progress: bool = True) -> bool:
                          f"version cannot convert; pack the store again from its source file "
                          f"on this machine (`specdec pack SRC OUT`).")
     extra = {k: store.manifest[k] for k in KEPT_KEYS if k in store.manifest}
-    write_store(store.config, store.generation_config, _converted(store), store.path,
-                store.dtype or "bfloat16", estimate=store.weights_nbytes, progress=progress,
-                overwrite=True, tokenizer=lambda d: _copy_tokenizer(store, d),
-                source=store.manifest.get("source", ""), extra=extra)
+    with one_thread():
+        write_store(store.config, store.generation_config, _converted(store), store.path,
+                    store.dtype or "bfloat16", estimate=store.weights_nbytes, progress=progress,
+                    overwrite=True, tokenizer=lambda d: _copy_tokenizer(store, d),
+                    source=store.manifest.get("source", ""), extra=extra)
     return True
 
 

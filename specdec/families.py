@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .compute.attention import attend, soft_cap
 from .compute.kernels import Policy
 from .config import ModelArgs
 from .model import Transformer, embed, linear, rotate_half, visibility_mask
@@ -66,31 +67,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)
 
 
-def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return x if cap is None else torch.tanh(x / cap) * cap
-
-
 def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm: all in float32, scaled by (1 + w), then to the weight's dtype."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return (x32 * (1.0 + weight.float())).to(weight.dtype)
-
-
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-           scale: float, cap: float | None) -> torch.Tensor:
-    """Attention [heads, T, dim] with grouped kv heads; soft-capped scores need the explicit
-    form (SDPA has no hook between the product and the softmax)."""
-    groups = q.shape[0] // keys.shape[0]
-    if cap is None:
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
-                                              enable_gqa=groups > 1)
-    keys, values = keys.repeat_interleave(groups, 0), values.repeat_interleave(groups, 0)
-    scores = soft_cap(q @ keys.transpose(1, 2) * scale, cap)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return probs @ values
 
 
 class _FamilyTransformer(Transformer):

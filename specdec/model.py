@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .compute import kernels as kernels_module
+from .compute.attention import attend
 from .compute.head import kernel_head
 from .cache import KVCache
 from .config import ModelArgs
@@ -205,12 +206,11 @@ class Transformer:
         return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
     def _attention(self, x, w, i, cache, cos, sin, mask) -> torch.Tensor:
-        a, n = self.args, x.shape[0]
+        n = x.shape[0]
         q, k, v = self._heads(x, w)
         q, k = rope_qk(q, k, cos, sin)
         keys, values = cache.write(i, k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             enable_gqa=a.num_heads != a.num_kv_heads)
+        out = attend(q, keys, values, mask)  # the cache read in place (compute/attention.py)
         out = linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"],
                        w.get("self_attn.o_proj.bias"))
         return out.float()

@@ -59,14 +59,19 @@ def smollm2_float32(smollm2_gguf):
 def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf):
     """The real SmolLM2 tokenizer (with its chat template), saved as files, for tiny
     random models that need text and chat. Read from the GGUF once per run: xdist's workers
-    share one copy (the first to get the lock writes it)."""
+    share one copy (the first to get the lock writes it). Made from the config specdec's own
+    parse reads, as a pack makes it (AutoTokenizer would parse the file again with
+    transformers' slower reader only to pick the tokenizer's class)."""
     from filelock import FileLock
-    from transformers import AutoTokenizer
+
+    from offload.checkpoint import open_checkpoint
+    from offload.gguf_hf_config import gguf_tokenizer
 
     out = run_temp_dir(tmp_path_factory) / "smollm2_tokenizer"
     with FileLock(f"{out}.lock"):
         if not (out / "tokenizer_config.json").is_file():
-            tok = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+            config = open_checkpoint(smollm2_gguf).config
+            tok = gguf_tokenizer(str(smollm2_gguf.parent), smollm2_gguf.name, config)
             tmp = out.with_name(f"{out.name}.partial")
             tok.save_pretrained(tmp)
             tmp.rename(out)

@@ -9,7 +9,8 @@ from helpers.models import make_noised_copy, make_tiny_model
 from specdec.bench import worker
 
 PROMPT = [3, 17, 42, 8, 61, 5, 9, 11]
-FIXED = {"chain": {"k": 3}, "tree": {"tree_nodes": 4}}  # every pass drafts: no plain stretch
+FIXED = {"chain": {"k": 3}, "tree": {"tree_nodes": 4},  # every pass drafts: no plain stretch
+         "overlap": {"tree_nodes": 4}}
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,20 @@ def test_presets_parse_and_name_target_and_draft():
     assert all(p["target"] and p["draft"] and p["ram"] for p in pairs)
 
 
+def test_expert_reads_come_from_the_flag_and_a_preset_naming_them_is_refused(tmp_path):
+    from specdec.cli.commands import build_parser
+    from specdec.cli.load_args import read_preset, settings_from_args
+
+    def reads(*flags):
+        args = build_parser().parse_args(["generate", "--target", str(tmp_path), "--prompt", "hi", *flags])
+        return settings_from_args(args).expert_reads
+    assert reads() == "direct" and reads("--expert-reads", "page-cache") == "page-cache"
+    preset = tmp_path / "moe.toml"
+    preset.write_text('target = "t"\ndraft = "d"\nram = "8GB"\nexpert_reads = "page-cache"\n')
+    with pytest.raises(ValueError, match=r"unknown keys \['expert_reads'\].*flags, e.g. --expert-reads"):
+        read_preset(str(preset))
+
+
 def test_offline_hub_id_is_a_clear_error(monkeypatch):
     from specdec.hub import ModelNotFound, resolve
 

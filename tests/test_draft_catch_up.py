@@ -39,7 +39,7 @@ def test_a_decode_step_is_drafting_a_longer_catch_up_is_counted(pair):
     assert since["draft_catch_ups"] == 1 and since["draft_catch_up_tokens"] == 3
 
 
-@pytest.mark.parametrize("mode", ["chain", "tree"])
+@pytest.mark.parametrize("mode", ["chain", "tree", "overlap"])
 def test_the_prompts_catch_up_reaches_the_stats_apart_from_drafting(pair, mode):
     target, draft = pair
     kwargs = {"k": 3} if mode == "chain" else {"tree_nodes": 4}
@@ -61,4 +61,16 @@ def test_report_splits_catch_ups_from_the_cost_per_drafted_token():
     assert f["draft_ms_per_token"] == pytest.approx(50.0)  # (2.0 - 1.2) s over 16 drafts
     assert f["draft_catch_up_tokens"] == 80 and f["draft_catch_ups"] == 2
     no_counts = {k: v for k, v in run.items() if not k.startswith("draft_catch")}
-    assert "draft_ms_per_token" not in _draft_figures([run, no_counts], passes=4)  # overlap's rows
+    assert "draft_ms_per_token" not in _draft_figures([run, no_counts], passes=4)  # older reports
+
+
+def test_report_counts_an_overlapped_trees_hidden_drafting_per_node_forwarded():
+    # 0.2 s of plan time (drafting on the critical path), of it 0.1 s a prompt's catch-up;
+    # 1.5 s of drafting hidden in the disk waits; 32 nodes forwarded, 8 sent
+    run = {"position_offered": [4], "position_taken": [2], "draft_seconds": 0.2, "drafted": 8,
+           "draft_catch_up_seconds": 0.1, "draft_catch_up_tokens": 40, "draft_catch_ups": 1,
+           "draft_seconds_critical": 0.2, "draft_seconds_hidden": 1.5, "draft_nodes_forwarded": 32}
+    f = _draft_figures([run], passes=4)
+    assert f["draft_ms_per_pass"] == pytest.approx(50.0)
+    assert f["draft_catch_up_ms_per_pass"] == pytest.approx(25.0)
+    assert f["draft_ms_per_token"] == pytest.approx(50.0)  # (1.5 + 0.2 - 0.1) s over 32 nodes

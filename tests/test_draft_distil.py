@@ -11,6 +11,7 @@ import torch
 from tools.draft.corpus_shards import Conversation
 from tools.draft.distil import OutputVocab, build_draft
 from tools.draft.distil_corpus import Run, held_out, make_batch, replies_only
+from tools.draft.grow import grow_draft, layer_plan, parse_grow, target_layers
 from tools.draft.labels import label_conversations, target_positions
 
 
@@ -182,3 +183,50 @@ def test_the_kl_anchor_is_zero_at_the_warm_start_and_grows_as_the_draft_moves(ta
         run.train_step(examples)
     assert kl() > 1e-4
     assert not any(p.requires_grad for p in run.reference.parameters())
+
+
+# Growing a trained draft (tools/draft/grow.py): the inserted layers start as the identity, so the
+# grown draft's logits equal the trained draft's, and they learn from the first step.
+def test_the_plan_puts_new_layers_after_the_named_draft_layers():
+    assert layer_plan(3, 8, [(-1, 5), (0, 2), (2, 7), (0, 3)]) == [
+        ("target", 5), ("draft", 0), ("target", 2), ("target", 3), ("draft", 1), ("draft", 2),
+        ("target", 7)]
+    assert target_layers([0, 4, 7], parse_grow("0:2,1:5")) == [0, 2, 4, 5, 7]
+    assert parse_grow(None) == [] and parse_grow("") == []
+
+
+@pytest.mark.parametrize("spec, message", [("0-2", "AFTER:TARGET_LAYER"), ("2:1", "draft has layers 0..1"),
+                                           ("0:9", "target has layers 0..3")])
+def test_a_bad_grow_spec_names_the_problem(target, spec, message):
+    with pytest.raises(SystemExit, match=message):
+        grow_draft(build_draft(target, [0, 3]), target, parse_grow(spec))
+
+
+def test_a_grown_draft_computes_what_the_trained_draft_computes(target):
+    draft = build_draft(target, [0, 3])
+    with torch.no_grad():  # move the draft off its target copy, as training would
+        for p in draft.model.layers.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    grown = grow_draft(draft, target, parse_grow("-1:1,0:2"))
+    assert grown.config.num_hidden_layers == 4 and draft.config.num_hidden_layers == 2
+    ids = torch.randint(3, 96, (2, 17), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(grown(input_ids=ids).logits, draft(input_ids=ids).logits, atol=1e-5)
+    # the trained layers kept their weights, the new ones are the target's but for the outputs
+    assert torch.equal(grown.model.layers[1].mlp.up_proj.weight, draft.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(grown.model.layers[2].self_attn.q_proj.weight,
+                       target.model.layers[2].self_attn.q_proj.weight)
+    assert not grown.model.layers[2].mlp.down_proj.weight.any()
+    assert not grown.model.embed_tokens.weight.requires_grad
+
+
+def test_the_new_layers_learn_from_the_first_step(target):
+    examples = label_conversations(target, conversations(6, 9), all_positions=False)
+    torch.manual_seed(0)
+    args = Namespace(lr=1e-2, warmup=1, steps=2, batch_tokens=60, hard_weight=1.0, seed=0,
+                     precision="fp32")
+    run = Run(args, grow_draft(build_draft(target, [0, 3]), target, parse_grow("0:1")),
+              OutputVocab(torch.arange(96), 96))
+    run.train_step(examples)
+    new = run.draft.model.layers[1]
+    assert new.self_attn.o_proj.weight.abs().sum() > 0 and new.mlp.down_proj.weight.abs().sum() > 0

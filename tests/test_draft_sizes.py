@@ -2,6 +2,8 @@
 (speculate/acceptance.py, speculate/chain_policy.py), on simulated chains: pure, no model."""
 import random
 
+import pytest
+
 from specdec.speculate.acceptance import ChainAcceptance, HitRates
 from specdec.speculate.chain_policy import DraftLengthPolicy, best_draft_length
 
@@ -144,3 +146,31 @@ def test_cheap_draft_tokens_make_longer_chains_on_the_same_text():
             lengths.append(len(confs))
         return sum(lengths[100:]) / 200
     assert mean_length(0.05) > mean_length(0.15) + 0.3
+
+
+def first_chain(policy: DraftLengthPolicy, confidence: float = 0.9, limit: int = 15) -> int:
+    """The length of a fresh policy's first chain (no pass measured yet) of sure tokens."""
+    confs = [confidence]
+    while policy.keep_drafting(confs, limit):
+        confs.append(confidence)
+    return len(confs)
+
+
+def test_the_first_chain_prices_the_draft_before_it_is_measured(monkeypatch):
+    """Before any draft token is timed a draft token costs a prior share of a one-token pass
+    (chain_policy.DRAFT_COST_PRIOR), so the first chain is a cautious length, not one run
+    toward the limit as if drafting were free; the first measured cost replaces the prior."""
+    from specdec.speculate import chain_policy
+
+    flat = lambda n: 0.3 + 1e-4 * n  # noqa: E731 - a streamed pass: flat in the tokens
+    for policy in (DraftLengthPolicy(), DraftLengthPolicy(profile=flat)):
+        assert 2 <= first_chain(policy) <= 3 and policy.k >= 1
+        assert policy.draft_seconds == pytest.approx(0.1 * policy.pass_time.seconds(1))
+    assert DraftLengthPolicy(profile=flat).k <= 3  # the first pass's plan: the prior's best
+    policy = DraftLengthPolicy(profile=flat)
+    policy.update(1, 1, 0.3, 0.0)  # no draft token timed yet: the prior stays
+    assert policy.draft_seconds == pytest.approx(0.1 * policy.pass_time.seconds(1))
+    policy.update(1, 1, 0.3, 0.001)  # measured: cheap drafts, longer chains
+    assert policy.draft_seconds == 0.001 and first_chain(policy) > 3
+    monkeypatch.setattr(chain_policy, "DRAFT_COST_PRIOR", 0.0)  # drafting assumed free
+    assert first_chain(DraftLengthPolicy(profile=flat)) >= 10 and first_chain(DraftLengthPolicy()) >= 6

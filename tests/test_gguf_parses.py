@@ -156,3 +156,28 @@ def test_the_demo_gguf_tokenizer_from_its_config_is_autotokenizers(smollm2_gguf)
     directory, name = str(smollm2_gguf.parent), smollm2_gguf.name
     ours = gguf_tokenizer(directory, name, open_checkpoint(smollm2_gguf).config)
     assert same_tokenizer(ours, AutoTokenizer.from_pretrained(directory, gguf_file=name))
+
+
+def test_the_bench_and_inflate_tools_take_the_tokenizer_from_the_models_config(tmp_path, parses):
+    """specdec bench's HF export of a GGUF target and tools/inflate's source load the model with
+    transformers (its parse), then make the tokenizer from that model's config: the file's
+    vocabulary is read, not parsed again by AutoTokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from specdec.bench.hf import export_target_hf
+    from tools.inflate.builder import target_source
+
+    file = tiny_gguf(tmp_path / "tiny.gguf", merges=True)
+    AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=file.name)
+    model_load = dict(parses)  # the model's own parse(s), nothing of the tokenizer
+    assert model_load["transformers"] >= 1 and model_load["vocabulary"] == 0
+
+    def after(loads, vocabularies):
+        return {**{k: loads * v for k, v in model_load.items()}, "vocabulary": vocabularies}
+    out = export_target_hf(file, tmp_path / "hf")
+    assert parses == after(2, 1)
+    source = target_source(file)
+    assert parses == after(3, 2)
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=file.name)
+    assert same_tokenizer(AutoTokenizer.from_pretrained(str(out)), theirs)
+    assert same_tokenizer(source.tokenizer, theirs)

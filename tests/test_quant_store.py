@@ -445,6 +445,29 @@ def test_store_packed_for_another_int4_layout_is_refused_then_repacked(tmp_path)
     assert repack_store(foreign, progress=False) is False  # once
 
 
+def test_a_repack_runs_on_one_thread_and_restores_the_callers(tmp_path, monkeypatch):
+    """As a pack (offload/pack.py one_thread): reads, per-weight conversions and writes."""
+    from offload import repack as repack_module
+
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
+    store = pack(tmp_path / "t", tmp_path / "s", quant="q4", progress=False)
+    seen, write_store = [], repack_module.write_store
+
+    def recording(*args, **kwargs):  # the tensors are read, converted and written in here
+        seen.append(torch.get_num_threads())
+        return write_store(*args, **kwargs)
+    monkeypatch.setattr(repack_module, "write_store", recording)
+    monkeypatch.setattr(repack_module, "needs_repack", lambda s: True)  # this CPU's layout: as is
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert repack_store(store, progress=False) is True
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert fmt.verify(store) == []
+
+
 # -- the demo target: SmolLM2's published Q4_1 file ------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2_q4(smollm2_gguf, smollm2_store):

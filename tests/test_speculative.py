@@ -139,6 +139,22 @@ def test_eos_stops_and_context_limit_is_clear(tmp_path):
     assert stopped.token_ids == out.token_ids[:3] and stopped.stats.stop_reason == "eos"
 
 
+def test_the_adaptive_chains_first_pass_is_not_drafted_to_the_limit(tmp_path, monkeypatch):
+    """The first pass drafts before any draft token is timed: a prior on the draft's cost
+    (speculate/chain_policy.py) keeps it short, where assuming drafting free drafted 7-15."""
+    from specdec.speculate import chain_policy
+
+    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
+    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.05, seed=1)
+
+    def first_pass_drafts():
+        lm = specdec.load(tmp_path / "t", draft=tmp_path / "d", dtype="float32", speculation="chain")
+        return lm.generate(PROMPT, max_new_tokens=24).stats.k_used[0]
+    assert 1 <= first_pass_drafts() <= 3
+    monkeypatch.setattr(chain_policy, "DRAFT_COST_PRIOR", 0.0)
+    assert first_pass_drafts() >= 6
+
+
 def test_draft_length_policy_prefers_long_drafts_when_accepted_and_cheap():
     from specdec.speculate.chain import DraftLengthPolicy
 

@@ -31,14 +31,18 @@ def export_target_hf(src: Path, out: Path) -> Path:
         return src
     if out.exists():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from offload.gguf_hf_config import gguf_tokenizer
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
                                                  dtype=torch.bfloat16)
     _save_plain(model, tmp)
-    AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(tmp))
+    # The tokenizer from the config the model's load read (AutoTokenizer would parse the file
+    # again only to pick its class).
+    gguf_tokenizer(str(src.parent), src.name, model.config.to_dict()).save_pretrained(str(tmp))
     tmp.rename(out)
     return out
 

@@ -35,7 +35,8 @@ def settings_from_args(args):
         tree_width=args.tree_width, lookup_branches=getattr(args, "lookup_branches", None),
         kernels=getattr(args, "kernels", None),
         expert_prefetch=_expert_prefetch(args),
-        expert_reads=getattr(args, "expert_reads", None) or preset.get("expert_reads") or "direct",
+        # Flags only, as --expert-guess: read_preset refuses expert keys in a preset.
+        expert_reads=getattr(args, "expert_reads", None) or "direct",
         draft_quant=getattr(args, "draft_quant", None))
     draft = settings.draft
     if isinstance(draft, ModelDraft):  # a path as is, an `org/name` fetched
@@ -117,7 +118,8 @@ def read_preset(ref: str) -> dict:
     unknown = set(data) - {"name", "target", "draft", "ram", "max_context", "notes", "speculation"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected target, draft, ram, "
-                         "max_context, speculation, name, notes.")
+                         "max_context, speculation, name, notes (the other settings are "
+                         "command-line flags, e.g. --expert-reads).")
     return data
 
 

@@ -25,6 +25,13 @@ from .acceptance import ChainAcceptance
 from .backoff import Backoff
 from .pass_time import PassTimeFit
 
+# Until a draft token has been timed, one is assumed to cost this share of a one-token target
+# pass (the pass-time estimate's, from the probe's curve where there is one). Assumed free,
+# the first chain ran to k_max (15 drafts) whatever the draft cost; a tenth keeps it to 2-3
+# tokens at the prior acceptance. Cautious: beside a streamed target a draft token costs ~1%
+# of a pass (docs/benchmarks.md). The first timed draft tokens replace it.
+DRAFT_COST_PRIOR = 0.1
+
 
 class DraftLengthPolicy:
     """Chooses the chain length per pass, 0 (plain decoding) included.
@@ -46,17 +53,22 @@ class DraftLengthPolicy:
         self.model = ChainAcceptance(decay)
         self.pass_time = PassTimeFit(profile=profile)
         self.backoff = Backoff(recheck_every)
-        self.draft_seconds = 0.0
+        self.measured_draft_seconds = 0.0  # 0: no draft token timed yet
         self.rate = LongRunRate(memory)
         self.k = k if k is not None else k_start
         if k is None and profile is not None:
-            # First passes sized by this CPU's kernel curve (draft cost unknown yet: 0).
-            self.k = max(1, self._best(0.0))
+            # First passes sized by this CPU's kernel curve and the draft cost's prior.
+            self.k = max(1, self._best(self.draft_seconds))
 
     @property
     def acceptance(self) -> float:
         """The overall rate: P(a drafted token is taken | the ones before it were)."""
         return self.model.overall
+
+    @property
+    def draft_seconds(self) -> float:
+        """Seconds of one draft token: measured, else the prior (DRAFT_COST_PRIOR)."""
+        return self.measured_draft_seconds or DRAFT_COST_PRIOR * self.pass_time.seconds(1)
 
     @property
     def target_seconds(self) -> float:
@@ -70,8 +82,9 @@ class DraftLengthPolicy:
         took `accepted`; returns the next pass's planned k."""
         self.model.observe(drafted, accepted, confidences)
         self.pass_time.observe(drafted + 1 if tokens is None else tokens, target_seconds)
-        self.draft_seconds = draft_seconds
-        self.rate.observe(accepted + 1, target_seconds + drafted * draft_seconds)
+        if draft_seconds > 0:  # 0: no draft token timed yet (the prior stays)
+            self.measured_draft_seconds = draft_seconds
+        self.rate.observe(accepted + 1, target_seconds + drafted * self.draft_seconds)
         if self.fixed is None:
             self.k = self._next_k()
         return self.k
@@ -86,9 +99,9 @@ class DraftLengthPolicy:
         for depth, confidence in enumerate(confidences, start=1):
             reach *= self.model.drafted(depth, confidence)
         rate = self.rate.value(self._expected_rate)
-        base = self.pass_time.seconds(j + 1)
+        base, draft = self.pass_time.seconds(j + 1), self.draft_seconds
         return more_pays(reach, self.model.at_depth, j, limit, rate,
-                         lambda m: self.pass_time.seconds(j + 1 + m) - base + m * self.draft_seconds)
+                         lambda m: self.pass_time.seconds(j + 1 + m) - base + m * draft)
 
     def _expected_rate(self) -> float:
         """Tokens per second of the best length by the per-depth rates (before any pass)."""

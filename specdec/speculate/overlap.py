@@ -81,6 +81,7 @@ class Overlap(Strategy):
             self._counters.clear()
         self._params = step.params
         n_ctx = len(step.uncached)
+        before = dict(self.drafter.counters)
         drafting = self.settings.fixed or self.gate.should_draft()
         if drafting:
             self._sync(step.context)
@@ -89,6 +90,10 @@ class Overlap(Strategy):
             sent = self.tree.draft_tree(self._choose(n_ctx, cap))
         else:  # drafting does not pay here now: a plain pass; the draft catches up later
             sent = DraftTree()
+        # The draft's catch-ups (a prompt, plain passes' tokens) happen here, in _sync: every
+        # key reported, zeros included, so the bench can tell them from drafting proper.
+        for key, value in self.drafter.counters_since(before).items():
+            self._counters[key] += value
         n_tree = len(sent)
         feed, positions, mask = tree_feed(step, sent)
         self._counters["tree_nodes_sent"] += n_tree
@@ -232,6 +237,7 @@ class Overlap(Strategy):
         logits = self.drafter.forward(torch.tensor([self.tree.tokens[i] for i in nodes]), root + depths,
                                       mask=self.tree.batch_mask(nodes, base))
         self.tree.mark_forwarded(nodes)
+        self._counters["draft_nodes_forwarded"] += len(nodes)  # the bench's cost per node
         for row, node in zip(logits, nodes):
             self._propose(node, row)
         seconds = time.perf_counter() - started

@@ -43,6 +43,7 @@ from .corpus_shards import Conversation, Corpus
 from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_logits,
                      draft_loss_logits, save_draft, select_output_ids)
 from .files import TOPK, write_atomic
+from .grow import grow_draft, parse_grow, target_layers
 from .labels import Example, label_corpus, load_cached, target_positions
 
 
@@ -255,6 +256,7 @@ def prepare(args):
     train, held = load_examples(corpus, Path(args.labels), args.all_positions, args.holdout_every)
     init_from = Path(args.init_from) if args.init_from else None
     draft = build_draft(target, [int(x) for x in args.init_layers.split(",")], init_from)
+    draft = grow_draft(draft, target, parse_grow(args.grow))
     vocab = OutputVocab(output_ids(init_from, train, args.output_vocab, draft.config.vocab_size),
                         draft.config.vocab_size)
     mix = []
@@ -312,7 +314,9 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
         init_from = Path(args.init_from) if args.init_from else None
         meta = {"embeddings_from_target": True, "target": GGUF_NAME,
                 "layers": run.draft.config.num_hidden_layers,
-                "init_from_target_layers": [int(x) for x in args.init_layers.split(",")],
+                "init_from_target_layers": target_layers([int(x) for x in args.init_layers.split(",")],
+                                                         parse_grow(getattr(args, "grow", None))),
+                "grown": getattr(args, "grow", None),
                 "warm_start": _previous_run(init_from), "output_vocab": len(run.vocab.ids),
                 "corpus": {"dir": str(args.data), **corpus.manifest.get("totals", {}),
                            "recipe": corpus.manifest.get("recipe")},
@@ -340,6 +344,9 @@ def main(argv=None) -> None:
                     "unless named: compare with tools.draft.measure first)")
     ap.add_argument("--init-from", default=None)
     ap.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
+    ap.add_argument("--grow", default=None, metavar="J:SRC,...",
+                    help="insert a copy of target layer SRC after the warm start's layer J, its "
+                         "output projections zeroed so the draft starts unchanged (tools/draft/grow.py)")
     ap.add_argument("--output-vocab", type=int, default=16384)
     ap.add_argument("--all-positions", action="store_true",
                     help="train on every position (the user turns, which the target wrote too, and "

@@ -440,15 +440,19 @@ def _write_json(path: Path, data: dict) -> None:
 def target_source(gguf_path: str | Path | None = None, model=None) -> Source:
     """SmolLM2-135M-Instruct (or another Llama GGUF) dequantized to float32 by transformers,
     with its tokenizer (`model`: that GGUF already loaded)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from offload.gguf_hf_config import gguf_tokenizer
 
     path = Path(gguf_path) if gguf_path else _smollm2()
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch.float32)
     state = model.state_dict()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     cfg = model.config.to_dict()
+    # From the config the model's load read (AutoTokenizer would parse the file again only to
+    # pick the tokenizer's class).
+    tok = gguf_tokenizer(str(path.parent), path.name, cfg)
     return Source(cfg, state.__getitem__, tokenizer=tok, describe=path.name)
 
 
