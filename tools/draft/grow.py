@@ -8,7 +8,7 @@ draft's at step 0 (block expansion, as LLaMA Pro grows a model). Training then h
 the warm start lacked without first losing what it knew. The projections' inputs are not
 zero, so their gradients are not either: the layers start learning at the first step.
 
-`--grow J:SRC` (repeatable, or comma-separated) inserts a copy of target layer SRC after the
+`--grow J:SRC[,J:SRC...]` inserts a copy of target layer SRC after the
 trained draft's layer J (-1: before the first).
 """
 from __future__ import annotations
