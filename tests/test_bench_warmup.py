@@ -5,7 +5,7 @@ run, so chain, tree and overlap rows compare like for like. Counted with the dra
 import pytest
 
 import specdec
-from helpers.models import make_noised_copy, make_tiny_model
+from helpers.models import make_tiny_pair
 from specdec.bench import worker
 
 PROMPT = [3, 17, 42, 8, 61, 5, 9, 11]
@@ -15,10 +15,7 @@ FIXED = {"chain": {"k": 3}, "tree": {"tree_nodes": 4},  # every pass drafts: no 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("warmup")
-    make_tiny_model(root / "target", "llama", eos_token_id=None)
-    make_noised_copy(root / "target", root / "draft", scale=0.05, seed=1)
-    return root / "target", root / "draft"
+    return make_tiny_pair(tmp_path_factory.mktemp("warmup"))
 
 
 def job(*prompts) -> dict:

@@ -4,7 +4,7 @@ drafts like for like (specdec/draft.py, bench report's draft_ms_per_token)."""
 import pytest
 
 import specdec
-from helpers.models import make_noised_copy, make_tiny_model
+from helpers.models import make_tiny_pair
 from specdec.bench.report import _draft_figures
 from specdec.draft import DECODE_STEP, Drafter
 
@@ -13,10 +13,7 @@ PROMPT = [3, 17, 42, 8, 61, 5, 9, 11]
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("catch_up")
-    make_tiny_model(root / "target", "llama", eos_token_id=None)
-    make_noised_copy(root / "target", root / "draft", scale=0.05, seed=1)
-    return root / "target", root / "draft"
+    return make_tiny_pair(tmp_path_factory.mktemp("catch_up"))
 
 
 def test_a_decode_step_is_drafting_a_longer_catch_up_is_counted(pair):

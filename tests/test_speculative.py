@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import specdec
-from helpers.models import make_noised_copy, make_tiny_model, sharpen_lm_head
+from helpers.models import make_noised_copy, make_tiny_model, make_tiny_pair, sharpen_lm_head
 from helpers.distribution import exact_two_token_distribution, pvalue, pvalue_against, sample_two_tokens
 
 PROMPT = [3, 17, 42, 8, 61, 5]
@@ -144,11 +144,10 @@ def test_the_adaptive_chains_first_pass_is_not_drafted_to_the_limit(tmp_path, mo
     (speculate/chain_policy.py) keeps it short, where assuming drafting free drafted 7-15."""
     from specdec.speculate import chain_policy
 
-    make_tiny_model(tmp_path / "t", "llama", eos_token_id=None)
-    make_noised_copy(tmp_path / "t", tmp_path / "d", scale=0.05, seed=1)
+    target, draft = make_tiny_pair(tmp_path)
 
     def first_pass_drafts():
-        lm = specdec.load(tmp_path / "t", draft=tmp_path / "d", dtype="float32", speculation="chain")
+        lm = specdec.load(target, draft=draft, dtype="float32", speculation="chain")
         return lm.generate(PROMPT, max_new_tokens=24).stats.k_used[0]
     assert 1 <= first_pass_drafts() <= 3
     monkeypatch.setattr(chain_policy, "DRAFT_COST_PRIOR", 0.0)

@@ -55,6 +55,14 @@ def make_noised_copy(src, dst, scale: float, seed: int = 0):
     return dst
 
 
+def make_tiny_pair(root):
+    """A tiny Llama target (no eos: runs never stop early) at root/target and a draft that
+    agrees with it some of the time (5% noise) at root/draft; returns the two paths."""
+    make_tiny_model(root / "target", "llama", eos_token_id=None)
+    make_noised_copy(root / "target", root / "draft", scale=0.05, seed=1)
+    return root / "target", root / "draft"
+
+
 def sharpen_lm_head(path, factor: float):
     """Scale a saved model's lm_head so its next-token distributions are peaked, not
     near-uniform as at random init (makes sampling tests meaningful)."""
