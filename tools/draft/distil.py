@@ -49,7 +49,13 @@ def build_draft(target, layers: list[int], init_from: Path | None = None):
 
         new.update({k: v for k, v in load_file(str(init_from / "model.safetensors")).items()
                     if k.startswith(("model.layers.", "model.norm."))})
-    missing, unexpected = draft.load_state_dict(new, strict=False)
+    return with_weights(draft, new)
+
+
+def with_weights(draft, state: dict):
+    """`draft` holding `state` (every weight but the tied output layer), the borrowed embedding
+    table frozen, in float32: how every trainable draft starts."""
+    missing, unexpected = draft.load_state_dict(state, strict=False)
     assert not unexpected and all(m == "lm_head.weight" for m in missing), (missing, unexpected)
     draft.tie_weights()
     draft.model.embed_tokens.weight.requires_grad_(False)

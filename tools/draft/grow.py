@@ -13,6 +13,8 @@ trained draft's layer J (-1: before the first).
 """
 from __future__ import annotations
 
+from .distil import with_weights
+
 ZEROED = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
@@ -70,12 +72,7 @@ def grow_draft(draft, target, grow: list[tuple[int, int]]):
     config.num_hidden_layers = len(plan)
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[0]] * len(plan)
-    grown = LlamaForCausalLM(config)
-    missing, unexpected = grown.load_state_dict(new, strict=False)
-    assert not unexpected and all(m == "lm_head.weight" for m in missing), (missing, unexpected)
-    grown.tie_weights()
-    grown.model.embed_tokens.weight.requires_grad_(False)
-    return grown.float()
+    return with_weights(LlamaForCausalLM(config), new)
 
 
 def target_layers(init_layers: list[int], grow: list[tuple[int, int]]) -> list[int]:
