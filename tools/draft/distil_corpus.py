@@ -44,6 +44,7 @@ from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, dra
                      draft_loss_logits, save_draft, select_output_ids)
 from .files import TOPK, write_atomic
 from .grow import grow_draft, parse_grow, target_layers
+from .heap import cap_mmap_threshold
 from .labels import Example, label_corpus, load_cached, target_positions
 
 
@@ -373,6 +374,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cap_mmap_threshold()      # else the process grows by GBs over a long run (tools/draft/heap.py)
     train(args)
 
 
