@@ -135,13 +135,19 @@ def draft_loss_logits(draft, vocab: OutputVocab, batch, hard_weight: float, dtyp
     return soft + hard_weight * hard, top1, logits
 
 
-@torch.no_grad()
 def agreement(draft, vocab: OutputVocab, held, bs: int = 16) -> dict:
+    """The first recipe's held-out measure, in bf16 autocast."""
+    return agreement_on(draft, vocab, (make_batch(held[s:s + bs]) for s in range(0, len(held), bs)))
+
+
+@torch.no_grad()
+def agreement_on(draft, vocab: OutputVocab, batches, autocast: bool = True) -> dict:
+    """Top-1 and top-4 agreement with the target's argmax over made batches (inp, rows, cols,
+    top values, top ids), in bf16 autocast or (autocast=False) the draft's own float32."""
     draft.eval()
     hits, n, top4 = 0.0, 0, 0.0
-    for s in range(0, len(held), bs):
-        inp, rows, cols, tv, ti = make_batch(held[s:s + bs])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    for inp, rows, cols, _, ti in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = vocab.logits(draft, draft.model(input_ids=inp).last_hidden_state[rows, cols]).float()
         hits += (vocab.ids[logits.argmax(-1)] == ti[:, 0]).sum().item()
         top4 += (vocab.ids[logits.topk(4, -1).indices] == ti[:, :1]).any(-1).sum().item()

@@ -40,8 +40,8 @@ import torch
 from specdec.demo_model import GGUF_NAME
 
 from .corpus_shards import Conversation, Corpus
-from .distil import (OutputVocab, _previous_run, build_draft, compute_dtype, draft_logits,
-                     draft_loss_logits, save_draft, select_output_ids)
+from .distil import (OutputVocab, _previous_run, agreement_on, build_draft, compute_dtype,
+                     draft_logits, draft_loss_logits, save_draft, select_output_ids)
 from .files import TOPK, write_atomic
 from .grow import grow_draft, parse_grow, target_layers
 from .heap import cap_mmap_threshold
@@ -111,19 +111,6 @@ def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> l
         out.append(cur)
     rng.shuffle(out)
     return out
-
-
-@torch.no_grad()
-def agreement(draft, vocab: OutputVocab, examples: list[Example], bs: int = 8) -> float:
-    draft.eval()
-    hits = n = 0
-    for s in range(0, len(examples), bs):
-        inp, rows, cols, _, ti = make_batch(examples[s:s + bs])
-        logits = vocab.logits(draft, draft.model(input_ids=inp).last_hidden_state[rows, cols])
-        hits += (vocab.ids[logits.argmax(-1)] == ti[:, 0]).sum().item()
-        n += len(ti)
-    draft.train()
-    return hits / max(n, 1)
 
 
 def kl_to_reference(reference, vocab: OutputVocab, batch, logits: torch.Tensor, dtype) -> torch.Tensor:
@@ -306,7 +293,9 @@ def train(args) -> None:
 
 
 def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: Corpus, n_pos: int) -> None:
-    a = agreement(run.draft, run.vocab, held)
+    # float32, so the curve means the same whatever precision the steps ran in
+    held_batches = (make_batch(held[s:s + 8]) for s in range(0, len(held), 8))
+    a = agreement_on(run.draft, run.vocab, held_batches, autocast=False)["top1"]
     run.curve.append({"step": run.step, "heldout_top1": round(a, 4)})
     loss = f"{sum(losses) / len(losses):.3f}" if losses else "-"
     print(f"step {run.step} lr {lr_at(run.step, args):.2e} loss {loss} held-out top1 {a:.4f}", flush=True)
