@@ -22,7 +22,6 @@ from .drafts import Draft
 from .families import build_model
 from .load_settings import LoadSettings
 from .loading import LoadedModel, load_resident, parse_dtype
-from .memory_plan import streaming_plan  # noqa: F401 (benchmarks and tools plan with it)
 from .speculate.registry import Speculation
 from .weights import WeightsError, check_complete, check_layer_count
 

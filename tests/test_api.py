@@ -2,7 +2,6 @@
 import threading
 
 import pytest
-import torch
 
 import specdec
 from helpers.models import make_tiny_chat_model

@@ -2,7 +2,6 @@
 pass, experts and bytes read per pass and per token, the expert cache's hit rate; counted
 against the routing the model really did, and shown by the CLI, the bench report and the plan."""
 import pytest
-import torch
 
 import specdec
 from helpers.family_models import make_family_model

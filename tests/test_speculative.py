@@ -1,7 +1,6 @@
 """The speculative engine is lossless: greedy tokens equal the target alone; sampled
 tokens follow the target's distribution (chi-square); caches survive rollback and turns."""
 import pytest
-import torch
 
 import specdec
 from helpers.models import make_noised_copy, make_tiny_model, make_tiny_pair, sharpen_lm_head
