@@ -31,3 +31,14 @@ def test_template_prompts_leave_out_what_they_are_told_to():
     assert len(prompts) == 300
     assert not {p.lower() for p in prompts} & {p.lower() for p in held}
     assert build_prompts(300, seed=0, exclude=set(held)) == prompts  # seeded
+
+
+def test_the_reply_cache_makes_its_folder(tmp_path, monkeypatch):
+    """measure's default cache is results/target_greedy_replies.json, and results/ is not in a
+    fresh checkout: the first reply written makes it."""
+    from tools.draft import measure
+
+    monkeypatch.setattr(measure, "greedy_reply", lambda model, ids, n, end: [7] * n)
+    path = tmp_path / "results" / "replies.json"
+    assert measure.ReplyCache(path).get(None, [1, 2], 3, 0) == [7, 7, 7]
+    assert measure.ReplyCache(path).data and path.exists()

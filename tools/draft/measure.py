@@ -99,7 +99,8 @@ class ReplyCache:
         key = hashlib.sha256(json.dumps([ids, n]).encode()).hexdigest()
         if key not in self.data:
             self.data[key] = greedy_reply(model, ids, n, end)
-            if self.path:
+            if self.path:  # results/ is not in a fresh checkout (it is ignored)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self.path, self.data)
         return self.data[key]
 
