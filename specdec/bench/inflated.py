@@ -18,7 +18,7 @@ draft's GGUF on first use:
 
     inflated-7b-bf16/            HF dir (13.8 GB)         inflated-7b-bf16-store/   (13.8 GB)
     inflated-7b.q4_1.gguf        (4.5 GB)                 inflated-7b-q4-store/     (5.7 GB)
-    seed-13b.q4_1.gguf           (8.5 GB)                 seed-13b-q4-store/        (10.7 GB)
+    seed-13b.q4_1.gguf           (8.5 GB)                 seed-13b-q4-store/        (8.6 GB, 2026-12-06)
     inflated-draft-bf16/         HF dir (0.86 GB)         inflated-draft.f16.gguf   (0.92 GB)
     inflated-draft-q8-store/     (0.50 GB: the draft of the q4 workloads; bf16 does not fit in 2 GB)
     inflated-strong-draft-bf16/  HF dir (0.86 GB)         inflated-strong-draft-q8-store/ (~0.5 GB)
