@@ -4,10 +4,12 @@ glibc serves a request of at least its mmap threshold with its own mapping, retu
 system on free, and everything smaller from the heap, which it rarely shrinks. The threshold
 starts at 128 KiB but rises each time a mapped block is freed, up to 32 MiB, so after a few
 steps the batches' activations (a few MB each, a different shape every step) come from the
-heap, and fragments of it stay resident: distil_corpus grew from ~5.6 GB to 23 GB in ~95 steps
-of a 12-layer draft. Setting the threshold explicitly (what MALLOC_MMAP_THRESHOLD_ does from
-the environment) also turns that rise off; a 10-minute side-by-side run held 1.7-2.9 GB between
-steps against ~6 GB, with the same losses (docs/demo-draft-training.md)."""
+heap, and what a step's peak took from it stays resident: a 12-layer distil_corpus run was at
+23 GB when the OOM killer stopped it (step ~95). Setting the threshold explicitly (what
+MALLOC_MMAP_THRESHOLD_ does from the environment) also turns that rise off: a 10-minute
+side-by-side run held 1.7-2.9 GB between steps against ~6 GB, with the same losses, and a
+130-step 12-layer run 1.9-5.6 GB between steps with no upward trend. Short peaks (up to 16 GB in
+that run, cause unknown) remain (docs/demo-draft-training.md)."""
 from __future__ import annotations
 
 import ctypes
