@@ -2,6 +2,7 @@
 
 Each check runs in a child process so the test process's allocator is left as it was."""
 import ctypes.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,11 @@ def _glibc_with_mallinfo2() -> bool:
 
 
 def _mapped_after(mode: str) -> int:
+    # glibc's own threshold settings from the environment would fix it for "default" too
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
+                         check=True, cwd=Path(__file__).resolve().parents[1], env=env)
     return int(out.stdout.strip())
 
 
