@@ -230,3 +230,18 @@ def test_the_new_layers_learn_from_the_first_step(target):
     run.train_step(examples)
     new = run.draft.model.layers[1]
     assert new.self_attn.o_proj.weight.abs().sum() > 0 and new.mlp.down_proj.weight.abs().sum() > 0
+
+
+def test_a_warm_start_names_its_own_target_layers(tmp_path):
+    import json
+
+    from tools.draft.distil_corpus import DEFAULT_INIT_LAYERS, resolve_init_layers
+
+    grown = [0, 2, 4, 8, 10, 12, 16, 18, 20, 24, 26, 29]
+    (tmp_path / "specdec_draft.json").write_text(json.dumps({"init_from_target_layers": grown}))
+    assert resolve_init_layers(None, str(tmp_path)) == ",".join(map(str, grown))
+    assert resolve_init_layers(None, None) == DEFAULT_INIT_LAYERS
+    assert resolve_init_layers(None, str(tmp_path / "no_sidecar")) == DEFAULT_INIT_LAYERS
+    assert resolve_init_layers("1,3,5,7,9,11,13,15,17,19,21,23", str(tmp_path)).startswith("1,3")
+    with pytest.raises(SystemExit, match="names 8 layers but the warm start .* has 12"):
+        resolve_init_layers(DEFAULT_INIT_LAYERS, str(tmp_path))

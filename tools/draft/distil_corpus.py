@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import math
 import random
 import signal
@@ -232,6 +233,29 @@ class Run:
         return loss.item()
 
 
+DEFAULT_INIT_LAYERS = "0,4,8,12,16,20,24,29"
+
+
+def layer_list(spec: str) -> list[int]:
+    return [int(x) for x in spec.split(",")]
+
+
+def resolve_init_layers(init_layers: str | None, init_from: str | None) -> str:
+    """The target layers the draft's layers start from: as given, else the warm start's own
+    (its sidecar's init_from_target_layers: a grown 12-layer draft resumes as 12 layers), else
+    the 8-layer default. A count that does not match the warm start's is refused here, by name,
+    rather than as a state-dict mismatch after the target has loaded."""
+    side = Path(init_from) / "specdec_draft.json" if init_from else None
+    known = json.loads(side.read_text()).get("init_from_target_layers") if side and side.exists() else None
+    if init_layers is None:
+        return ",".join(map(str, known)) if known else DEFAULT_INIT_LAYERS
+    if known and len(layer_list(init_layers)) != len(known):
+        raise SystemExit(f"--init-layers names {len(layer_list(init_layers))} layers but the warm start "
+                         f"{init_from} has {len(known)} (its target layers: {known}); leave "
+                         "--init-layers out to start from the warm start's own")
+    return init_layers
+
+
 def prepare(args):
     from .target import load_target
 
@@ -243,7 +267,7 @@ def prepare(args):
                  log=lambda m: print(m, flush=True))
     train, held = load_examples(corpus, Path(args.labels), args.all_positions, args.holdout_every)
     init_from = Path(args.init_from) if args.init_from else None
-    draft = build_draft(target, [int(x) for x in args.init_layers.split(",")], init_from)
+    draft = build_draft(target, layer_list(args.init_layers), init_from)
     draft = grow_draft(draft, target, parse_grow(args.grow))
     vocab = OutputVocab(output_ids(init_from, train, args.output_vocab, draft.config.vocab_size),
                         draft.config.vocab_size)
@@ -304,7 +328,7 @@ def evaluate(run: Run, held: list[Example], losses: list[float], args, corpus: C
         init_from = Path(args.init_from) if args.init_from else None
         meta = {"embeddings_from_target": True, "target": GGUF_NAME,
                 "layers": run.draft.config.num_hidden_layers,
-                "init_from_target_layers": target_layers([int(x) for x in args.init_layers.split(",")],
+                "init_from_target_layers": target_layers(layer_list(args.init_layers),
                                                          parse_grow(getattr(args, "grow", None))),
                 "grown": getattr(args, "grow", None),
                 "warm_start": _previous_run(init_from), "output_vocab": len(run.vocab.ids),
@@ -333,7 +357,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="the best draft goes here (never the shipped one "
                     "unless named: compare with tools.draft.measure first)")
     ap.add_argument("--init-from", default=None)
-    ap.add_argument("--init-layers", default="0,4,8,12,16,20,24,29")
+    ap.add_argument("--init-layers", default=None,
+                    help="the target layers the draft's layers start from (default: the warm "
+                         f"start's own, else {DEFAULT_INIT_LAYERS})")
     ap.add_argument("--grow", default=None, metavar="J:SRC,...",
                     help="insert a copy of target layer SRC after the warm start's layer J, its "
                          "output projections zeroed so the draft starts unchanged (tools/draft/grow.py)")
@@ -362,6 +388,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    args.init_layers = resolve_init_layers(args.init_layers, args.init_from)
     torch.set_num_threads(args.threads)
     cap_mmap_threshold()      # else the process grows by GBs over a long run (tools/draft/heap.py)
     train(args)
