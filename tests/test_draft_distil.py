@@ -245,3 +245,22 @@ def test_a_warm_start_names_its_own_target_layers(tmp_path):
     assert resolve_init_layers("1,3,5,7,9,11,13,15,17,19,21,23", str(tmp_path)).startswith("1,3")
     with pytest.raises(SystemExit, match="names 8 layers but the warm start .* has 12"):
         resolve_init_layers(DEFAULT_INIT_LAYERS, str(tmp_path))
+
+
+def test_length_batches_cover_every_sequence_once_and_pad_little():
+    import math
+    import random
+
+    from tools.draft.distil import length_batches
+
+    # corpus-like lengths, 40 to 1,100 tokens; a batch that carried one chunk's longest
+    # sequences into the next chunk's shortest padded to ~60K tokens here (8x the corpus's)
+    r = random.Random(0)
+    lengths = [int(math.exp(r.uniform(math.log(40), math.log(1100)))) for _ in range(2000)]
+    for seed in range(3):
+        out = length_batches(lengths, 4096, random.Random(seed))
+        assert sorted(j for b in out for j in b) == list(range(len(lengths)))
+        padded = [len(b) * max(lengths[j] for j in b) for b in out]
+        assert max(padded) < 2 * 4096
+        assert sum(padded) < 1.15 * sum(lengths)
+    assert length_batches(lengths, 4096, random.Random(5)) == length_batches(lengths, 4096, random.Random(5))

@@ -4,6 +4,7 @@ teacher-forced agreement, and the atomic save of specdec/demo_draft's files."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -78,6 +79,30 @@ def select_output_ids(train, n: int, vocab: int) -> torch.Tensor:
     while len(chosen) < min(n, vocab):
         chosen[next(fill)] = None
     return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def length_batches(lengths: list[int], batch_tokens: int, rng: random.Random,
+                   chunk: int = 256) -> list[list[int]]:
+    """One epoch's batches, as indices into `lengths`: shuffled, sorted by length inside chunks
+    of `chunk`, cut when a batch reaches `batch_tokens`. A chunk's last, partial batch ends with
+    the chunk: carried into the next chunk it took that chunk's shortest sequences beside its
+    own longest, and right padding made such a batch up to 8x its tokens (the training runs'
+    short 10-18 GB peaks and ~30% of their compute, 2026-12-06)."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    out = []
+    for i in range(0, len(idx), chunk):
+        cur, tok = [], 0
+        for j in sorted(idx[i:i + chunk], key=lambda j: lengths[j]):
+            cur.append(j)
+            tok += lengths[j]
+            if tok >= batch_tokens:
+                out.append(cur)
+                cur, tok = [], 0
+        if cur:
+            out.append(cur)
+    rng.shuffle(out)
+    return out
 
 
 class OutputVocab:

@@ -42,7 +42,7 @@ from specdec.demo_model import GGUF_NAME
 
 from .corpus_shards import Conversation, Corpus
 from .distil import (OutputVocab, _previous_run, agreement_on, build_draft, compute_dtype,
-                     draft_logits, draft_loss_logits, save_draft, select_output_ids)
+                     draft_logits, draft_loss_logits, length_batches, save_draft, select_output_ids)
 from .files import TOPK, write_atomic
 from .grow import grow_draft, parse_grow, target_layers
 from .heap import cap_mmap_threshold
@@ -96,22 +96,8 @@ def make_batch(examples: list[Example]):
 
 
 def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[int]]:
-    """One epoch's batches as indices into examples. Length-bucketed: shuffled, sorted by
-    length inside chunks of 256, cut by token count."""
-    idx = list(range(len(examples)))
-    rng.shuffle(idx)
-    out, cur, tok = [], [], 0
-    for i in range(0, len(idx), 256):
-        for j in sorted(idx[i:i + 256], key=lambda j: len(examples[j].ids)):
-            cur.append(j)
-            tok += len(examples[j].ids)
-            if tok >= batch_tokens:
-                out.append(cur)
-                cur, tok = [], 0
-    if cur:
-        out.append(cur)
-    rng.shuffle(out)
-    return out
+    """One epoch's batches as indices into examples (length-bucketed: distil.length_batches)."""
+    return length_batches([len(e.ids) for e in examples], batch_tokens, rng)
 
 
 def kl_to_reference(reference, vocab: OutputVocab, batch, logits: torch.Tensor, dtype) -> torch.Tensor:

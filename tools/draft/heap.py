@@ -8,8 +8,8 @@ heap, and what a step's peak took from it stays resident: a 12-layer distil_corp
 23 GB when the OOM killer stopped it (step ~95). Setting the threshold explicitly (what
 MALLOC_MMAP_THRESHOLD_ does from the environment) also turns that rise off: a 10-minute
 side-by-side run held 1.7-2.9 GB between steps against ~6 GB, with the same losses, and a
-130-step 12-layer run 1.9-5.6 GB between steps with no upward trend. Short peaks (up to 16 GB in
-that run, cause unknown) remain (docs/demo-draft-training.md)."""
+130-step 12-layer run 1.9-5.6 GB between steps with no upward trend. Its short peaks (up to 16
+GB) were batches padded to up to 8x their tokens, fixed in distil.length_batches."""
 from __future__ import annotations
 
 import ctypes

@@ -12,8 +12,8 @@ import torch
 
 from specdec.demo_model import GGUF_NAME
 
-from .distil import (OutputVocab, _previous_run, agreement, build_draft, draft_loss, make_batch,
-                     save_draft, select_output_ids)
+from .distil import (OutputVocab, _previous_run, agreement, build_draft, draft_loss, length_batches,
+                     make_batch, save_draft, select_output_ids)
 from .files import TOPK, eval_prompts, write_json_atomic
 from .target import load_target
 
@@ -76,25 +76,10 @@ def cmd_train(args) -> None:
                  "heldout_replies": len(held), "lr": args.lr, "batch_tokens": args.batch_tokens,
                  "loss": f"soft CE to target top-{TOPK} + {args.hard_weight} x CE to target argmax",
                  "seed": args.seed}
-    # length-bucketed batches: sort by length inside random chunks to limit padding
     while time.time() - start < budget:
         if not order:
             epoch += 1
-            idx = list(range(len(train)))
-            rng.shuffle(idx)
-            chunks = [sorted(idx[i:i + 256], key=lambda j: len(train[j][0])) for i in range(0, len(idx), 256)]
-            batches, cur, cur_tok = [], [], 0
-            for ch in chunks:
-                for j in ch:
-                    cur.append(j)
-                    cur_tok += len(train[j][0])
-                    if cur_tok >= args.batch_tokens:
-                        batches.append(cur)
-                        cur, cur_tok = [], 0
-            if cur:
-                batches.append(cur)
-            rng.shuffle(batches)
-            order = batches
+            order = length_batches([len(t[0]) for t in train], args.batch_tokens, rng)
         b = order.pop()
         frac = (time.time() - start) / budget
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
