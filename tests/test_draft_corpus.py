@@ -161,3 +161,16 @@ def test_an_opener_and_the_targets_continuation_keep_the_space_between_them():
     for c in steered:
         assert c.meta["users"][0].endswith(" about the sea, with three verses please")
         assert "  " not in c.meta["users"][0] and not c.meta["users"][0].startswith(" ")
+
+
+def test_confidence_rates_by_hand():
+    from tools.draft.measure import confidence_rates
+
+    matches = [[True, False, True], [True, True]]
+    p1 = [[0.95, 0.2, 0.6], [0.9, 0.25]]
+    r = confidence_rates(matches, p1, edges=(0.5, 0.9))
+    assert [b["positions"] for b in r] == [2, 1, 2]
+    assert [b["first"] for b in r] == [pytest.approx(0.5), 1.0, 1.0]
+    assert (r[0]["target_p1_from"], r[-1]["target_p1_to"]) == (0.0, 1.0)
+    assert confidence_rates([[]], [[]])[0] == {"target_p1_from": 0.0, "target_p1_to": 0.3,
+                                               "positions": 0, "first": None}

@@ -87,6 +87,23 @@ def depth_rates(matches: list[list[bool]], depths: int = DEPTHS) -> dict:
             "chain_tokens_per_pass": chain}
 
 
+CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.9)
+
+
+def confidence_rates(matches: list[list[bool]], target_p1: list[list[float]],
+                     edges=CONFIDENCE_EDGES) -> list[dict]:
+    """First-position agreement by how sure the target is of its own token (its top-1
+    probability there), in the buckets [0, e1), [e1, e2), ..., [e_last, 1]: where a draft
+    loses, on the target's near-ties or on what the target knows."""
+    bounds = [0.0, *edges, float("inf")]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        hits = [m for ms, ps in zip(matches, target_p1) for m, q in zip(ms, ps) if lo <= q < hi]
+        out.append({"target_p1_from": lo, "target_p1_to": min(hi, 1.0), "positions": len(hits),
+                    "first": sum(hits) / len(hits) if hits else None})
+    return out
+
+
 class ReplyCache:
     """The target's greedy replies by prompt and length, kept in a JSON file (they are the
     slow part, and the same for every draft measured)."""
@@ -107,13 +124,17 @@ class ReplyCache:
 
 def teacher_forced(drafter, model, tok, prompts: list[str], n: int, cache: ReplyCache) -> dict:
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    matches = []
+    matches, target_p1 = [], []
     for p in prompts:
         ids = chat_ids(tok, p)
         reply = cache.get(model, ids, n, end)
-        guesses = drafter.argmax(ids + reply)[len(ids) - 1:len(ids) - 1 + len(reply)]
+        at = slice(len(ids) - 1, len(ids) - 1 + len(reply))
+        guesses = drafter.argmax(ids + reply)[at]
         matches.append([int(g) == r for g, r in zip(guesses.tolist(), reply)])
-    return depth_rates(matches)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + reply])).logits[0, at].float()
+        target_p1.append(torch.softmax(logits, -1).max(-1).values.tolist())
+    return {**depth_rates(matches), "by_target_confidence": confidence_rates(matches, target_p1)}
 
 
 def runtime(prompts: list[str], mode: str, n: int) -> dict:
@@ -143,8 +164,11 @@ def runtime(prompts: list[str], mode: str, n: int) -> dict:
 def fmt_tf(r: dict) -> str:
     cond = " / ".join(f"{x:.2f}" for x in r["conditional"])
     chain = " / ".join(f"{x:.2f}" for x in r["chain_tokens_per_pass"][3:5])
+    by = ", ".join(f"{b['target_p1_from']:.1f}+ {b['first']:.3f} ({b['positions']})"
+                   for b in r.get("by_target_confidence", []) if b["positions"])
     return (f"first {r['first']:.3f}; depth 2..5 {cond}; chain of 4 / 5 would verify {chain} "
-            f"tokens per pass ({r['positions']} positions)")
+            f"tokens per pass ({r['positions']} positions)"
+            + (f"\n    first by the target's top-1 probability: {by}" if by else ""))
 
 
 def fmt_rt(r: dict) -> str:
