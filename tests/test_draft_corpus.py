@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tools.draft import corpus_gen
-from tools.draft.corpus_recipe import OPENERS, plan_batch, plan_opening
+from tools.draft.corpus_recipe import OPENERS, plan_batch, plan_opening, written_prompts
 from tools.draft.corpus_shards import Conversation, Corpus, decode_shard, encode_shard
 from tools.draft.files import eval_prompts
-from tools.draft.held_out import HeldOut, independent_prompts
+from tools.draft.held_out import HeldOut, independent_prompts, normalise
 from tools.draft.measure import depth_rates
 
 
@@ -97,7 +97,8 @@ def test_the_generator_never_keeps_a_held_out_user_turn(seed):
     assert refused > 0
     for c in convs:
         assert c.meta["users"] and not any(held.refuses(u) for u in c.meta["users"])
-        assert c.meta["kind"] in ("template", "material")  # the target-written ones were refused
+        # the target-written ones were refused
+        assert c.meta["kind"] in ("template", "material", "written")
         assert len(c.spans) >= 1
         assert len(c.spans) == len(c.meta["users"]) <= plan.turns
 
@@ -117,13 +118,37 @@ def test_conversations_follow_up_when_the_target_writes_allowed_turns():
 def test_the_recipe_covers_its_kinds_and_is_seeded():
     rng = random.Random(0)
     kinds = {plan_opening(rng, ["x"]).kind for _ in range(2000)}
-    assert kinds == set(OPENERS) | {"magpie", "material", "template"}
+    assert kinds == set(OPENERS) | {"magpie", "material", "template", "written"}
     plans = [plan_batch(random.Random(5)) for _ in range(2)]
     assert plans[0] == plans[1]
     many = [plan_batch(random.Random(s)) for s in range(200)]
     assert {p.greedy for p in many} == {True, False}
     assert {p.max_new_tokens for p in many} == {128, 256, 512}
     assert corpus_gen.shard_seed(0, 4) != corpus_gen.shard_seed(0, 5)
+
+
+def test_the_written_prompts_are_many_distinct_and_never_held_out():
+    prompts = written_prompts()
+    assert len(prompts) >= 400
+    assert len({" ".join(normalise(p)) for p in prompts}) == len(prompts)  # no duplicates
+    assert all(p.strip() == p and p for p in prompts)
+    held = HeldOut()
+    assert not [p for p in prompts if held.refuses(p)]
+    assert written_prompts() is prompts  # loaded once
+
+
+def test_about_15_percent_of_openings_are_written_and_seeded():
+    openings = [plan_opening(random.Random(s), ["some earlier reply"]) for s in range(4000)]
+    written = [o for o in openings if o.kind == "written"]
+    assert 0.12 < len(written) / len(openings) < 0.18
+    assert sum(o.kind == "magpie" for o in openings) / len(openings) == pytest.approx(0.30, abs=0.03)
+    assert all(o.user and o.opener == "" for o in written)
+    assert len({o.user for o in written}) > 200  # drawn across the file, some with a constraint
+    assert any(o.user not in written_prompts() for o in written)
+    assert [plan_opening(random.Random(7), ["x"]) for _ in range(3)] == \
+        [plan_opening(random.Random(7), ["x"]) for _ in range(3)]
+    rng_a, rng_b = random.Random(11), random.Random(11)
+    assert [plan_opening(rng_a, []) for _ in range(300)] == [plan_opening(rng_b, []) for _ in range(300)]
 
 
 def test_depth_rates_by_hand():

@@ -3,17 +3,28 @@ length, turns) and one opening per conversation (system prompt, and how its firs
 is made). The target writes most user turns itself (the Magpie idea: its chat template up to
 a user turn, sampled), steered by an opener for some kinds (code, lists, math, rewrites,
 translation, constraints, casual chat); material tasks ask it to rewrite, summarise or
-translate a reply it wrote earlier in the run; template prompts add the first recipe's
-kinds. Nothing here is fitted to an evaluation prompt: tools/draft/held_out.py filters the
-results."""
+translate a reply it wrote earlier in the run; written prompts (written_prompts.toml, by hand
+in real users' voices: code with pasted errors, typos, other languages, pasted text to
+rewrite...) reach past the target's own bland user turns; template prompts add the first
+recipe's kinds. Shares of openings: Magpie 30%, openers 36%, written 15%, material 12%,
+template the rest (and material's share while there is none). Nothing here is fitted to an
+evaluation prompt: tools/draft/held_out.py filters the results (written_prompts.toml passes
+it as a whole: tests/test_draft_corpus.py)."""
 from __future__ import annotations
 
+import functools
 import random
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from .template_prompts import template_prompt
 
-RECIPE_VERSION = 2  # 1: user turns up to T 1.2 (mostly noise at 135M), openers lost a space
+# 2: version 1's user turns were up to T 1.2 (mostly noise at 135M), its openers lost a space
+# 3: 15% of openings are hand-written prompts ("written"), taken from the openers (45 -> 36%)
+#    and the template prompts (13 -> 7%)
+RECIPE_VERSION = 3
+WRITTEN_TOML = Path(__file__).with_name("written_prompts.toml")
 
 # None: the model's default system prompt (what `specdec chat` sends), the most common case.
 SYSTEM_PROMPTS = [
@@ -71,6 +82,13 @@ CONSTRAINTS = ["", "", "", "", " Keep it short.", " Use bullet points.", " Answe
                " Be funny.", " Use simple words."]
 
 
+@functools.cache
+def written_prompts() -> tuple[str, ...]:
+    """Every hand-written first user turn in written_prompts.toml, all its tables in file order."""
+    data = tomllib.loads(WRITTEN_TOML.read_text(encoding="utf-8"))
+    return tuple(p for table in data.values() for p in table["prompts"])
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """Decoding for every reply in one batch (transformers' generate takes one setting)."""
@@ -108,10 +126,16 @@ def plan_opening(rng: random.Random, material: list[str]) -> Opening:
     r = rng.random()
     if r < 0.30:
         return Opening("magpie", system)
-    if r < 0.75:
+    if r < 0.66:
         kind = rng.choice(sorted(OPENERS))
         return Opening(kind, system, opener=rng.choice(OPENERS[kind]))
-    if r < 0.87 and material:
+    if r < 0.81:
+        prompt = rng.choice(written_prompts())
+        if rng.random() < 0.3:  # a constraint after a pasted block goes on its own line
+            extra = rng.choice(CONSTRAINTS)
+            prompt += extra if "\n" not in prompt else ("\n\n" + extra.strip() if extra else "")
+        return Opening("written", system, user=prompt)
+    if r < 0.93 and material:
         text = rng.choice(material)
         return Opening("material", system, user=f"{rng.choice(MATERIAL_TASKS)}\n\n{text}")
     prompt = template_prompt(rng).strip()
