@@ -221,3 +221,43 @@ def test_memory_cap_kills_a_process_over_its_limit():
         assert cap.oom_kills() >= 1 or cap.peak_bytes() <= 150 * 10**6
     finally:
         cap.close()
+
+
+def test_a_fixed_tree_size_reaches_the_tree_contender(bench):
+    """`--tree-nodes N`: the tree contender drafts N-node trees every pass (the cost model
+    would size them itself), and its greedy text still equals plain's."""
+    from specdec.cli import main
+
+    report, paths = bench
+    root = paths["json"].parent.parent
+    out = root / "out_fixed_tree"
+    rc = main(["bench", "offload", "--quick", "--target", str(root / "target"), "--draft",
+               str(root / "draft"), "--ram", "1.5GB", "--dtype", "float32", "--stream-all",
+               "--threads", "1", "--max-new-tokens", "12", "--out", str(out), "--cache-dir",
+               str(root / "cache"), "--contenders", "tree", "--tree-nodes", "3"])
+    assert rc == 0
+    fixed = json.loads((out / "report.json").read_text())
+    row = next(r for r in fixed["rows"] if r["contender"] == "tree" and r["temperature"] == 0)
+    # every pass drafts 3 nodes, but the last two of a reply, which its remaining tokens cap
+    runs = [x for x in fixed["workloads"][0]["results"]["tree"]["runs"] if x["temperature"] == 0]
+    drafted, passes = sum(x["drafted"] for x in runs), sum(x["target_passes"] for x in runs)
+    assert 3 * (passes - 2 * len(runs)) <= drafted <= 3 * passes
+    assert row["drafted_per_pass"] == drafted / passes
+    assert any("fixed 3-node trees" in n for n in fixed["notes"])
+
+    def texts(rep, name):
+        return [x["text"] for x in rep["workloads"][0]["results"][name]["runs"] if x["temperature"] == 0]
+    assert texts(fixed, "tree") and texts(fixed, "tree") == texts(report, "plain")
+
+
+def test_tree_nodes_go_to_tree_modes_only_and_zero_is_refused(capsys):
+    from specdec.bench.worker import speculation_kwargs
+    from specdec.cli import main
+
+    job = {"contender": {"speculation": "tree"}, "tree_nodes": 16}
+    assert speculation_kwargs(job) == {"speculation": "tree", "tree_nodes": 16}
+    assert speculation_kwargs({**job, "contender": {"speculation": "overlap"}})["tree_nodes"] == 16
+    assert speculation_kwargs({**job, "contender": {"speculation": "chain"}}) == {"speculation": "chain"}
+    assert speculation_kwargs({**job, "tree_nodes": None}) == {"speculation": "tree"}
+    assert main(["bench", "offload", "--quick", "--tree-nodes", "0"]) == 2
+    assert "--tree-nodes 0: a tree needs at least 1 node" in capsys.readouterr().err

@@ -92,6 +92,7 @@ def _run_row(workload: str, name: str, t: float, r: dict, results: dict, floor: 
                peak_rss_bytes=r["peak_rss_bytes"], cap_peak_bytes=r.get("cap_peak_bytes"),
                target_passes=passes, tokens_per_pass=tokens / passes if passes else None,
                acceptance_rate=accepted / drafted if drafted else None,
+               drafted_per_pass=drafted / passes if passes and drafted else None,
                token_acceptance=accepted / offered if all("rejected" in x for x in runs) and offered else None,
                x_floor=ms / floor["ms_per_token"] if ms and floor.get("ms_per_token") else None)
     row.update(_draft_figures(runs, passes))

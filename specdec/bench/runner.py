@@ -97,11 +97,12 @@ def llama_python(requested: str | None) -> tuple[str | None, str]:
 def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup: bool = True,
               log=print, only: set[str] | None = None, llama_py: str | None = None,
               llama_why: str = LLAMA_MISSING, draft_tokens: int = 8,
-              timeout: float = JOB_TIMEOUT_S) -> dict:
+              timeout: float = JOB_TIMEOUT_S, tree_nodes: int | None = None) -> dict:
     """Run every contender (or those named in `only`) on every workload; return the report
     dict (see specdec/bench/report.py). `llama_py`: the interpreter of the llama.cpp
     contenders (None: they are skipped with `llama_why`); `timeout`: seconds per contender (a
-    contender past it is killed and its row says so)."""
+    contender past it is killed and its row says so); `tree_nodes`: a fixed tree size for the
+    tree and overlap contenders (None: the cost model sizes each pass's tree)."""
     contenders = [c for c in CONTENDERS if not only or c.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads,
@@ -117,7 +118,7 @@ def run_bench(workloads: list[Workload], out_dir: Path, threads: int, use_cgroup
                 continue
             log(f"[{w.name}] {c.name} ...")
             results[c.name] = run_contender(w, c, threads, use_cgroup, out_dir, results,
-                                            llama_py, draft_tokens, timeout)
+                                            llama_py, draft_tokens, timeout, tree_nodes)
             methods.add(results[c.name]["cap_method"])
             log(f"[{w.name}] {c.name}: {_brief(results[c.name])}")
         add_texts(w, results)
@@ -164,10 +165,11 @@ def _self_draft_refusal(store_path: str) -> str:
 
 def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out_dir: Path,
                   earlier: dict | None = None, llama_py: str | None = None,
-                  draft_tokens: int = 8, timeout: float = JOB_TIMEOUT_S) -> dict:
+                  draft_tokens: int = 8, timeout: float = JOB_TIMEOUT_S,
+                  tree_nodes: int | None = None) -> dict:
     cpu = hf_cpu_bytes(w, c, earlier or {}) if c.kind == "hf" else None
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
-           "draft_tokens": draft_tokens, "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
+           "draft_tokens": draft_tokens, "tree_nodes": tree_nodes, "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
            "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
                      "max_new_tokens": w.max_new_tokens}
                     for t in w.temperatures for i, p in enumerate(w.prompts)]}
@@ -322,7 +324,14 @@ def cmd_bench_offload(args) -> int:
     llama_py, llama_why = llama_python(args.llama_python) if wants_llama else (None, "not asked for")
     if wants_llama and llama_py is None:
         print(llama_why, file=sys.stderr)
+    tree_nodes = getattr(args, "tree_nodes", None)
+    if tree_nodes is not None and tree_nodes < 1:
+        print(f"specdec: error: --tree-nodes {tree_nodes}: a tree needs at least 1 node (leave it out "
+              "for trees sized per pass by the cost model)", file=sys.stderr)
+        return 2
     workloads, notes = build_workloads(args, bench_cache(args.cache_dir), llama=llama_py is not None)
+    if tree_nodes is not None:
+        notes.append(f"the tree and overlap contenders drafted fixed {tree_nodes}-node trees (--tree-nodes)")
     for w in workloads:
         w.max_new_tokens = args.max_new_tokens or w.max_new_tokens
     for n in notes:
@@ -333,7 +342,8 @@ def cmd_bench_offload(args) -> int:
     report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
                        use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr),
                        only=only, llama_py=llama_py, llama_why=llama_why,
-                       draft_tokens=args.draft_tokens, timeout=getattr(args, "timeout", None) or JOB_TIMEOUT_S)
+                       draft_tokens=args.draft_tokens, timeout=getattr(args, "timeout", None) or JOB_TIMEOUT_S,
+                       tree_nodes=tree_nodes)
     report["notes"] = notes
     report["command"] = " ".join(sys.argv)
     paths = write_report(report, out)

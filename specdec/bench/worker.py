@@ -86,7 +86,7 @@ def run_specdec(job: dict) -> dict:
     if w["stream_all"]:
         ram = minimum_budget(w["store"], draft, w["max_context"], w["dtype"])
     lm = specdec.load(w["store"], draft=draft, ram=ram, max_context=w["max_context"],
-                      dtype=w["dtype"], speculation=c.get("speculation", "chain"), progress=False)
+                      dtype=w["dtype"], progress=False, **speculation_kwargs(job))
     try:
         runs = _timed_runs(job, specdec_generate(lm))
         return {"runs": runs, "plan": lm.plan.as_dict() if lm.plan else None}
@@ -108,6 +108,14 @@ def specdec_generate(lm):
                                "source_counters": s.source,  # a MoE target's expert counters
                                **s.counters}  # a strategy's own (overlap: draft seconds hidden/critical)
     return generate
+
+
+def speculation_kwargs(job: dict) -> dict:
+    """How a specdec contender speculates: its mode, and the bench's fixed tree size
+    (--tree-nodes) where the mode drafts a tree."""
+    mode = job["contender"].get("speculation", "chain")
+    fixed = job.get("tree_nodes") if mode in ("tree", "overlap") else None
+    return {"speculation": mode, **({"tree_nodes": fixed} if fixed is not None else {})}
 
 
 def job_draft(w: dict, c: dict) -> str | None:

@@ -103,6 +103,8 @@ def _add_bench_offload(bench_subparsers) -> None:
                    "llama.cpp contenders (default: this one, if it can import llama_cpp)")
     o.add_argument("--draft-tokens", type=int, default=8, help="greedy draft tokens per pass of "
                    "llama.cpp's speculative contender (default 8)")
+    o.add_argument("--tree-nodes", type=int, default=None, help="a fixed tree size for specdec's tree "
+                   "and overlap contenders (default: the cost model sizes each pass's tree)")
     for name, ram in (("inflated-7b-bf16", "4GB"), ("inflated-7b-q4", "2GB"), ("seed-13b", "3.5GB")):
         o.add_argument(f"--{name}-ram", help=f"RAM cap of {name} (default {ram})")
     o.add_argument("--synthetic", help="synthetic target shape: llama2-7b (default), qwen2.5-7b, "
