@@ -59,16 +59,32 @@ class PassTimeFit:
             # the first passes on a slow disk far too cautious.) Two sizes switch to the fit.
             measured = sum(y for _, y in self.samples) / len(self.samples)
             return max(measured, self.x(tokens))
-        a, b = self.fit()
-        return a + b * self.x(tokens)
+        a, b = self.fit(self._near(tokens))
+        line = a + b * self.x(tokens)
+        # ... and no pass is faster than its matmuls: past the sizes seen, the probe's curve
+        # says where the read stops hiding them
+        return max(line, self.x(tokens)) if self.profile is not None else line
 
-    def fit(self) -> tuple[float, float]:
-        """(a, b): seconds of a pass of n tokens = a + b * x(n)."""
+    def _near(self, tokens: int) -> list[tuple[int, float]]:
+        """The passes whose sizes are near `tokens` (half to twice it, +-2), where at least two
+        sizes are; else all of them. A streamed pass is flat while the read hides its matmuls
+        and grows once they outgrow it: no one line follows that, and a line through every pass
+        takes its slope from the largest (a prompt's first pass: the whole prompt, compute-bound).
+        At seed-13b (2026-12-07) such a line priced a 16-token decode pass at 3.1-3.3 s where
+        13-19-token passes took 2.4-2.6 s, and the tree drafted ~4 nodes where 16 were 20%
+        faster (docs/benchmarks.md)."""
+        near = [(n, y) for n, y in self.samples if tokens / 2 - 2 <= n <= 2 * tokens + 2]
+        return near if len({n for n, _ in near}) >= 2 else self.samples
+
+    def fit(self, samples: list[tuple[int, float]] | None = None) -> tuple[float, float]:
+        """(a, b): seconds of a pass of n tokens = a + b * x(n), by least squares over
+        `samples` (default: every pass kept)."""
+        samples = self.samples if samples is None else samples
         profiled = self.profile is not None
-        if not self.samples:
+        if not samples:
             return (self.x(1), 1.0) if profiled else (1.0, 1.0 / 256)
-        xs = [self.x(n) for n, _ in self.samples]
-        ys = [y for _, y in self.samples]
+        xs = [self.x(n) for n, _ in samples]
+        ys = [y for _, y in samples]
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mean_x) ** 2 for x in xs)
         if var <= 1e-12 * max(mean_x * mean_x, 1e-12):
