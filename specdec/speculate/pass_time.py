@@ -6,10 +6,14 @@ bf16 target streamed from disk with bf16 instructions a pass of 64 tokens costs 
 costs (the read dominates), but without them (AVX2), or on q4 weights (torch's int4 kernel),
 the matmuls grow with the tokens and speculating wide stops paying sooner.
 
-The fit is seconds(n) = a + b * c(n), least squares over the last `history` passes, where
-c(n) is the probe's estimate of the pass's matmul seconds at n tokens on this CPU
-(specdec.compute.profile.Profile): b starts at 1 (the probe is right about the matmuls) and a is what
-the matmuls do not explain (the read not hidden behind them, attention, Python). So the very
+The fit is seconds(n) = a + b * c(n), least squares over the kept passes (the last `history`)
+whose sizes are near n (half to twice it; all of them where fewer than two sizes are near),
+never below c(n), where c(n) is the probe's estimate of the pass's matmul seconds at n tokens
+on this CPU (specdec.compute.profile.Profile): b starts at 1 (the probe is right about the
+matmuls) and a is what the matmuls do not explain (the read not hidden behind them, attention,
+Python). Near, because a streamed pass is flat in its tokens while the read hides the matmuls
+and then grows: a prompt's first pass, which is compute-bound, must not set the price of a
+decode pass. So the very
 first passes are sized by this machine's measured kernel curve, not by a guess, and later
 passes by what they really cost. Without a profile (a model the probe cannot describe) c(n)
 is n and, until two sizes have been seen, a 256-token pass is assumed to cost twice a
