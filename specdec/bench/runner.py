@@ -169,7 +169,8 @@ def run_contender(w: Workload, c: Contender, threads: int, use_cgroup: bool, out
                   tree_nodes: int | None = None) -> dict:
     cpu = hf_cpu_bytes(w, c, earlier or {}) if c.kind == "hf" else None
     job = {"contender": c.__dict__, "threads": threads, "pass_tokens": PASS_TOKENS,
-           "draft_tokens": draft_tokens, "tree_nodes": tree_nodes, "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
+           "draft_tokens": draft_tokens, "tree_nodes": tree_nodes,
+           "workload": {**w.as_dict(), "hf_cpu_bytes": cpu},
            "runs": [{"prompt_index": i, "prompt_ids": p, "temperature": t, "seed": 1234 + i,
                      "max_new_tokens": w.max_new_tokens}
                     for t in w.temperatures for i, p in enumerate(w.prompts)]}
@@ -342,8 +343,8 @@ def cmd_bench_offload(args) -> int:
     report = run_bench(workloads, out, args.threads or os.cpu_count() or 1,
                        use_cgroup=not args.no_cgroup, log=lambda s: print(s, file=sys.stderr),
                        only=only, llama_py=llama_py, llama_why=llama_why,
-                       draft_tokens=args.draft_tokens, timeout=getattr(args, "timeout", None) or JOB_TIMEOUT_S,
-                       tree_nodes=tree_nodes)
+                       draft_tokens=args.draft_tokens, tree_nodes=tree_nodes,
+                       timeout=getattr(args, "timeout", None) or JOB_TIMEOUT_S)
     report["notes"] = notes
     report["command"] = " ".join(sys.argv)
     paths = write_report(report, out)
