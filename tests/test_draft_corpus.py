@@ -2,7 +2,9 @@
 the generator's refusal of held-out prompts, and the per-depth acceptance arithmetic."""
 from __future__ import annotations
 
+import argparse
 import random
+import time
 
 import pytest
 import torch
@@ -69,6 +71,7 @@ class FakeWriter(corpus_gen.TargetWriter):
 
     def __init__(self, user_texts):
         self.tok, self.end = FakeTokenizer(), 3
+        self.record = corpus_gen.generation_record(torch.float32)
         self.user_texts = user_texts
         self.calls = 0
 
@@ -113,6 +116,40 @@ def test_conversations_follow_up_when_the_target_writes_allowed_turns():
     for c in convs:
         for (s, e), (s2, _) in zip(c.spans, c.spans[1:]):
             assert c.ids[e - 1] == writer.end and s2 > e  # a user turn between two replies
+
+
+def test_a_resumed_corpus_records_from_which_shard_new_settings_apply(tmp_path):
+    # a corpus begun before the generator was recorded: its shards were HF generate's, float32
+    corpus = Corpus(tmp_path / "c", {"seed": 0, "batch": 32, "long_batch": 16})
+    corpus.append([], seed=1)
+    bf16 = corpus_gen.generation_record(torch.bfloat16)
+    corpus_gen.note_change(corpus, "generator_changes", bf16, before=corpus_gen.LEGACY_GENERATION)
+    corpus_gen.note_change(corpus, "generator_changes", bf16, before=corpus_gen.LEGACY_GENERATION)
+    corpus_gen.note_change(corpus, "batch_changes", {"batch": 32, "long_batch": 16})
+    corpus.append([], seed=2)
+    fp32 = corpus_gen.generation_record(torch.float32)
+    corpus_gen.note_change(corpus, "generator_changes", fp32, before=corpus_gen.LEGACY_GENERATION)
+    corpus_gen.note_change(corpus, "batch_changes", {"batch": 24, "long_batch": 16})
+    recipe = corpus.manifest["recipe"]
+    assert bf16 == {"generator": corpus_gen.GENERATOR, "dtype": "bfloat16"}
+    assert recipe["generator_changes"] == [{"from_shard": 1, **bf16}, {"from_shard": 2, **fp32}]
+    assert recipe["batch_changes"] == [{"from_shard": 2, "batch": 24, "long_batch": 16}]
+    # a corpus begun with them records no change until one happens
+    args = argparse.Namespace(seed=0, batch=4, long_batch=2)
+    fresh = Corpus(tmp_path / "d", corpus_gen.recipe_record(args, bf16))
+    fresh.append([], seed=1)
+    corpus_gen.note_change(fresh, "generator_changes", bf16, before=corpus_gen.LEGACY_GENERATION)
+    assert "generator_changes" not in fresh.manifest["recipe"]
+    assert fresh.manifest["recipe"]["dtype"] == "bfloat16"
+
+
+def test_each_shard_records_its_generator_and_dtype(tmp_path):
+    corpus = Corpus(tmp_path / "c", {"seed": 0})
+    writer = FakeWriter(["Could you tell me more about that part?"])
+    args = argparse.Namespace(seed=0, batch=4, long_batch=2)
+    corpus_gen.grow_one(corpus, writer, HeldOut(), [], args, time.time())
+    assert corpus.shards[0]["generator"] == corpus_gen.GENERATOR
+    assert corpus.shards[0]["dtype"] == "float32"
 
 
 def test_the_recipe_covers_its_kinds_and_is_seeded():

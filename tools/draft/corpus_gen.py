@@ -20,8 +20,10 @@ from dataclasses import asdict
 
 import torch
 
+from .batch_decode import GENERATOR, decode_batch
 from .corpus_recipe import RECIPE_VERSION, BatchPlan, Opening, plan_batch, plan_opening
 from .corpus_shards import Conversation, Corpus
+from .distil import compute_dtype
 from .held_out import HeldOut
 
 MAX_CONTEXT = 1536  # no follow-up past this many tokens (the demo runs at 2048)
@@ -35,6 +37,7 @@ class TargetWriter:
     def __init__(self, tok, model):
         self.tok, self.model = tok, model
         self.end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.record = generation_record(next(model.parameters()).dtype)
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
@@ -49,22 +52,8 @@ class TargetWriter:
     def generate(self, contexts: list[list[int]], max_new: int, sample: bool, temperature: float,
                  top_p: float) -> list[tuple[list[int], bool]]:
         """New tokens per context, cut after <|im_end|>; with whether it ended."""
-        width = max(map(len, contexts))
-        inp = torch.full((len(contexts), width), self.end, dtype=torch.long)
-        att = torch.zeros_like(inp)
-        for r, x in enumerate(contexts):
-            inp[r, width - len(x):] = torch.tensor(x)
-            att[r, width - len(x):] = 1
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample else \
-            dict(do_sample=False)
-        with torch.no_grad():
-            out = self.model.generate(input_ids=inp, attention_mask=att, max_new_tokens=max_new,
-                                      eos_token_id=self.end, pad_token_id=self.end, **kw)
-        rows = []
-        for row in out[:, width:].tolist():
-            ended = self.end in row
-            rows.append((row[:row.index(self.end) + 1] if ended else row, ended))
-        return rows
+        return decode_batch(self.model, contexts, max_new, self.end,
+                            temperature if sample else 0.0, top_p)
 
 
 class ConversationBuilder:
@@ -166,22 +155,36 @@ def material_of(writer: TargetWriter, convs: list[Conversation]) -> list[str]:
     return out
 
 
-def recipe_record(args) -> dict:
+# what made the shards of a corpus begun before the generator and dtype were recorded
+LEGACY_GENERATION = {"generator": "transformers generate (every row until the batch's last ends)",
+                     "dtype": "float32"}
+
+
+def generation_record(dtype: torch.dtype) -> dict:
+    """The decoding code and the target's dtype: both change which tokens a seed gives (bf16
+    rounds logits differently; the sampler draws per live row), so the manifest keeps them."""
+    return {"generator": GENERATOR, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def recipe_record(args, generation: dict) -> dict:
     return {"version": RECIPE_VERSION, "seed": args.seed, "target": "SmolLM2-135M-Instruct Q4_1 GGUF, "
-            "dequantised by transformers, float32", "recipe": "tools/draft/corpus_recipe.py",
-            "batch": args.batch, "long_batch": args.long_batch}
+            "dequantised by transformers, run in `dtype`", "recipe": "tools/draft/corpus_recipe.py",
+            "batch": args.batch, "long_batch": args.long_batch, **generation}
 
 
 def run(args) -> None:
     from .target import load_target
 
     torch.set_num_threads(args.threads)
-    corpus = Corpus(args.data, recipe_record(args))
+    dtype = compute_dtype(args.dtype)
+    generation = generation_record(dtype)
+    corpus = Corpus(args.data, recipe_record(args, generation))
     if corpus.shards and corpus.manifest["recipe"].get("seed") != args.seed:
         raise SystemExit(f"{args.data} was grown with --seed {corpus.manifest['recipe']['seed']}; "
                          f"resume with that seed or use a new --data directory")
-    note_batch_sizes(corpus, args)
-    _, tok, model = load_target(torch.float32)
+    note_change(corpus, "batch_changes", {"batch": args.batch, "long_batch": args.long_batch})
+    note_change(corpus, "generator_changes", generation, before=LEGACY_GENERATION)
+    _, tok, model = load_target(dtype)
     writer, held = TargetWriter(tok, model), HeldOut()
     material = [material_of(writer, corpus.read(e)) for e in corpus.shards[-MATERIAL_SHARDS:]]
     stop = {"now": False}
@@ -201,15 +204,15 @@ def run(args) -> None:
     print(f"totals: {corpus.manifest.get('totals', {})}", flush=True)
 
 
-def note_batch_sizes(corpus: Corpus, args) -> None:
-    """Batch sizes change what a shard holds (how many openings its seed plans), so a resumed
-    corpus records the shard from which new sizes apply; each shard also records its own."""
+def note_change(corpus: Corpus, key: str, settings: dict, before: dict | None = None) -> None:
+    """Settings that change what a shard's seed gives (batch sizes: how many openings it plans;
+    the generator and dtype: which tokens it samples): a resumed corpus whose latest settings
+    differ records under recipe[key] the shard from which these apply; each shard also records
+    its own. `before`: the settings of a corpus begun before the recipe named them."""
     recipe = corpus.manifest["recipe"]
-    last = (recipe.get("batch_changes") or [recipe])[-1]
-    current = (last.get("batch"), last.get("long_batch"))
-    if corpus.shards and current != (args.batch, args.long_batch):
-        recipe.setdefault("batch_changes", []).append(
-            {"from_shard": len(corpus.shards), "batch": args.batch, "long_batch": args.long_batch})
+    last = (recipe.get(key) or [{**(before or {}), **recipe}])[-1]
+    if corpus.shards and any(last.get(k) != v for k, v in settings.items()):
+        recipe.setdefault(key, []).append({"from_shard": len(corpus.shards), **settings})
 
 
 def grow_one(corpus: Corpus, writer: TargetWriter, held: HeldOut, material: list[list[str]], args,
@@ -230,7 +233,7 @@ def grow_one(corpus: Corpus, writer: TargetWriter, held: HeldOut, material: list
     # a shard with no conversation (every opening refused or unfinished) is still written:
     # it keeps the shard indices, and so the seeds, in step
     entry = corpus.append(convs, seed, {"refused_user_turns": refused, "recipe_version": RECIPE_VERSION,
-                                              "batch": size["batch"]})
+                                              "batch": size["batch"], **writer.record})
     material.append(material_of(writer, convs))
     tot = corpus.manifest["totals"]
     print(f"[{(time.time() - start) / 60:6.1f} min] shard {index}: {entry['conversations']} convs, "
@@ -250,6 +253,9 @@ def main(argv=None) -> None:
     # matrix products stop getting cheaper per row; memory stays ~2 GB at these sizes
     ap.add_argument("--batch", type=int, default=32, help="conversations per batch (replies <= 256)")
     ap.add_argument("--long-batch", type=int, default=16, help="conversations per batch (512 tokens)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="the target's arithmetic (auto: bf16 where the CPU has bf16 instructions; "
+                         "emulated bf16 is slower than float32)")
     run(ap.parse_args(argv))
 
 

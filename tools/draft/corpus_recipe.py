@@ -91,7 +91,7 @@ def written_prompts() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """Decoding for every reply in one batch (transformers' generate takes one setting)."""
+    """Decoding for every reply in one batch (one decode call per turn takes one setting)."""
     greedy: bool
     temperature: float  # replies' temperature (1.0 and unused when greedy)
     top_p: float
