@@ -31,3 +31,19 @@ def test_the_gate_stops_drafting_when_plain_is_faster_and_looks_again():
     assert not gate.should_draft()
     gate.observe(tokens=4, seconds=0.2, plain_seconds=0.1)  # once more: EMA 11.2, drafting pays
     assert [gate.should_draft() for _ in range(3)] == [True, True, True]
+
+
+def test_a_verdict_against_drafting_on_a_guessed_plain_price_buys_one_measuring_pass():
+    """Before a pass of about one token is measured, plain's price is an extrapolation (at
+    seed-13b it put a plain pass at a tenth of its time and shut the gate for seven passes):
+    one plain pass measures it, and the next drafted pass decides on the measurement."""
+    gate = DraftGate(recheck_every=8)
+    gate.observe(tokens=2, seconds=2.6, plain_seconds=0.2, plain_measured=False)
+    assert [gate.should_draft() for _ in range(2)] == [False, True]  # one pass, not a stretch
+    gate.observe(tokens=2, seconds=2.6, plain_seconds=2.35)  # measured: 0.77 tok/s vs 0.43
+    assert all(gate.should_draft() for _ in range(8))
+    gate.observe(tokens=1, seconds=3.0, plain_seconds=0.5)  # measured, and plain is faster
+    assert [gate.should_draft() for _ in range(8)] == [False] * 7 + [True]  # the stretch
+    unsure = DraftGate(recheck_every=8)
+    unsure.observe(tokens=3, seconds=1.0, plain_seconds=0.9, plain_measured=False)  # pays anyway
+    assert all(unsure.should_draft() for _ in range(8))

@@ -143,6 +143,7 @@ def test_the_tree_prices_decode_passes_by_decode_passes_not_the_prompts_first_pa
     cost.observe_draft(T_DRAFT)
     for n in (60, 5, 9, 3, 12, 6, 17, 4, 60, 8, 2, 10, 5, 14, 7):  # two prompts' first passes
         cost.observe_pass(n, streamed_q4_curve(n))
+    assert cost.pass_time.measured(1) and cost.pass_time.measured(60)
     for n in (1, 9, 17, 60):  # (between 17 and 60 the nearest passes include the first ones: dearer)
         assert cost.pass_seconds(n) == pytest.approx(streamed_q4_curve(n), rel=0.05), n
     for hit in (0.35, 0.5):  # the demo draft's and a better one's
@@ -150,3 +151,17 @@ def test_the_tree_prices_decode_passes_by_decode_passes_not_the_prompts_first_pa
         n = max(range(1, 33), key=lambda m: cost.rate(tree, m, 1, 3))
         best = max(tree_rate(tree, m, streamed_q4_curve) for m in range(1, 33))
         assert tree_rate(tree, n, streamed_q4_curve) >= 0.98 * best, (hit, n)
+
+
+def test_a_plain_pass_price_is_measured_only_once_a_pass_near_one_token_is():
+    """What the tree's gate is told (speculate/gate.py): after a prompt's first pass and one
+    decode tree, a one-token pass is priced from other sizes (here below the read it must
+    wait for), and the fit says so."""
+    from specdec.speculate.pass_time import PassTimeFit
+
+    fit = PassTimeFit(profile=lambda n: 0.1 * n)
+    fit.observe(56, streamed_q4_curve(56))  # the prompt: compute-bound
+    fit.observe(29, streamed_q4_curve(29))  # a 28-node tree
+    assert not fit.measured(1) and fit.seconds(1) < 0.5 * streamed_q4_curve(1)
+    fit.observe(1, streamed_q4_curve(1))
+    assert fit.measured(1) and fit.measured(6) and not fit.measured(7)

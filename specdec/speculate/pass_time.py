@@ -48,6 +48,11 @@ class PassTimeFit:
         seconds = max(seconds - self.growth(tokens), 1e-9)
         self.samples = (self.samples + [(tokens, seconds)])[-self.history:]
 
+    def measured(self, tokens: int) -> bool:
+        """Whether a kept pass is near `tokens` in size (half to twice it, +-2), so its price
+        comes from measurement rather than from passes of other sizes."""
+        return any(_is_near(n, tokens) for n, _ in self.samples)
+
     def x(self, tokens: int) -> float:
         """The fit's abscissa: the probe's matmul seconds for `tokens`, or the tokens."""
         return self.profile(tokens) if self.profile is not None else float(tokens)
@@ -77,7 +82,7 @@ class PassTimeFit:
         At seed-13b (2026-12-07) such a line priced a 16-token decode pass at 3.1-3.3 s where
         13-19-token passes took 2.4-2.6 s, and the tree drafted ~4 nodes where 16 were 20%
         faster (docs/benchmarks.md)."""
-        near = [(n, y) for n, y in self.samples if tokens / 2 - 2 <= n <= 2 * tokens + 2]
+        near = [(n, y) for n, y in self.samples if _is_near(n, tokens)]
         return near if len({n for n, _ in near}) >= 2 else self.samples
 
     def fit(self, samples: list[tuple[int, float]] | None = None) -> tuple[float, float]:
@@ -98,3 +103,7 @@ class PassTimeFit:
             return a, a / 256
         b = max(sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var, 0.0)
         return max(mean_y - b * mean_x, 1e-6), b
+
+
+def _is_near(size: int, tokens: int) -> bool:
+    return tokens / 2 - 2 <= size <= 2 * tokens + 2

@@ -113,7 +113,7 @@ class Tree(Strategy):
         # place for a drafted node, and says nothing about whether drafting pays.
         if plan.state.drafting and plan.state.n_context == 1 and step.room > 1:
             self.gate.observe(len(path) + 1, pass_seconds + plan.state.draft_seconds,
-                              self.cost.pass_seconds(1))
+                              self.cost.pass_seconds(1), self.cost.pass_time.measured(1))
         return walk.outcome(counters)
 
     def rollback(self, valid: int) -> None:
