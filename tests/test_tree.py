@@ -101,28 +101,65 @@ CONTEXT = [3, 17, 42, 8, 61, 5]
 
 def test_builder_fixed_size_stops_at_max_nodes_and_skips_the_useless_forward(drafter):
     drafter.keep(0)
-    tree = build_tree(drafter, CONTEXT, 12, 3, GREEDY, TreeCostModel(3), 1, True, batch=4)
+    tree = build_tree(drafter, CONTEXT, 12, 3, GREEDY, TreeCostModel(3), 1, True)
     assert len(tree) == 12
-    # batches of 3 (the root's children), 4, 4, then 1: the last one's children could
-    # not be used, so it is never forwarded
-    assert tree.forwarded == 11
-    assert drafter.cache.length == len(CONTEXT) + 11
+    # the last node taken is never forwarded: its children could not be used
+    assert tree.forwarded < 12
+    assert drafter.cache.length == len(CONTEXT) + tree.forwarded
     assert all(len(tree.children(n)) <= 3 for n in range(-1, 12))
     for i, p in enumerate(tree.parents):  # best first: a parent is never less likely
         assert p < i and (p < 0 or tree.cum_logp[p] >= tree.cum_logp[i])
 
 
-def test_builder_stops_when_the_cost_model_says_a_batch_does_not_pay(drafter):
+def test_builder_stops_when_the_cost_model_says_nodes_do_not_pay(drafter):
     expensive = TreeCostModel(3)
     expensive.observe_draft(100.0)  # a draft forward far dearer than a target pass
     drafter.keep(0)
-    assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, expensive, 1, False, batch=4)) == 0
+    tree = build_tree(drafter, CONTEXT, 32, 3, GREEDY, expensive, 1, False)
+    # the root's proposals come with the catch-up the draft needs anyway; nothing more
+    assert len(tree) == 3 and tree.forwarded == 0
     cheap = TreeCostModel(3)
     cheap.observe_draft = lambda seconds: None  # draft forwards stay free, whatever this CPU takes
     for n in (1, 64):
         cheap.observe_pass(n, 1.0)  # and a flat pass cost: every node pays
     drafter.keep(0)
-    assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, cheap, 1, False, batch=4)) == 32
+    assert len(build_tree(drafter, CONTEXT, 32, 3, GREEDY, cheap, 1, False)) == 32
+
+
+def _sure_of_its_favourite(forward_seconds: float | None) -> TreeCostModel:
+    """A cost model that has seen the target take the draft's favourite 95% of the time, with
+    a flat 1-second pass and draft forwards of `forward_seconds` (None: free)."""
+    cost = TreeCostModel(3)
+    seen = DraftTree()
+    seen.add(5, parent=-1, rank=0, cum_logp=0.0)
+    seen.add(6, parent=-1, rank=1, cum_logp=0.0)
+    for i in range(100):
+        cost.observe_walk(seen, [0] if i % 20 else [], next_token=9 if i % 20 else 7)
+    for n in (1, 64):
+        cost.observe_pass(n, 1.0)
+    if forward_seconds is None:
+        cost.observe_draft = lambda seconds: None
+    else:
+        cost.observe_draft(forward_seconds)
+        cost.observe_draft = lambda seconds: None
+    return cost
+
+
+def test_a_cheap_draft_grows_deep_trees_and_a_dear_one_wide(drafter):
+    """With the favourite taken 95% of the time, 16 nodes belong mostly on one line: a draft
+    forward that costs nothing runs the draft on each node as soon as its children would
+    beat the other candidates (8 levels and more; batches of eight reached 3). One that
+    costs as much as a pass waits until no candidate is left, level by level."""
+    drafter.keep(0)
+    deep = build_tree(drafter, CONTEXT, 16, 3, GREEDY, _sure_of_its_favourite(None), 1, True)
+    assert max(deep.depths) >= 8
+    drafter.keep(0)
+    wide = build_tree(drafter, CONTEXT, 16, 3, GREEDY, _sure_of_its_favourite(1.0), 1, True)
+    assert max(wide.depths) <= 3
+    for tree in (deep, wide):
+        assert len(tree) == 16
+        for i, p in enumerate(tree.parents):
+            assert p < i
 
 
 def test_tree_pass_logits_equal_each_path_fed_alone(drafter):

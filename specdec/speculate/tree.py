@@ -55,13 +55,11 @@ class _Pass:
 class Tree(Strategy):
     name = "tree"
 
-    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, batch: int = 8,
-                 profile=None):
+    def __init__(self, drafter: Drafter, settings: TreeSettings | None = None, profile=None):
         self.drafter = drafter
         self.settings = settings or TreeSettings()
         self.cost = TreeCostModel(self.settings.width, profile=profile)
         self.gate = DraftGate()
-        self.batch = batch
         s = self.settings
         self.lookup = LookupBranches(s.lookup, fixed=s.fixed) if s.lookup else None
 
@@ -73,7 +71,7 @@ class Tree(Strategy):
         drafting = s.fixed or self.gate.should_draft()
         if drafting:
             tree = build_tree(self.drafter, step.context, min(s.max_nodes, step.room - 1), s.width,
-                              step.params, self.cost, n_ctx, s.fixed, self.batch)
+                              step.params, self.cost, n_ctx, s.fixed)
         else:  # drafting does not pay here now (speculate/gate.py): a plain pass
             tree = DraftTree()
         draft_seconds = time.perf_counter() - started
@@ -131,49 +129,93 @@ class Tree(Strategy):
 
 def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
                params: SamplingParams, cost: TreeCostModel, fed_before_tree: int,
-               fixed_size: bool, batch: int = 8) -> DraftTree:
-    """Grow a draft tree best-first by cumulative draft probability (SpecExec): take the
-    `batch` most probable candidates, run the draft on them in one forward (tree
-    attention), and offer each one's `width` most probable children as candidates.
-    Stops at `max_nodes`, or, unless `fixed_size`, when the cost model says another
-    batch would lower the expected tokens per second. The draft cache ends holding
-    the context and the forwarded nodes, in node order."""
+               fixed_size: bool, lookahead: int = 8) -> DraftTree:
+    """Grow a draft tree best-first by estimated reach (SpecExec): take the most probable
+    candidate into the tree, one at a time; each node's `width` most probable children
+    become candidates once the draft has run on it. Nodes wait to be run in a batch (one
+    forward, tree attention) until their likely children would beat the best candidate by
+    more than a forward costs (_forward_first). Stops at `max_nodes`, or, unless
+    `fixed_size`, when the cost model says none of the next `lookahead` candidates' groups
+    (the best one, the best two, ...) would raise the expected tokens per second. The draft cache ends holding the context and the forwarded
+    nodes, in node order; the last nodes taken may never be forwarded (their children are
+    not needed)."""
     root_logits = drafter.catch_up(context)
     base = drafter.cache.length
     first_child = int(drafter.cache.next_positions(1)[0])
     tree, heap, order = DraftTree(), [], itertools.count()
     _offer_children(drafter, heap, order, -1, 0.0, root_logits, width, params, cost, context, [], 1)
     forwards = 1
-    while heap and len(tree) < max_nodes:
-        picked = [heapq.heappop(heap) for _ in range(min(batch, max_nodes - len(tree), len(heap)))]
-        if not fixed_size and not _worth_it(tree, picked, cost, fed_before_tree, forwards):
+    while len(tree) < max_nodes:
+        if tree.forwarded < len(tree) and _forward_first(tree, heap, cost, fed_before_tree, forwards,
+                                                         fixed_size):
+            _forward(drafter, tree, heap, order, base, first_child, width, params, cost, context)
+            forwards += 1
+            continue
+        if not heap or (not fixed_size and
+                        not _worth_it(tree, heap, lookahead, cost, fed_before_tree, forwards)):
             break
-        first = len(tree)
-        for neg_logp, _, parent, token, rank, confidence in picked:
-            tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp, confidence=confidence)
-        if len(tree) >= max_nodes:
-            break  # their children could not be used: skip the forward
-        started = time.perf_counter()
-        logits = drafter.forward(torch.tensor(tree.tokens[first:]),
-                                 node_positions(first_child, tree.depths[first:]),
-                                 mask=tree.attention_mask(base, first, len(tree) - first))
-        cost.observe_draft(time.perf_counter() - started)
-        forwards += 1
-        tree.forwarded = len(tree)
-        for j, row in enumerate(logits):
-            node = first + j
-            _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost,
-                            context, path_tokens(tree, node), tree.depths[node] + 1)
+        neg_logp, _, parent, token, rank, confidence = heapq.heappop(heap)
+        tree.add(token, parent=parent, rank=rank, cum_logp=-neg_logp, confidence=confidence)
     return tree
 
 
-def _worth_it(tree: DraftTree, picked, cost: TreeCostModel, fed: int, forwards: int) -> bool:
+def _forward(drafter: Drafter, tree: DraftTree, heap, order, base: int, first_child: int, width: int,
+             params: SamplingParams, cost: TreeCostModel, context: list[int]) -> None:
+    """Run the draft on the tree's nodes not forwarded yet (one batch) and offer their children."""
+    first = tree.forwarded
+    started = time.perf_counter()
+    logits = drafter.forward(torch.tensor(tree.tokens[first:]),
+                             node_positions(first_child, tree.depths[first:]),
+                             mask=tree.attention_mask(base, first, len(tree) - first))
+    cost.observe_draft(time.perf_counter() - started)
+    tree.forwarded = len(tree)
+    for j, row in enumerate(logits):
+        node = first + j
+        _offer_children(drafter, heap, order, node, tree.cum_logp[node], row, width, params, cost,
+                        context, path_tokens(tree, node), tree.depths[node] + 1)
+
+
+def _forward_first(tree: DraftTree, heap, cost: TreeCostModel, fed: int, forwards: int,
+                   fixed_size: bool) -> bool:
+    """Whether to run the draft on the waiting nodes before taking another candidate: when the
+    likeliest child one of them can expect (its reach times the rank-0 hit rate) beats the
+    best candidate by more than the tokens a forward's seconds earn at the tree's current
+    rate. Forwarding every batch of eight kept trees three levels deep (16 nodes: batches of
+    4, 8, 4), where a strong draft's chain goes further; waiting for the next forward only
+    while it is dear keeps a cheap draft's trees deep and a dear one's wide. With no
+    candidate left, a fixed-size tree must forward; an adaptive one, if the children it can
+    expect (one each) pay for the forward."""
+    waiting = range(tree.forwarded, len(tree))
+    children = [tree.cum_logp[i] + cost.rank_logp(0) for i in waiting]
+    rate = cost.rate(tree, len(tree), fed, forwards)
+    if not heap:
+        if fixed_size:
+            return True
+        n = len(tree)
+        tokens = 1 + tree.expected_accepted(n) + sum(math.exp(c) for c in children)
+        seconds = cost.pass_seconds(fed + n + len(children)) + (forwards + 1) * cost.draft_forward_seconds
+        return tokens / max(seconds, 1e-9) > rate
+    child, best = max(children), -heap[0][0]
+    if child <= best:
+        return False
+    return math.exp(child) - math.exp(best) > cost.draft_forward_seconds * rate
+
+
+def _worth_it(tree: DraftTree, heap, lookahead: int, cost: TreeCostModel, fed: int,
+              forwards: int) -> bool:
+    """Whether taking the best candidates raises the expected tokens per second: the best one,
+    or the best two, ... up to `lookahead` (a node's share of a pass can be within the fit's
+    noise, so a few are priced together; but a group of eight, weak ones included, stopped
+    strong-draft trees at ~7 nodes where the best next node alone paid)."""
     n = len(tree)
     now = cost.rate(tree, n, fed, forwards)
-    gain = sum(math.exp(-neg_logp) for neg_logp, *_ in picked)
-    tokens = 1 + tree.expected_accepted(n) + gain
-    seconds = cost.pass_seconds(fed + n + len(picked)) + (forwards + 1) * cost.draft_forward_seconds
-    return tokens / max(seconds, 1e-9) > now
+    tokens = 1 + tree.expected_accepted(n)
+    draft = forwards * cost.draft_forward_seconds
+    for j, (neg_logp, *_) in enumerate(heapq.nsmallest(lookahead, heap), start=1):
+        tokens += math.exp(-neg_logp)
+        if tokens / max(cost.pass_seconds(fed + n + j) + draft, 1e-9) > now:
+            return True
+    return False
 
 
 def _offer_children(drafter: Drafter, heap, order, node: int, cum_logp: float, logits: torch.Tensor,
