@@ -165,3 +165,21 @@ def test_a_plain_pass_price_is_measured_only_once_a_pass_near_one_token_is():
     assert not fit.measured(1) and fit.seconds(1) < 0.5 * streamed_q4_curve(1)
     fit.observe(1, streamed_q4_curve(1))
     assert fit.measured(1) and fit.measured(6) and not fit.measured(7)
+
+
+def test_past_the_largest_pass_measured_the_read_hides_the_matmuls_until_measured_otherwise():
+    """Small streamed passes on a drifting disk (+-0.3 s) rise with their size by chance: a line
+    through them must not price larger passes by that slope (at seed-13b it priced 16 tokens
+    0.6 s over 8, and trees stayed at ~4 nodes, never measuring more). Past the largest pass
+    measured, a pass costs that one's price until the probe's matmuls outgrow it; once larger
+    passes are measured, what they cost prices them."""
+    from specdec.speculate.pass_time import PassTimeFit
+
+    fit = PassTimeFit(profile=lambda n: 0.1 * n)  # the read (2.2 s) hides 22 tokens of matmuls
+    for n, y in ((2, 2.2), (3, 2.3), (4, 2.5), (5, 2.4), (6, 2.6), (7, 2.7)):
+        fit.observe(n, y)
+    assert fit.seconds(5) == pytest.approx(2.46, abs=0.05)  # the line, where it was measured
+    assert fit.seconds(16) <= 2.7 and fit.seconds(40) == pytest.approx(4.0)
+    for n, y in ((12, 3.5), (14, 3.7), (16, 3.9)):  # larger passes turn out dear after all
+        fit.observe(n, y)
+    assert fit.seconds(15) == pytest.approx(3.8, abs=0.1)

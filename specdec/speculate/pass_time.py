@@ -8,7 +8,8 @@ the matmuls grow with the tokens and speculating wide stops paying sooner.
 
 The fit is seconds(n) = a + b * c(n), least squares over the kept passes (the last `history`)
 whose sizes are near n (half to twice it; all of them where fewer than two sizes are near),
-never below c(n), where c(n) is the probe's estimate of the pass's matmul seconds at n tokens
+never below c(n) (past the largest of those passes: that pass's price until c(n) outgrows
+it, as with one size), where c(n) is the probe's estimate of the pass's matmul seconds at n tokens
 on this CPU (specdec.compute.profile.Profile): b starts at 1 (the probe is right about the
 matmuls) and a is what the matmuls do not explain (the read not hidden behind them, attention,
 Python). Near, because a streamed pass is flat in its tokens while the read hides the matmuls
@@ -68,11 +69,21 @@ class PassTimeFit:
             # the first passes on a slow disk far too cautious.) Two sizes switch to the fit.
             measured = sum(y for _, y in self.samples) / len(self.samples)
             return max(measured, self.x(tokens))
-        a, b = self.fit(self._near(tokens))
-        line = a + b * self.x(tokens)
-        # ... and no pass is faster than its matmuls: past the sizes seen, the probe's curve
-        # says where the read stops hiding them
-        return max(line, self.x(tokens)) if self.profile is not None else line
+        near = self._near(tokens)
+        a, b = self.fit(near)
+        if self.profile is None:
+            return a + b * self.x(tokens)
+        top = max((n for n, _ in near), default=tokens)
+        if tokens > top:
+            # Past the largest pass measured near it, as with one size: the matmuls hide
+            # behind the read until they outgrow the largest measured pass. A line through a
+            # few small, noisy passes (a +-0.3 s disk) extrapolated their noise as a slope:
+            # at seed-13b (2026-12-07) it priced 16 tokens 0.6 s over 8 where they cost
+            # ~0.1 s, the tree stayed at ~4 nodes and never measured a larger pass. Larger
+            # trees measure what they cost, and the line then prices them.
+            return max(a + b * self.x(top), self.x(tokens))
+        # ... and no pass is faster than its matmuls
+        return max(a + b * self.x(tokens), self.x(tokens))
 
     def _near(self, tokens: int) -> list[tuple[int, float]]:
         """The passes whose sizes are near `tokens` (half to twice it, +-2), where at least two
