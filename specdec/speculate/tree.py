@@ -136,9 +136,9 @@ def build_tree(drafter: Drafter, context: list[int], max_nodes: int, width: int,
     forward, tree attention) until their likely children would beat the best candidate by
     more than a forward costs (_forward_first). Stops at `max_nodes`, or, unless
     `fixed_size`, when the cost model says none of the next `lookahead` candidates' groups
-    (the best one, the best two, ...) would raise the expected tokens per second. The draft cache ends holding the context and the forwarded
-    nodes, in node order; the last nodes taken may never be forwarded (their children are
-    not needed)."""
+    (the best one, the best two, ...) would raise the expected tokens per second. The draft
+    cache ends holding the context and the forwarded nodes, in node order; the last nodes
+    taken may never be forwarded (their children are not needed)."""
     root_logits = drafter.catch_up(context)
     base = drafter.cache.length
     first_child = int(drafter.cache.next_positions(1)[0])
