@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .batch_decode import left_pad
 from .files import TOPK, eval_prompts, write_atomic, write_json_atomic
 from .target import chat_ids, load_target
 from .template_prompts import build_prompts
@@ -93,12 +94,8 @@ def cmd_gen(args) -> None:
     while pos < len(jobs) and time.time() - start < args.minutes * 60:
         batch = jobs[pos:pos + args.batch]
         ids = [chat_ids(tok, p) for p, _ in batch]
-        width = max(map(len, ids))
-        inp = torch.full((len(ids), width), eos, dtype=torch.long)
-        att = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, x in enumerate(ids):
-            inp[r, width - len(x):] = torch.tensor(x)
-            att[r, width - len(x):] = 1
+        inp, att = left_pad(ids, eos)
+        width = inp.shape[1]
         cap = TopK()
         with torch.no_grad():
             gen = model.generate(input_ids=inp, attention_mask=att, max_new_tokens=args.max_new_tokens,
