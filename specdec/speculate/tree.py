@@ -187,17 +187,17 @@ def _forward_first(tree: DraftTree, heap, cost: TreeCostModel, fed: int, forward
     expect (one each) pay for the forward."""
     waiting = range(tree.forwarded, len(tree))
     children = [tree.cum_logp[i] + cost.rank_logp(0) for i in waiting]
-    rate = cost.rate(tree, len(tree), fed, forwards)
     if not heap:
         if fixed_size:
             return True
         n = len(tree)
         tokens = 1 + tree.expected_accepted(n) + sum(math.exp(c) for c in children)
         seconds = cost.pass_seconds(fed + n + len(children)) + (forwards + 1) * cost.draft_forward_seconds
-        return tokens / max(seconds, 1e-9) > rate
+        return tokens / max(seconds, 1e-9) > cost.rate(tree, n, fed, forwards)
     child, best = max(children), -heap[0][0]
-    if child <= best:
+    if child <= best:  # the common case while a level fills: no pass-time fit needed
         return False
+    rate = cost.rate(tree, len(tree), fed, forwards)
     return math.exp(child) - math.exp(best) > cost.draft_forward_seconds * rate
 
 
