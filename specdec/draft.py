@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .model import Transformer
+from .model import LayerSteps, Transformer
 
 # A catch-up of at most this many tokens is a decode step (the target's token after a pass,
 # or the last draft and the bonus token): the forward that yields the next draft, part of
@@ -42,6 +42,13 @@ class Drafter:
         if positions is None:
             positions = self.cache.next_positions(tokens.numel())
         return self.model.forward(tokens, positions, self.cache, mask=mask, num_logits=num_logits)
+
+    def forward_steps(self, tokens: torch.Tensor, positions: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> LayerSteps:
+        """forward() one draft layer per `.step()` call (model.LayerSteps): for drafting in the
+        target's waits, where a whole forward would hold a layer that arrived meanwhile up."""
+        tokens = tokens.reshape(-1).clamp(max=self.model.args.vocab_size - 1)  # as in forward
+        return self.model.forward_steps(tokens, positions, self.cache, mask=mask)
 
     def catch_up(self, context: list[int]) -> torch.Tensor:
         """Feed the context tokens the cache lacks (a new prompt, or the target's tokens of

@@ -137,8 +137,22 @@ class Transformer:
         with kernels_module.using(self.kernels):
             return self._forward(tokens, positions, cache, mask, num_logits, idle)
 
+    def forward_steps(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                      mask: torch.Tensor | None = None, num_logits: int | None = None) -> "LayerSteps":
+        """forward() run one layer per `LayerSteps.step()` call, for work done in the waits of
+        another model's streamed pass: each call holds that pass up for one layer at most,
+        not a whole forward. Weights in RAM only."""
+        return LayerSteps(self, tokens, positions, cache, mask, num_logits)
+
     @torch.inference_mode()
     def _forward(self, tokens, positions, cache, mask, num_logits, idle) -> torch.Tensor:
+        h, rope, mask = self._begin(tokens, positions, cache, mask)
+        for i, w in enumerate(self.weights.layers(idle=idle)):
+            h = self._layer(h, w, i, cache, rope, mask)
+        return self._finish(h, cache, num_logits)
+
+    def _begin(self, tokens, positions, cache, mask):
+        """Check the inputs, reserve the cache's slots; (embedded tokens, rope, mask)."""
         tokens = tokens.reshape(-1)
         n = tokens.numel()
         positions = positions.reshape(-1)
@@ -150,11 +164,14 @@ class Transformer:
         cache.reserve(positions)
         rope = self._rope(positions)  # cos, sin (a family's decoder may hold one pair per layer kind)
         mask = self._mask(cache, n, mask)
-        res = self.weights.resident
-        h = self._embed(tokens, res["model.embed_tokens.weight"])  # residual in float32
-        for i, w in enumerate(self.weights.layers(idle=idle)):
-            h = self._layer(h, w, i, cache, rope, mask)
+        h = self._embed(tokens, self.weights.resident["model.embed_tokens.weight"])  # residual in float32
+        return h, rope, mask
+
+    def _finish(self, h, cache, num_logits) -> torch.Tensor:
+        """Commit the new keys/values; the logits of the last `num_logits` rows."""
+        n = h.shape[0]
         cache.commit(n)
+        res = self.weights.resident
         if num_logits is not None:
             h = h[n - num_logits:]
         h = self._norm(h, res["model.norm.weight"])  # back to compute dtype
@@ -214,3 +231,31 @@ class Transformer:
         out = linear(out.transpose(0, 1).reshape(n, -1), w["self_attn.o_proj.weight"],
                        w.get("self_attn.o_proj.bias"))
         return out.float()
+
+
+class LayerSteps:
+    """One forward of a model with its weights in RAM, run a layer per `step()` call
+    (Transformer.forward_steps). The new keys/values are committed by the last step only, so
+    one dropped part way leaves the cache as it was (its slots past `length` are never read)."""
+
+    def __init__(self, model: Transformer, tokens, positions, cache: KVCache, mask, num_logits):
+        self.model, self.cache, self.num_logits = model, cache, num_logits
+        with kernels_module.using(model.kernels), torch.inference_mode():
+            self._h, self._rope, self._mask = model._begin(tokens, positions, cache, mask)
+        self._layers = enumerate(model.weights.layers())
+        self._upcoming = next(self._layers, None)
+        self.logits: torch.Tensor | None = None  # set by the last step
+
+    def step(self) -> bool:
+        """Run the next layer (the last one also computes the logits); True once done."""
+        if self.logits is not None:
+            return True
+        m = self.model
+        with kernels_module.using(m.kernels), torch.inference_mode():
+            if self._upcoming is not None:
+                i, w = self._upcoming
+                self._h = m._layer(self._h, w, i, self.cache, self._rope, self._mask)
+                self._upcoming = next(self._layers, None)
+            if self._upcoming is None:
+                self.logits = m._finish(self._h, self.cache, self.num_logits)
+        return self.logits is not None

@@ -224,3 +224,27 @@ def test_bad_longrope_factors_are_a_clear_error():
     cfg["rope_parameters"]["long_factor"] = [1.0, 2.0]
     with pytest.raises(ConfigError, match="longrope long_factor must list 4 positive numbers"):
         ModelArgs.from_hf(cfg)
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3", "phi3", "qwen3_moe"])
+def test_a_forward_in_layer_steps_equals_forward_and_a_dropped_one_changes_nothing(tmp_path, variant):
+    """model.forward_steps (the overlapped draft's forwards, a layer per target wait): the same
+    logits and cache entries as forward, each family's hooks included; one dropped part way
+    leaves the cache as it was."""
+    make_family_model(tmp_path, variant)
+    model = our_model(tmp_path)
+    ids = torch.randint(0, 96, (20,), generator=torch.Generator().manual_seed(4))
+    a, b = model.new_cache(64), model.new_cache(64)
+    for cache in (a, b):
+        model.forward(ids[:12], cache.next_positions(12), cache)
+    dropped = model.forward_steps(ids[16:20], b.next_positions(4), b)
+    assert dropped.step() is False and b.length == 12
+    want = model.forward(ids[12:20], a.next_positions(8), a)
+    steps = model.forward_steps(ids[12:20], b.next_positions(8), b)
+    calls = 1
+    while not steps.step():
+        calls += 1
+    assert calls == model.args.num_layers
+    assert torch.equal(steps.logits, want)
+    assert b.length == a.length == 20
+    assert torch.equal(b.k[:, :, :20], a.k[:, :, :20]) and torch.equal(b.v[:, :, :20], a.v[:, :, :20])

@@ -18,6 +18,7 @@ import specdec
 from helpers.interrupts import ctrl_c_storm, generate_error
 from offload.reader import DirectReader
 from specdec.bench import soak
+from specdec.model import LayerSteps
 from specdec.speculate.growing_tree import GrowingTree
 
 PROMPT = [5, 17, 3, 42, 8, 99, 250, 7]
@@ -100,6 +101,18 @@ def test_growing_tree_best_nodes_form_a_tree_and_a_subtree_is_renumbered():
     assert sub.scores == pytest.approx([math.log(0.5), math.log(0.5), 2 * math.log(0.5)])
     assert kept == [1] and sub.slots == [0, -1, -1] and sub.forwarded == 1
     assert sub.take_frontier(5) == [1, 2]  # d and e wait to be forwarded; c is
+
+
+def test_nodes_of_a_dropped_forward_go_back_to_the_frontier_in_score_order():
+    t = GrowingTree()
+    a = t.add(10, parent=-1, rank=0, score=-0.1)
+    b = t.add(11, parent=-1, rank=1, score=-2.0)
+    c = t.add(12, parent=-1, rank=2, score=-3.0)
+    taken = t.take_frontier(2)
+    assert taken == [a, b] and t.best_frontier_score() == -3.0
+    t.requeue(taken)
+    assert t.frontier_scores(3) == [-0.1, -2.0, -3.0] and t.forwarded == 0
+    assert t.take_frontier(3) == [a, b, c]
 
 
 def test_a_carried_over_tree_is_rescored_by_rank_depth_below_its_new_root_and_draft_probability():
@@ -248,6 +261,37 @@ def test_same_weights_streamed_carries_the_tree_and_drafts_off_the_critical_path
     assert out.stats.tokens_per_pass > 8
 
 
+def test_each_wait_runs_one_draft_layer_and_forwards_span_several_waits(pair, expected, monkeypatch):
+    """The target's layer that arrives while the draft works waits for one draft layer at
+    most: every idle call runs exactly one LayerSteps.step."""
+    lm = streamed(pair, tree_nodes=8)  # fixed: the adaptive gate may rightly stop drafting
+    strategy = lm.engine.strategy
+    real_step, real_idle = LayerSteps.step, strategy._idle
+    per_call, finished = [], []
+
+    def idle(*args):
+        per_call.append(0)
+        return real_idle(*args)
+
+    def step(self):
+        per_call[-1] += 1
+        done = real_step(self)
+        finished.append(done)
+        return done
+
+    monkeypatch.setattr(strategy, "_idle", idle)
+    monkeypatch.setattr(LayerSteps, "step", step)
+    slow_layer_reads(monkeypatch, 0.01)
+    out = lm.generate(PROMPT, max_new_tokens=NEW)
+    lm.close()
+    assert out.token_ids == expected[tuple(PROMPT)]
+    worked = [n for n in per_call if n]
+    assert worked and max(worked) == 1
+    layers = strategy.drafter.model.args.num_layers
+    assert layers > 1 and finished.count(True) >= 2  # forwards finished, each over `layers` waits
+    assert out.stats.counters["draft_forwards_hidden"] == finished.count(True)
+
+
 # -- failures -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_io_error_mid_pass_while_the_draft_grows(pair, expected, monkeypatch):
@@ -272,16 +316,16 @@ def test_io_error_mid_pass_while_the_draft_grows(pair, expected, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["mid_forward", "after_commit"])
 def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expected, monkeypatch, when):
-    """KeyboardInterrupt from a draft forward run in the target's wait: before it (nothing
-    written) or after it (cache entries the tree does not know yet)."""
+    """KeyboardInterrupt from a draft layer run in the target's wait: part way through a
+    forward (a layer's keys/values written past the cache's length) or right after the step
+    that committed a forward (cache entries the tree does not know yet)."""
     slow_layer_reads(monkeypatch, 0.005)
     lm = streamed(pair)
     strategy = lm.engine.strategy
-    drafter = strategy.drafter
-    real_forward, real_idle = drafter.forward, strategy._idle
-    calls = {"n": 0, "in_idle": False}
+    real_step, real_idle = LayerSteps.step, strategy._idle
+    calls = {"n": 0, "in_idle": False, "raised": False}
 
     def idle(*args):  # the plan hands this to the target's forward as Plan.idle
         calls["in_idle"] = True
@@ -290,22 +334,26 @@ def test_ctrl_c_inside_the_overlapped_draft_leaves_a_usable_decoder(pair, expect
         finally:
             calls["in_idle"] = False
 
-    def interrupted(*args, **kwargs):
-        if calls["in_idle"]:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                if when == "after":
-                    real_forward(*args, **kwargs)
-                raise KeyboardInterrupt
-        return real_forward(*args, **kwargs)
+    def interrupted(self):
+        if not calls["in_idle"] or calls["raised"]:
+            return real_step(self)
+        calls["n"] += 1
+        if when == "mid_forward" and calls["n"] == 6:  # the 2nd layer of the 2nd forward
+            calls["raised"] = True
+            raise KeyboardInterrupt
+        done = real_step(self)
+        if when == "after_commit" and calls["n"] >= 5 and done:
+            calls["raised"] = True
+            raise KeyboardInterrupt
+        return done
 
     monkeypatch.setattr(strategy, "_idle", idle)
-    monkeypatch.setattr(drafter, "forward", interrupted)
+    monkeypatch.setattr(LayerSteps, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         lm.generate(PROMPT, max_new_tokens=NEW)
-    assert calls["n"] == 5
+    assert calls["raised"]
     assert _reader_threads() == []  # the pass was abandoned: its reader stopped
-    monkeypatch.setattr(drafter, "forward", real_forward)
+    monkeypatch.setattr(LayerSteps, "step", real_step)
     for prompt in (PROMPT, OTHER, PROMPT):
         assert lm.generate(prompt, max_new_tokens=NEW).token_ids == expected[tuple(prompt)]
     lm.close()

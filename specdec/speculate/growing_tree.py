@@ -73,6 +73,11 @@ class GrowingTree:
         forwarded together."""
         return [heapq.heappop(self._frontier)[1] for _ in range(min(k, len(self._frontier)))]
 
+    def requeue(self, nodes: list[int]) -> None:
+        """Put nodes taken from the frontier back (their forward was dropped unfinished)."""
+        for node in nodes:
+            heapq.heappush(self._frontier, (-self.scores[node], node))
+
     def mark_forwarded(self, nodes: list[int]) -> None:
         """`nodes` now hold the next draft cache slots, in this order."""
         for j, node in enumerate(nodes):

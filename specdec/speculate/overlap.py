@@ -3,11 +3,14 @@ and grows it while the target's weights stream from disk.
 
 Where the draft runs. On the loop's own thread, inside the target's waits: the plan gives
 `Plan.idle`, which the weights source calls whenever the next layer is not read yet
-(offload/prefetch.py, idle work). One call is one batched draft forward (tree attention over
-the best `batch` frontier nodes), so a layer that arrives meanwhile waits for at most one
-draft forward; none is started when the layer is due within half a forward. No second compute thread: torch's intra-op pool already uses both cores of
-this machine class, and two compute threads would halve each other; the reader thread
-spends its time in preadv with the GIL released.
+(offload/prefetch.py, idle work). One call runs one layer of a batched draft forward (tree
+attention over the best `batch` frontier nodes; model.LayerSteps), so a target layer that
+arrives meanwhile waits for one draft layer at most, not a whole forward (whole forwards held
+the seed-13b passes up by ~0.17 s each, 7% of a pass); none is run when the layer is due within
+half a draft layer. A forward the pass ends in the middle of is dropped (its nodes go back to
+the frontier) before the next plan touches the draft cache. No second compute thread: torch's
+intra-op pool already uses both cores of this machine class, and two compute threads would
+halve each other; the reader thread spends its time in preadv with the GIL released.
 
 The tree (growing_tree.py) holds every node the draft proposed; the forwarded ones have
 entries in the draft's cache right after the context's. A pass verifies the best N nodes
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..draft import Drafter
+from ..model import LayerSteps
 from .base import Outcome, Plan, Step, Strategy, common_prefix
 from .ema import Ema
 from .gate import DraftGate
@@ -40,6 +44,14 @@ from .growing_tree import GrowingTree
 from .tree import TreeSettings, draft_proposals
 from .tree_model import DraftTree, TreeCostModel, path_tokens
 from .tree_pass import tree_feed, verify_tree
+
+
+@dataclass
+class _Forward:
+    """A draft forward under way in the target's waits, one layer per idle call."""
+    nodes: list[int]
+    steps: LayerSteps
+    seconds: float = 0.0   # compute time of its steps so far
 
 
 @dataclass
@@ -69,6 +81,7 @@ class Overlap(Strategy):
         self.ctx: list[int] = []        # the context tokens held by the draft cache's first slots
         self.tree = GrowingTree()       # rooted at ctx[-1]; forwarded nodes follow ctx's entries
         self._busy = False              # a change to ctx/tree/draft cache is under way
+        self._forward: _Forward | None = None  # a draft forward run layer by layer in the waits
         self._params = None
         self._pending = False           # a plan whose commit has not come
         self._counters: dict[str, float] = defaultdict(float)
@@ -202,8 +215,14 @@ class Overlap(Strategy):
         self._busy = False
 
     def _repair(self) -> None:
-        """After an interruption (Ctrl-C inside a draft forward, an error in the pass) keep
-        only what is certainly right: the context entries."""
+        """Before the draft cache is touched outside the waits: drop a forward the pass ended
+        in the middle of (it wrote only uncommitted slots; its nodes wait in the frontier
+        again). After an interruption (Ctrl-C inside a draft forward, an error in the pass)
+        keep only what is certainly right: the context entries."""
+        if self._forward is not None and not self._busy:
+            self.tree.requeue(self._forward.nodes)
+            self._counters["draft_forwards_dropped"] += 1
+        self._forward = None
         if self._busy or self.drafter.cache.length != len(self.ctx) + self.tree.forwarded:
             self._busy = False
             self._truncate(len(self.ctx))
@@ -231,19 +250,46 @@ class Overlap(Strategy):
         self._busy = True
         started = time.perf_counter()
         nodes = self.tree.take_frontier(self.batch)
-        base = len(self.ctx)
-        root = int(self.drafter.cache.positions[base - 1])
-        depths = torch.tensor([self.tree.depths[i] for i in nodes], dtype=torch.long)
-        logits = self.drafter.forward(torch.tensor([self.tree.tokens[i] for i in nodes]), root + depths,
-                                      mask=self.tree.batch_mask(nodes, base))
-        self.tree.mark_forwarded(nodes)
-        self._counters["draft_nodes_forwarded"] += len(nodes)  # the bench's cost per node
-        for row, node in zip(logits, nodes):
-            self._propose(node, row)
+        logits = self.drafter.forward(*self._batch_inputs(nodes))
+        self._forwarded(nodes, logits)
         seconds = time.perf_counter() - started
         self.cost.observe_draft(seconds)
         self._count(where, seconds)
         self._busy = False
+
+    def _batch_inputs(self, nodes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens, rope positions and tree mask for forwarding `nodes` after the cache."""
+        base = len(self.ctx)
+        root = int(self.drafter.cache.positions[base - 1])
+        depths = torch.tensor([self.tree.depths[i] for i in nodes], dtype=torch.long)
+        return (torch.tensor([self.tree.tokens[i] for i in nodes]), root + depths,
+                self.tree.batch_mask(nodes, base))
+
+    def _forwarded(self, nodes: list[int], logits: torch.Tensor) -> None:
+        """`nodes` now have the cache entries a forward committed: their proposals join."""
+        self.tree.mark_forwarded(nodes)
+        self._counters["draft_nodes_forwarded"] += len(nodes)  # the bench's cost per node
+        for row, node in zip(logits, nodes):
+            self._propose(node, row)
+
+    def _step_hidden(self) -> None:
+        """One layer of the forward under way in the waits (one is started over the best
+        frontier nodes if none is); the last layer adds its nodes' proposals."""
+        self._busy = True
+        started = time.perf_counter()
+        if self._forward is None:
+            nodes = self.tree.take_frontier(self.batch)
+            self._forward = _Forward(nodes, self.drafter.forward_steps(*self._batch_inputs(nodes)))
+        f = self._forward
+        done = f.steps.step()
+        if done:
+            self._forwarded(f.nodes, f.steps.logits)
+            self._forward = None
+        f.seconds += time.perf_counter() - started
+        self._busy = False
+        if done:
+            self.cost.observe_draft(f.seconds)
+            self._count("hidden", f.seconds)
 
     def _propose(self, node: int, logits: torch.Tensor) -> None:
         base = self.tree.scores[node] if node >= 0 else 0.0
@@ -268,15 +314,16 @@ class Overlap(Strategy):
                 and cache.length + self.batch <= cache.max_len)
 
     def _idle(self, eta: float | None = None) -> bool:
-        """The target waits for the disk: grow the tree by one draft forward. False when
-        there is nothing worth growing, or when the layer is due in less than half a draft
-        forward (`eta`, the source's estimate): the forward would hold the pass up for longer
-        than it is worth, the weights source then just waits."""
-        if eta is not None and eta < 0.5 * self.cost.draft_forward_seconds:
+        """The target waits for the disk: grow the tree by one layer of a draft forward.
+        False when there is nothing worth growing, or when the layer is due in less than half
+        a draft layer's time (`eta`, the source's estimate): the weights source then just
+        waits."""
+        layer_seconds = self.cost.draft_forward_seconds / max(self.drafter.model.args.num_layers, 1)
+        if eta is not None and eta < 0.5 * layer_seconds:
             return False
-        if not self._can_grow():
+        if self._forward is None and not self._can_grow():
             return False
-        self._forward_batch("hidden")
+        self._step_hidden()
         return True
 
     def _grow_before_pass(self, fed: int, cap: int) -> None:
