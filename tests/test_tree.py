@@ -162,6 +162,26 @@ def test_a_cheap_draft_grows_deep_trees_and_a_dear_one_wide(drafter):
             assert p < i
 
 
+def test_overlap_grows_a_restarted_tree_deep_where_the_draft_is_sure(drafter):
+    """The overlapped tree restarted from its root (a walk that left the forwarded tree)
+    grows on the critical path a node at a time, the best, while a forward pays: with the
+    favourite taken 95% of the time and cheap forwards, one line deep (batches of eight
+    filled the pass's size with proposals 3 levels down); with forwards as dear as a pass,
+    the root's proposals alone."""
+    from specdec.speculate.overlap import Overlap, PassModel
+
+    def sent(forward_seconds: float) -> DraftTree:
+        drafter.keep(0)
+        strategy = Overlap(drafter, TreeSettings(max_nodes=64, width=3))
+        strategy.cost = _sure_of_its_favourite(forward_seconds)
+        strategy.passes = PassModel(strategy.cost)
+        cache = drafter.model.new_cache(128)
+        return strategy.plan(Step(CONTEXT, cache, 32, GREEDY, None)).state.sent
+
+    assert max(sent(1e-3).depths) >= 8
+    assert sent(1.0).depths == [1, 1, 1]
+
+
 def test_tree_pass_logits_equal_each_path_fed_alone(drafter):
     """The positions and mask the tree strategy builds make one pass over context + tree
     score every node exactly as feeding its own path after the context would."""

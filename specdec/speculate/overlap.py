@@ -244,12 +244,12 @@ class Overlap(Strategy):
         self._count("critical", seconds)
         self._busy = False
 
-    def _forward_batch(self, where: str) -> None:
-        """One draft forward over the best frontier nodes (tree attention): they get cache
-        entries and their own proposals as children."""
+    def _forward_batch(self, where: str, size: int) -> None:
+        """One draft forward over the best `size` frontier nodes (tree attention): they get
+        cache entries and their own proposals as children."""
         self._busy = True
         started = time.perf_counter()
-        nodes = self.tree.take_frontier(self.batch)
+        nodes = self.tree.take_frontier(size)
         logits = self.drafter.forward(*self._batch_inputs(nodes))
         self._forwarded(nodes, logits)
         seconds = time.perf_counter() - started
@@ -329,20 +329,28 @@ class Overlap(Strategy):
     def _grow_before_pass(self, fed: int, cap: int) -> None:
         """Grow on the critical path only while the tree cannot fill this pass (fewer than
         `cap` nodes): past that, growing during the pass is free and serves the next one.
-        A fixed size grows to `cap`; otherwise while the cost model says a forward pays."""
+        A fixed size grows to `cap` in batches; otherwise one node at a time, the best, while
+        the cost model says a forward pays: a tree restarted from its root then goes deep
+        where the draft is sure, as the tree mode's builder does (batches of eight filled
+        `cap` with proposals in ~3 forwards, breadth first: a strong draft's restarted trees
+        stopped 4-5 levels deep)."""
         forwards = 0
         while len(self.tree) < cap and self._can_grow():
-            if not self.settings.fixed and not self._worth_growing(fed, cap, forwards):
+            if self.settings.fixed:
+                self._forward_batch("critical", self.batch)
+            elif self._worth_growing(fed, cap, forwards):
+                self._forward_batch("critical", 1)
+            else:
                 break
-            self._forward_batch("critical")
             forwards += 1
 
     def _worth_growing(self, fed: int, cap: int, forwards: int) -> bool:
-        """Would one more draft forward before the pass raise the expected tokens per
-        second? Its proposals' scores are known before it runs (parent score + rank)."""
+        """Would one more draft forward, of the best frontier node, before the pass raise the
+        expected tokens per second? Its proposals' scores are known before it runs (parent
+        score + rank)."""
         t_d = self.cost.draft_forward_seconds
         now = sorted((self.tree.scores[i] for i in self.tree.best(cap)), reverse=True)
-        new = [s + self.cost.rank_logp(r) for s in self.tree.frontier_scores(self.batch)
+        new = [s + self.cost.rank_logp(r) for s in self.tree.frontier_scores(1)
                for r in range(self.settings.width)]
         after = sorted(now + new, reverse=True)[:cap]
         return (self._best_n(after, fed, (forwards + 1) * t_d)[1]
