@@ -244,9 +244,10 @@ class Overlap(Strategy):
         self._count("critical", seconds)
         self._busy = False
 
-    def _forward_batch(self, where: str, size: int) -> None:
-        """One draft forward over the best `size` frontier nodes (tree attention): they get
-        cache entries and their own proposals as children."""
+    def _forward_critical(self, size: int) -> None:
+        """One draft forward before the pass over the best `size` frontier nodes (tree
+        attention): they get cache entries and their own proposals as children. (In the
+        waits the forward runs a layer at a time: _step_hidden.)"""
         self._busy = True
         started = time.perf_counter()
         nodes = self.tree.take_frontier(size)
@@ -254,7 +255,7 @@ class Overlap(Strategy):
         self._forwarded(nodes, logits)
         seconds = time.perf_counter() - started
         self.cost.observe_draft(seconds)
-        self._count(where, seconds)
+        self._count("critical", seconds)
         self._busy = False
 
     def _batch_inputs(self, nodes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -337,9 +338,9 @@ class Overlap(Strategy):
         forwards = 0
         while len(self.tree) < cap and self._can_grow():
             if self.settings.fixed:
-                self._forward_batch("critical", self.batch)
+                self._forward_critical(self.batch)
             elif self._worth_growing(fed, cap, forwards):
-                self._forward_batch("critical", 1)
+                self._forward_critical(1)
             else:
                 break
             forwards += 1
