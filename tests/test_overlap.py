@@ -255,9 +255,11 @@ def test_same_weights_streamed_carries_the_tree_and_drafts_off_the_critical_path
     assert s["passes_carried"] >= out.stats.target_passes - 2
     assert s["tree_nodes_carried"] > 0
     assert s["draft_seconds_hidden"] > 0
-    # Drafting happens while the target waits for the disk: most forwards are hidden. Counted
-    # in forwards, not seconds, so a loaded machine (slower forwards) does not decide it.
-    assert s["draft_forwards_critical"] < 0.25 * (s["draft_forwards_hidden"] + s["draft_forwards_critical"]), s
+    # Drafting happens while the target waits for the disk: most of the tree is grown in the
+    # waits. Before a pass the draft grows the best branch a node at a time while that pays
+    # (here, with passes 30 forwards long, often), in the waits eight nodes a forward; counted
+    # in nodes, not seconds, so a loaded machine (slower forwards) does not decide it.
+    assert s["draft_nodes_critical"] < 0.25 * s["draft_nodes_forwarded"], s
     assert out.stats.tokens_per_pass > 8
 
 

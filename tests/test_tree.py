@@ -182,6 +182,29 @@ def test_overlap_grows_a_restarted_tree_deep_where_the_draft_is_sure(drafter):
     assert sent(1.0).depths == [1, 1, 1]
 
 
+def test_overlap_grows_a_carried_tree_deeper_where_the_waits_grew_it_wide(drafter):
+    """A tree the waits grew (batches of eight, breadth first: 3 levels, more nodes than the
+    pass holds) still grows on the critical path, a node at a time along its best branch,
+    while a forward pays: with the favourite taken 95% of the time and cheap forwards the
+    pass goes deep. (Growth stopped once the tree had the pass's size: depth 3.)"""
+    from specdec.speculate.overlap import Overlap, PassModel
+
+    drafter.keep(0)
+    strategy = Overlap(drafter, TreeSettings(max_nodes=16, width=3))
+    strategy.cost = _sure_of_its_favourite(1e-3)
+    strategy.passes = PassModel(strategy.cost)
+    strategy._params = GREEDY
+    strategy._sync(CONTEXT)
+    while max(strategy.tree.depths) < 3 or strategy._forward is not None:
+        assert strategy._idle()  # a layer of a draft forward, as in a wait for the disk
+    assert len(strategy.tree) > 16
+    cache = drafter.model.new_cache(128)
+    sent = strategy.plan(Step(CONTEXT, cache, 32, GREEDY, None)).state.sent
+    assert len(sent) <= 16 and max(sent.depths) >= 6
+    for i, p in enumerate(sent.parents):
+        assert p < i
+
+
 def test_tree_pass_logits_equal_each_path_fed_alone(drafter):
     """The positions and mask the tree strategy builds make one pass over context + tree
     score every node exactly as feeding its own path after the context would."""

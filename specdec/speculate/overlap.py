@@ -253,6 +253,7 @@ class Overlap(Strategy):
         nodes = self.tree.take_frontier(size)
         logits = self.drafter.forward(*self._batch_inputs(nodes))
         self._forwarded(nodes, logits)
+        self._counters["draft_nodes_critical"] += len(nodes)
         seconds = time.perf_counter() - started
         self.cost.observe_draft(seconds)
         self._count("critical", seconds)
@@ -328,21 +329,21 @@ class Overlap(Strategy):
         return True
 
     def _grow_before_pass(self, fed: int, cap: int) -> None:
-        """Grow on the critical path only while the tree cannot fill this pass (fewer than
-        `cap` nodes): past that, growing during the pass is free and serves the next one.
-        A fixed size grows to `cap` in batches; otherwise one node at a time, the best, while
-        the cost model says a forward pays: a tree restarted from its root then goes deep
-        where the draft is sure, as the tree mode's builder does (batches of eight filled
-        `cap` with proposals in ~3 forwards, breadth first: a strong draft's restarted trees
-        stopped 4-5 levels deep)."""
-        forwards = 0
-        while len(self.tree) < cap and self._can_grow():
-            if self.settings.fixed:
+        """Grow on the critical path what this pass needs. A fixed size grows to `cap` nodes in
+        batches (past that, growing during the pass is free and serves the next one).
+        Otherwise one node at a time, the best, while the cost model says a forward pays,
+        whether or not the tree already has `cap` nodes: a tree restarted from its root then
+        goes deep where the draft is sure, as the tree mode's builder does (batches of eight
+        filled `cap` with proposals in ~3 forwards, breadth first: a strong draft's restarted
+        trees stopped 4-5 levels deep), and a carried tree that the waits grew wide goes
+        deeper along its best branch (its `cap` best nodes had stopped growing it at all)."""
+        if self.settings.fixed:
+            while len(self.tree) < cap and self._can_grow():
                 self._forward_critical(self.batch)
-            elif self._worth_growing(fed, cap, forwards):
-                self._forward_critical(1)
-            else:
-                break
+            return
+        forwards = 0
+        while self._can_grow() and self._worth_growing(fed, cap, forwards):
+            self._forward_critical(1)
             forwards += 1
 
     def _worth_growing(self, fed: int, cap: int, forwards: int) -> bool:
