@@ -142,6 +142,20 @@ def test_rows_complete_and_sane(bench):
             assert r["x_llamacpp"] > 0
     assert {g["goal"] for g in report["goals"]} == {
         "plain_vs_floor", "speculative_vs_plain", "speculative_vs_hf_assisted"}
+    floor = report["workloads"][0]["results"]["floor"]["floor"]
+    row = next(r for r in rows if r["contender"] == "floor")
+    fastest = min(floor["raw_seconds_each"] + [floor["stream_only_seconds"]])
+    assert row["ms_per_token"] == pytest.approx(fastest * 1e3)
+
+
+def test_the_floor_is_the_fastest_read_raw_or_the_prefetchers():
+    """Where the prefetcher reads a pass's bytes faster than the raw reads, that is the floor:
+    a floor above what the streaming itself reaches would flatter every ratio to it."""
+    from specdec.bench.worker import floor_seconds
+
+    assert floor_seconds({"raw_seconds_each": [1.8, 2.0, 2.4], "stream_only_seconds": 1.5}) == 1.5
+    assert floor_seconds({"raw_seconds_each": [1.8, 2.0, 2.4], "stream_only_seconds": 1.9}) == 1.8
+    assert floor_seconds({"raw_seconds": 1.7}) == 1.7
 
 
 def test_speculative_text_equals_plain_at_temperature_zero(bench):

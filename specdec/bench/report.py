@@ -353,9 +353,8 @@ def details(report: dict) -> list[str]:
             fastest = floor_seconds(fl)  # 0 when the plan streams nothing (all pinned)
             speed = f"{fl['streamed_bytes'] / fastest / 1e9:.2f} GB/s" if fastest > 0 else "nothing read"
             out.append(f"- {name} floor: {fl['streamed_bytes'] / 1e6:.0f} MB per pass; raw O_DIRECT "
-                       f"reads {each} ms (floor = fastest, {speed}); prefetcher "
-                       f"alone {fl['stream_only_seconds'] * 1e3:.0f} ms; streamed pass ms by tokens "
-                       f"verified {passes}")
+                       f"reads {each} ms, prefetcher alone {fl['stream_only_seconds'] * 1e3:.0f} ms "
+                       f"(floor = fastest, {speed}); streamed pass ms by tokens verified {passes}")
         for c in ("llamacpp", "llamacpp_spec"):
             r = res.get(c, {})
             if r.get("ok"):
