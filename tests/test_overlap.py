@@ -147,6 +147,29 @@ def test_pass_model_floors_the_compute_fit_at_the_disk_time():
     assert m.disk_seconds == pytest.approx(0.9)
 
 
+def test_pass_model_takes_the_disk_time_from_the_reader_not_from_compute_bound_passes():
+    """Passes that are mostly compute but waited a little (an AVX2 int4 pass of ~12 tokens)
+    do not make the disk look slow: the reader's own time for a pass's layers is the disk's,
+    so a pass of 12 tokens costs its compute and one of 2 the read. Taking such passes' wall
+    time for the disk's made every size up to 12 look as dear as 12, so free to fill."""
+    from specdec.speculate.overlap import PassModel
+    from specdec.speculate.tree_model import TreeCostModel
+
+    def after(read):
+        m = PassModel(TreeCostModel(4))
+        m.observe(2, wall=1.8, wait=0.6, delay=0.0, read=read)  # compute 1.2 s, reads 1.6 s
+        for _ in range(3):
+            m.observe(12, wall=3.2, wait=0.2, delay=0.0, read=read)  # compute 3.0 s
+        return m
+
+    m = after(read=1.6)
+    assert m.disk_seconds == pytest.approx(1.6)
+    assert m.seconds(12) == pytest.approx(3.2, abs=0.05)  # compute + 0.2 s that overlapped nothing
+    assert m.seconds(2) == pytest.approx(1.8, abs=0.05)   # the read + the same 0.2 s
+    old = after(read=None)  # no reader time: the passes that waited set the disk's time
+    assert old.disk_seconds > 2.4 and old.seconds(2) > 2.4  # the reads take 1.6 s
+
+
 # -- the weights source's idle hook --------------------------------------------------------------
 def test_idle_work_runs_in_the_waits_and_changes_no_layer(pair, monkeypatch):
     from offload.prefetch import StreamedWeights

@@ -59,6 +59,7 @@ class _Pass:
     sent: DraftTree
     n_context: int         # uncached context tokens fed before the tree
     wait: float = 0.0      # seconds the pass waited for the disk (source stats)
+    read: float | None = None  # seconds the reader spent on the layers since the pass before
     delay: float = 0.0     # seconds the pass's layers sat ready while a draft forward ended
     drafting: bool = True  # the gate let the draft run this pass (speculate/gate.py)
 
@@ -86,6 +87,7 @@ class Overlap(Strategy):
         self._pending = False           # a plan whose commit has not come
         self._counters: dict[str, float] = defaultdict(float)
         self._source_before = (0.0, 0.0)
+        self._read_mark: float | None = None  # the source's read_seconds at the last pass's end
 
     # -- the pass -------------------------------------------------------------------------
     def plan(self, step: Step) -> Plan:
@@ -119,6 +121,8 @@ class Overlap(Strategy):
     def pass_started(self, step: Step, plan: Plan) -> None:
         s = self.source_stats
         self._source_before = (s.compute_wait_seconds, s.idle_delay_seconds) if s else (0.0, 0.0)
+        if s is not None and self._read_mark is None:
+            self._read_mark = s.read_seconds
 
     def pass_ended(self, step: Step, plan: Plan) -> None:
         s = self.source_stats
@@ -126,11 +130,16 @@ class Overlap(Strategy):
             # (max: the stats may have been reset meanwhile)
             plan.state.wait = max(0.0, s.compute_wait_seconds - self._source_before[0])
             plan.state.delay = max(0.0, s.idle_delay_seconds - self._source_before[1])
+            # From one pass's end to the next the reader reads each streamed layer once, in
+            # the pass or ahead of it: the disk's time for a pass, measured apart from compute.
+            if self._read_mark is not None:
+                plan.state.read = max(0.0, s.read_seconds - self._read_mark)
+            self._read_mark = s.read_seconds
         self._counters["tree_nodes_grown"] += len(self.tree)
 
     def commit(self, step: Step, plan: Plan, logits: torch.Tensor, pass_seconds: float) -> Outcome:
         p: _Pass = plan.state
-        self.passes.observe(plan.tokens.numel(), pass_seconds, p.wait, p.delay)
+        self.passes.observe(plan.tokens.numel(), pass_seconds, p.wait, p.delay, p.read)
         # The draft's tree is re-rooted by the next plan, which sees the context these
         # tokens end up in.
         walk = verify_tree(step, p.sent, logits)
@@ -394,29 +403,39 @@ class Overlap(Strategy):
 
 class PassModel:
     """What a pass over n tokens costs: its compute, c0 + c1 * n (TreeCostModel's fit, over
-    the passes' compute times), but never less than the disk's time for the pass.
+    the passes' compute times), or the disk's time for the pass where that is longer, plus
+    what neither explains (the part of a pass that overlaps nothing).
 
     A pass's wall time is compute + the time it waited for layers (+ the delay idle draft
     work added); the weights source reports the wait, so compute is measured apart from the
-    disk. A pass that waited was disk-bound: its time (less the delay) is the disk's; a pass
-    that never waited says the disk takes at most that long. In RAM there is no wait and this
-    is the plain fit of pass times."""
+    disk, and its reader's own time per pass is the disk's. (Without that reading: a pass that
+    waited counts as disk-bound, its time being the disk's; one that never waited says the
+    disk takes at most that long. Taking a wall time that is mostly compute for the disk's
+    made a large tree look free, and on AVX2, where the int4 kernel's time grows steeply with
+    tokens, the overlapped tree then sent ~11 nodes a pass against the tree mode's ~3.) In RAM
+    there is no wait and this is the plain fit of pass times."""
 
     def __init__(self, cost: TreeCostModel):
         self.cost = cost
         self._disk = Ema()
+        self._overhead = Ema()
 
     @property
     def disk_seconds(self) -> float:
         return self._disk.value
 
-    def observe(self, tokens: int, wall: float, wait: float, delay: float) -> None:
+    def observe(self, tokens: int, wall: float, wait: float, delay: float,
+                read: float | None = None) -> None:
         undisturbed = max(wall - delay, 1e-9)
-        self.cost.observe_pass(tokens, max(undisturbed - wait, 1e-9))
-        if wait > 0:
+        compute = max(undisturbed - wait, 1e-9)
+        self.cost.observe_pass(tokens, compute)
+        if read:
+            self._disk.update(read)
+            self._overhead.update(max(undisturbed - max(read, compute), 0.0))
+        elif wait > 0:
             self._disk.update(undisturbed)
         else:
             self._disk.value = min(self._disk.value, undisturbed)
 
     def seconds(self, tokens: int) -> float:
-        return max(self._disk.value, self.cost.pass_seconds(tokens))
+        return max(self._disk.value, self.cost.pass_seconds(tokens)) + self._overhead.value
