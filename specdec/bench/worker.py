@@ -62,8 +62,8 @@ def run_floor(job: dict) -> dict:
 def floor_seconds(f: dict) -> float:
     """The floor of a `bench io` result: the fastest read of one pass's bytes it measured, the
     raw O_DIRECT reads or the prefetcher reading alone. On some disks the prefetcher is the
-    faster (2026-12-07, Zen 4: 1.45-1.50 s against raw reads of 1.73-1.85 s, every run), and a
-    floor above what the streaming itself reaches would flatter every ratio to it."""
+    faster (2026-12-07, Zen 4: 5-20% in every seed-13b run; plain decoding beat the raw reads'
+    best), and a floor above what the streaming itself reaches would flatter every ratio to it."""
     reads = list(f.get("raw_seconds_each") or [f["raw_seconds"]])
     if f.get("stream_only_seconds"):
         reads.append(f["stream_only_seconds"])
